@@ -1,0 +1,45 @@
+"""What every embedder gives the rest of the SDK: L2-normalised float32 rows in one space.
+
+Torch-free on purpose: the on-device runtime, the index and the evaluation harness import
+this module, and the PyTorch embedder (`edge_gcl.models.TorchEmbedder`) and the ONNX Runtime
+embedder (`edge_gcl.runtime`) both implement `Embedder`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, Union, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+ImageInput = Union[str, Path, "Image.Image"]
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    model_id: str  # names the weights: embeddings of different model ids never mix
+    embed_dim: int
+
+    def embed_images(
+        self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
+        """(N, D) float32, rows L2-normalised. Raises ImageDecodeError naming a bad input."""
+        ...
+
+    def embed_texts(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """(N, D) float32, rows L2-normalised. Raises ValueError naming an empty text."""
+        ...
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+def fuse(image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+    """Score-fusion embedding of a photo with its note (CLIP-SF): normalize(e_i + e_t)."""
+    return l2_normalize(np.asarray(image_emb, np.float32) + np.asarray(text_emb, np.float32))

@@ -1,0 +1,80 @@
+"""The interface every model family implements, and its numpy-facing embedder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import ModelConfig
+from ..embedding import ImageInput
+from ..tokenizer import Tokenizer, check_text
+from ..transform import preprocess
+
+
+class DualEncoder(nn.Module):
+    """Two towers into one space; both return L2-normalised (B, D) embeddings.
+
+    `visual(pixels)`: (B, 3, S, S) float32 preprocessed as `config.image` says -> (B, D).
+    `text(input_ids, attention_mask)`: (B, L) integer ids and 0/1 mask -> (B, D).
+    Each tower is a self-contained `nn.Module`, so export traces them one at a time.
+    """
+
+    def __init__(self, config: ModelConfig, visual: nn.Module, text: nn.Module):
+        super().__init__()
+        self.config = config
+        self.visual = visual
+        self.text = text
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(config.init_logit_scale)))  # log(1/tau)
+        self.source: Path | None = None  # the folder weights were loaded from, if any
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.visual(pixels)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text(input_ids, attention_mask)
+
+    def forward(
+        self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> image (B, D), text (B, D), logit_scale = 1/tau (scalar)."""
+        return self.encode_image(pixels), self.encode_text(input_ids, attention_mask), self.logit_scale.exp()
+
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_config(self.config.text, self.source)
+
+
+class TorchEmbedder:
+    """`Embedder` over a PyTorch `DualEncoder` (float32, CPU, no grad)."""
+
+    def __init__(self, model: DualEncoder, *, model_id: str | None = None):
+        self.model = model.eval()
+        self.model_id = model_id or model.config.name
+        self.embed_dim = model.config.embed_dim
+        self._tokenizer = model.tokenizer()
+
+    @torch.no_grad()
+    def embed_images(
+        self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
+        out = np.zeros((len(images), self.embed_dim), np.float32)
+        for start in tqdm(range(0, len(images), batch_size), desc="images", disable=not progress):
+            batch = images[start : start + batch_size]
+            pixels = np.stack([preprocess(x, self.model.config.image) for x in batch])  # (B, 3, S, S)
+            out[start : start + len(batch)] = self.model.encode_image(torch.from_numpy(pixels)).numpy()
+        return out
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        texts = [check_text(t, name=f"text[{i}]") for i, t in enumerate(texts)]
+        out = np.zeros((len(texts), self.embed_dim), np.float32)
+        for start in tqdm(range(0, len(texts), batch_size), desc="texts", disable=not progress):
+            ids, mask = self._tokenizer(texts[start : start + batch_size])  # (B, L) each
+            emb = self.model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
+            out[start : start + len(ids)] = emb.numpy()
+        return out
