@@ -1,0 +1,137 @@
+"""`edge-gcl`: the command line. This file is the CLI contract; each handler lives with its concern.
+
+    edge-gcl train ...                    edge_gcl/train.py
+    edge-gcl eval mbeir ...               edge_gcl/mbeir.py
+    edge-gcl bench build-mbeir ...        edge_gcl/mbeir.py
+    edge-gcl index add|sync|note|remove|stats ...   edge_gcl/index/cli.py
+    edge-gcl search "query" ...           edge_gcl/index/cli.py
+
+Handlers are imported only when their command runs, so `edge-gcl search` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+DEFAULT_INDEX = "edge-gcl-index"
+
+
+def _handler(target: str):
+    def run(args: argparse.Namespace) -> int | None:
+        module, func = target.split(":")
+        return getattr(importlib.import_module(module), func)(args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-gcl", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    # --- train ---------------------------------------------------------------------------
+    t = sub.add_parser("train", help="fine-tune a model with GCL (or the CL / pairwise baselines)")
+    t.add_argument("--config", help="JSON file of training options (flags override it)")
+    t.add_argument("--model", help="model name, checkpoint folder, HF CLIP folder or TinyCLIP .pt (default: lite)")
+    t.add_argument("--loss", choices=["gcl", "cl", "pairwise"], help="default: gcl")
+    t.add_argument("--data", action="append", help="captions.txt (Flickr CSV), COCO captions JSON or LLaVA "
+                   "LCS-558K JSON; repeat for several sources")
+    t.add_argument("--images", action="append", help="image folder of the matching --data (same order)")
+    t.add_argument("--split", help="splits.json name:split to restrict a Flickr source, e.g. splits.json:train")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
+    t.add_argument("--epochs", type=float)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--schedule", choices=["cosine", "constant"])
+    t.add_argument("--warmup", type=int, help="warm-up steps")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", help="output folder (checkpoints, log)")
+    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.add_argument("--workers", type=int, help="data loader workers")
+    t.add_argument("--image-views", type=int, help="lite: cached views per photo (centre + augmented)")
+    t.add_argument("--cache-dir", help="lite: where stem features are cached (default ~/.cache/edge-gcl)")
+    t.set_defaults(func=_handler("edge_gcl.train:cli_train"))
+
+    # --- eval ----------------------------------------------------------------------------
+    e = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="eval_command", required=True)
+    m = e.add_parser("mbeir", help="retrieval recall on an M-BEIR-layout benchmark (UniIR files)")
+    m.add_argument("--root", required=True, help="M-BEIR root (query/, cand_pool/, qrels/)")
+    m.add_argument("--model", default="default", help="model name, checkpoint folder or artifacts folder")
+    m.add_argument("--setting", choices=["local", "global", "both"], default="both")
+    m.add_argument("--k", type=int, nargs="+", default=[1, 5, 10])
+    m.add_argument("--split", default="test", help="query/<split>/ and qrels/<split>/")
+    m.add_argument("--json", dest="json_out", help="write the results JSON here")
+    m.add_argument("--batch-size", type=int, default=32)
+    m.add_argument("--provider", choices=["cpu", "qnn"], default="cpu", help="for artifacts folders")
+    m.set_defaults(func=_handler("edge_gcl.mbeir:cli_eval"))
+
+    # --- bench ---------------------------------------------------------------------------
+    b = sub.add_parser("bench", help="benchmark data").add_subparsers(dest="bench_command", required=True)
+    bm = b.add_parser("build-mbeir", help="turn a Flickr-style captions folder into a mixed-modality M-BEIR benchmark")
+    bm.add_argument("--captions", required=True, help="captions.txt (image,caption CSV)")
+    bm.add_argument("--images", help="image folder (default: images/ beside captions.txt)")
+    bm.add_argument("--splits", help="splits.json to take the photos from (with --split)")
+    bm.add_argument("--split", default=None, help="e.g. dev")
+    bm.add_argument("--out", required=True, help="output M-BEIR root")
+    bm.add_argument("--seed", type=int, default=0)
+    bm.set_defaults(func=_handler("edge_gcl.mbeir:cli_build"))
+
+    # --- index / search ------------------------------------------------------------------
+    def index_options(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default: ./{DEFAULT_INDEX}/)")
+        q.add_argument("--model", default="default", help="model name, checkpoint folder or artifacts folder")
+        q.add_argument("--provider", choices=["cpu", "qnn"], default="cpu")
+
+    ix = sub.add_parser("index", help="the on-device photo and notes index").add_subparsers(
+        dest="index_command", required=True
+    )
+    a = ix.add_parser("add", help="add photos (files or folders)")
+    a.add_argument("paths", nargs="+")
+    a.add_argument("--no-recursive", dest="recursive", action="store_false")
+    index_options(a)
+    a.set_defaults(func=_handler("edge_gcl.index.cli:cli_add"))
+    s = ix.add_parser("sync", help="mirror a folder: add new photos, re-embed changed ones, drop deleted ones")
+    s.add_argument("dir")
+    index_options(s)
+    s.set_defaults(func=_handler("edge_gcl.index.cli:cli_sync"))
+    n = ix.add_parser("note", help="add a note, optionally attached to a photo")
+    n.add_argument("text")
+    n.add_argument("--photo")
+    n.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    index_options(n)
+    n.set_defaults(func=_handler("edge_gcl.index.cli:cli_note"))
+    r = ix.add_parser("remove", help="remove items by id")
+    r.add_argument("ids", nargs="+")
+    index_options(r)
+    r.set_defaults(func=_handler("edge_gcl.index.cli:cli_remove"))
+    st = ix.add_parser("stats", help="what the index holds")
+    index_options(st)
+    st.set_defaults(func=_handler("edge_gcl.index.cli:cli_stats"))
+
+    q = sub.add_parser("search", help="search the index with text, a photo, or both")
+    q.add_argument("query", nargs="?", help="query text")
+    q.add_argument("--image", help="query photo")
+    q.add_argument("--k", type=int, default=10)
+    q.add_argument("--modality", action="append", choices=["photo", "note", "photo+note"])
+    q.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="metadata filter")
+    q.add_argument("--json", action="store_true", help="print hits as JSON")
+    index_options(q)
+    q.set_defaults(func=_handler("edge_gcl.index.cli:cli_search"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Contrastive losses: GCL, and the CL and pairwise baselines it is ablated against.
+
+Every loss is an `nn.Module` with one call contract:
+
+    loss = criterion(image_features, text_features, logit_scale)
+
+    image_features: (N, D) float, row j is the photo of sample j
+    text_features:  (N, D) float, row j is the note of sample j
+    logit_scale:    scalar tensor (or float) = 1/tau, already exponentiated. The model owns a
+                    learnable log-scale (`DualEncoder.logit_scale`) and passes `.exp()`; a fixed
+                    temperature is just a constant, e.g. `torch.tensor(1 / 0.07)`.
+    returns:        scalar tensor, the mean over all anchor terms.
+
+Features are L2-normalised inside the loss (a no-op for our towers, whose outputs already are).
+The fused modality is e_it = normalize(image_features + text_features): the sum of the raw
+inputs, then normalised, the same vector `edge_gcl.embedding.fuse` indexes at search time.
+
+Distributed training (`torch.distributed` initialised, world size W > 1): each loss first gathers
+the features of every rank (`gather_features`), so negatives and positives come from the global
+batch of W * N samples, ordered by rank. Every rank then computes the *full global loss*:
+
+  * its value equals the single-process loss on the concatenated global batch;
+  * the gradient reaching this rank's local features is W times the matching slice of the
+    single-process gradient (the backward of `gather_features` sums the W identical losses);
+  * so after DDP averages parameter gradients over the W ranks, every parameter (both towers
+    and `logit_scale`) gets exactly the single-process gradient of the global-batch loss.
+
+Every rank must hold the same local batch size N (use `drop_last=True`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+# ---------------------------------------------------------------------------------------------
+# Distributed gathering
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather along dim 0 whose backward hands each rank the sum of all ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # (N, D) -> (W * N, D)
+        world_size, rank = dist.get_world_size(), dist.get_rank()
+        ctx.rank, ctx.n = rank, x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world_size)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # (W * N, D) -> (N, D)
+        grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def gather_features(image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) local features of every rank -> (W * N, D) global features, ordered by rank.
+
+    Rank r's rows sit at [r * N, (r + 1) * N) and are differentiable: the backward all-reduces
+    the gradient of the gathered tensor, so rank r's local features receive
+    sum over ranks r' of d(loss on r') / d(slice r). Requires an initialised process group and
+    the same N on every rank.
+    """
+    return _GatherWithGrad.apply(image), _GatherWithGrad.apply(text)
+
+
+def _is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _global_batch(image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the contract, then gather the global batch when running distributed."""
+    if image.ndim != 2 or image.shape != text.shape:
+        raise ValueError(
+            f"image_features {tuple(image.shape)} and text_features {tuple(text.shape)}: "
+            "expected two (N, D) tensors of the same shape"
+        )
+    return gather_features(image, text) if _is_distributed() else (image, text)
+
+
+def _modalities(image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> e_i, e_t, e_it, each (N, D) and L2-normalised; e_it fuses the raw inputs."""
+    return F.normalize(image, dim=-1), F.normalize(text, dim=-1), F.normalize(image + text, dim=-1)
+
+
+def _symmetric_infonce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Mean of InfoNCE a->b and b->a; row j of a and b is the positive pair, (N, D) each."""
+    logits = logit_scale * a @ b.T  # (N, N)
+    labels = torch.arange(a.shape[0], device=a.device)  # (N,)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+class GCLLoss(nn.Module):
+    """Generalized Contrastive Learning over the modalities M = {i, t, it} (Lee et al., 2025).
+
+    Every embedding e_a^j (3N anchors) is contrasted against all 3N embeddings of the batch in
+    one softmax, with only its own entry (a, j)-(a, j) masked out of the denominator:
+
+        L = -1/(6N) sum_j sum_{a != b} log( exp(e_a^j . e_b^j / tau)
+                                            / sum_{m in M} sum_k exp(e_a^j . e_m^k / tau) )
+                                            over (m, k) != (a, j)
+
+    The positives of anchor (a, j) are the same sample j in the two other modalities. Both
+    share one denominator, so the minimum (perfectly aligned, tau -> 0) is log 2, not 0.
+    """
+
+    def forward(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+    ) -> torch.Tensor:
+        image, text = _global_batch(image_features, text_features)
+        n = image.shape[0]
+        emb = torch.cat(_modalities(image, text))  # (3N, D): rows [i; t; it], row a*N + j
+        logits = logit_scale * emb @ emb.T  # (3N, 3N)
+        self_mask = torch.eye(3 * n, dtype=torch.bool, device=emb.device)
+        logits = logits.masked_fill(self_mask, float("-inf"))  # an anchor is not its own candidate
+        log_prob = logits.log_softmax(dim=1)  # (3N, 3N)
+        rows = torch.arange(3 * n, device=emb.device)  # (3N,)
+        # Row a*N + j's positives: the same j in modalities a+1 and a+2 (mod 3).
+        positives = log_prob[rows, (rows + n) % (3 * n)] + log_prob[rows, (rows + 2 * n) % (3 * n)]  # (3N,)
+        return -positives.sum() / (6 * n)
+
+
+class CLLoss(nn.Module):
+    """The CLIP baseline: symmetric image<->text InfoNCE, mean of CE(i->t) and CE(t->i)."""
+
+    def forward(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+    ) -> torch.Tensor:
+        image, text = _global_batch(image_features, text_features)
+        e_i, e_t, _ = _modalities(image, text)
+        return _symmetric_infonce(e_i, e_t, logit_scale)
+
+
+class PairwiseLoss(nn.Module):
+    """The GCL ablation with one softmax per modality pair instead of one over all of M.
+
+    For each of the six ordered pairs (a, b) of {i, t, it}, InfoNCE of anchor e_a^j against the
+    candidates e_b^1..e_b^N only; the six terms are averaged (each ordered pair weighs 1/6).
+    """
+
+    def forward(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+    ) -> torch.Tensor:
+        image, text = _global_batch(image_features, text_features)
+        e_i, e_t, e_it = _modalities(image, text)
+        pairs = [(e_i, e_t), (e_i, e_it), (e_t, e_it)]  # each covers (a, b) and (b, a)
+        return sum(_symmetric_infonce(a, b, logit_scale) for a, b in pairs) / len(pairs)
+
+
+LOSSES: dict[str, type[nn.Module]] = {"gcl": GCLLoss, "cl": CLLoss, "pairwise": PairwiseLoss}
+
+
+def create_loss(name: str) -> nn.Module:
+    """`create_loss("gcl")` -> GCLLoss(); the name is the training flag's value."""
+    try:
+        return LOSSES[name]()
+    except KeyError:
+        raise ValueError(f"loss {name!r}: expected one of {sorted(LOSSES)}") from None

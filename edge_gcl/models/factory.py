@@ -1,0 +1,64 @@
+"""Build a model from a config or name, or load one from any checkpoint layout users have."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import ModelConfig, list_presets, load_preset
+from .base import DualEncoder
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "weights" / "default"
+
+
+def create_model(config: ModelConfig | str) -> DualEncoder:
+    """A fresh model: `lite` gets its pretrained backbones and new heads; `tinyclip` random weights."""
+    if isinstance(config, str):
+        config = load_preset(config)
+    if config.family == "lite":
+        from .lite import build_lite
+
+        return build_lite(config)
+    if config.family == "tinyclip":
+        from .clip import build_tinyclip
+
+        return build_tinyclip(config)
+    raise ValueError(f"unknown model family {config.family!r}")
+
+
+def resolve_model(spec: str | Path) -> str | Path:
+    """What a model spec names: 'default' -> the shipped checkpoint folder; else unchanged."""
+    return DEFAULT_CHECKPOINT if str(spec) == "default" else spec
+
+
+def load_model(spec: str | Path) -> DualEncoder:
+    """Load a model from any of the layouts users have.
+
+    - `"default"`: the GCL-trained checkpoint shipped in the package (`edge_gcl/weights/default`)
+    - a preset name (`lite`, `tinyclip-vit-8m-16-text-3m`, ...): a fresh model
+    - an edge-gcl checkpoint folder (`edge_gcl.json` + `model.safetensors`)
+    - a Hugging Face `CLIPModel` folder (`config.json` + `model.safetensors` / `pytorch_model.bin`)
+    - an original TinyCLIP / open_clip `.pt` file
+    """
+    from ..checkpoint import is_checkpoint, load_checkpoint
+
+    spec = resolve_model(spec)
+    path = Path(spec)
+    if path.is_dir():
+        if is_checkpoint(path):
+            return load_checkpoint(path)
+        hf_config = path / "config.json"
+        if hf_config.is_file() and json.loads(hf_config.read_text()).get("model_type") == "clip":
+            from .clip import load_hf_clip
+
+            return load_hf_clip(path)
+        raise ValueError(f"{path}: not a checkpoint folder (no edge_gcl.json, no Hugging Face CLIP config.json)")
+    if path.is_file():
+        from .clip import load_open_clip_pt
+
+        return load_open_clip_pt(path)
+    if str(spec) in list_presets():
+        return create_model(str(spec))
+    if path == DEFAULT_CHECKPOINT:
+        raise FileNotFoundError(f"{path}: the default checkpoint is missing from this installation")
+    raise FileNotFoundError(f"{spec}: no such model (not a file, folder or preset: {', '.join(list_presets())})")

@@ -1,0 +1,352 @@
+"""Fine-tune a dual encoder with GCL (or the CL / pairwise baselines) on image-caption pairs.
+
+    edge-gcl train --data ../shared/data/flickr8k/captions.txt --split ../shared/data/flickr8k/splits.json:train \
+                   --loss gcl --steps 1000 --out runs/gcl
+
+Recipe, step by step:
+1. Read the pairs (Flickr CSV, COCO JSON, LLaVA JSON); bad rows are skipped and counted.
+2. Build the model. For the `lite` family the frozen stems are run once over the data with ONNX
+   Runtime and their outputs cached (images: a centre view plus augmented views; captions: hidden
+   states), keyed by a hash of the stem weights and data, so every later run (other seeds, other
+   losses) starts at once. Other families decode photos on the fly in DataLoader workers.
+3. Every step draws a batch of distinct photos (a seeded permutation per epoch) and one random
+   caption of each, so a batch never holds two positives of one photo. The batch for step s
+   depends only on (seed, s): a resumed run sees exactly the batches it would have seen.
+4. AdamW, warm-up then cosine (or constant) schedule, learnable temperature clamped at 100.
+5. Checkpoints every `checkpoint_every` steps under `out/checkpoints/step_N/` (model, optimizer,
+   step); the final model is saved to `out/` itself so `--model out` works everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import save_checkpoint
+from .data import Pairs, read_pairs, read_split
+from .models import DualEncoder, load_model
+from .transform import ImageDecodeError, load_image, preprocess, random_resized_crop, to_array
+
+CACHE_DIR = Path.home() / ".cache" / "edge-gcl" / "features"
+
+
+@dataclass
+class TrainConfig:
+    model: str = "lite"
+    loss: str = "gcl"
+    data: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    split: str | None = None  # "path/to/splits.json:train" restricts sources in that folder
+    batch_size: int = 256
+    steps: int | None = None
+    epochs: float = 10.0
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    schedule: str = "cosine"
+    warmup: int = 50
+    seed: int = 0
+    out: str = "runs/train"
+    checkpoint_every: int = 500
+    resume: bool = False
+    workers: int = 2
+    image_views: int = 3  # cached lite stems: centre view + (image_views - 1) augmented views
+    cache_dir: str = str(CACHE_DIR)
+
+
+# ----------------------------------------------------------------------------- data
+def load_training_pairs(cfg: TrainConfig) -> Pairs:
+    if not cfg.data:
+        raise ValueError("no training data: give --data (and --images for JSON layouts)")
+    split_names, split_dir = None, None
+    if cfg.split:
+        split_file, _, split = cfg.split.rpartition(":")
+        split_names, split_dir = read_split(split_file, split), Path(split_file).resolve().parent
+    pairs = Pairs()
+    for i, data in enumerate(cfg.data):
+        images = cfg.images[i] if i < len(cfg.images) else None
+        source = read_pairs(data, images)
+        if split_names is not None and Path(data).resolve().parent == split_dir:
+            source = source.subset(split_names)
+        pairs.extend(source)
+    return pairs
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The photos of step `step`: a slice of the seeded permutation of its epoch."""
+    per_epoch = max(1, n // batch_size)
+    epoch, b = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[b * batch_size : (b + 1) * batch_size]
+
+
+def caption_choice(n_captions: np.ndarray, seed: int, step: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, step, 1])
+    return (rng.random(len(n_captions)) * n_captions).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- cached stems (lite)
+class StemCache:
+    """Outputs of the frozen stems, computed once with ONNX Runtime.
+
+    images: (N, V, C, H, W) float16, view 0 the centre crop; text: (M, L, W) float16 hidden
+    states with their (M, L) masks; `caption_rows[i]` indexes photo i's captions.
+    """
+
+    def __init__(self, images: np.ndarray, hidden: np.ndarray, masks: np.ndarray, caption_rows: list[np.ndarray]):
+        self.images, self.hidden, self.masks, self.caption_rows = images, hidden, masks, caption_rows
+
+    @classmethod
+    def build(cls, model: DualEncoder, pairs: Pairs, cfg: TrainConfig) -> tuple[StemCache, Pairs]:
+        key = _cache_key(model, pairs, cfg)
+        folder = Path(cfg.cache_dir) / key
+        if (folder / "done").exists():
+            print(f"stem cache: {folder}")
+            z = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("images", "hidden", "masks", "keep")}
+            kept = Pairs([pairs.images[i] for i in z["keep"]], [pairs.captions[i] for i in z["keep"]], pairs.skipped)
+            if len(pairs) > len(z["keep"]):
+                kept.skipped["corrupt image"] += len(pairs) - len(z["keep"])
+            return cls(np.asarray(z["images"]), np.asarray(z["hidden"]), np.asarray(z["masks"]), _caption_rows(kept)), kept
+        with tempfile.TemporaryDirectory() as tmp:
+            image_stem = _ort_session(model.visual.stem, (torch.zeros(1, 3, model.config.image.size, model.config.image.size),), Path(tmp) / "i.onnx")
+            ids0 = torch.zeros(1, model.config.text.context_length, dtype=torch.int64)
+            text_stem = _ort_session(model.text.stem, (ids0, torch.ones_like(ids0)), Path(tmp) / "t.onnx")
+            images, keep = _cache_images(image_stem, pairs, model, cfg)
+            kept = Pairs([pairs.images[i] for i in keep], [pairs.captions[i] for i in keep], Counter(pairs.skipped))
+            if len(pairs) > len(keep):
+                kept.skipped["corrupt image"] += len(pairs) - len(keep)
+            hidden, masks = _cache_texts(text_stem, kept, model)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, arr in (("images", images), ("hidden", hidden), ("masks", masks), ("keep", np.asarray(keep))):
+            np.save(folder / f"{name}.npy", arr)
+        (folder / "done").write_text(json.dumps({"photos": len(kept), "views": cfg.image_views}))
+        return cls(images, hidden, masks, _caption_rows(kept)), kept
+
+
+def _caption_rows(pairs: Pairs) -> list[np.ndarray]:
+    starts = np.cumsum([0] + [len(c) for c in pairs.captions])
+    return [np.arange(starts[i], starts[i + 1]) for i in range(len(pairs))]
+
+
+def _cache_key(model: DualEncoder, pairs: Pairs, cfg: TrainConfig) -> str:
+    h = hashlib.sha256()
+    for name, t in list(model.visual.stem.state_dict().items()) + list(model.text.stem.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().numpy().tobytes()[:4096])
+    h.update(json.dumps([dataclasses.asdict(model.config.image), dataclasses.asdict(model.config.text)]).encode())
+    h.update(json.dumps([[str(p), c] for p, c in zip(pairs.images, pairs.captions)]).encode())
+    h.update(f"views={cfg.image_views},seed=0".encode())
+    return h.hexdigest()[:16]
+
+
+def _ort_session(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path):
+    import onnxruntime as ort
+
+    names = [f"x{i}" for i in range(len(example))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(), example, str(path), input_names=names, output_names=["y"],
+            dynamic_axes={**{n: {0: "b"} for n in names}, "y": {0: "b"}}, opset_version=17, dynamo=False,
+        )
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _cache_images(session, pairs: Pairs, model: DualEncoder, cfg: TrainConfig) -> tuple[np.ndarray, list[int]]:
+    icfg, views, chunk = model.config.image, cfg.image_views, 32
+    out, keep = None, []
+    rng = np.random.default_rng(0)  # augmentations are part of the cache, fixed for all runs
+    for start in tqdm(range(0, len(pairs), chunk), desc="caching image stems", unit_scale=chunk):
+        batch, ok = [], []
+        for i in range(start, min(start + chunk, len(pairs))):
+            try:
+                img = load_image(pairs.images[i], draft_size=icfg.size)
+            except ImageDecodeError:
+                continue
+            batch += [preprocess(img, icfg)] + [to_array(random_resized_crop(img, icfg, rng), icfg) for _ in range(views - 1)]
+            ok.append(i)
+        if not ok:
+            continue
+        y = session.run(None, {"x0": np.stack(batch)})[0].astype(np.float16)  # (b * V, C, H, W)
+        y = y.reshape(len(ok), views, *y.shape[1:])
+        if out is None:
+            out = np.zeros((len(pairs), views, *y.shape[2:]), np.float16)
+        out[len(keep) : len(keep) + len(ok)] = y
+        keep += ok
+    if out is None:
+        raise ValueError("no training photo could be decoded")
+    return out[: len(keep)], keep
+
+
+def _cache_texts(session, pairs: Pairs, model: DualEncoder) -> tuple[np.ndarray, np.ndarray]:
+    tok = model.tokenizer()
+    texts = [c for caps in pairs.captions for c in caps]
+    hidden, masks = None, np.zeros((len(texts), tok.context_length), np.int64)
+    for start in tqdm(range(0, len(texts), 256), desc="caching text stems", unit_scale=256):
+        ids, mask = tok(texts[start : start + 256])
+        y = session.run(None, {"x0": ids, "x1": mask})[0].astype(np.float16)  # (b, L, W)
+        if hidden is None:
+            hidden = np.zeros((len(texts), *y.shape[1:]), np.float16)
+        hidden[start : start + len(ids)], masks[start : start + len(ids)] = y, mask
+    return hidden, masks
+
+
+# ----------------------------------------------------------------------------- on-the-fly pixels (other families)
+class PixelBatches(torch.utils.data.Dataset):
+    """Item s is the whole batch of step s: pixels (B, 3, S, S), ids and mask (B, L)."""
+
+    def __init__(self, model: DualEncoder, pairs: Pairs, cfg: TrainConfig, start: int, steps: int):
+        self.pairs, self.cfg, self.start, self.steps = pairs, cfg, start, steps
+        self.icfg, self.tok = model.config.image, model.tokenizer()
+        self.n_caps = np.array([len(c) for c in pairs.captions])
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __getitem__(self, i: int):
+        step = self.start + i
+        idx = batch_indices(len(self.pairs), self.cfg.batch_size, self.cfg.seed, step)
+        rng = np.random.default_rng([self.cfg.seed, step, 2])
+        pixels, texts = [], []
+        for j, c in zip(idx, caption_choice(self.n_caps[idx], self.cfg.seed, step)):
+            try:
+                img = load_image(self.pairs.images[j], draft_size=self.icfg.size)
+            except ImageDecodeError:
+                continue  # counted by the trainer's pre-scan; the batch is one smaller
+            pixels.append(to_array(random_resized_crop(img, self.icfg, rng), self.icfg))
+            texts.append(self.pairs.captions[j][c])
+        ids, mask = self.tok(texts)
+        return torch.from_numpy(np.stack(pixels)), torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+# ----------------------------------------------------------------------------- training
+def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    steps = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    return steps[-1] if steps else None
+
+
+def train(cfg: TrainConfig) -> Path:
+    from .loss import create_loss
+
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    pairs = load_training_pairs(cfg)
+    model = load_model(cfg.model)
+    cached = hasattr(model.visual, "stem") and hasattr(model, "freeze_stems")
+    if cached:
+        cache, pairs = StemCache.build(model, pairs, cfg)
+    n = len(pairs)
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    total = cfg.steps or max(1, round(cfg.epochs * steps_per_epoch))
+    loss_fn = create_loss(cfg.loss)
+    optimizer = make_optimizer(model, cfg)
+
+    start = 0
+    resume_from = latest_checkpoint(out) if cfg.resume else None
+    if resume_from is not None:
+        state = torch.load(resume_from / "train_state.pt", map_location="cpu", weights_only=True)
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(resume_from / "model.safetensors")), strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        print(f"resumed from {resume_from} at step {start}")
+
+    print(f"training {model.config.name} with {cfg.loss} on {n} photos / {sum(map(len, pairs.captions))} captions, "
+          f"batch {cfg.batch_size}, {total} steps ({total / steps_per_epoch:.1f} epochs)")
+    n_caps = np.array([len(c) for c in pairs.captions])
+    loader = None
+    if not cached:
+        loader = iter(torch.utils.data.DataLoader(PixelBatches(model, pairs, cfg, start, total), batch_size=None,
+                                                  num_workers=cfg.workers, shuffle=False))
+    model.train()
+    log = []
+    t0 = time.time()
+    bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {cfg.loss}")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg, total)
+        if cached:
+            idx = batch_indices(n, cfg.batch_size, cfg.seed, step)
+            view = np.random.default_rng([cfg.seed, step, 3]).integers(0, cache.images.shape[1], len(idx))
+            rows = np.array([cache.caption_rows[i][c] for i, c in zip(idx, caption_choice(n_caps[idx], cfg.seed, step))])
+            mask = torch.from_numpy(cache.masks[rows])  # (B, L)
+            length = int(mask.sum(1).max())  # trim padding columns: the top layers never see them
+            image_features = model.visual.top(torch.from_numpy(cache.images[idx, view]).float())
+            text_features = model.text.top(torch.from_numpy(cache.hidden[rows, :length]).float(), mask[:, :length])
+        else:
+            pixels, ids, mask = next(loader)
+            image_features, text_features = model.encode_image(pixels), model.encode_text(ids, mask)
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        log.append({"step": step + 1, "loss": loss.item(), "lr": lr_at(step, cfg, total),
+                    "temperature": 1 / model.logit_scale.exp().item()})
+        bar.set_postfix(loss=f"{log[-1]['loss']:.3f}", tau=f"{log[-1]['temperature']:.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            _save_training_state(out / "checkpoints" / f"step_{step + 1}", model, optimizer, step + 1, cfg)
+    save_checkpoint(out, model, step=total, train=dataclasses.asdict(cfg), data={
+        "photos": n, "captions": int(n_caps.sum()), "skipped": dict(pairs.skipped)})
+    (out / "train_log.jsonl").open("a").writelines(json.dumps(r) + "\n" for r in log)
+    print(f"done: {total - start} steps in {time.time() - t0:.0f} s, final loss {log[-1]['loss'] if log else float('nan'):.4f}")
+    if pairs.skipped:
+        print("skipped rows: " + ", ".join(f"{v} {k}" for k, v in pairs.skipped.items()))
+    print(f"model saved to {out}/ (use --model {out})")
+    return out
+
+
+def _save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig):
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(tmp, model, step=step, train=dataclasses.asdict(cfg))
+    torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "train_state.pt")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def cli_train(args: argparse.Namespace) -> int:
+    cfg = TrainConfig()
+    if args.config:
+        cfg = dataclasses.replace(cfg, **json.loads(Path(args.config).read_text()))
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name, None) not in (None, False)}
+    cfg = dataclasses.replace(cfg, **overrides)
+    train(cfg)
+    return 0

