@@ -60,6 +60,11 @@ class Tokenizer:
             mask[i, :n] = 1
         return ids, mask
 
+    def save(self, path: str | Path) -> Path:
+        """Write the underlying `tokenizers` JSON (the runtime reads it back with the manifest)."""
+        self._tok.save(str(path))
+        return Path(path)
+
     def count_tokens(self, text: str) -> int:
         """Tokens `text` needs before truncation (special tokens included)."""
         self._tok.no_truncation()

@@ -157,7 +157,9 @@ class VisionTransformer(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         B, _, H, W = pixels.shape
         if (H, W) != (self.image_size, self.image_size):
-            raise ValueError(f"expected (B, 3, {self.image_size}, {self.image_size}) pixels, got {tuple(pixels.shape)}")
+            raise ValueError(
+                f"expected (B, 3, {self.image_size}, {self.image_size}) pixels, got {tuple(pixels.shape)}"
+            )
         x = self.patch_embed(pixels)  # (B, C, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, N, C), N = g*g
         cls = self.class_embedding.expand(B, 1, -1)  # (B, 1, C)
@@ -209,7 +211,8 @@ class TextTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, bias)  # (B, T, C)
         # One-hot of the last real position: mask[t] - mask[t+1], clipped at 0 (also right for left padding).
-        eot = F.relu(mask - F.pad(mask[:, 1:], (0, 1)))  # (B, T)
+        next_mask = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)  # (B, T) mask[t+1]
+        eot = F.relu(mask - next_mask)  # (B, T)
         x = (eot.unsqueeze(1) @ x).squeeze(1)  # (B, C) the end-of-text token's features
         x = self.ln_final(x)  # per-token LayerNorm, so pooling first is the same
         x = self.proj(x)  # (B, D)
@@ -219,7 +222,9 @@ class TextTransformer(nn.Module):
 def build_tinyclip(config: ModelConfig) -> DualEncoder:
     """A randomly initialised CLIP for a `family == "tinyclip"` config."""
     if config.family != "tinyclip" or config.vision is None or config.text_tower is None:
-        raise ValueError(f"{config.name}: build_tinyclip needs family 'tinyclip' with 'vision' and 'text_tower' set")
+        raise ValueError(
+            f"{config.name}: build_tinyclip needs family 'tinyclip' with 'vision' and 'text_tower' set"
+        )
     if config.image.size != config.vision.image_size:
         raise ValueError(
             f"{config.name}: image.size {config.image.size} != vision.image_size {config.vision.image_size}"
@@ -294,10 +299,18 @@ def _load_native(model: DualEncoder, state: dict[str, torch.Tensor], source: Pat
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
-        raise CheckpointError(f"{source}: missing keys: {_short(missing)}; unexpected keys: {_short(unexpected)}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
+        raise CheckpointError(
+            f"{source}: missing keys: {_short(missing)}; unexpected keys: {_short(unexpected)}"
+        )
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if state[k].shape != v.shape
+    ]
     if wrong:
-        raise CheckpointError(f"{source}: tensor shapes do not match the model config (file vs model): {_short(wrong)}")
+        raise CheckpointError(
+            f"{source}: tensor shapes do not match the model config (file vs model): {_short(wrong)}"
+        )
     model.load_state_dict(state, strict=True)  # casts fp16/bf16 checkpoints to the model's float32
     return model.eval()
 
@@ -310,7 +323,12 @@ def _count_layers(state: Mapping[str, torch.Tensor], prefix: str) -> int:
 # ----------------------------------------------------------------------------------------------
 # Hugging Face CLIPModel folders
 
-_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_HF_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # Buffers some transformers versions saved; they carry no weights.
 _HF_IGNORED = re.compile(r"(text|vision)_model\.embeddings\.position_ids")
 
@@ -323,7 +341,9 @@ def load_hf_clip(folder: str | Path) -> DualEncoder:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder (expected a Hugging Face CLIPModel checkpoint folder)")
+        raise FileNotFoundError(
+            f"{folder}: not a folder (expected a Hugging Face CLIPModel checkpoint folder)"
+        )
     config = _hf_model_config(folder)
     state, weights_path = _read_hf_weights(folder)
     native = _from_hf_state(state, config, weights_path)
@@ -428,7 +448,7 @@ def _hf_image_preprocess(folder: Path, size: int) -> ImagePreprocess:
         mean=tuple(pp.get("image_mean", default.mean)),  # type: ignore[arg-type]
         std=tuple(pp.get("image_std", default.std)),  # type: ignore[arg-type]
         resize="crop",
-        interpolation="bilinear" if pp.get("resample", 3) == 2 else "bicubic",  # PIL codes: 2 bilinear, 3 bicubic
+        interpolation="bilinear" if pp.get("resample", 3) == 2 else "bicubic",  # PIL: 2 bilinear, 3 bicubic
     )
 
 
@@ -467,7 +487,9 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -475,7 +497,9 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, source: Path) -> dict[str, torch.Tensor]:
+def _from_hf_state(
+    state: dict[str, torch.Tensor], config: ModelConfig, source: Path
+) -> dict[str, torch.Tensor]:
     """Hugging Face CLIPModel names -> native names (q/k/v fused, projections as Linear weights)."""
     assert config.vision is not None and config.text_tower is not None
     keys = _Keys(state, source)
@@ -618,10 +642,17 @@ def _from_open_clip_state(
         "text.proj.weight": keys.take("text_projection").t(),  # (C, D) -> (D, C)
         "logit_scale": keys.take("logit_scale"),
     }
-    for ours, theirs in (("visual.ln_pre", "visual.ln_pre"), ("visual.ln_post", "visual.ln_post"), ("text.ln_final", "ln_final")):
+    for ours, theirs in (
+        ("visual.ln_pre", "visual.ln_pre"),
+        ("visual.ln_post", "visual.ln_post"),
+        ("text.ln_final", "ln_final"),
+    ):
         for p in ("weight", "bias"):
             out[f"{ours}.{p}"] = keys.take(f"{theirs}.{p}")
-    for tower, prefix, layers in (("visual", "visual.transformer", vision_layers), ("text", "transformer", text_layers)):
+    for tower, prefix, layers in (
+        ("visual", "visual.transformer", vision_layers),
+        ("text", "transformer", text_layers),
+    ):
         for i in range(layers):
             for ours, theirs in _block_keys(f"{tower}.blocks.{i}").items():
                 out[ours] = keys.take(f"{prefix}.resblocks.{i}.{theirs}")

@@ -134,7 +134,7 @@ class MiniLMStem(nn.Module):
         e = self.embeddings
         L = input_ids.shape[1]
         # Position and token-type rows are sliced from the tables (constants once exported).
-        x = e.word_embeddings(input_ids.long()) + e.position_embeddings.weight[:L] + e.token_type_embeddings.weight[0]
+        x = e.word_embeddings(input_ids) + e.position_embeddings.weight[:L] + e.token_type_embeddings.weight[0]
         x = e.LayerNorm(x)  # (B, L, 384)
         mask = additive_mask(attention_mask)
         for layer in self.layers:

@@ -1,0 +1,637 @@
+"""M-BEIR benchmarks (UniIR's file layout): read them, evaluate an `Embedder` on them, build one from Flickr.
+
+Layout, as published in TIGER-Lab/M-BEIR and read by UniIR (`src/common/mbeir_embedder.py`,
+`src/common/mbeir_retriever.py`, the `configs_scripts/*/eval/inbatch/{embed,retrieval}.yaml` files):
+
+    <root>/query/<split>/mbeir_<name>_<split>.jsonl                 queries of one task of one dataset
+    <root>/cand_pool/local/mbeir_<name>_cand_pool.jsonl             that task's own pool (M-BEIR_local)
+    <root>/cand_pool/local/mbeir_<name>_<split>_cand_pool.jsonl     ... where the pool differs per split
+                                                                    (UniIR's MSCOCO: mscoco_task0_test)
+    <root>/cand_pool/global/mbeir_union_<split>_cand_pool.jsonl     union of the local pools (M-BEIR, global)
+    <root>/qrels/<split>/mbeir_<name>_<split>_qrels.txt             "qid 0 did relevance task_id" lines
+
+`<name>` is `<dataset>_task<id>`, the task ids being UniIR's (`MBEIR_TASKS`). A query row holds `qid`
+("<dataset id>:<n>"), `query_txt`, `query_img_path` (relative to the root), `query_modality` ("text",
+"image" or "image,text"), `query_src_content`, `pos_cand_list`, `neg_cand_list` and `task_id`; a candidate row
+`did`, `txt`, `img_path`, `modality`, `src_content`. A query file's local pool is the first of the two local
+names above that exists (the split-specific one wins).
+
+Evaluation, as UniIR's pipeline does it:
+1. Embed every query and candidate; an "image,text" item is the score fusion of its two embeddings,
+   normalize(e_image + e_text) (`edge_gcl.embedding.fuse`, UniIR's CLIP-SF). Each distinct image and text
+   is embedded once per run, so the union pool costs nothing beyond the local pools (UniIR concatenates
+   the local pools' embeddings for the same reason).
+2. Rank candidates by inner product (UniIR: faiss IndexFlatIP); ties go to the earlier pool row.
+3. Positives are the qrels rows with relevance > 0 (`pos_cand_list` when a query file has no qrels file).
+4. Recall@k is the hit rate (`edge_gcl.metrics.recall_at_k`), in percent; "average" is the unweighted mean
+   over query files, like UniIR's average row.
+Settings: "local" ranks each query file against its local pool; "global" against the union pool with no
+modality filter. UniIR's `run_retrieval` searches the whole union index and scores the run against the qrels;
+nothing restricts the candidates to the task's target modality (the task id only labels the results), so a
+text->image query whose captions outrank its image counts as a miss. That is what M-BEIR's global numbers
+measure, and why UniIR trains with instructions. `filter_global_modality=True` gives the easier variant that
+restricts the union pool to the modalities of each task's positives; it is not UniIR's protocol.
+
+Building (`build_mbeir`) turns a Flickr-style folder (`captions.txt` CSV `image,caption`, 5 captions per
+photo) into a mixed-modality benchmark with five tasks, written under split "test":
+
+    file stem                      query              positive candidate(s)          local pool
+    mbeir_flickr8k_task0_test      caption c0 of a    image of a                     images of A
+    mbeir_flickr8k_task1_test      caption c0 of a    text c_t of a                  all text candidates
+    mbeir_flickr8k_task2_test      caption c0 of a    image of a + caption c_it      image+text items of A
+    mbeir_flickr8k_task3_test      image of b         texts of b (c1..c4)            all text candidates
+    mbeir_flickr8k_task6_test      image of b + c0    texts of b (c1..c4)            all text candidates
+
+The photos are shuffled with `seed` and split in two halves. Half A ("pool photos", a) supplies the targets of
+the text queries: per photo an image candidate, an image+text candidate (the photo with caption c_it) and a
+text candidate (caption c_t), c_it and c_t being the first two of captions 1..4 left after the filter below.
+Half B ("query photos", b) supplies the image and image+text queries; their captions 1..4 are text candidates
+and their images appear nowhere in any pool, so an image query can never win by matching its own pixels.
+Caption 0 of every photo is its query text. No candidate text equals (case, punctuation and spacing aside)
+any query text or another candidate text: a photo that cannot be served that way (first caption equal to
+an earlier photo's, fewer distinct captions than its role needs) is skipped and listed in the stats. The global
+pool is the union of the local pools. Image paths are `images/<name>` relative to the root, where `images`
+is a symlink to the source folder: nothing is copied. `dataset` names the files; its M-BEIR dataset id is 10
+(M-BEIR uses 0-9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import read_flickr, read_split
+from .embedding import Embedder, fuse
+from .metrics import recall_at_k, topk
+
+MODALITIES = ("text", "image", "image,text")
+# UniIR's task ids (src/data/preprocessing/utils.py: MBEIR_TASK): id -> (query modality, candidate modality).
+MBEIR_TASKS: dict[int, tuple[str, str]] = {
+    0: ("text", "image"),
+    1: ("text", "text"),
+    2: ("text", "image,text"),
+    3: ("image", "text"),
+    4: ("image", "image"),
+    6: ("image,text", "text"),
+    7: ("image,text", "image"),
+    8: ("image,text", "image,text"),
+}
+SETTINGS = ("local", "global")
+BUILD_TASKS = (0, 1, 2, 3, 6)  # the tasks `build_mbeir` writes
+BUILD_SPLIT = "test"
+DATASET_ID = 10  # M-BEIR's datasets take ids 0-9
+
+
+class MBEIRFormatError(ValueError):
+    """A malformed M-BEIR file; the message starts with `<file>:<line>:`."""
+
+
+@dataclass(frozen=True)
+class Query:
+    qid: str
+    modality: str  # "text" | "image" | "image,text"
+    txt: str | None  # None unless the modality has text
+    img_path: Path | None  # resolved against the root; None unless the modality has an image
+    pos: tuple[str, ...] = ()  # pos_cand_list
+    task_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    did: str
+    modality: str
+    txt: str | None
+    img_path: Path | None
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MBEIRFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise MBEIRFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
+def _default_root(path: Path) -> Path:
+    return path.absolute().parents[2]  # <root>/query/<split>/x.jsonl, <root>/cand_pool/<local|global>/x.jsonl
+
+
+def _content(
+    row: dict[str, Any], where: str, root: Path, keys: tuple[str, str, str], check_images: bool
+) -> tuple[str, str | None, Path | None]:
+    """(modality, text, resolved image path) of a query or candidate row, checked against its modality."""
+    txt_key, img_key, mod_key = keys
+    modality = row.get(mod_key)
+    if modality == "text,image":  # M-BEIR's README spells it both ways; the data uses "image,text"
+        modality = "image,text"
+    if modality not in MODALITIES:
+        raise MBEIRFormatError(f"{where}: {mod_key} must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    txt = img = None
+    if "text" in modality:
+        txt = row.get(txt_key)
+        if not isinstance(txt, str) or not txt.strip():
+            raise MBEIRFormatError(f"{where}: {txt_key} is empty but {mod_key} is {modality!r}")
+    if "image" in modality:
+        rel = row.get(img_key)
+        if not isinstance(rel, str) or not rel.strip():
+            raise MBEIRFormatError(f"{where}: {img_key} is empty but {mod_key} is {modality!r}")
+        img = root / rel
+        if check_images and not img.is_file():
+            raise FileNotFoundError(f"{where}: image not found: {img}")
+    return modality, txt, img
+
+
+def _id(row: dict[str, Any], key: str, where: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value:
+        raise MBEIRFormatError(f"{where}: missing {key}")
+    return value
+
+
+def _dids(value: Any, key: str, where: str) -> tuple[str, ...]:
+    """pos_cand_list: a list of dids (the data) or of {"did": ...} objects (the README's notation)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise MBEIRFormatError(f"{where}: {key} must be a list of dids")
+    out = []
+    for v in value:
+        did = v.get("did") if isinstance(v, dict) else v
+        if not isinstance(did, str) or not did:
+            raise MBEIRFormatError(f"{where}: {key} holds {v!r}, not a did")
+        out.append(did)
+    return tuple(out)
+
+
+def read_queries(path: str | Path, *, root: str | Path | None = None, check_images: bool = True) -> list[Query]:
+    """Queries of an M-BEIR query file. `root` defaults to the folder two levels above the file's folder."""
+    path = Path(path)
+    base = Path(root) if root is not None else _default_root(path)
+    queries, seen = [], set()
+    for lineno, row in _rows(path):
+        where = f"{path}:{lineno}"
+        qid = _id(row, "qid", where)
+        if qid in seen:
+            raise MBEIRFormatError(f"{where}: duplicate qid {qid!r}")
+        seen.add(qid)
+        modality, txt, img = _content(row, where, base, ("query_txt", "query_img_path", "query_modality"), check_images)
+        task_id = row.get("task_id")
+        if task_id is not None and not isinstance(task_id, int):
+            raise MBEIRFormatError(f"{where}: task_id must be an integer, got {task_id!r}")
+        queries.append(Query(qid, modality, txt, img, _dids(row.get("pos_cand_list"), "pos_cand_list", where), task_id))
+    return queries
+
+
+def read_pool(path: str | Path, *, root: str | Path | None = None, check_images: bool = True) -> list[Candidate]:
+    """Candidates of an M-BEIR pool file. `root` defaults to the folder two levels above the file's folder."""
+    path = Path(path)
+    base = Path(root) if root is not None else _default_root(path)
+    pool, seen = [], set()
+    for lineno, row in _rows(path):
+        where = f"{path}:{lineno}"
+        did = _id(row, "did", where)
+        if did in seen:
+            raise MBEIRFormatError(f"{where}: duplicate did {did!r}")
+        seen.add(did)
+        modality, txt, img = _content(row, where, base, ("txt", "img_path", "modality"), check_images)
+        pool.append(Candidate(did, modality, txt, img))
+    return pool
+
+
+def read_qrels(path: str | Path) -> dict[str, set[str]]:
+    """qid -> dids with relevance > 0, from TREC-style lines `qid 0 did relevance [task_id]`."""
+    path = Path(path)
+    qrels: dict[str, set[str]] = {}
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) not in (4, 5):
+                raise MBEIRFormatError(f"{path}:{lineno}: expected 'qid 0 did relevance [task_id]', got {line.strip()!r}")
+            try:
+                relevance = int(fields[3])
+            except ValueError:
+                raise MBEIRFormatError(f"{path}:{lineno}: relevance {fields[3]!r} is not an integer") from None
+            if relevance > 0:
+                qrels.setdefault(fields[0], set()).add(fields[2])
+    return qrels
+
+
+# --- embedding --------------------------------------------------------------------------------
+
+
+def _checked(emb: np.ndarray, n: int, what: str) -> np.ndarray:
+    emb = np.asarray(emb, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != n:
+        raise ValueError(f"embedder: {what} returned shape {emb.shape} for {n} inputs, expected ({n}, D)")
+    return emb
+
+
+def embed_items(
+    embedder: Embedder,
+    items: Sequence[Query | Candidate],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+    cache: dict[tuple[str, str], np.ndarray] | None = None,
+) -> np.ndarray:
+    """(N, D) float32 embeddings of queries or candidates of any modality mix.
+
+    All images go to the embedder in one `embed_images` call and all texts in one `embed_texts` call, each
+    distinct input once; "image,text" rows are then fused. Pass the same `cache` dict across calls to embed
+    each distinct image and text once per run (keys ("image", path) and ("text", text)).
+    """
+    cache = {} if cache is None else cache
+    images = list(dict.fromkeys(str(it.img_path) for it in items if it.img_path is not None))
+    texts = list(dict.fromkeys(it.txt for it in items if it.txt is not None))
+    images = [p for p in images if ("image", p) not in cache]
+    texts = [t for t in texts if ("text", t) not in cache]
+    if images:
+        emb = _checked(embedder.embed_images(images, batch_size=batch_size, progress=progress), len(images), "embed_images")
+        cache.update({("image", p): e for p, e in zip(images, emb, strict=True)})
+    if texts:
+        emb = _checked(embedder.embed_texts(texts, batch_size=batch_size, progress=progress), len(texts), "embed_texts")
+        cache.update({("text", t): e for t, e in zip(texts, emb, strict=True)})
+    if not items:
+        return np.zeros((0, int(embedder.embed_dim)), np.float32)
+    img = [cache[("image", str(it.img_path))] if it.img_path is not None else None for it in items]
+    txt = [cache[("text", it.txt)] if it.txt is not None else None for it in items]
+    dims = {v.shape[0] for v in img + txt if v is not None}
+    if len(dims) != 1:
+        raise ValueError(f"embedder: image and text embeddings differ in width ({sorted(dims)})")
+    out = np.empty((len(items), dims.pop()), np.float32)  # (N, D)
+    fused = [i for i, it in enumerate(items) if it.modality == "image,text"]
+    for i, it in enumerate(items):
+        if it.modality == "image":
+            out[i] = img[i]
+        elif it.modality == "text":
+            out[i] = txt[i]
+    if fused:
+        out[fused] = fuse(np.stack([img[i] for i in fused]), np.stack([txt[i] for i in fused]))
+    return out
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+def _search(queries: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
+    """(nq, min(k, N)) pool rows by descending inner product, in query blocks of <= 2**26 scores."""
+    block = max(1, 2**26 // max(1, pool.shape[0]))
+    parts = [topk(queries[i : i + block] @ pool.T, k)[0] for i in range(0, len(queries), block)]  # (b, k) each
+    return np.concatenate(parts) if parts else np.zeros((0, min(k, pool.shape[0])), np.int64)
+
+
+def local_pool_path(root: str | Path, name: str, split: str) -> Path:
+    """The local pool UniIR pairs with `query/<split>/mbeir_<name>_<split>.jsonl`."""
+    local = Path(root) / "cand_pool" / "local"
+    for path in (local / f"mbeir_{name}_{split}_cand_pool.jsonl", local / f"mbeir_{name}_cand_pool.jsonl"):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{local}: no local pool for query file mbeir_{name}_{split}.jsonl "
+        f"(looked for mbeir_{name}_{split}_cand_pool.jsonl and mbeir_{name}_cand_pool.jsonl)"
+    )
+
+
+def global_pool_path(root: str | Path, split: str) -> Path:
+    return Path(root) / "cand_pool" / "global" / f"mbeir_union_{split}_cand_pool.jsonl"
+
+
+def _positives(queries: list[Query], qrels_path: Path) -> list[set[str]]:
+    if not qrels_path.is_file():
+        positives = [set(q.pos) for q in queries]
+        source = f"{qrels_path.name} is missing and pos_cand_list"
+    else:
+        qrels = read_qrels(qrels_path)
+        positives = [qrels.get(q.qid, set()) for q in queries]
+        source = str(qrels_path)
+    empty = [q.qid for q, pos in zip(queries, positives, strict=True) if not pos]
+    if empty:
+        raise ValueError(f"{source}: no positive for {len(empty)} queries (e.g. qid {empty[0]})")
+    return positives
+
+
+def evaluate_mbeir(
+    embedder: Embedder,
+    root: str | Path,
+    *,
+    split: str = "test",
+    settings: Sequence[str] = SETTINGS,
+    ks: Sequence[int] = (1, 5, 10),
+    batch_size: int = 32,
+    progress: bool = True,
+    filter_global_modality: bool = False,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Recall@k (percent) of every query file of `root/query/<split>/` in each setting, plus their average.
+
+    Returns {"<query file stem>": {"local": {"recall@1": ..}, "global": {..}}, ..., "average": {...}},
+    settings and ks in the order given. See the module docstring for the protocol.
+    """
+    root = Path(root)
+    settings = tuple(settings)
+    if not settings or any(s not in SETTINGS for s in settings):
+        raise ValueError(f"settings: expected some of {SETTINGS}, got {settings}")
+    ks = tuple(ks)
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks: expected positive integers, got {ks}")
+    query_dir = root / "query" / split
+    query_files = sorted(query_dir.glob(f"mbeir_*_{split}.jsonl"))
+    if not query_files:
+        raise FileNotFoundError(f"{query_dir}: no query files mbeir_*_{split}.jsonl")
+
+    cache: dict[tuple[str, str], np.ndarray] = {}  # each distinct image / text embedded once per run
+    pools: dict[Path, tuple[list[Candidate], np.ndarray]] = {}
+
+    def pool(path: Path) -> tuple[list[Candidate], np.ndarray]:
+        if path not in pools:
+            cands = read_pool(path, root=root)
+            if not cands:
+                raise ValueError(f"{path}: empty candidate pool")
+            if progress:
+                print(f"embedding {path.name} ({len(cands)} candidates)", file=sys.stderr)
+            pools[path] = cands, embed_items(embedder, cands, batch_size=batch_size, progress=progress, cache=cache)
+        return pools[path]
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for qf in query_files:
+        name = qf.stem[len("mbeir_") : -len(f"_{split}")]
+        queries = read_queries(qf, root=root)
+        if not queries:
+            raise ValueError(f"{qf}: no queries")
+        positives = _positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt")
+        if progress:
+            print(f"embedding {qf.name} ({len(queries)} queries)", file=sys.stderr)
+        q_emb = embed_items(embedder, queries, batch_size=batch_size, progress=progress, cache=cache)
+        row = {}
+        for setting in settings:
+            path = local_pool_path(root, name, split) if setting == "local" else global_pool_path(root, split)
+            cands, c_emb = pool(path)
+            row_of = {c.did: i for i, c in enumerate(cands)}
+            pos = [{row_of[d] for d in p if d in row_of} for p in positives]
+            missing = sum(1 for p in pos if not p)
+            if missing:
+                warnings.warn(f"{qf.name}: {missing} queries have no positive in {path.name}", stacklevel=2)
+            cols = np.arange(len(cands))
+            if setting == "global" and filter_global_modality:
+                targets = {cands[i].modality for p in pos for i in p}
+                cols = np.flatnonzero([c.modality in targets for c in cands])
+            ranked = cols[_search(q_emb, c_emb[cols], max(ks))]  # (nq, k) pool rows
+            row[setting] = {f"recall@{k}": 100.0 * recall_at_k(ranked, pos, k) for k in ks}
+        results[qf.stem] = row
+    tasks = list(results)
+    results["average"] = {
+        s: {m: float(np.mean([results[t][s][m] for t in tasks])) for m in results[tasks[0]][s]} for s in settings
+    }
+    return results
+
+
+def _task_label(stem: str) -> str:
+    m = re.search(r"_task(\d+)(?:_|$)", stem)
+    if not m or int(m.group(1)) not in MBEIR_TASKS:
+        return ""
+    q, c = MBEIR_TASKS[int(m.group(1))]
+    return f"{q} -> {c}"
+
+
+def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """One plain-text table per setting: a row per query file (and its task), recall@k columns, the average."""
+    tasks = [t for t in results if t != "average"]
+    if not tasks:
+        raise ValueError("results: no tasks")
+    settings = list(results[tasks[0]])
+    width = max(len(t) for t in [*tasks, "average"])
+    label_width = max(len(_task_label(t)) for t in tasks)
+    blocks = []
+    for s in settings:
+        metrics = list(results[tasks[0]][s])
+        lines = [f"M-BEIR {s} pool: recall (%)"]
+        lines.append(f"{'task':<{width}}  {'':<{label_width}}  " + "  ".join(f"{m:>9}" for m in metrics))
+        rows = [(t, _task_label(t), results[t][s]) for t in tasks]
+        if "average" in results:
+            rows.append(("average", "", results["average"][s]))
+        for t, label, vals in rows:
+            lines.append(f"{t:<{width}}  {label:<{label_width}}  " + "  ".join(f"{vals[m]:>9.2f}" for m in metrics))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+# --- building ---------------------------------------------------------------------------------
+
+
+def _norm(text: str) -> str:
+    """Comparison key: case, punctuation and spacing ignored."""
+    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _link_images(out: Path, images: Path) -> None:
+    link = out / "images"
+    if link.is_symlink():
+        if link.resolve() == images:
+            return
+        link.unlink()
+    elif link.exists():
+        raise FileExistsError(f"{link}: exists and is not a symlink; remove it or choose another output folder")
+    link.symlink_to(images, target_is_directory=True)
+
+
+def build_mbeir(
+    captions_file: str | Path,
+    images_dir: str | Path | None,
+    out_dir: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    seed: int = 0,
+    dataset: str = "flickr8k",
+) -> dict[str, Any]:
+    """Write a five-task M-BEIR benchmark built from a Flickr-style captions folder; returns its stats.
+
+    `names`: the photos to use (default: all with captions and an image file). `images_dir` defaults to
+    `images/` beside the captions file. Same inputs and seed, same bytes. Rewrites the files it writes
+    (including the union pool) and leaves any others in `out_dir` alone. See the module docstring.
+    """
+    captions_file = Path(captions_file)
+    images = (Path(images_dir) if images_dir is not None else captions_file.parent / "images").resolve()
+    pairs = read_flickr(captions_file, images)
+    by_name = {p.relative_to(images).as_posix(): caps for p, caps in zip(pairs.images, pairs.captions, strict=True)}
+    if names is None:
+        chosen = sorted(by_name)
+    else:
+        chosen = sorted(set(names))
+        unknown = [n for n in chosen if n not in by_name]
+        if unknown:
+            raise ValueError(
+                f"{captions_file}: {len(unknown)} requested photos have no caption there or no image file in "
+                f"{images}: {', '.join(unknown[:5])}"
+            )
+    if not re.fullmatch(r"[a-z0-9]+", dataset):
+        raise ValueError(f"dataset: use lowercase letters and digits (it names the files), got {dataset!r}")
+    random.Random(seed).shuffle(chosen)
+    half = (len(chosen) + 1) // 2
+    pool_side, query_side = chosen[:half], chosen[half:]
+
+    # 1. Caption roles. Query texts: caption 0, unique. Candidate texts: unique, never equal to a query text.
+    skipped: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in chosen:
+        key = _norm(by_name[name][0])
+        if key in taken:
+            skipped[name] = "its first caption repeats another photo's"
+        taken.add(key)
+
+    def candidate_captions(name: str, need: int, limit: int) -> list[str] | None:
+        picked = []
+        for cap in by_name[name][1:]:
+            if _norm(cap) not in taken and len(picked) < limit:
+                picked.append(cap)
+                taken.add(_norm(cap))
+        if len(picked) < need:
+            skipped[name] = f"fewer than {need + 1} distinct captions left for its role"
+            return None
+        return picked
+
+    roles_a = {n: c for n in pool_side if n not in skipped and (c := candidate_captions(n, 2, 2))}
+    roles_b = {n: c for n in query_side if n not in skipped and (c := candidate_captions(n, 1, 4))}
+
+    # 2. Candidates (pool order: images, image+text, texts) and queries, ids "<DATASET_ID>:<n>".
+    cands: dict[str, dict[str, Any]] = {}
+
+    def add(kind: str, name: str, txt: str | None, caption: int | None) -> str:
+        did = f"{DATASET_ID}:{len(cands) + 1}"
+        src = json.dumps({"image": name, "caption": caption})
+        cands[did] = {"txt": txt, "img_path": None if kind == "text" else f"images/{name}", "modality": kind,
+                      "did": did, "src_content": src}
+        return did
+
+    caption_index = {n: {c: i for i, c in reversed(list(enumerate(by_name[n])))} for n in chosen}
+    image_of = {n: add("image", n, None, None) for n in roles_a}
+    pair_of = {n: add("image,text", n, c[0], caption_index[n][c[0]]) for n, c in roles_a.items()}
+    text_of = {n: add("text", n, c[1], caption_index[n][c[1]]) for n, c in roles_a.items()}
+    texts_of = {n: [add("text", n, c, caption_index[n][c]) for c in caps] for n, caps in roles_b.items()}
+    text_pool = list(text_of.values()) + [d for ds in texts_of.values() for d in ds]
+
+    tasks: dict[int, tuple[list[tuple[str, str | None, str | None, list[str]]], list[str]]] = {
+        # task id: ([(photo, query text, query image, positive dids)], local pool dids)
+        0: ([(n, by_name[n][0], None, [image_of[n]]) for n in roles_a], list(image_of.values())),
+        1: ([(n, by_name[n][0], None, [text_of[n]]) for n in roles_a], text_pool),
+        2: ([(n, by_name[n][0], None, [pair_of[n]]) for n in roles_a], list(pair_of.values())),
+        3: ([(n, None, f"images/{n}", texts_of[n]) for n in roles_b], text_pool),
+        6: ([(n, by_name[n][0], f"images/{n}", texts_of[n]) for n in roles_b], text_pool),
+    }
+
+    # 3. Files.
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _link_images(out, images)
+    stats_tasks = {}
+    n_queries = 0
+    for task_id, (rows, pool_dids) in tasks.items():
+        stem = f"mbeir_{dataset}_task{task_id}_{BUILD_SPLIT}"
+        q_mod = MBEIR_TASKS[task_id][0]
+        queries = []
+        for name, txt, img, pos in rows:
+            n_queries += 1
+            queries.append({
+                "qid": f"{DATASET_ID}:{n_queries}", "query_txt": txt, "query_img_path": img, "query_modality": q_mod,
+                "query_src_content": json.dumps({"image": name, "caption": 0 if txt is not None else None}),
+                "pos_cand_list": pos, "neg_cand_list": [], "task_id": task_id,
+            })
+        _write_jsonl(out / "query" / BUILD_SPLIT / f"{stem}.jsonl", queries)
+        _write_jsonl(out / "cand_pool" / "local" / f"{stem}_cand_pool.jsonl", [cands[d] for d in pool_dids])
+        qrels = out / "qrels" / BUILD_SPLIT / f"{stem}_qrels.txt"
+        qrels.parent.mkdir(parents=True, exist_ok=True)
+        qrels.write_text("".join(f"{q['qid']} 0 {d} 1 {task_id}\n" for q in queries for d in q["pos_cand_list"]))
+        stats_tasks[stem] = {"task": " -> ".join(MBEIR_TASKS[task_id]), "queries": len(queries),
+                             "local_pool": len(pool_dids)}
+    _write_jsonl(global_pool_path(out, BUILD_SPLIT), list(cands.values()))
+
+    by_modality: dict[str, int] = {}
+    for c in cands.values():
+        by_modality[c["modality"]] = by_modality.get(c["modality"], 0) + 1
+    return {
+        "root": str(out),
+        "split": BUILD_SPLIT,
+        "seed": seed,
+        "photos": len(chosen),
+        "pool_photos": len(roles_a),
+        "query_photos": len(roles_b),
+        "skipped": dict(sorted(skipped.items())),
+        "tasks": stats_tasks,
+        "global_pool": len(cands),
+        "global_pool_by_modality": by_modality,
+    }
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def cli_build(args: argparse.Namespace) -> int:
+    """`edge-gcl bench build-mbeir`: --split picks photos from --splits (default: splits.json beside captions)."""
+    captions = Path(args.captions)
+    names = None
+    if args.split:
+        splits = Path(args.splits) if args.splits else captions.parent / "splits.json"
+        if not splits.is_file() and not splits.is_absolute() and (captions.parent / splits).is_file():
+            splits = captions.parent / splits  # `--splits splits.json` names the file beside captions.txt
+        names = sorted(read_split(splits, args.split))
+    elif args.splits:
+        raise ValueError(f"--splits {args.splits}: give --split too (e.g. --split dev)")
+    stats = build_mbeir(captions, args.images, args.out, names=names, seed=args.seed)
+    print(f"M-BEIR benchmark in {stats['root']} (split {stats['split']}, seed {stats['seed']}): "
+          f"{stats['photos']} photos, {stats['pool_photos']} pool-side, {stats['query_photos']} query-side, "
+          f"{len(stats['skipped'])} skipped")
+    width = max(len(s) for s in stats["tasks"])
+    for stem, t in stats["tasks"].items():
+        print(f"  {stem:<{width}}  {t['task']:<20}  {t['queries']:>6} queries  {t['local_pool']:>6} local pool")
+    mods = ", ".join(f"{n} {m}" for m, n in stats["global_pool_by_modality"].items())
+    print(f"  global pool: {stats['global_pool']} candidates ({mods})")
+    for name, why in stats["skipped"].items():
+        print(f"  skipped {name}: {why}")
+    return 0
+
+
+def cli_eval(args: argparse.Namespace) -> int:
+    """`edge-gcl eval mbeir`: load the model, evaluate, print the tables, optionally write the JSON."""
+    from .runtime import load_embedder  # imported here: it pulls in the model runtime
+
+    settings = SETTINGS if args.setting == "both" else (args.setting,)
+    embedder = load_embedder(args.model, provider=args.provider)
+    results = evaluate_mbeir(embedder, args.root, split=args.split, settings=settings, ks=tuple(args.k),
+                             batch_size=args.batch_size)
+    print(format_table(results))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0

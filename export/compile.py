@@ -1,0 +1,355 @@
+"""`python -m export.compile`: a trained model -> artifacts a Snapdragon app loads.
+
+    python -m export.compile --target snapdragon                     # the default model, default chip
+    python -m export.compile --model runs/gcl --chipset "8 Elite" --precision w8a16 --out artifacts/
+    python -m export.compile --target snapdragon --via aihub --device "Samsung Galaxy S24 (Family)"
+    python -m export.compile --list-chipsets
+
+The recipe, step by step (each timed and shown in the summary):
+1. Load the model (name, checkpoint folder, HF CLIP folder or TinyCLIP .pt) and pick calibration
+   photos/captions (`--calibration`, else the model's own training data) plus held-out ones.
+2. Export both towers to float ONNX (dynamic batch) with the contract of `edge_gcl.manifest`,
+   save the tokenizer beside them, and check PyTorch vs ONNX Runtime parity on real inputs.
+3. Quantize each tower to QDQ (`w8a16` default, `w8a8`; `fp16` keeps float weights) at batch 1.
+4. Compile each tower to an EPContext model for the chip's Hexagon NPU (QNN EP, HTP backend),
+   failing loudly, naming the nodes, if any node would fall back to the CPU.
+5. Verify: run the compiled models in HTP emulation on held-out inputs against the float model
+   (cosine, max abs error).
+6. Write `manifest.json` (contract, files with SHA-256, precision, chip, NPU share, fidelity, tool
+   versions) and move the finished folder into place; a failed run leaves the old folder untouched.
+With `--via aihub`, steps 4-5 run on Qualcomm AI Hub instead: compile there and profile on a
+real device (inference ms, peak memory, layer placement), written into the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_gcl.embedding import l2_normalize
+from edge_gcl.manifest import TOKENIZER_NAME, Manifest, TowerArtifacts, tower_specs
+from edge_gcl.transform import ImageDecodeError, preprocess
+
+from .chipsets import DEFAULT_TARGET, format_table, get_chipset
+
+TOWERS = ("image", "text")
+PARITY_ATOL = 1e-4  # PyTorch vs ONNX Runtime (CPU, float32), on L2-normalised embeddings
+
+
+@dataclass
+class CompileResult:
+    out: Path
+    manifest: Manifest
+    steps_s: dict[str, float] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- step 1: inputs
+@dataclass
+class Samples:
+    """Tower feeds at batch 1: `calibration` for quantization, `heldout` for fidelity."""
+
+    calibration: dict[str, list[dict[str, np.ndarray]]]
+    heldout: dict[str, list[dict[str, np.ndarray]]]
+    source: dict[str, object]
+
+
+def calibration_source(model, calibration: str | Path | None) -> tuple[Path, Path | None]:
+    """The captions file to calibrate on: `--calibration DIR`, else the model's training data."""
+    if calibration:
+        folder = Path(calibration)
+        captions = folder / "captions.txt" if folder.is_dir() else folder
+        if not captions.is_file():
+            raise FileNotFoundError(f"{calibration}: --calibration needs a folder with captions.txt and images/")
+        return captions, None
+    from edge_gcl.checkpoint import is_checkpoint, read_meta
+
+    if model.source is not None and is_checkpoint(model.source):
+        train = read_meta(model.source).get("train", {})
+        for i, data in enumerate(train.get("data", [])):
+            if Path(data).is_file():
+                images = train.get("images", [])
+                return Path(data), Path(images[i]) if i < len(images) else None
+    raise FileNotFoundError(
+        "no calibration data: this model records no training data that exists here; "
+        "give --calibration DIR (a folder with captions.txt and images/)"
+    )
+
+
+def pick_samples(model, captions: Path, images: Path | None, *, n_calibration: int, n_heldout: int,
+                 seed: int = 0) -> Samples:
+    from edge_gcl.data import read_pairs
+
+    pairs = read_pairs(captions, images)
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    tok = model.tokenizer()
+    chosen: list[tuple[np.ndarray, str]] = []
+    for i in order:
+        if len(chosen) == n_calibration + n_heldout:
+            break
+        try:
+            chosen.append((preprocess(pairs.images[i], model.config.image), pairs.captions[i][0]))
+        except ImageDecodeError:
+            continue
+    if len(chosen) < n_calibration + n_heldout:
+        raise ValueError(f"{captions}: need {n_calibration + n_heldout} usable photos to calibrate, found {len(chosen)}")
+
+    def feeds(rows):
+        ids, mask = tok([text for _, text in rows])
+        return {
+            "image": [{"pixels": pixels[None]} for pixels, _ in rows],
+            "text": [{"input_ids": ids[j : j + 1].astype(np.int32), "attention_mask": mask[j : j + 1].astype(np.int32)}
+                     for j in range(len(rows))],
+        }
+
+    source = {"captions": str(captions), "photos": n_calibration, "heldout_photos": n_heldout, "seed": seed}
+    return Samples(feeds(chosen[:n_calibration]), feeds(chosen[n_calibration:]), source)
+
+
+def stack(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+
+
+# ----------------------------------------------------------------------------- steps 2-5
+def cosine_report(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    cos = np.sum(l2_normalize(reference) * l2_normalize(other), axis=1)
+    return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
+            "max_abs_error": float(np.abs(reference - other).max())}
+
+
+def run(
+    model_spec: str = "default",
+    *,
+    out: str | Path = "artifacts",
+    chipset: str = DEFAULT_TARGET,
+    precision: str = "w8a16",
+    via: str = "local",
+    device: str | None = None,
+    calibration: str | Path | None = None,
+    n_calibration: int = 64,
+    n_heldout: int = 32,
+    skip_compile: bool = False,
+    skip_verify: bool = False,
+    log=print,
+) -> CompileResult:
+    from edge_gcl.models import load_model
+
+    from . import onnx_export
+    from .quantize import quantize_tower
+
+    chip = get_chipset(chipset)
+    out = Path(out)
+    if via == "aihub":
+        from .aihub import check_configured
+
+        check_configured()  # at once: no work before we know AI Hub can be reached
+    steps: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def done(step: str) -> None:
+        nonlocal t
+        steps[step] = time.perf_counter() - t
+        log(f"  {step}: {steps[step]:.1f} s")
+        t = time.perf_counter()
+
+    log(f"[1/6] loading {model_spec} and calibration data")
+    model = load_model(model_spec).eval()
+    captions, images = calibration_source(model, calibration)
+    samples = pick_samples(model, captions, images, n_calibration=n_calibration, n_heldout=n_heldout)
+    done("load")
+
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        log("[2/6] exporting float ONNX towers")
+        specs = tower_specs(model.config)
+        towers: dict[str, TowerArtifacts] = {}
+        parity = {}
+        for tower in TOWERS:
+            path = onnx_export.export_tower(model, tower, stage / f"{tower}_tower.onnx")
+            towers[tower] = TowerArtifacts(specs[tower], {"float": path.name})
+            feeds = stack(samples.heldout[tower])
+            got = _run_cpu(path, feeds)
+            ref = onnx_export.torch_reference(model, tower, feeds)
+            parity[tower] = float(np.abs(got - ref).max())
+            if parity[tower] > PARITY_ATOL:
+                raise RuntimeError(f"{tower} tower: ONNX differs from PyTorch by {parity[tower]:.2e} (> {PARITY_ATOL})")
+        model.tokenizer().save(stage / TOKENIZER_NAME)
+        log(f"  PyTorch vs ONNX Runtime max abs error: image {parity['image']:.1e}, text {parity['text']:.1e}")
+        done("export")
+
+        log(f"[3/6] quantizing ({precision})")
+        for tower in TOWERS:
+            fixed = onnx_export.fix_batch(stage / towers[tower].files["float"], stage / f".{tower}_b1.onnx")
+            qdq = quantize_tower(fixed, stage / f"{tower}_tower_{precision}.onnx", kind=tower, precision=precision,
+                                 calibration=samples.calibration[tower])
+            fixed.unlink()
+            towers[tower].files["qdq"] = qdq.name
+        done("quantize")
+
+        aihub_summary = None
+        if via == "aihub":
+            log(f"[4/6] compiling and profiling on AI Hub ({device or chip.name})")
+            from .aihub import compile_and_profile
+
+            aihub_summary = compile_and_profile(
+                {tw: stage / towers[tw].files["qdq"] for tw in TOWERS},
+                device=device or f"chipset:{chip.aihub_chipset}",
+                input_specs={tw: {s.name: (tuple(1 if isinstance(d, str) else d for d in s.shape), s.dtype)
+                                  for s in specs[tw].inputs} for tw in TOWERS},
+                out_dir=stage, log=log)
+            done("aihub")
+        elif not skip_compile:
+            from .qnn import compile_context, run_on_htp
+
+            log(f"[4/6] compiling for {chip.name} (Hexagon {chip.htp_arch}) with the QNN HTP backend")
+            for tower in TOWERS:
+                report = compile_context(stage / towers[tower].files["qdq"], stage / f"{tower}_tower_{precision}_ctx.onnx",
+                                         chipset=chip, fp16=precision == "fp16")
+                towers[tower].files["ctx"] = report.ctx_path.name
+                if report.bin_path is not None:
+                    towers[tower].files["ctx_bin"] = report.bin_path.name
+                towers[tower].npu_node_share = report.npu_share
+                log(f"  {tower}: {report.npu_nodes}/{report.total_nodes} nodes on the NPU ({report.npu_share:.0%})")
+            done("compile")
+
+            if not skip_verify:
+                log(f"[5/6] verifying in HTP emulation on {n_heldout} held-out inputs")
+                for tower in TOWERS:
+                    ref = _run_cpu(stage / towers[tower].files["float"], stack(samples.heldout[tower]))
+                    got = np.concatenate([
+                        next(iter(run_on_htp(stage / towers[tower].files["ctx"], f).values()))
+                        for f in samples.heldout[tower]
+                    ])
+                    towers[tower].fidelity = cosine_report(ref, got)
+                    f = towers[tower].fidelity
+                    log(f"  {tower}: cosine min {f['cosine_min']:.4f} mean {f['cosine_mean']:.4f}, "
+                        f"max abs error {f['max_abs_error']:.4f}")
+                done("verify")
+
+        log("[6/6] writing the manifest")
+        digest = hashlib.sha256()
+        for tower in TOWERS:
+            digest.update((stage / towers[tower].files["float"]).read_bytes())
+        manifest = Manifest(
+            model_id=f"{model.config.name}-{digest.hexdigest()[:12]}",
+            model_name=model.config.name,
+            embed_dim=model.config.embed_dim,
+            image=model.config.image,
+            text=dataclasses.replace(model.config.text, tokenizer_file=TOKENIZER_NAME),
+            towers=towers,
+            precision=precision,
+            chipset=dataclasses.asdict(chip),
+            calibration=samples.source,
+            tools=_tool_versions(),
+            extra={"onnx_parity_max_abs_error": parity, "source_model": str(model_spec),
+                   **({"aihub": aihub_summary} if aihub_summary else {})},
+        )
+        manifest.save(stage)
+        _replace_folder(stage, out)
+        done("manifest")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return CompileResult(out, manifest, steps)
+
+
+def _run_cpu(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def _replace_folder(stage: Path, out: Path) -> None:
+    """Move the finished `stage` to `out`; an existing `out` is replaced only now."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        stage.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        stage.rename(out)
+
+
+def _tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    tools = {}
+    for name in ("edge-gcl", "torch", "onnx", "onnxruntime", "onnxruntime-qnn", "qai-hub"):
+        try:
+            tools[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return tools
+
+
+def summary_table(result: CompileResult) -> str:
+    m = result.manifest
+    rows = [("tower", "form", "file", "size MB", "NPU share", "cosine min", "cosine mean", "max abs err")]
+    for tower, art in m.towers.items():
+        for form, name in art.files.items():
+            size = m.files.get(name, {}).get("size_bytes", 0) / 1e6
+            fid = art.fidelity if form == "ctx" and art.fidelity else {}
+            share = f"{art.npu_node_share:.0%}" if form == "ctx" and art.npu_node_share is not None else ""
+            rows.append((tower, form, name, f"{size:.1f}", share,
+                         *(f"{fid[k]:.4f}" if k in fid else "" for k in ("cosine_min", "cosine_mean", "max_abs_error"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    chip = m.chipset or {}
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"model {m.model_id}, precision {m.precision}, chip {chip.get('name', '-')} "
+                 f"(Hexagon {chip.get('htp_arch', '-')}), folder {result.out}")
+    lines.append("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.steps_s.items()))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.compile", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default", help="model name, checkpoint folder, HF CLIP folder or .pt")
+    p.add_argument("--target", choices=["snapdragon"], default="snapdragon", help="the platform (default chip: "
+                   f"{DEFAULT_TARGET})")
+    p.add_argument("--chipset", default=DEFAULT_TARGET, help="compile target; see --list-chipsets")
+    p.add_argument("--precision", choices=["w8a16", "w8a8", "fp16"], default="w8a16")
+    p.add_argument("--via", choices=["local", "aihub"], default="local",
+                   help="local: QNN EP HTP backend on this machine; aihub: Qualcomm AI Hub")
+    p.add_argument("--device", help="AI Hub device for --via aihub, e.g. 'Samsung Galaxy S24 (Family)'")
+    p.add_argument("--out", default="artifacts", help="output folder (replaced only when the build succeeds)")
+    p.add_argument("--calibration", help="Flickr-style folder (captions.txt + images/); default: the training data")
+    p.add_argument("--calibration-size", type=int, default=64)
+    p.add_argument("--skip-compile", action="store_true", help="stop after quantization (no EPContext)")
+    p.add_argument("--skip-verify", action="store_true", help="do not run the compiled towers in HTP emulation")
+    p.add_argument("--list-chipsets", action="store_true")
+    args = p.parse_args(argv)
+    if args.list_chipsets:
+        print(format_table())
+        return 0
+    try:
+        result = run(args.model, out=args.out, chipset=args.chipset, precision=args.precision, via=args.via,
+                     device=args.device, calibration=args.calibration, n_calibration=args.calibration_size,
+                     skip_compile=args.skip_compile, skip_verify=args.skip_verify)
+    except Exception as e:
+        from .aihub import AIHubNotConfigured
+
+        if isinstance(e, AIHubNotConfigured):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    print(summary_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
