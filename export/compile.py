@@ -328,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", help="AI Hub device for --via aihub, e.g. 'Samsung Galaxy S24 (Family)'")
     p.add_argument("--out", default="artifacts", help="output folder (replaced only when the build succeeds)")
     p.add_argument("--calibration", help="Flickr-style folder (captions.txt + images/); default: the training data")
-    p.add_argument("--calibration-size", type=int, default=64)
+    p.add_argument("--calibration-size", type=int, default=64, help="photos and captions to calibrate on")
+    p.add_argument("--heldout-size", type=int, default=32, help="other photos and captions to measure fidelity on")
     p.add_argument("--skip-compile", action="store_true", help="stop after quantization (no EPContext)")
     p.add_argument("--skip-verify", action="store_true", help="do not run the compiled towers in HTP emulation")
     p.add_argument("--list-chipsets", action="store_true")
@@ -339,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run(args.model, out=args.out, chipset=args.chipset, precision=args.precision, via=args.via,
                      device=args.device, calibration=args.calibration, n_calibration=args.calibration_size,
+                     n_heldout=args.heldout_size,
                      skip_compile=args.skip_compile, skip_verify=args.skip_verify)
     except Exception as e:
         from .aihub import AIHubNotConfigured

@@ -1,0 +1,43 @@
+"""The on-device photo and notes index: `Index.open(folder, model=...)`, then add, sync, search.
+
+    from edge_gcl.index import Index
+
+    with Index.open("edge-gcl-index", model="artifacts/") as index:
+        index.add_photos("~/DCIM")                       # -> IngestReport
+        index.add_note("passport renewal receipt", meta={"tags": ["admin"]})
+        hits = index.search("beach at sunset", k=5, where={"album": "Trip"})
+
+Files: `store.py` (the SQLite file: schema, transactions, vector codec), `vectors.py` (exact
+in-memory matrix and the usearch approximate index), `index.py` (the `Index` API),
+`cli.py` (the `edge-gcl index ...` and `edge-gcl search` handlers).
+"""
+
+from __future__ import annotations
+
+from .index import (
+    APPROXIMATE_MIN_VECTORS,
+    Hit,
+    Index,
+    IndexStats,
+    IngestReport,
+    Skip,
+    chunk_note,
+    note_id,
+    photo_id,
+)
+from .store import FORMAT_VERSION, Item, ModelMismatchError
+
+__all__ = [
+    "APPROXIMATE_MIN_VECTORS",
+    "FORMAT_VERSION",
+    "Hit",
+    "Index",
+    "IndexStats",
+    "IngestReport",
+    "Item",
+    "ModelMismatchError",
+    "Skip",
+    "chunk_note",
+    "note_id",
+    "photo_id",
+]

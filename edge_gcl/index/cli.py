@@ -1,0 +1,130 @@
+"""Handlers of `edge-gcl index add|sync|note|remove|stats` and `edge-gcl search` (parsers: edge_gcl/cli.py).
+
+`--index` is a folder holding `index.sqlite` (created by the first `index add` / `index note`),
+`--model` what `edge_gcl.runtime.load_embedder` accepts. Bad inputs during an ingest are listed
+on stderr and do not fail the command; a bad query, a missing index or a model mismatch does
+(exit status 1, one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..transform import ImageDecodeError
+from .index import Index, IngestReport
+from .store import ModelMismatchError
+
+_ERRORS = (
+    FileNotFoundError,
+    NotADirectoryError,
+    ValueError,
+    TypeError,
+    RuntimeError,
+    KeyError,
+    sqlite3.Error,
+)
+
+
+def _run(body: Callable[[], int | None]) -> int:
+    try:
+        return int(body() or 0)
+    except (ModelMismatchError, ImageDecodeError, *_ERRORS) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"edge-gcl: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _open(args: argparse.Namespace, *, model: bool = True, create: bool = False) -> Index:
+    return Index.open(args.index, model=args.model if model else None, create=create, provider=args.provider)
+
+
+def parse_pairs(pairs: list[str], *, flag: str) -> dict[str, Any]:
+    """["album=Trip", "tags=[\"a\",\"b\"]", "year=2024"] -> {"album": "Trip", "tags": [...], "year": 2024}.
+    A value that parses as JSON is taken as JSON, anything else as a string."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _print_report(report: IngestReport) -> None:
+    for skip in report.skipped:
+        print(f"skipped {skip.input}: {skip.reason}", file=sys.stderr)
+    print(report)
+
+
+def cli_add(args: argparse.Namespace) -> int:
+    def body() -> None:
+        with _open(args, create=True) as index:
+            _print_report(index.add_photos(args.paths, recursive=args.recursive, progress=True))
+
+    return _run(body)
+
+
+def cli_sync(args: argparse.Namespace) -> int:
+    def body() -> None:
+        with _open(args, create=True) as index:
+            _print_report(index.sync(args.dir, progress=True))
+
+    return _run(body)
+
+
+def cli_note(args: argparse.Namespace) -> int:
+    def body() -> None:
+        meta = parse_pairs(args.meta, flag="--meta") or None
+        with _open(args, create=True) as index:
+            print(index.add_note(args.text, photo=args.photo, meta=meta))
+
+    return _run(body)
+
+
+def cli_remove(args: argparse.Namespace) -> int:
+    def body() -> int:
+        with _open(args, model=False) as index:
+            missing = [i for i in args.ids if i not in index]
+            removed = index.remove(args.ids)
+        for i in missing:
+            print(f"not in the index: {i}", file=sys.stderr)
+        print(f"removed {removed}")
+        return 1 if missing else 0
+
+    return _run(body)
+
+
+def cli_stats(args: argparse.Namespace) -> int:
+    def body() -> None:
+        with _open(args, model=False) as index:
+            print(json.dumps(index.stats().to_dict(), indent=2))
+
+    return _run(body)
+
+
+def cli_search(args: argparse.Namespace) -> int:
+    def body() -> None:
+        if args.query is None and args.image is None:
+            raise ValueError("search: give a query text, --image, or both")
+        where = parse_pairs(args.where, flag="--where") or None
+        with _open(args) as index:
+            hits = index.search(args.query, args.image, k=args.k, modalities=args.modality, where=where)
+        if args.json:
+            print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
+            return
+        for h in hits:
+            what = h.path if h.path is not None else ""
+            if h.text is not None:
+                snippet = " ".join(h.text.split())
+                what = f"{what}  {snippet[:80]}{'...' if len(snippet) > 80 else ''}".strip()
+            print(f"{h.score:7.4f}  {h.modality:<10}  {h.id}  {what}")
+
+    return _run(body)

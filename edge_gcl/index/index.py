@@ -1,0 +1,785 @@
+"""`Index`: the on-device photo and notes index (ingest, sync, search, reindex).
+
+An item is a photo, a note, or a photo with its note (ids and note chunking: `sources.py`).
+A photo with a note is the photo's item with modality "photo+note" and vectors
+normalize(e_i + e_t); `add_note(text, photo=p)` attaches (or replaces) the note of photo `p`.
+A long note is stored as one vector per chunk; an item's score is the max over its chunks
+(for photo+note: over normalize(e_i + e_chunk)).
+
+Photos are re-embedded only when their content changed: size and mtime first, then SHA-256.
+Ingest commits every `batch_size` photos, so a killed process loses at most the current batch;
+an input that cannot be used is listed in the report with a reason and never stops the ingest.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..embedding import Embedder, fuse
+from ..tokenizer import check_text
+from ..transform import ImageDecodeError
+from .sources import (
+    abspath,
+    chunk_note,
+    list_photos,
+    note_id,
+    photo_id,
+    printable,
+    reason,
+    sha256_file,
+    stat_photo,
+)
+from .store import MODALITIES, Item, Modality, ModelMismatchError, Store, StoreInfo, VectorDType, dump_meta
+from .vectors import ApproximateIndex, VectorMatrix
+
+INDEX_FILE = "index.sqlite"
+APPROXIMATE_FILE = "index.usearch"
+# Above this many stored vectors, search() uses the usearch HNSW unless told otherwise; below it
+# exact search is one (V, D) @ (D,) product over the in-memory float32 matrix (V x D x 4 bytes:
+# 100 MB and a few ms per query at 100k x 256 on a phone core).
+APPROXIMATE_MIN_VECTORS = 100_000
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float  # cosine similarity (max over the item's chunks)
+    modality: Modality
+    path: str | None
+    text: str | None
+    meta: dict[str, Any]
+    chunk: int = 0  # which chunk of a long note matched best
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"id": self.id, "score": round(self.score, 6), "modality": self.modality}
+        if self.path is not None:
+            d["path"] = self.path
+        if self.text is not None:
+            d["text"] = self.text
+        if self.meta:
+            d["meta"] = self.meta
+        return d
+
+
+@dataclass(frozen=True)
+class Skip:
+    input: str  # as given (a path, or "note[i]")
+    reason: str
+
+    def __post_init__(self) -> None:  # file names that are not UTF-8 stay printable
+        object.__setattr__(self, "input", printable(self.input))
+
+
+@dataclass
+class IngestReport:
+    """What an ingest, sync or reindex did, by item id (skips by input)."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"added {len(self.added)}, updated {len(self.updated)}, unchanged {len(self.unchanged)}, "
+            f"removed {len(self.removed)}, skipped {len(self.skipped)}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    path: str
+    items: int
+    photos: int
+    notes: int
+    photo_notes: int
+    vectors: int
+    model_id: str
+    embed_dim: int
+    dtype: str
+    format_version: int
+    created: str
+    size_bytes: int  # database + WAL
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Index:
+    """Photos and notes of one device, searchable by text, photo or both.
+
+    Open with `Index.open(folder, model=...)`; the folder holds `index.sqlite` (the truth) and
+    `index.usearch` (an approximate index, rebuilt when missing or stale). Several processes may
+    open the same index; one writes at a time (SQLite WAL), readers never wait for it.
+    """
+
+    def __init__(self, store: Store, embedder: Embedder | None, folder: Path) -> None:
+        self.store = store
+        self.folder = folder
+        self._embedder = embedder
+        self._vectors = VectorMatrix(store)
+        self._approximate = ApproximateIndex(folder / APPROXIMATE_FILE)
+        self._lock = store.lock
+
+    # --- opening, closing, describing -------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        model: Embedder | str | Path | None = None,
+        create: bool = True,
+        dtype: VectorDType = "float16",
+        provider: str = "cpu",
+        timeout_s: float = 30.0,
+    ) -> Index:
+        """Open the index at `path` (a folder holding index.sqlite, or a `.sqlite` file).
+
+        `model` is an `Embedder` or a spec for `edge_gcl.runtime.load_embedder` (artifacts
+        folder, model name, checkpoint folder). It must be the model the index was built with
+        (`ModelMismatchError` otherwise; migrate with `reindex`). `model=None` opens without one:
+        len / in / [] / remove / stats / reindex work, ingest and search do not. `dtype`
+        ("float16", "int8" with a per-vector scale, or "float32") applies when creating.
+        """
+        path = Path(path)
+        file = path if path.suffix in (".sqlite", ".db") else path / INDEX_FILE
+        if not create and not file.exists():
+            raise FileNotFoundError(
+                f"{file}: no index here (create one with `edge-gcl index add` or create=True)"
+            )
+        embedder = None
+        if model is not None:
+            from ..runtime import load_embedder
+
+            embedder = load_embedder(model, provider=provider)  # type: ignore[arg-type]
+        store = Store.open(
+            file,
+            create=create,
+            model_id=embedder.model_id if embedder else None,
+            embed_dim=embedder.embed_dim if embedder else None,
+            dtype=dtype,
+            timeout_s=timeout_s,
+        )
+        index = cls(store, embedder, file.parent)
+        try:
+            if embedder is not None:
+                index._check_model(embedder)
+        except BaseException:
+            store.close()
+            raise
+        return index
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._approximate.save()
+            finally:
+                self.store.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        info = self.store.info
+        return (
+            f"Index({str(self.store.path)!r}, model_id={info.model_id!r}, items={len(self)})"
+            if info
+            else "Index()"
+        )
+
+    @property
+    def model_id(self) -> str:
+        return self._info().model_id
+
+    @property
+    def embed_dim(self) -> int:
+        return self._info().embed_dim
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            raise RuntimeError(f"{self.store.path}: opened without a model; pass model=... to Index.open")
+        return self._embedder
+
+    def _info(self) -> StoreInfo:
+        assert self.store.info is not None
+        return self.store.info
+
+    def _check_model(self, embedder: Embedder) -> None:
+        info = self._info()
+        if embedder.model_id != info.model_id or embedder.embed_dim != info.embed_dim:
+            raise ModelMismatchError(
+                f"{self.store.path}: built with model {info.model_id!r} ({info.embed_dim} dims), "
+                f"not {embedder.model_id!r} ({embedder.embed_dim} dims); open it with that model, or "
+                f"migrate: Index.open(path).reindex(new_model)"
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self.store.conn.execute("SELECT count(*) FROM items").fetchone()[0]
+
+    def __contains__(self, item_id: object) -> bool:
+        return isinstance(item_id, str) and self.store.get(item_id) is not None
+
+    def __getitem__(self, item_id: str) -> Item:
+        item = self.store.get(item_id)
+        if item is None:
+            raise KeyError(item_id)
+        return item
+
+    def __delitem__(self, item_id: str) -> None:
+        if not self.remove([item_id]):
+            raise KeyError(item_id)
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            ids = [r[0] for r in self.store.conn.execute("SELECT id FROM items ORDER BY key")]
+        return iter(ids)
+
+    def stats(self) -> IndexStats:
+        info = self._info()
+        with self.store.snapshot() as conn:
+            counts = dict(conn.execute("SELECT modality, count(*) FROM items GROUP BY modality").fetchall())
+            (vectors,) = conn.execute("SELECT count(*) FROM embeddings").fetchone()
+        size = sum(
+            os.path.getsize(p) for p in (self.store.path, Path(f"{self.store.path}-wal")) if os.path.exists(p)
+        )
+        return IndexStats(
+            path=str(self.store.path),
+            items=sum(counts.values()),
+            photos=counts.get("photo", 0),
+            notes=counts.get("note", 0),
+            photo_notes=counts.get("photo+note", 0),
+            vectors=vectors,
+            model_id=info.model_id,
+            embed_dim=info.embed_dim,
+            dtype=info.dtype,
+            format_version=info.format_version,
+            created=info.created,
+            size_bytes=size,
+        )
+
+    # --- adding ----------------------------------------------------------------------------
+
+    def add_photos(
+        self,
+        paths: str | Path | Iterable[str | Path],
+        *,
+        recursive: bool = True,
+        meta: Mapping[str, Any] | None = None,
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> IngestReport:
+        """Add photo files and folders (folders: image extensions, hidden entries skipped).
+
+        New photos are added, changed ones (size/mtime, then SHA-256) re-embedded, the rest left
+        alone. `meta` is stored on every photo added or updated. Inputs that cannot be used are
+        listed in `report.skipped`; commits every `batch_size` photos.
+        """
+        if meta is not None:
+            dump_meta(meta)  # fail before any work
+        files, problems = list_photos(paths, recursive=recursive)
+        report = IngestReport(skipped=[Skip(*p) for p in problems])
+        self._ingest(files, report, meta=meta, batch_size=batch_size, progress=progress)
+        return report
+
+    def sync(self, folder: str | Path, *, batch_size: int = 32, progress: bool = True) -> IngestReport:
+        """Mirror a folder: add new photos, re-embed changed ones, drop those whose file is gone.
+
+        A photo with a note whose file is gone keeps its note (it becomes a "note" item).
+        Items outside `folder` are never touched; a missing `folder` is an error (not "delete all").
+        """
+        root = Path(abspath(folder))
+        if not root.is_dir():
+            raise NotADirectoryError(f"{folder}: not a folder")
+        files, problems = list_photos(root)
+        report = IngestReport(skipped=[Skip(*p) for p in problems])
+        self._ingest(files, report, meta=None, batch_size=batch_size, progress=progress)
+        prefix = os.path.join(str(root), "")
+        with self._lock:
+            rows = self.store.conn.execute(
+                "SELECT id FROM items WHERE path IS NOT NULL AND substr(path, 1, ?) = ?",
+                (len(prefix), prefix),
+            ).fetchall()
+        gone = [self.store.get(r[0]) for r in rows]
+        gone = [it for it in gone if it is not None and it.path and not os.path.exists(it.path)]
+        converted = [it for it in gone if it.text is not None]
+        vectors = self._embed_sources(
+            [(None, it.text) for it in converted], self.embedder, batch_size=batch_size
+        )
+        with self.store.write() as conn:
+            for it in gone:
+                if it.text is None:
+                    conn.execute("DELETE FROM items WHERE id = ?", (it.id,))
+                    report.removed.append(it.id)
+            for it, v in zip(converted, vectors, strict=True):
+                key = self.store.upsert(
+                    conn, item_id=it.id, modality="note", path=None, text=it.text, meta=None
+                )
+                self.store.set_vectors(conn, key, v)  # type: ignore[arg-type]
+                report.updated.append(it.id)
+        return report
+
+    def add_note(
+        self, text: str | bytes, *, photo: str | Path | None = None, meta: Mapping[str, Any] | None = None
+    ) -> str:
+        """Add a note (or attach it to `photo`, replacing that photo's note); returns the item id.
+
+        Raises ValueError naming an empty or non-UTF-8 note, ImageDecodeError naming a bad photo.
+        Adding a note that is already there keeps it (and updates `meta` if given).
+        """
+        text = check_text(text, name="note")
+        if meta is not None:
+            dump_meta(meta)
+        if photo is None:
+            report = self.add_notes([text], metas=[meta] if meta is not None else None, progress=False)
+            return (report.added or report.updated or report.unchanged)[0]
+        path = abspath(photo)
+        st = stat_photo(path)
+        if isinstance(st, str):
+            raise ImageDecodeError(f"{photo}: {st}")
+        sha = sha256_file(path)
+        (vectors,) = self._embed_sources([(path, text)], self.embedder)
+        if isinstance(vectors, str):
+            raise ImageDecodeError(f"{photo}: {vectors}")
+        item_id = photo_id(path)
+        with self.store.write() as conn:
+            key = self.store.upsert(
+                conn, item_id=item_id, modality="photo+note", path=path, text=text, meta=meta,
+                size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+            )  # fmt: skip
+            self.store.set_vectors(conn, key, vectors)
+        return item_id
+
+    def add_notes(
+        self,
+        texts: Iterable[str | bytes],
+        *,
+        metas: Sequence[Mapping[str, Any] | None] | None = None,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> IngestReport:
+        """Bulk-add notes (e.g. an import); bad ones (empty, not UTF-8) are skipped with a reason.
+
+        `metas[i]` is note i's metadata. A note already in the index is left alone (its
+        metadata replaced if `metas[i]` is given).
+        """
+        texts = list(texts)
+        if metas is not None and len(metas) != len(texts):
+            raise ValueError(f"metas: {len(metas)} entries for {len(texts)} notes")
+        report = IngestReport()
+        todo: list[tuple[str, str, Mapping[str, Any] | None]] = []
+        seen: set[str] = set()
+        for i, raw in enumerate(texts):
+            meta = metas[i] if metas is not None else None
+            try:
+                text = check_text(raw, name=f"note[{i}]")
+                if meta is not None:
+                    dump_meta(meta)
+            except (TypeError, ValueError) as e:
+                report.skipped.append(Skip(f"note[{i}]", reason(e, f"note[{i}]")))
+                continue
+            item_id = note_id(text)
+            if item_id in seen:
+                report.unchanged.append(item_id)
+                continue
+            seen.add(item_id)
+            existing = self.store.get(item_id)
+            if existing is not None:
+                if meta is not None and dict(meta) != existing.meta:
+                    with self.store.write() as conn:
+                        self.store.upsert(conn, item_id=item_id, modality=existing.modality, path=existing.path,
+                                          text=existing.text, meta=meta)  # fmt: skip
+                    report.updated.append(item_id)
+                else:
+                    report.unchanged.append(item_id)
+                continue
+            todo.append((item_id, text, meta))
+        bar = tqdm(total=len(todo), unit="note", desc="notes", disable=not progress)
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            vectors = self._embed_sources(
+                [(None, t) for _, t, _ in batch], self.embedder, batch_size=batch_size
+            )
+            with self.store.write() as conn:
+                for (item_id, text, meta), v in zip(batch, vectors, strict=True):
+                    key = self.store.upsert(
+                        conn, item_id=item_id, modality="note", path=None, text=text, meta=meta
+                    )
+                    self.store.set_vectors(conn, key, v)  # type: ignore[arg-type]
+            report.added += [item_id for item_id, _, _ in batch]
+            bar.update(len(batch))
+        bar.close()
+        return report
+
+    def set_meta(self, item_id: str, meta: Mapping[str, Any]) -> None:
+        """Replace an item's user metadata (what `where=` filters on)."""
+        meta_json = dump_meta(meta)
+        with self.store.write() as conn:
+            cur = conn.execute("UPDATE items SET meta = ? WHERE id = ?", (meta_json, item_id))
+            if cur.rowcount == 0:
+                raise KeyError(item_id)
+
+    def remove(self, ids: str | Iterable[str]) -> int:
+        """Remove items by id (with their vectors); returns how many were there."""
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        with self.store.write() as conn:
+            return sum(conn.execute("DELETE FROM items WHERE id = ?", (i,)).rowcount for i in ids)
+
+    def _ingest(
+        self,
+        files: list[str],
+        report: IngestReport,
+        *,
+        meta: Mapping[str, Any] | None,
+        batch_size: int,
+        progress: bool,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size}: must be >= 1")
+        embedder = self.embedder
+        bar = tqdm(total=len(files), unit="photo", desc="photos", disable=not progress)
+        for start in range(0, len(files), batch_size):
+            batch = files[start : start + batch_size]
+            embed: list[tuple[str, os.stat_result, str, Item | None]] = []
+            touch: list[tuple[str, os.stat_result, Item, bool]] = []  # (path, stat, item, meta changed)
+            for path in batch:
+                st = stat_photo(path)
+                if isinstance(st, str):
+                    report.skipped.append(Skip(path, st))
+                    continue
+                existing = self.store.get(photo_id(path))
+                has_photo = existing is not None and existing.modality != "note"
+                meta_changed = meta is not None and existing is not None and dict(meta) != existing.meta
+                if has_photo and (existing.size_bytes, existing.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                    if meta_changed:
+                        touch.append((path, st, existing, True))
+                    else:
+                        report.unchanged.append(existing.id)
+                    continue
+                try:
+                    sha = sha256_file(path)
+                except OSError as e:
+                    report.skipped.append(Skip(path, reason(e, path)))
+                    continue
+                if has_photo and existing.sha256 == sha:
+                    touch.append((path, st, existing, meta_changed))
+                else:
+                    embed.append((path, st, sha, existing))
+            vectors = self._embed_sources(
+                [(p, e.text if e is not None else None) for p, _, _, e in embed],
+                embedder,
+                batch_size=batch_size,
+            )
+            done: list[tuple[list[str], str]] = []
+            with self.store.write() as conn:
+                for (path, st, sha, existing), v in zip(embed, vectors, strict=True):
+                    if isinstance(v, str):
+                        report.skipped.append(Skip(path, v))  # the stored item (if any) is kept as it was
+                        continue
+                    text = existing.text if existing is not None else None
+                    key = self.store.upsert(
+                        conn, item_id=photo_id(path), modality="photo+note" if text else "photo", path=path,
+                        text=text, meta=meta, size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+                    )  # fmt: skip
+                    self.store.set_vectors(conn, key, v)
+                    done.append((report.updated if existing is not None else report.added, photo_id(path)))
+                for _path, st, existing, meta_changed in touch:
+                    conn.execute(
+                        "UPDATE items SET size_bytes = ?, mtime_ns = ?, meta = coalesce(?, meta) WHERE key = ?",
+                        (
+                            st.st_size,
+                            st.st_mtime_ns,
+                            dump_meta(meta) if meta_changed and meta is not None else None,
+                            existing.key,
+                        ),
+                    )
+                    done.append((report.updated if meta_changed else report.unchanged, existing.id))
+            for bucket, item_id in done:  # reported only once committed
+                bucket.append(item_id)
+            bar.update(len(batch))
+        bar.close()
+
+    def _embed_sources(
+        self, sources: Sequence[tuple[str | None, str | None]], embedder: Embedder, *, batch_size: int = 32
+    ) -> list[np.ndarray | str]:
+        """Per (photo path | None, note | None): its (C, D) search vectors, or a reason string when
+        the photo cannot be used. Photos are embedded in one batch, falling back to one at a time
+        to isolate bad files; notes are chunked and all chunks embedded together."""
+        paths = list(dict.fromkeys(p for p, _ in sources if p is not None))
+        images: dict[str, np.ndarray | str] = {}
+        if paths:
+            try:
+                images = dict(zip(paths, embedder.embed_images(paths, batch_size=batch_size), strict=True))
+            except (ImageDecodeError, OSError, ValueError):
+                for p in paths:
+                    try:
+                        images[p] = embedder.embed_images([p])[0]
+                    except (ImageDecodeError, OSError, ValueError) as e:
+                        images[p] = reason(e, p)
+        tokenizer = getattr(embedder, "tokenizer", None)
+        chunks = [chunk_note(t, tokenizer) if t is not None else [] for _, t in sources]
+        flat = [c for cs in chunks for c in cs]
+        text_vectors = (
+            embedder.embed_texts(flat, batch_size=64) if flat else np.zeros((0, embedder.embed_dim))
+        )
+        out: list[np.ndarray | str] = []
+        offset = 0
+        for (p, _), cs in zip(sources, chunks, strict=True):
+            t = np.asarray(text_vectors[offset : offset + len(cs)], np.float32)  # (C, D)
+            offset += len(cs)
+            image = images.get(p) if p is not None else None
+            if isinstance(image, str):
+                out.append(image)
+            elif image is None:
+                out.append(t)
+            else:
+                out.append(fuse(image[None, :], t) if len(cs) else np.asarray(image, np.float32)[None, :])
+        return out
+
+    # --- searching -------------------------------------------------------------------------
+
+    def search(
+        self,
+        text: str | None = None,
+        image: Any = None,
+        *,
+        k: int = 10,
+        modalities: Iterable[Modality] | None = None,
+        where: Mapping[str, Any] | None = None,
+        approximate: bool | None = None,
+    ) -> list[Hit]:
+        """The `k` best items for a text, a photo (path or PIL image), or both (fused), best first.
+
+        `modalities` keeps only those kinds of item. `where={"album": "Trip", "tags": "beach"}`
+        keeps items whose metadata value equals each given value, or (for a list) contains it; a
+        list of values means any of them. `approximate` uses the usearch index (default: only
+        above APPROXIMATE_MIN_VECTORS vectors); scores are always exact cosines.
+        """
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k {k!r}: must be a positive int")
+        if modalities is not None:
+            modalities = list(modalities)
+            bad = [m for m in modalities if m not in MODALITIES]
+            if bad:
+                raise ValueError(f"modalities {bad}: expected any of {list(MODALITIES)}")
+        query = self._query(text, image)  # (D,)
+        with self._lock:
+            self._refresh()
+            vectors = self._vectors
+            if not len(vectors):
+                return []
+            mask = None
+            if modalities is not None or where:
+                mask = np.isin(vectors.items, self.store.filter_keys(modalities, where))
+            use_approximate = len(vectors) >= APPROXIMATE_MIN_VECTORS if approximate is None else approximate
+            if use_approximate:
+                ranked = self._search_approximate(query, k, mask)
+            else:
+                ranked = self._search_exact(query, k, mask)
+            items = self.store.items_by_key([key for key, _, _ in ranked])
+        return [
+            Hit(it.id, score, it.modality, it.path, it.text, it.meta, chunk)
+            for key, score, chunk in ranked
+            if (it := items.get(key)) is not None
+        ]
+
+    def _query(self, text: str | None, image: Any) -> np.ndarray:
+        if text is None and image is None:
+            raise ValueError("search: give text=, image= or both")
+        embedder = self.embedder
+        parts = []
+        if text is not None:
+            parts.append(embedder.embed_texts([check_text(text, name="query text")])[0])
+        if image is not None:
+            if isinstance(image, (bytes, bytearray)):
+                raise TypeError("query image: pass a path or a PIL image, not bytes")
+            parts.append(embedder.embed_images([image])[0])  # ImageDecodeError names it
+        return fuse(parts[0], parts[1]) if len(parts) == 2 else np.asarray(parts[0], np.float32)
+
+    def _refresh(self) -> None:
+        before = self._vectors.db_uuid
+        self._vectors.refresh()
+        if self._vectors.db_uuid != before and before is not None and self._embedder is not None:
+            self._check_model(self._embedder)  # another process reindexed under us
+
+    def _rank(self, rows: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float, int]]:
+        """Rows with scores -> the k best items as (item key, max score, best chunk's row order)."""
+        if not len(rows):
+            return []
+        keys = self._vectors.items[rows]
+        order = np.lexsort((-scores, keys))  # by item, best row first
+        first = order[np.r_[True, keys[order][1:] != keys[order][:-1]]]  # best row of each item
+        best = first[np.lexsort((keys[first], -scores[first]))][:k]
+        chunk = self._chunk_numbers(rows[best])
+        return [(int(keys[i]), float(scores[i]), c) for i, c in zip(best, chunk, strict=True)]
+
+    def _chunk_numbers(self, rows: np.ndarray) -> list[int]:
+        if not len(rows):
+            return []
+        vids = [int(v) for v in self._vectors.vids[rows]]
+        marks = ",".join("?" * len(vids))
+        found = dict(
+            self.store.conn.execute(f"SELECT vid, chunk FROM embeddings WHERE vid IN ({marks})", vids)
+        )
+        return [int(found.get(v, 0)) for v in vids]
+
+    def _search_exact(
+        self, query: np.ndarray, k: int, mask: np.ndarray | None
+    ) -> list[tuple[int, float, int]]:
+        vectors = self._vectors
+        rows = np.flatnonzero(mask) if mask is not None else np.arange(len(vectors))
+        if not len(rows):
+            return []
+        scores = vectors.matrix[rows] @ query if mask is not None else vectors.matrix @ query  # (R,)
+        # the best few hundred rows hold the k best items unless items have very many chunks
+        top = min(len(rows), max(4 * k, 256))
+        while True:
+            part = np.argpartition(-scores, top - 1)[:top] if top < len(rows) else np.arange(len(rows))
+            ranked = self._rank(rows[part], scores[part], k)
+            if len(ranked) >= k or top >= len(rows):
+                return ranked
+            top = min(len(rows), top * 8)
+
+    def _search_approximate(
+        self, query: np.ndarray, k: int, mask: np.ndarray | None
+    ) -> list[tuple[int, float, int]]:
+        vectors = self._vectors
+        self._approximate.sync(vectors)
+        count = min(len(vectors), max(10 * k, 100))  # candidates re-scored exactly: recall ~0.99
+        while True:
+            rows = vectors.rows_of(self._approximate.search(query, count))
+            if mask is not None:
+                rows = rows[mask[rows]]
+            ranked = self._rank(rows, vectors.matrix[rows] @ query, k)
+            if len(ranked) >= k or count >= len(vectors):
+                return ranked
+            if count * 8 >= len(vectors) // 2:  # a selective filter: exact over the few that pass
+                return self._search_exact(query, k, mask)
+            count *= 8
+
+    # --- migrating -------------------------------------------------------------------------
+
+    def reindex(
+        self,
+        model: Embedder | str | Path,
+        *,
+        provider: str = "cpu",
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> IngestReport:
+        """Re-embed every item with another model, atomically.
+
+        Vectors are computed from the stored sources (photo files, note texts) into a staging
+        table, committed in batches (readers keep searching the old model meanwhile), then
+        swapped in with the new model id in one transaction. A photo whose file is gone or no
+        longer decodes is removed (photo+note: keeps its note as a "note"); see `report.skipped`.
+        """
+        from ..runtime import load_embedder
+
+        new = load_embedder(model, provider=provider)  # type: ignore[arg-type]
+        report = IngestReport()
+        with self.store.write() as conn:
+            conn.execute("DROP TABLE IF EXISTS reindex_staging")
+            conn.execute(
+                "CREATE TABLE reindex_staging (item INTEGER NOT NULL, chunk INTEGER NOT NULL, vector BLOB NOT NULL, "
+                "scale REAL, updated REAL, PRIMARY KEY (item, chunk))"
+            )
+        try:
+            items = self.store.all_items()
+            fate: dict[int, str] = {}  # key -> "remove" | "note"
+            bar = tqdm(total=len(items), unit="item", desc="reindex", disable=not progress)
+            for start in range(0, len(items), batch_size):
+                self._stage(items[start : start + batch_size], new, fate, report, batch_size)
+                bar.update(min(batch_size, len(items) - start))
+            bar.close()
+            with self.store.write() as conn:
+                staged = dict(conn.execute("SELECT item, max(updated) FROM reindex_staging GROUP BY item"))
+                late = [
+                    it
+                    for it in self.store.all_items()
+                    if staged.get(it.key) != it.updated and it.key not in fate
+                ]
+                self._stage(late, new, fate, report, batch_size)  # changed while we worked
+                for key, what in fate.items():
+                    if what == "remove":
+                        conn.execute("DELETE FROM items WHERE key = ?", (key,))
+                    else:
+                        conn.execute(
+                            "UPDATE items SET modality = 'note', path = NULL, size_bytes = NULL, mtime_ns = NULL, "
+                            "sha256 = NULL WHERE key = ?",
+                            (key,),
+                        )
+                conn.execute("DELETE FROM embeddings")
+                conn.execute(
+                    "INSERT INTO embeddings (item, chunk, vector, scale) SELECT s.item, s.chunk, s.vector, s.scale "
+                    "FROM reindex_staging AS s JOIN items ON items.key = s.item ORDER BY s.item, s.chunk"
+                )
+                conn.executemany(
+                    "UPDATE meta SET value = ? WHERE key = ?",
+                    [
+                        (new.model_id, "model_id"),
+                        (str(new.embed_dim), "embed_dim"),
+                        (uuid.uuid4().hex, "db_uuid"),
+                    ],
+                )
+                conn.execute("DROP TABLE reindex_staging")
+                report.updated = [r[0] for r in conn.execute("SELECT id FROM items ORDER BY key")]
+        except BaseException:
+            try:  # the old model stays in charge
+                with self.store.write() as conn:
+                    conn.execute("DROP TABLE IF EXISTS reindex_staging")
+            except sqlite3.Error:
+                pass
+            raise
+        self.store.info = self.store.read_info()
+        self._embedder = new
+        return report
+
+    def _stage(
+        self,
+        items: list[Item],
+        embedder: Embedder,
+        fate: dict[int, str],
+        report: IngestReport,
+        batch_size: int,
+    ) -> None:
+        if not items:
+            return
+        vectors = self._embed_sources([(it.path, it.text) for it in items], embedder, batch_size=batch_size)
+        notes = [
+            (it, v)
+            for it, v in zip(items, vectors, strict=True)
+            if isinstance(v, str) and it.text is not None
+        ]
+        kept = self._embed_sources([(None, it.text) for it, _ in notes], embedder, batch_size=batch_size)
+        kept_by_key = {it.key: v for (it, _), v in zip(notes, kept, strict=True)}
+        with self.store.write() as conn:
+            for it, v in zip(items, vectors, strict=True):
+                if isinstance(v, str):
+                    report.skipped.append(Skip(it.path or it.id, v))
+                    if it.text is None:
+                        fate[it.key] = "remove"
+                        report.removed.append(it.id)
+                        continue
+                    fate[it.key] = "note"
+                    v = kept_by_key[it.key]
+                self.store.set_vectors(conn, it.key, v, table="reindex_staging", embed_dim=embedder.embed_dim)
+                conn.execute("UPDATE reindex_staging SET updated = ? WHERE item = ?", (it.updated, it.key))

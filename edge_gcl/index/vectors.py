@@ -1,0 +1,157 @@
+"""Search over the stored vectors: an in-memory float32 matrix (exact) and a usearch HNSW (approximate).
+
+Neither is a source of truth. `VectorMatrix` mirrors the `embeddings` table and catches up
+incrementally whenever SQLite says something changed (`PRAGMA data_version` + this connection's
+commit counter): vids are never reused and a vid's vector never changes, so "rows with a larger
+vid" plus "old vids that are gone" is the whole difference. `ApproximateIndex` mirrors the
+matrix the same way and keeps a file beside the database; a stale, foreign or broken file is
+patched or rebuilt from the matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .store import Store
+
+
+class VectorMatrix:
+    """Every stored vector decoded to float32: `vids` (V,) ascending, `items` (V,), `matrix` (V, D)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.version = 0  # bumps on every change; ApproximateIndex follows it
+        self.db_uuid: str | None = None
+        self._token: tuple[int, int] | None = None
+        self._groups: tuple[np.ndarray, np.ndarray] | None = None
+        self._reset(store.info.embed_dim if store.info else 0)
+
+    def _reset(self, dim: int) -> None:
+        self.vids = np.zeros(0, np.int64)
+        self.items = np.zeros(0, np.int64)
+        self.matrix = np.zeros((0, dim), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.vids)
+
+    def refresh(self) -> bool:
+        """Catch up with the database; True if anything changed. Also re-reads `store.info`
+        when the index was recreated or reindexed (its db_uuid changed)."""
+        token = self.store.change_token()  # read before the snapshot: at worst we refresh twice
+        if token == self._token:
+            return False
+        with self.store.snapshot() as conn:
+            db_uuid = conn.execute("SELECT value FROM meta WHERE key = 'db_uuid'").fetchone()[0]
+            if db_uuid != self.db_uuid:
+                self.store.info = self.store.read_info()
+                self._reset(self.store.info.embed_dim)
+                self.db_uuid = db_uuid
+            changed = False
+            last = int(self.vids[-1]) if len(self.vids) else 0
+            (n_old,) = conn.execute("SELECT count(*) FROM embeddings WHERE vid <= ?", (last,)).fetchone()
+            if n_old != len(self.vids):  # some old vectors were deleted
+                alive = np.fromiter(
+                    (r[0] for r in conn.execute("SELECT vid FROM embeddings WHERE vid <= ?", (last,))),
+                    np.int64,
+                )
+                keep = np.isin(self.vids, alive, assume_unique=True)
+                self.vids, self.items, self.matrix = self.vids[keep], self.items[keep], self.matrix[keep]
+                changed = True
+            vids, items, vectors = self.store.vectors_after(conn, last)
+            if len(vids):
+                self.vids = np.concatenate([self.vids, vids])
+                self.items = np.concatenate([self.items, items])
+                self.matrix = np.concatenate([self.matrix, vectors])
+                changed = True
+        self._token = token
+        if changed:
+            self.version += 1
+            self._groups = None
+        return changed
+
+    def groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """(item keys (G,) sorted, row -> group index (V,)): an item's chunks share a group."""
+        if self._groups is None:
+            keys, inverse = np.unique(self.items, return_inverse=True)
+            self._groups = keys, inverse.reshape(-1)
+        return self._groups
+
+    def rows_of(self, vids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.vids, vids)
+
+
+class ApproximateIndex:
+    """A usearch HNSW (inner product) over the matrix's rows, keyed by vid, saved at `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sidecar = path.with_name(path.name + ".json")
+        self._index = None
+        self._version = -1  # matrix version the HNSW reflects
+        self._db_uuid: str | None = None
+        self.dirty = False
+        self.rebuilt = 0  # times built from scratch (tests read it)
+
+    def sync(self, vectors: VectorMatrix) -> None:
+        """Make the HNSW hold exactly the matrix's vids (load, patch, or rebuild)."""
+        if self._index is not None and self._version == vectors.version and self._db_uuid == vectors.db_uuid:
+            return
+        if self._index is None or self._db_uuid != vectors.db_uuid:
+            self._index = self._load(vectors)
+            self._db_uuid = vectors.db_uuid
+        have = np.sort(np.asarray(self._index.keys, dtype=np.int64))
+        gone = np.setdiff1d(have, vectors.vids, assume_unique=True)
+        new = np.setdiff1d(vectors.vids, have, assume_unique=True)
+        if len(have) and len(gone) + len(new) > max(1000, len(vectors) // 2):  # cheaper to start over
+            self._index, gone, new = self._new(vectors.matrix.shape[1]), gone[:0], vectors.vids
+            self.rebuilt += 1
+        if len(gone):
+            self._index.remove(gone.astype(np.uint64))
+        if len(new):
+            self._index.add(new.astype(np.uint64), vectors.matrix[vectors.rows_of(new)])
+        self.dirty = self.dirty or bool(len(gone) or len(new))
+        self._version = vectors.version
+
+    def search(self, query: np.ndarray, count: int) -> np.ndarray:
+        """vids of (about) the `count` nearest vectors."""
+        assert self._index is not None
+        matches = self._index.search(query, count)
+        return np.asarray(matches.keys, dtype=np.int64)
+
+    def save(self) -> None:
+        """Write the HNSW (temp file + rename) and its sidecar; a crash leaves the old pair."""
+        if self._index is None or not self.dirty:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._index.save(str(tmp))
+        os.replace(tmp, self.path)
+        side = self.sidecar.with_name(f".{self.sidecar.name}.{os.getpid()}.tmp")
+        side.write_text(json.dumps({"db_uuid": self._db_uuid, "ndim": int(self._index.ndim)}))
+        os.replace(side, self.sidecar)
+        self.dirty = False
+
+    def _new(self, dim: int):  # -> usearch.index.Index
+        from usearch.index import Index as HNSW
+
+        self.dirty = True
+        return HNSW(ndim=dim, metric="ip", dtype="f16")
+
+    def _load(self, vectors: VectorMatrix):  # -> usearch.index.Index
+        from usearch.index import Index as HNSW
+
+        dim = vectors.matrix.shape[1]
+        try:
+            side = json.loads(self.sidecar.read_text())
+            if side.get("db_uuid") != vectors.db_uuid or side.get("ndim") != dim:
+                raise ValueError("built for another database or model")
+            index = HNSW.restore(str(self.path))
+            if index is None or index.ndim != dim:
+                raise ValueError("unreadable")
+            return index
+        except (OSError, ValueError, RuntimeError, json.JSONDecodeError):
+            self.rebuilt += 1
+            return self._new(dim)

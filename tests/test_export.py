@@ -1,0 +1,122 @@
+"""`python -m export.compile` end to end on a tiny CLIP: export, QDQ, EPContext, verify, manifest."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edge_gcl.checkpoint import save_checkpoint
+from edge_gcl.config import ImagePreprocess, ModelConfig, TextPreprocess, TextTransformerConfig, VisionTransformerConfig
+from edge_gcl.manifest import Manifest, file_digest
+from edge_gcl.models import create_model
+from edge_gcl.runtime import OnnxEmbedder
+from export import compile as compile_cli
+from export.onnx_export import export_tower, fix_batch
+
+TINY = ModelConfig(
+    name="tiny-clip-test",
+    family="tinyclip",
+    embed_dim=16,
+    image=ImagePreprocess(size=32),
+    text=TextPreprocess(tokenizer="clip-bpe", context_length=16),
+    vision=VisionTransformerConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2, act="gelu"),
+    text_tower=TextTransformerConfig(context_length=16, width=32, layers=2, heads=2, act="gelu"),
+)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calib")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["image,caption"]
+    for i in range(24):
+        base = rng.integers(0, 255, 3)
+        a = np.clip(base + rng.integers(-40, 40, (48, 64, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(a).save(root / "images" / f"{i}.jpg")
+        rows.append(f"{i}.jpg,a photo of colour {base.tolist()} number {i}")
+    (root / "captions.txt").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, photos):
+    torch.manual_seed(0)
+    model = create_model(TINY)
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    return save_checkpoint(folder, model, train={"data": [str(photos / "captions.txt")], "images": []})
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, tiny_checkpoint):
+    out = tmp_path_factory.mktemp("art") / "artifacts"
+    code = compile_cli.main(["--model", str(tiny_checkpoint), "--target", "snapdragon", "--out", str(out),
+                             "--calibration-size", "8", "--heldout-size", "8"])
+    assert code == 0
+    return out
+
+
+def test_manifest_states_the_contract(artifacts):
+    manifest = Manifest.load(artifacts, verify=True)  # every file's SHA-256 checks out
+    raw = json.loads((artifacts / "manifest.json").read_text())
+    assert raw["precision"] == "w8a16" and raw["chipset"]["htp_arch"] == "v75"
+    for tower in ("image", "text"):
+        t = manifest.towers[tower]
+        assert t.npu_node_share == 1.0
+        assert t.fidelity["cosine_min"] >= 0.99, t.fidelity  # compiled (HTP emulation) vs float
+        ctx = t.files["ctx"]
+        assert "ctx" in ctx and ctx.endswith(".onnx") and (artifacts / ctx).exists()
+        assert manifest.files[ctx]["sha256"] == file_digest(artifacts / ctx)["sha256"]
+    assert manifest.towers["text"].spec.inputs[0].dtype == "int32"
+    assert raw["extra"]["onnx_parity_max_abs_error"]["image"] < 1e-4
+
+
+def test_runtime_reads_the_artifacts_like_pytorch(artifacts, tiny_checkpoint, photos):
+    from edge_gcl.models import TorchEmbedder, load_model
+
+    torch_emb = TorchEmbedder(load_model(tiny_checkpoint))
+    onnx_emb = OnnxEmbedder(artifacts)
+    paths = [photos / "images" / f"{i}.jpg" for i in range(4)]
+    texts = ["a photo of a red car", "two dogs"]
+    np.testing.assert_allclose(onnx_emb.embed_images(paths), torch_emb.embed_images(paths), atol=1e-4)
+    np.testing.assert_allclose(onnx_emb.embed_texts(texts), torch_emb.embed_texts(texts), atol=1e-4)
+    assert onnx_emb.model_id == Manifest.load(artifacts).model_id
+
+
+def test_failed_rebuild_keeps_the_old_artifacts(artifacts, tiny_checkpoint, tmp_path):
+    before = (artifacts / "manifest.json").read_bytes()
+    with pytest.raises(FileNotFoundError, match="--calibration"):
+        compile_cli.main(["--model", str(tiny_checkpoint), "--out", str(artifacts), "--calibration", str(tmp_path)])
+    assert (artifacts / "manifest.json").read_bytes() == before
+    assert not list(artifacts.parent.glob(".artifacts.partial-*"))
+
+
+def test_fix_batch_pins_shapes(tiny_checkpoint, tmp_path):
+    import onnx
+
+    from edge_gcl.models import load_model
+
+    path = export_tower(load_model(tiny_checkpoint), "text", tmp_path / "t.onnx")
+    fixed = onnx.load(str(fix_batch(path, tmp_path / "t1.onnx")))
+    dims = [d.dim_value for d in fixed.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 16]
+
+
+def test_aihub_without_token_fails_fast(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("QAIHUB_CLIENT_INI", str(tmp_path / "missing.ini"))
+    start = time.perf_counter()
+    assert compile_cli.main(["--target", "snapdragon", "--via", "aihub"]) == 2
+    assert time.perf_counter() - start < 5
+    assert "qai-hub configure" in capsys.readouterr().err
+
+
+def test_list_chipsets(capsys):
+    assert compile_cli.main(["--list-chipsets"]) == 0
+    table = capsys.readouterr().out
+    for name in ("8 Gen 2", "8 Gen 3", "8 Elite", "X Elite"):
+        assert name in table

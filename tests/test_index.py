@@ -1,0 +1,402 @@
+"""The photo and notes index: ingest, filters, chunking, sync, model checks, reindex, CLI.
+
+`FakeEmbedder` (deterministic, fast, torch-free) stands in for a model: a photo is its 4x4
+thumbnail projected to D dims (decoded with the SDK's own `load_image`, so bad files fail the
+same way), a note is the sum of random rows of its token ids, truncated at the text context
+like a real tower (so a phrase past the context is invisible without chunking).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_gcl.config import TextPreprocess
+from edge_gcl.embedding import Embedder, fuse, l2_normalize
+from edge_gcl.index import Index, IngestReport, ModelMismatchError, chunk_note, note_id, photo_id
+from edge_gcl.tokenizer import Tokenizer, check_text
+from edge_gcl.transform import ImageDecodeError, load_image
+
+CONTEXT = 16
+
+
+class FakeEmbedder:
+    def __init__(
+        self,
+        model_id: str = "fake@1",
+        dim: int = 32,
+        *,
+        seed: int = 0,
+        delay_s: float = 0.0,
+        fail_after: int = -1,
+        log: str | None = None,
+    ) -> None:
+        self.model_id, self.embed_dim = model_id, dim
+        self.tokenizer = Tokenizer.from_config(
+            TextPreprocess(tokenizer="minilm-wordpiece", context_length=CONTEXT)
+        )
+        rng = np.random.default_rng(seed)
+        self._image_proj = rng.standard_normal((48, dim)).astype(np.float32)
+        self._table = rng.standard_normal((self.tokenizer._tok.get_vocab_size(), dim)).astype(np.float32)
+        self.delay_s = delay_s  # per photo: makes a bulk ingest slow enough to be killed in the middle
+        self.fail_after = fail_after  # raise after embedding this many photos (a crashing model)
+        self.images_embedded = 0
+        self._log = open(log, "a") if log else None  # noqa: SIM115  # one line per photo embedded
+
+    def embed_images(self, images: Sequence, *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        out = np.zeros((len(images), self.embed_dim), np.float32)
+        for i, x in enumerate(images):
+            if self.fail_after >= 0 and self.images_embedded >= self.fail_after:
+                raise RuntimeError("model crashed")
+            thumb = load_image(x, draft_size=8).resize((4, 4), Image.Resampling.BILINEAR)
+            out[i] = (np.asarray(thumb, np.float32).reshape(-1) / 255.0 - 0.5) @ self._image_proj
+            self.images_embedded += 1
+            if self._log:
+                self._log.write(f"{x}\n")
+                self._log.flush()  # in the kernel: survives SIGKILL
+            if self.delay_s:
+                time.sleep(self.delay_s)
+        return l2_normalize(out)
+
+    def embed_texts(
+        self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
+        texts = [check_text(t, name=f"text[{i}]") for i, t in enumerate(texts)]
+        if not texts:
+            return np.zeros((0, self.embed_dim), np.float32)
+        ids, mask = self.tokenizer(texts)  # (B, L), truncated at the context
+        return l2_normalize((self._table[ids] * mask[..., None]).sum(1))
+
+
+def make_photo(path: Path, seed: int, *, size: tuple[int, int] = (16, 12), fmt: str | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt)
+    return path
+
+
+def make_photos(folder: Path, n: int, *, start: int = 0) -> list[Path]:
+    return [make_photo(folder / f"img_{i:04d}.png", seed=i) for i in range(start, start + n)]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> FakeEmbedder:
+    return FakeEmbedder()
+
+
+@pytest.fixture
+def index(tmp_path: Path, embedder: FakeEmbedder):
+    with Index.open(tmp_path / "idx", model=embedder) as ix:
+        yield ix
+
+
+# --- basics ------------------------------------------------------------------------------------
+
+
+def test_add_photos_search_and_container_protocol(
+    index: Index, tmp_path: Path, embedder: FakeEmbedder
+) -> None:
+    assert isinstance(embedder, Embedder)
+    photos = make_photos(tmp_path / "photos", 12)
+    report = index.add_photos(tmp_path / "photos", progress=False, batch_size=5)
+    assert sorted(report.added) == sorted(photo_id(p) for p in photos)
+    assert not report.skipped and len(index) == 12
+    pid = photo_id(photos[3])
+    assert pid in index and "p_nope" not in index and set(index) == set(report.added)
+    item = index[pid]
+    assert item.modality == "photo" and item.path == str(photos[3]) and item.text is None
+    assert item.size_bytes == photos[3].stat().st_size and len(item.sha256 or "") == 64
+    hits = index.search(image=photos[3], k=3)
+    assert [h.id for h in hits][0] == pid and hits[0].score == pytest.approx(1.0, abs=2e-3)
+    assert len(hits) == 3 and hits[0].score >= hits[1].score >= hits[2].score
+    again = index.add_photos(photos, progress=False)
+    assert len(again.unchanged) == 12 and not again.added and not again.updated
+    del index[pid]
+    assert pid not in index and len(index) == 11
+    with pytest.raises(KeyError):
+        del index[pid]
+    assert index.remove([photo_id(photos[0]), "p_missing"]) == 1
+    stats = index.stats()
+    assert (stats.items, stats.photos, stats.vectors, stats.model_id) == (10, 10, 10, "fake@1")
+    assert all(h.id != pid for h in index.search(image=photos[3], k=20))
+
+
+def test_ids_are_stable_and_documented(tmp_path: Path) -> None:
+    assert photo_id(tmp_path / "a.jpg") == photo_id(str(tmp_path / "sub" / ".." / "a.jpg"))
+    assert photo_id(tmp_path / "a.jpg").startswith("p_") and len(photo_id("x")) == 18
+    assert note_id("hello") == note_id("  hello \n") != note_id("hello!")
+
+
+def test_notes_photo_notes_and_modality_filters(index: Index, tmp_path: Path, embedder: FakeEmbedder) -> None:
+    photos = make_photos(tmp_path / "p", 3)
+    index.add_photos(photos, progress=False)
+    nid = index.add_note("grocery list: milk eggs bread")
+    assert nid == note_id("grocery list: milk eggs bread")
+    assert index.add_note("grocery list: milk eggs bread ") == nid and len(index) == 4  # idempotent
+    pid = index.add_note("our hotel in lisbon", photo=photos[1], meta={"album": "Trip"})
+    assert pid == photo_id(photos[1]) and len(index) == 4
+    item = index[pid]
+    assert (
+        item.modality == "photo+note"
+        and item.text == "our hotel in lisbon"
+        and item.meta == {"album": "Trip"}
+    )
+    # the stored vector is normalize(e_image + e_text)
+    want = fuse(embedder.embed_images([photos[1]]), embedder.embed_texts(["our hotel in lisbon"]))[0]
+    hit = index.search(text="our hotel in lisbon", image=photos[1], k=1)[0]
+    assert hit.id == pid and hit.score == pytest.approx(1.0, abs=2e-3)
+    assert float(want @ want) == pytest.approx(1.0, abs=1e-5)
+    # re-adding the (unchanged) photo keeps its note; modality filters
+    assert index.add_photos(photos, progress=False).unchanged == [photo_id(p) for p in photos]
+    assert index[pid].modality == "photo+note"
+    kinds = {h.modality for h in index.search(text="lisbon", k=10, modalities=["note"])}
+    assert kinds == {"note"}
+    assert [h.id for h in index.search(text="lisbon", k=10, modalities=["photo+note"])] == [pid]
+    assert len(index.search(text="lisbon", k=10, modalities=["photo", "note"])) == 3
+
+
+def test_metadata_filters(index: Index, tmp_path: Path) -> None:
+    trip = make_photos(tmp_path / "trip", 3)
+    home = make_photos(tmp_path / "home", 2, start=10)
+    index.add_photos(trip, meta={"album": "Trip", "year": 2024}, progress=False)
+    index.add_photos(home, meta={"album": "Home", "year": 2023}, progress=False)
+    report = index.add_notes(
+        ["beach day with friends", "tax receipts", "dinner at the beach bar"],
+        metas=[{"tags": ["beach", "friends"]}, {"tags": ["admin"]}, {"tags": "beach", "album": "Trip"}],
+    )
+    assert len(report.added) == 3
+    ids = lambda hits: {h.id for h in hits}  # noqa: E731
+    trip_ids = {photo_id(p) for p in trip}
+    assert ids(index.search(image=home[0], k=10, where={"album": "Trip"})) == trip_ids | {
+        note_id("dinner at the beach bar")
+    }
+    assert ids(index.search(image=home[0], k=10, where={"album": "Trip"}, modalities=["photo"])) == trip_ids
+    assert ids(index.search(text="beach", k=10, where={"tags": "beach"})) == {
+        note_id("beach day with friends"),
+        note_id("dinner at the beach bar"),
+    }
+    assert ids(index.search(text="x", k=10, where={"tags": ["admin", "friends"]})) == {
+        note_id("tax receipts"),
+        note_id("beach day with friends"),
+    }
+    assert ids(index.search(text="x", k=10, where={"year": 2023})) == {photo_id(p) for p in home}
+    assert index.search(text="x", k=10, where={"album": "Nope"}) == []
+    # metadata can be changed afterwards, and a photo's meta survives re-adding it unchanged
+    index.set_meta(photo_id(home[0]), {"album": "Trip"})
+    assert photo_id(home[0]) in ids(index.search(text="x", k=10, where={"album": "Trip"}))
+    index.add_photos(home, progress=False)
+    assert index[photo_id(home[0])].meta == {"album": "Trip"}
+    with pytest.raises(ValueError, match=r"where\['album'\]: None"):
+        index.search(text="x", where={"album": None})
+    with pytest.raises(ValueError, match="meta: not JSON-serialisable"):
+        index.add_note("x", meta={"when": object()})
+
+
+def test_long_note_chunking_finds_a_phrase_at_the_end(index: Index, embedder: FakeEmbedder) -> None:
+    filler = " ".join(f"word{i % 37} lorem ipsum dolor" for i in range(60))
+    phrase = "zebra crossing near the harbour"
+    long_note = f"{filler} {phrase}"
+    chunks = chunk_note(long_note, embedder.tokenizer)
+    assert len(chunks) > 5 and phrase in chunks[-1]
+    assert all(embedder.tokenizer.count_tokens(c) <= CONTEXT for c in chunks)
+    assert " ".join(long_note.split()).endswith(chunks[-1]) and chunks[0] == " ".join(
+        long_note.split()[: len(chunks[0].split())]
+    )
+    # the tower alone truncates the note: its phrase is invisible in a single vector
+    q = embedder.embed_texts([phrase])[0]
+    assert float(embedder.embed_texts([long_note])[0] @ q) < 0.5
+    for i in range(20):
+        index.add_note(f"note {i} about {'harbour' if i % 2 else 'crossing'} things")
+    nid = index.add_note(long_note)
+    hits = index.search(text=phrase, k=5)
+    assert hits[0].id == nid and hits[0].score > 0.8 and hits[0].chunk == len(chunks) - 1
+    assert sum(h.id == nid for h in hits) == 1  # many chunks, one item
+    assert index.stats().vectors == 20 + len(chunks)
+    assert chunk_note("short note", embedder.tokenizer) == ["short note"]
+    assert len(chunk_note(" ".join(["w"] * 50), None)) > 2  # no tokenizer: word windows
+
+
+def test_sync_adds_changes_and_drops(index: Index, tmp_path: Path, embedder: FakeEmbedder) -> None:
+    folder = tmp_path / "dcim"
+    photos = make_photos(folder, 5) + [make_photo(folder / "sub" / "deep.jpg", 99)]
+    outside = make_photo(tmp_path / "elsewhere" / "keep.png", 50)
+    index.add_photos(outside, progress=False)
+    (folder / "notes.txt").write_text("not a photo")  # ignored by folder walks
+    first = index.sync(folder, progress=False)
+    assert len(first.added) == 6 and not first.skipped
+    index.add_note("the note survives its photo", photo=photos[4])
+    # change one, touch one (same bytes, new mtime), delete two, add one
+    make_photo(photos[0], seed=1000)
+    os.utime(photos[1], ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
+    photos[2].unlink()
+    photos[4].unlink()
+    new = make_photo(folder / "new.png", 77)
+    before = embedder.images_embedded
+    report = index.sync(folder, progress=False)
+    assert report.added == [photo_id(new)]
+    assert set(report.updated) == {photo_id(photos[0]), photo_id(photos[4])}
+    assert report.removed == [photo_id(photos[2])]
+    assert photo_id(photos[1]) in report.unchanged and not report.skipped
+    assert embedder.images_embedded - before == 2  # the changed photo and the new one, not the touched one
+    assert index[photo_id(photos[1])].mtime_ns == photos[1].stat().st_mtime_ns
+    kept = index[photo_id(photos[4])]
+    assert kept.modality == "note" and kept.path is None and kept.text == "the note survives its photo"
+    assert index.search(text="the note survives its photo", k=1)[0].id == kept.id
+    assert photo_id(outside) in index  # outside the synced folder: untouched
+    assert index.search(image=photos[0], k=1)[0].id == photo_id(photos[0])  # re-embedded
+    with pytest.raises(NotADirectoryError, match="missing"):
+        index.sync(tmp_path / "missing", progress=False)
+    assert len(index) == 7
+
+
+def test_model_mismatch_and_reindex(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    photos = make_photos(folder, 6)
+    old = FakeEmbedder("fake@1", 32)
+    with Index.open(tmp_path / "idx", model=old) as index:
+        index.add_photos(folder, progress=False)
+        index.add_note("sunset over the bay", photo=photos[0])
+        index.add_note("call the plumber", meta={"tags": ["home"]})
+    new = FakeEmbedder("fake@2", 24, seed=5)
+    with pytest.raises(
+        ModelMismatchError, match=r"built with model 'fake@1' \(32 dims\), not 'fake@2' \(24 dims\)"
+    ):
+        Index.open(tmp_path / "idx", model=new)
+    with pytest.raises(FileNotFoundError, match="no index here"):
+        Index.open(tmp_path / "nothing", model=old, create=False)
+    reader = Index.open(tmp_path / "idx", model=old)  # another app still on the old model
+    assert len(reader.search(text="plumber", k=3)) == 3
+    photos[1].unlink()  # a source that is gone by migration time
+    photos[0].unlink()  # ... and one that carried a note
+    # a model that crashes half-way leaves the index as it was
+    with Index.open(tmp_path / "idx") as index:
+        with pytest.raises(RuntimeError, match="model crashed"):
+            index.reindex(FakeEmbedder("fake@2", 24, seed=5, fail_after=2), batch_size=2, progress=False)
+    assert reader.search(text="plumber", k=1)[0].text == "call the plumber"
+    with sqlite3.connect(tmp_path / "idx" / "index.sqlite") as conn:
+        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'reindex_staging'").fetchone()
+    with Index.open(tmp_path / "idx") as index:
+        report = index.reindex(new, batch_size=2, progress=False)
+        assert index.model_id == "fake@2" and index.embed_dim == 24
+    assert report.removed == [photo_id(photos[1])]
+    assert {s.input for s in report.skipped} == {str(photos[0]), str(photos[1])}
+    with Index.open(tmp_path / "idx", model=new) as index:
+        assert len(index) == 6 and index.stats().vectors == 6
+        assert index[photo_id(photos[0])].modality == "note"
+        assert index.search(image=photos[3], k=1)[0].id == photo_id(photos[3])
+        hit = index.search(text="call the plumber", k=1)[0]
+        assert hit.id == note_id("call the plumber") and hit.score == pytest.approx(1.0, abs=2e-3)
+        assert hit.meta == {"tags": ["home"]}
+    with pytest.raises(ModelMismatchError, match="reindex"):
+        reader.search(text="plumber")  # the reader notices the migration instead of mixing spaces
+    reader.close()
+
+
+def test_bad_queries_name_the_input(index: Index, tmp_path: Path) -> None:
+    index.add_note("something")
+    with pytest.raises(ValueError, match="give text=, image= or both"):
+        index.search()
+    with pytest.raises(ValueError, match="query text: empty text"):
+        index.search(text="  ")
+    with pytest.raises(ValueError, match="query text: not valid UTF-8"):
+        index.search(text=b"\xff\xfe")  # type: ignore[arg-type]
+    with pytest.raises(ImageDecodeError, match="nope.jpg: no such file"):
+        index.search(image=tmp_path / "nope.jpg")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ImageDecodeError, match="bad.jpg: not a supported image"):
+        index.search(text="x", image=bad)
+    with pytest.raises(ValueError, match="k 0"):
+        index.search(text="x", k=0)
+    with pytest.raises(ValueError, match=r"modalities \['video'\]"):
+        index.search(text="x", modalities=["video"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="note: empty text"):
+        index.add_note("")
+    with pytest.raises(ImageDecodeError, match="missing.png"):
+        index.add_note("x", photo=tmp_path / "missing.png")
+    assert len(index) == 1
+
+
+def test_open_without_model(tmp_path: Path, embedder: FakeEmbedder) -> None:
+    with pytest.raises(ValueError, match="creating an index needs a model"):
+        Index.open(tmp_path / "new")
+    with Index.open(tmp_path / "idx", model=embedder, dtype="int8") as index:
+        index.add_note("hello")
+    with Index.open(tmp_path / "idx") as index:
+        assert len(index) == 1 and index.stats().dtype == "int8"
+        with pytest.raises(RuntimeError, match="opened without a model"):
+            index.search(text="hello")
+        assert index.remove(note_id("hello")) == 1
+
+
+def test_cli_end_to_end_with_onnx_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_runtime import make_artifacts
+
+    from edge_gcl.cli import main
+
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    photos = make_photos(tmp_path / "photos", 4)
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"\x00" * 10)
+    idx = str(tmp_path / "idx")
+    common = ["--index", idx, "--model", str(artifacts)]
+    assert main(["index", "add", str(tmp_path / "photos"), *common]) == 0
+    out = capsys.readouterr()
+    assert "added 4" in out.out and "broken.jpg: not a supported image" in out.err
+    assert main(["index", "note", "a receipt from the bakery", "--meta", 'tags=["food"]', *common]) == 0
+    nid = capsys.readouterr().out.strip()
+    assert nid == note_id("a receipt from the bakery")
+    assert (
+        main(["index", "note", "sunny day", "--photo", str(photos[2]), "--meta", "album=Trip", *common]) == 0
+    )
+    capsys.readouterr()
+    assert main(["search", "receipt from the bakery", "--json", "--k", "3", *common]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert (
+        hits[0]["id"] == nid
+        and hits[0]["text"] == "a receipt from the bakery"
+        and hits[0]["modality"] == "note"
+    )
+    assert len(hits) == 3 and all({"id", "score", "modality"} <= set(h) for h in hits)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert all(("path" in h) == (h["modality"] != "note") for h in hits)
+    assert main(["search", "--image", str(photos[1]), "--json", "--modality", "photo", *common]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["path"] == str(photos[1]) and {h["modality"] for h in hits} == {"photo"}
+    assert main(["search", "sunny", "--where", "album=Trip", "--json", *common]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["id"] for h in hits] == [photo_id(photos[2])] and hits[0]["modality"] == "photo+note"
+    assert main(["search", "sunny", *common]) == 0
+    assert "photo+note" in capsys.readouterr().out
+    assert main(["index", "stats", *common]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["items"] == 5 and stats["model_id"] == "tiny-onnx@seed0"
+    assert main(["index", "remove", nid, *common]) == 0
+    assert "removed 1" in capsys.readouterr().out
+    # errors: one line, status 1
+    assert main(["search", *common]) == 1
+    assert "give a query text" in capsys.readouterr().err
+    assert main(["search", "x", "--index", str(tmp_path / "none"), "--model", str(artifacts)]) == 1
+    assert "no index here" in capsys.readouterr().err
+    other = make_artifacts(tmp_path / "other", seed=1)
+    assert main(["search", "x", "--index", idx, "--model", str(other)]) == 1
+    assert "built with model 'tiny-onnx@seed0'" in capsys.readouterr().err
+    assert main(["index", "sync", str(tmp_path / "photos"), *common]) == 0
+    assert "unchanged 4" in capsys.readouterr().out
+
+
+def test_report_str() -> None:
+    assert (
+        str(IngestReport(added=["a"], removed=["b", "c"]))
+        == "added 1, updated 0, unchanged 0, removed 2, skipped 0"
+    )

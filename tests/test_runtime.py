@@ -1,0 +1,282 @@
+"""OnnxEmbedder against numpy references of tiny ONNX towers that honour the manifest contract.
+
+`make_artifacts(folder)` writes a complete artifacts folder (manifest.json, tokenizer.json,
+float towers with a dynamic batch and "qdq" towers with a static batch of 1); other tests
+(the index CLI) reuse it as a model that needs no torch.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+from tokenizers import Tokenizer as HFTokenizer
+
+from edge_gcl.config import ImagePreprocess, ModelConfig, TextPreprocess
+from edge_gcl.embedding import Embedder
+from edge_gcl.manifest import Manifest, TowerArtifacts, tower_specs
+from edge_gcl.runtime import OnnxEmbedder, _qnn_session, load_embedder
+from edge_gcl.tokenizer import minilm_tokenizer_path
+from edge_gcl.transform import ImageDecodeError, preprocess
+
+SIZE, DIM, CONTEXT, POOL = 32, 16, 16, 8  # image side, embed dim, context length, avg-pool kernel
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def _weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    vocab = HFTokenizer.from_file(str(minilm_tokenizer_path())).get_vocab_size()
+    w_image = rng.standard_normal((3 * (SIZE // POOL) ** 2, DIM)).astype(np.float32)  # (48, D)
+    table = rng.standard_normal((vocab, DIM)).astype(np.float32)  # (V, D)
+    return w_image, table
+
+
+def _image_graph(w: np.ndarray, batch: int | str) -> onnx.ModelProto:
+    """pixels (B, 3, S, S) -> AveragePool 8x8 -> (B, 48) -> MatMul W -> embedding (B, D)."""
+    nodes = [
+        helper.make_node(
+            "AveragePool", ["pixels"], ["pooled"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]
+        ),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "image_tower",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [batch, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, DIM])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=OPSET, ir_version=9)
+
+
+def _text_graph(table: np.ndarray, batch: int | str) -> onnx.ModelProto:
+    """input_ids, attention_mask (B, L) int32 -> sum of masked token rows of a table -> (B, D)."""
+    nodes = [
+        helper.make_node("Cast", ["input_ids"], ["ids64"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "ids64"], ["tokens"], axis=0),  # (B, L, D)
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "axis2"], ["mask3"]),  # (B, L, 1)
+        helper.make_node("Mul", ["tokens", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["embedding"], keepdims=0),  # (B, D)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "text_tower",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT32, [batch, CONTEXT]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT32, [batch, CONTEXT]),
+        ],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, DIM])],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=OPSET, ir_version=9)
+
+
+def model_config() -> ModelConfig:
+    return ModelConfig(
+        name="tiny-onnx",
+        family="lite",
+        embed_dim=DIM,
+        image=ImagePreprocess(size=SIZE, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear"),
+        text=TextPreprocess(tokenizer="minilm-wordpiece", context_length=CONTEXT),
+    )
+
+
+def make_artifacts(folder: Path, *, seed: int = 0, model_id: str | None = None) -> Path:
+    """A tiny artifacts folder: float towers (dynamic batch) and "qdq" towers (static batch 1)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    w_image, table = _weights(seed)
+    onnx.save(_image_graph(w_image, "batch"), folder / "image_tower.onnx")
+    onnx.save(_image_graph(w_image, 1), folder / "image_tower_b1.onnx")
+    onnx.save(_text_graph(table, "batch"), folder / "text_tower.onnx")
+    onnx.save(_text_graph(table, 1), folder / "text_tower_b1.onnx")
+    shutil.copy(minilm_tokenizer_path(), folder / "tokenizer.json")
+    cfg = model_config()
+    specs = tower_specs(cfg)
+    Manifest(
+        model_id=model_id or f"tiny-onnx@seed{seed}",
+        model_name=cfg.name,
+        embed_dim=DIM,
+        image=cfg.image,
+        text=cfg.text,
+        towers={
+            "image": TowerArtifacts(
+                specs["image"], {"float": "image_tower.onnx", "qdq": "image_tower_b1.onnx"}
+            ),
+            "text": TowerArtifacts(specs["text"], {"float": "text_tower.onnx", "qdq": "text_tower_b1.onnx"}),
+        },
+    ).save(folder)
+    return folder
+
+
+# --- numpy references of the same graphs ---------------------------------------------------
+
+
+def reference_images(paths: list[Path], seed: int = 0) -> np.ndarray:
+    w_image, _ = _weights(seed)
+    cfg = model_config().image
+    x = np.stack([preprocess(p, cfg) for p in paths])  # (N, 3, S, S)
+    n, g = len(x), SIZE // POOL
+    pooled = x.reshape(n, 3, g, POOL, g, POOL).mean(axis=(3, 5)).reshape(n, -1)  # (N, 48)
+    e = pooled @ w_image
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def reference_texts(texts: list[str], seed: int = 0) -> np.ndarray:
+    """The tokenizers library directly: truncate to the context, sum the table rows of the tokens."""
+    _, table = _weights(seed)
+    tok = HFTokenizer.from_file(str(minilm_tokenizer_path()))
+    tok.no_padding()
+    tok.enable_truncation(max_length=CONTEXT)
+    e = np.stack([table[enc.ids].sum(0) for enc in tok.encode_batch(texts)])
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_artifacts(tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, (w, h) in enumerate([(40, 30), (32, 32), (64, 48), (30, 50), (33, 33)]):
+        p = folder / f"img{i}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+TEXTS = [
+    "a dog on the beach",
+    "receipt for the hotel in Lisbon",
+    "ünïcödé and emoji 🐶 work too",
+    "a very long note " * 20,  # longer than the context: truncated like the reference
+]
+
+
+def test_float_towers_match_numpy_reference(artifacts: Path, photos: list[Path]) -> None:
+    emb = OnnxEmbedder(artifacts, threads=1)
+    assert isinstance(emb, Embedder)
+    assert emb.model_id == "tiny-onnx@seed0" and emb.embed_dim == DIM
+    images = emb.embed_images(photos, batch_size=2)
+    assert images.dtype == np.float32 and images.shape == (len(photos), DIM)
+    np.testing.assert_allclose(images, reference_images(photos), atol=1e-5)
+    texts = emb.embed_texts(TEXTS, batch_size=3)
+    assert texts.dtype == np.float32 and texts.shape == (len(TEXTS), DIM)
+    np.testing.assert_allclose(texts, reference_texts(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-6)
+
+
+def test_static_batch_graph_is_looped(artifacts: Path, photos: list[Path]) -> None:
+    emb = OnnxEmbedder(artifacts, form="qdq", threads=1)
+    assert emb._image.fixed_batch == 1 and emb._text.fixed_batch == 1
+    np.testing.assert_allclose(emb.embed_images(photos, batch_size=4), reference_images(photos), atol=1e-5)
+    np.testing.assert_allclose(emb.embed_texts(TEXTS, batch_size=4), reference_texts(TEXTS), atol=1e-5)
+
+
+def test_pil_images_and_empty_batches(artifacts: Path, photos: list[Path]) -> None:
+    emb = OnnxEmbedder(artifacts, threads=1)
+    pil = [Image.open(p) for p in photos[:2]]
+    np.testing.assert_allclose(emb.embed_images(pil), reference_images(photos[:2]), atol=1e-5)
+    assert emb.embed_images([]).shape == (0, DIM)
+    assert emb.embed_texts([]).shape == (0, DIM)
+
+
+def test_bad_inputs_raise_errors_naming_them(artifacts: Path, photos: list[Path], tmp_path: Path) -> None:
+    emb = OnnxEmbedder(artifacts, threads=1)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    with pytest.raises(ImageDecodeError, match="corrupt.jpg"):
+        emb.embed_images([photos[0], corrupt])
+    with pytest.raises(ImageDecodeError, match="missing.png: no such file"):
+        emb.embed_images([tmp_path / "missing.png"])
+    with pytest.raises(ValueError, match=r"text\[1\]: empty text"):
+        emb.embed_texts(["fine", "   "])
+    with pytest.raises(ValueError, match=r"text\[0\]: not valid UTF-8"):
+        emb.embed_texts([b"\xff\xfe\xfa"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="not a single string"):
+        emb.embed_texts("a string")  # type: ignore[arg-type]
+
+
+def test_bad_artifacts_folders_are_named(artifacts: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no manifest"):
+        OnnxEmbedder(tmp_path)
+    with pytest.raises(ValueError, match=r"no 'ctx' file for the image tower"):
+        OnnxEmbedder(artifacts, form="ctx")
+    broken = tmp_path / "broken"
+    shutil.copytree(artifacts, broken)
+    w_image, _ = _weights()
+    model = _image_graph(w_image, "batch")
+    model.graph.input[0].name = "images"  # breaks the contract: the manifest says "pixels"
+    model.graph.node[0].input[0] = "images"
+    onnx.save(model, broken / "image_tower.onnx")
+    with pytest.raises(ValueError, match=r"image_tower.onnx: graph inputs \['images'\] lack \['pixels'\]"):
+        OnnxEmbedder(broken)
+    (broken / "image_tower.onnx").unlink()
+    with pytest.raises(
+        FileNotFoundError, match="image_tower.onnx: image tower named by the manifest is missing"
+    ):
+        OnnxEmbedder(broken)
+
+
+def test_load_embedder_routes_artifacts_folders(artifacts: Path) -> None:
+    emb = load_embedder(artifacts)
+    assert isinstance(emb, OnnxEmbedder) and emb.provider == "cpu"
+    assert load_embedder(emb) is emb
+
+
+def test_load_embedder_sends_other_specs_to_the_torch_models(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import types
+
+    fake = types.ModuleType("edge_gcl.models")
+    fake.load_model = lambda spec: ("model", spec)  # type: ignore[attr-defined]
+    fake.TorchEmbedder = lambda model: ("embedder", model)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "edge_gcl.models", fake)
+    assert load_embedder("default") == ("embedder", ("model", "default"))
+    assert load_embedder(tmp_path) == ("embedder", ("model", str(tmp_path)))  # a checkpoint folder
+    with pytest.raises(ValueError, match="provider='qnn' needs an artifacts folder"):
+        load_embedder("default", provider="qnn")
+
+
+def test_qnn_session_without_plugin_is_a_clear_error(
+    artifacts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime_qnn", None)  # import raises ImportError
+    with pytest.raises(
+        RuntimeError, match="QNN execution provider not available: onnxruntime-qnn is not installed"
+    ):
+        _qnn_session(artifacts / "image_tower.onnx")
+    with pytest.raises(RuntimeError, match="QNN execution provider not available"):
+        OnnxEmbedder(artifacts, provider="qnn")
+
+
+def test_qnn_never_falls_back_to_cpu_silently(artifacts: Path) -> None:
+    """With the plugin installed: a session either runs on QNN or fails loudly (fallback disabled)."""
+    pytest.importorskip("onnxruntime_qnn")
+    try:
+        session = _qnn_session(artifacts / "image_tower.onnx")
+    except RuntimeError as e:  # e.g. no Hexagon here: the float graph cannot be placed on QNN
+        assert (
+            "QNN execution provider" in str(e) and "image_tower.onnx" in str(e) or "not available" in str(e)
+        )
+    else:
+        assert session.get_providers()[0] == "QNNExecutionProvider"
