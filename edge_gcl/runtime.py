@@ -6,9 +6,10 @@ preprocessing is `transform.preprocess` with the manifest's settings, so a photo
 becomes exactly the tensor the graph was exported for.
 
     provider="cpu"   ONNX Runtime's CPU execution provider (reference, any machine)
-    provider="qnn"   the QNN execution provider plugin (`onnxruntime-qnn`) on the Hexagon NPU;
-                     registered per device with CPU fallback disabled, so a graph the NPU cannot
-                     run fails loudly instead of silently running on the CPU.
+    provider="qnn"   the QNN execution provider plugin (`onnxruntime-qnn`) on the Hexagon NPU,
+                     through `edge_gcl.qnn_ep.qnn_session`: CPU fallback disabled, so a graph the
+                     NPU cannot run fails loudly instead of silently running on the CPU; the
+                     manifest's chipset (if any) is the HTP target.
 
 `load_embedder(spec)` turns whatever a user names (artifacts folder, model name, checkpoint
 folder) into an `Embedder`; only the non-artifacts case imports torch.
@@ -17,7 +18,6 @@ folder) into an `Embedder`; only the non-artifacts case imports torch.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -84,7 +84,9 @@ class OnnxEmbedder:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: {tower} tower named by the manifest is missing")
         if self.provider == "qnn":
-            return _qnn_session(path, threads=threads)
+            from .qnn_ep import qnn_session  # imports onnxruntime-qnn's registration code only when asked
+
+            return qnn_session(path, threads=threads, **_qnn_target(self.manifest.chipset))
         return _cpu_session(path, threads=threads)
 
     def embed_images(
@@ -190,54 +192,14 @@ def _cpu_session(path: Path, *, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
 
 
-_QNN_EP = "QNNExecutionProvider"
-_QNN_LOCK = threading.Lock()
-
-
-def _qnn_session(
-    path: str | Path, *, threads: int = 0, provider_options: dict[str, str] | None = None
-) -> ort.InferenceSession:
-    """An InferenceSession on the QNN execution provider plugin, with CPU fallback disabled.
-
-    Registers `onnxruntime-qnn`'s library once per process, picks its devices from
-    `onnxruntime.get_ep_devices()` and adds them with `SessionOptions.add_provider_for_devices`
-    (backend "htp" unless `provider_options` says otherwise). Never uses the `providers=[...]`
-    list, which silently runs unsupported graphs on the CPU. Raises RuntimeError naming what is
-    missing when the plugin or a QNN device is not available.
-    """
-    import onnxruntime as ort
-
-    try:
-        import onnxruntime_qnn
-    except ImportError as e:
-        raise RuntimeError(
-            f"QNN execution provider not available: onnxruntime-qnn is not installed ({e})"
-        ) from None
-    if not hasattr(ort, "register_execution_provider_library"):
-        raise RuntimeError(
-            f"QNN execution provider not available: onnxruntime {ort.__version__} has no plugin EP API (needs >= 1.22)"
-        )
-    with _QNN_LOCK:  # register once per process
-        devices = [d for d in ort.get_ep_devices() if d.ep_name == _QNN_EP]
-        if not devices:
-            try:
-                ort.register_execution_provider_library(_QNN_EP, onnxruntime_qnn.get_library_path())
-            except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/RuntimeException types
-                raise RuntimeError(
-                    f"QNN execution provider not available: cannot register the plugin ({e})"
-                ) from None
-            devices = [d for d in ort.get_ep_devices() if d.ep_name == _QNN_EP]
-    if not devices:
-        raise RuntimeError("QNN execution provider not available: the plugin reports no QNN device")
-    npus = [d for d in devices if d.device.type == ort.OrtHardwareDeviceType.NPU]
-    devices = npus or devices  # the Hexagon NPU when the plugin sees one
-    so = _session_options(threads)
-    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    so.add_provider_for_devices(devices, {"backend_type": "htp", **(provider_options or {})})
-    try:
-        return ort.InferenceSession(str(path), so)
-    except Exception as e:  # noqa: BLE001
-        raise RuntimeError(f"{path}: QNN execution provider cannot run this graph ({e})") from None
+def _qnn_target(chipset: dict | None) -> dict[str, int | None]:
+    """`soc_model`/`htp_arch` for `edge_gcl.qnn_ep` from a manifest's chipset ({"htp_arch": "v75", ...})."""
+    chipset = chipset or {}
+    soc_model, htp_arch = chipset.get("soc_model"), chipset.get("htp_arch")
+    return {
+        "soc_model": int(soc_model) if soc_model is not None else None,
+        "htp_arch": int(str(htp_arch).removeprefix("v")) if htp_arch is not None else None,
+    }
 
 
 def load_embedder(spec: str | Path | Embedder, *, provider: Provider = "cpu") -> Embedder:

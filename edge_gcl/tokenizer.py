@@ -28,6 +28,10 @@ class Tokenizer:
         self._tok = tokenizer
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=context_length)
+        # A copy without truncation for count_tokens: toggling truncation on the shared one would
+        # race with another thread's __call__.
+        self._counter = HFTokenizer.from_str(self._tok.to_str())
+        self._counter.no_truncation()
 
     @classmethod
     def from_config(cls, cfg: TextPreprocess, folder: str | Path | None = None) -> Tokenizer:
@@ -66,12 +70,8 @@ class Tokenizer:
         return Path(path)
 
     def count_tokens(self, text: str) -> int:
-        """Tokens `text` needs before truncation (special tokens included)."""
-        self._tok.no_truncation()
-        try:
-            return len(self._tok.encode(text).ids)
-        finally:
-            self._tok.enable_truncation(max_length=self.context_length)
+        """Tokens `text` needs before truncation (special tokens included). Thread-safe."""
+        return len(self._counter.encode(text).ids)
 
 
 def check_text(text: object, *, name: str = "text") -> str:

@@ -148,7 +148,7 @@ def _cache_key(model: DualEncoder, pairs: Pairs, cfg: TrainConfig) -> str:
         h.update(name.encode())
         h.update(t.detach().float().numpy().tobytes()[:4096])
     h.update(json.dumps([dataclasses.asdict(model.config.image), dataclasses.asdict(model.config.text)]).encode())
-    h.update(json.dumps([[str(p), c] for p, c in zip(pairs.images, pairs.captions)]).encode())
+    h.update(json.dumps([[str(p), c] for p, c in zip(pairs.images, pairs.captions, strict=True)]).encode())
     h.update(f"views={cfg.image_views},seed=0".encode())
     return h.hexdigest()[:16]
 
@@ -224,7 +224,7 @@ class PixelBatches(torch.utils.data.Dataset):
         idx = batch_indices(len(self.pairs), self.cfg.batch_size, self.cfg.seed, step)
         rng = np.random.default_rng([self.cfg.seed, step, 2])
         pixels, texts = [], []
-        for j, c in zip(idx, caption_choice(self.n_caps[idx], self.cfg.seed, step)):
+        for j, c in zip(idx, caption_choice(self.n_caps[idx], self.cfg.seed, step), strict=True):
             try:
                 img = load_image(self.pairs.images[j], draft_size=self.icfg.size)
             except ImageDecodeError:
@@ -303,7 +303,7 @@ def train(cfg: TrainConfig) -> Path:
         if cached:
             idx = batch_indices(n, cfg.batch_size, cfg.seed, step)
             view = np.random.default_rng([cfg.seed, step, 3]).integers(0, cache.images.shape[1], len(idx))
-            rows = np.array([cache.caption_rows[i][c] for i, c in zip(idx, caption_choice(n_caps[idx], cfg.seed, step))])
+            rows = np.array([cache.caption_rows[i][c] for i, c in zip(idx, caption_choice(n_caps[idx], cfg.seed, step), strict=True)])
             mask = torch.from_numpy(cache.masks[rows])  # (B, L)
             length = int(mask.sum(1).max())  # trim padding columns: the top layers never see them
             image_features = model.visual.top(torch.from_numpy(cache.images[idx, view]).float())

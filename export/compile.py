@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import shutil
 import sys
@@ -238,11 +237,10 @@ def run(
                 done("verify")
 
         log("[6/6] writing the manifest")
-        digest = hashlib.sha256()
-        for tower in TOWERS:
-            digest.update((stage / towers[tower].files["float"]).read_bytes())
+        from edge_gcl.models.base import weights_id
+
         manifest = Manifest(
-            model_id=f"{model.config.name}-{digest.hexdigest()[:12]}",
+            model_id=weights_id(model),  # = TorchEmbedder(model).model_id: indexes built either way agree
             model_name=model.config.name,
             embed_dim=model.config.embed_dim,
             image=model.config.image,
@@ -307,7 +305,7 @@ def summary_table(result: CompileResult) -> str:
             rows.append((tower, form, name, f"{size:.1f}", share,
                          *(f"{fid[k]:.4f}" if k in fid else "" for k in ("cosine_min", "cosine_mean", "max_abs_error"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     chip = m.chipset or {}
     lines.insert(1, "-" * len(lines[0]))
     lines.append(f"model {m.model_id}, precision {m.precision}, chip {chip.get('name', '-')} "

@@ -2,8 +2,10 @@
 
 The rest of edge-gcl never touches onnxruntime-qnn paths or provider options; it calls:
 
-* :func:`qnn_available` / :func:`register_qnn_ep`: find the plugin EP in the installed
-  ``onnxruntime-qnn`` wheel and register it with onnxruntime, once per process.
+* :func:`qnn_available` / :func:`register_qnn_ep` / :class:`QnnUnavailableError`: re-exported from
+  :mod:`edge_gcl.qnn_ep`, the device-side module that finds, registers and opens sessions on the
+  plugin EP (the runtime uses it too); :func:`htp_provider_options` takes a
+  :class:`~export.chipsets.Chipset` here.
 * :func:`compile_context`: compile a QDQ (or float, with ``fp16=True``) ONNX model into an
   EPContext model for one :class:`~export.chipsets.Chipset`, refusing any node that would not run
   on the NPU (:class:`NPUPlacementError`).
@@ -20,31 +22,21 @@ made (which node went to which EP). Nodes are those of the graph ORT partitions,
 transformation renames some nodes it takes (``/conv/Conv`` -> ``/conv/Conv_token_1``). Nodes left to
 the CPU keep their ONNX names, so a fallback is always reported by the name in the input model.
 
-Pitfalls found on onnxruntime 1.31 + onnxruntime-qnn 2.7.0 (QNN 2.51):
+Pitfalls found on onnxruntime 1.31 + onnxruntime-qnn 2.7.0 (QNN 2.51); those that concern any QNN
+session (``providers=[...]`` silently running on the CPU, ``offload_graph_io_quantization``, float32
+graphs without ``fp16``, the backend's log level) are in :mod:`edge_gcl.qnn_ep`.
 
-* ``providers=["QNNExecutionProvider"]`` silently runs on the CPU: the plugin EP must be registered
-  with ``register_execution_provider_library`` and added with ``add_provider_for_devices``.
-* By default the QNN EP leaves the graph-input QuantizeLinear and graph-output DequantizeLinear to the
-  CPU EP (``offload_graph_io_quantization``); we set it to ``"0"`` so the whole graph, float I/O
-  included, is one HTP context (and so that ``session.disable_cpu_ep_fallback=1`` can be honoured).
 * ORT refuses to overwrite an existing EPContext file, and writes the file even when the session then
   fails (e.g. a node falls back): we always compile into a fresh temporary folder and move the result
   into place only on success.
-* A float32 graph without ``fp16=True`` is not an HTP target: ORT's layout transformer rewrites its
-  Convs to NHWC for the QNN EP, the EP then declines them and session creation fails. Compile QDQ
-  models, or float ones with ``fp16=True``.
-* The backend's own log (SoC name, arch) only appears if ``ort.set_default_logger_severity(0)`` is
-  called *before* the EP is registered.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,139 +46,72 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from edge_gcl import qnn_ep
+from edge_gcl.qnn_ep import (
+    EP_NAME,
+    QnnLibraries,
+    QnnUnavailableError,
+    find_qnn_libraries,
+    qnn_available,
+    qnn_session,
+    qnn_session_options,
+    register_qnn_ep,
+)
 from export.chipsets import DEFAULT_TARGET, Chipset, get_chipset
+
+__all__ = [
+    "EP_NAME",
+    "EPCONTEXT_OP",
+    "CompileReport",
+    "NPUPlacementError",
+    "PlacedNode",
+    "Placement",
+    "QnnCompileError",
+    "QnnLibraries",
+    "QnnUnavailableError",
+    "compile_context",
+    "find_qnn_libraries",
+    "htp_provider_options",
+    "htp_session",
+    "is_context_model",
+    "measure_placement",
+    "npu_node_share",
+    "placement_of",
+    "qnn_available",
+    "register_qnn_ep",
+    "run_on_cpu",
+    "run_on_htp",
+]
 
 PathLike = str | os.PathLike[str]
 
-EP_NAME = "QNNExecutionProvider"
 EPCONTEXT_OP = "EPContext"
 
-# Session config keys (onnxruntime_session_options_config_keys.h).
-_DISABLE_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
-_RECORD_ASSIGNMENT = "session.record_ep_graph_assignment_info"
+# EPContext generation session config keys (onnxruntime_session_options_config_keys.h).
 _CTX_ENABLE = "ep.context_enable"
 _CTX_FILE_PATH = "ep.context_file_path"
 _CTX_EMBED_MODE = "ep.context_embed_mode"
-
-
-class QnnUnavailableError(RuntimeError):
-    """onnxruntime-qnn is not installed, or this onnxruntime cannot load plugin EPs."""
 
 
 class QnnCompileError(RuntimeError):
     """The HTP backend failed to compile a model for a reason other than node placement."""
 
 
-# --------------------------------------------------------------------------------------------------
-# Finding and registering the plugin EP
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QnnLibraries:
-    """Where the installed onnxruntime-qnn wheel keeps its libraries."""
-
-    plugin: Path  # libonnxruntime_providers_qnn.so: the plugin EP that onnxruntime loads
-    htp_backend: Path  # libQnnHtp.so: the QNN HTP backend (emulated on x86 hosts)
-    package_version: str  # onnxruntime-qnn version, "2.7.0"
-    qnn_sdk_version: str  # QNN SDK the wheel was built with, "2.51.0"
-
-
-def find_qnn_libraries() -> QnnLibraries:
-    """Locate the QNN plugin EP and HTP backend inside the installed ``onnxruntime_qnn`` package."""
-    if importlib.util.find_spec("onnxruntime_qnn") is None:
-        raise QnnUnavailableError("onnxruntime-qnn is not installed (pip install onnxruntime-qnn)")
-    import onnxruntime_qnn
-
-    libs = QnnLibraries(
-        plugin=Path(onnxruntime_qnn.get_library_path()),
-        htp_backend=Path(onnxruntime_qnn.get_qnn_htp_path()),
-        package_version=str(getattr(onnxruntime_qnn, "__version__", "unknown")),
-        qnn_sdk_version=str(getattr(onnxruntime_qnn.build_and_package_info, "qnn_version", "unknown")),
-    )
-    for path in (libs.plugin, libs.htp_backend):
-        if not path.is_file():
-            raise QnnUnavailableError(f"{path}: missing from the onnxruntime-qnn wheel")
-    return libs
-
-
-_register_lock = threading.Lock()
-
-
-def register_qnn_ep() -> list[ort.OrtEpDevice]:
-    """Register the QNN plugin EP with onnxruntime (once per process) and return its devices.
-
-    On a Snapdragon device the QNN EP reports an NPU device; on an x86 host it reports a CPU-typed
-    device that drives the HTP emulator. NPU devices are preferred when both exist.
-    """
-    if not hasattr(ort, "register_execution_provider_library"):
-        raise QnnUnavailableError(f"onnxruntime {ort.__version__} cannot load plugin execution providers")
-    with _register_lock:
-        devices = [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
-        if not devices:
-            libs = find_qnn_libraries()
-            ort.register_execution_provider_library(EP_NAME, str(libs.plugin))
-            devices = [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
-    if not devices:
-        raise QnnUnavailableError(f"{EP_NAME} registered but exposes no device")
-    npus = [d for d in devices if d.device.type == ort.OrtHardwareDeviceType.NPU]
-    return npus or devices
-
-
-def qnn_available() -> bool:
-    """True if the QNN EP can be registered here (the HTP backend is then usable, emulated on x86)."""
-    try:
-        register_qnn_ep()
-    except Exception:  # a missing wheel, an old onnxruntime, a plugin that fails to load
-        return False
-    return True
+def _target(chipset: Chipset | None) -> dict[str, int | None]:
+    """``soc_model``/``htp_arch`` keywords of :mod:`edge_gcl.qnn_ep` for ``chipset`` (None: no target)."""
+    if chipset is None:
+        return {"soc_model": None, "htp_arch": None}
+    return {"soc_model": chipset.soc_model, "htp_arch": chipset.htp_arch_number}
 
 
 def htp_provider_options(chipset: Chipset | None, *, fp16: bool = False) -> dict[str, str]:
     """QNN EP provider options for the HTP backend, targeting ``chipset`` (None: the context's own).
 
-    * ``soc_model`` + ``htp_arch``: the compile target. The backend maps the SoC id to its
-      architecture itself and lets ``soc_model`` win on a mismatch; we pass both, consistently.
-    * ``enable_htp_fp16_precision``: run float (non-QDQ) graphs in fp16 on the HTP; the EP requires
-      ``soc_model`` with it.
-    * ``offload_graph_io_quantization=0``: keep graph-I/O Quantize/Dequantize inside the HTP context.
+    See :func:`edge_gcl.qnn_ep.htp_provider_options`; ``fp16=True`` needs a chipset.
     """
-    options = {
-        "backend_path": str(find_qnn_libraries().htp_backend),
-        "offload_graph_io_quantization": "0",
-    }
-    if chipset is not None:
-        options["soc_model"] = str(chipset.soc_model)
-        options["htp_arch"] = str(chipset.htp_arch_number)
-    if fp16:
-        if chipset is None:
-            raise ValueError("fp16=True needs a chipset (the QNN EP requires soc_model for fp16)")
-        options["enable_htp_fp16_precision"] = "1"
-    return options
-
-
-def _session_options(
-    chipset: Chipset | None,
-    *,
-    fp16: bool,
-    strict: bool,
-    context_file: Path | None = None,
-    embed: bool = True,
-) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    # Level-1 optimizations only: ORT's level-2 QDQ fusions on CPU-assigned nodes would rename the
-    # nodes we report as fallbacks. The QNN EP does its own QDQ handling either way.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.log_severity_level = 3  # errors only; the QNN EP is chatty at warning level
-    so.add_session_config_entry(_RECORD_ASSIGNMENT, "1")
-    if strict:
-        so.add_session_config_entry(_DISABLE_CPU_FALLBACK, "1")
-    if context_file is not None:
-        so.add_session_config_entry(_CTX_ENABLE, "1")
-        so.add_session_config_entry(_CTX_FILE_PATH, str(context_file))
-        so.add_session_config_entry(_CTX_EMBED_MODE, "1" if embed else "0")
-    so.add_provider_for_devices(register_qnn_ep(), htp_provider_options(chipset, fp16=fp16))
-    return so
+    if fp16 and chipset is None:
+        raise ValueError("fp16=True needs a chipset (the QNN EP requires soc_model for fp16)")
+    return qnn_ep.htp_provider_options(**_target(chipset), fp16=fp16)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -269,7 +194,8 @@ def measure_placement(
     as much as a compile; :func:`compile_context` only calls it to explain a failed strict compile.
     """
     chipset = get_chipset(chipset)
-    session = ort.InferenceSession(str(model), _session_options(chipset, fp16=fp16, strict=False))
+    options = qnn_session_options(**_target(chipset), fp16=fp16, cpu_fallback=True)
+    session = ort.InferenceSession(str(model), options)
     return placement_of(session)
 
 
@@ -356,10 +282,16 @@ def compile_context(
         tmp_ctx = tmp_dir / out_path.name
         # 2. Strict compile.
         start = time.perf_counter()
-        options = _session_options(chipset, fp16=fp16, strict=True, context_file=tmp_ctx, embed=embed)
+        context_config = {
+            _CTX_ENABLE: "1",
+            _CTX_FILE_PATH: str(tmp_ctx),
+            _CTX_EMBED_MODE: "1" if embed else "0",
+        }
         try:
-            session = ort.InferenceSession(str(qdq_onnx), options)
-        except Exception as error:  # onnxruntime raises its own Fail/EPFail types
+            session = qnn_session(qdq_onnx, **_target(chipset), fp16=fp16, extra_config=context_config)
+        except QnnUnavailableError:
+            raise
+        except Exception as error:  # the HTP refused the strict session
             # 3. Explain the failure.
             try:
                 placement = measure_placement(qdq_onnx, chipset=chipset, fp16=fp16)
@@ -368,7 +300,7 @@ def compile_context(
             if placement is not None and placement.share < 1.0:
                 raise NPUPlacementError(qdq_onnx, chipset, placement) from error
             raise QnnCompileError(
-                f"{qdq_onnx}: QNN HTP compile for {chipset.name} failed: {error}"
+                f"{qdq_onnx}: QNN HTP compile for {chipset.name} failed: {error.__cause__ or error}"
             ) from error
         compile_s = time.perf_counter() - start
         # 4. Verify the partition and the output.
@@ -430,7 +362,7 @@ def _cached_htp_session(
     key: tuple[str, int, int], chipset_name: str | None, fp16: bool
 ) -> ort.InferenceSession:
     chipset = get_chipset(chipset_name) if chipset_name else None
-    return ort.InferenceSession(key[0], _session_options(chipset, fp16=fp16, strict=True))
+    return qnn_session(key[0], **_target(chipset), fp16=fp16)
 
 
 @functools.lru_cache(maxsize=4)

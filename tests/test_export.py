@@ -11,7 +11,13 @@ import torch
 from PIL import Image
 
 from edge_gcl.checkpoint import save_checkpoint
-from edge_gcl.config import ImagePreprocess, ModelConfig, TextPreprocess, TextTransformerConfig, VisionTransformerConfig
+from edge_gcl.config import (
+    ImagePreprocess,
+    ModelConfig,
+    TextPreprocess,
+    TextTransformerConfig,
+    VisionTransformerConfig,
+)
 from edge_gcl.manifest import Manifest, file_digest
 from edge_gcl.models import create_model
 from edge_gcl.runtime import OnnxEmbedder

@@ -18,10 +18,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
@@ -29,14 +31,18 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantType
 
+import export.qnn
 import export.quantize as quant
+from edge_gcl import qnn_ep
 from export.chipsets import CHIPSETS, DEFAULT_TARGET, UnknownChipsetError, format_table, get_chipset
 from export.qnn import (
     EP_NAME,
     NPUPlacementError,
     compile_context,
+    htp_provider_options,
     measure_placement,
     npu_node_share,
+    placement_of,
     qnn_available,
     run_on_cpu,
     run_on_htp,
@@ -342,6 +348,67 @@ def test_chipset_table_matches_htp_backend(image_compiled: dict) -> None:
         log = logs[chipset.part]
         assert f"SoC model name is {chipset.part}" in log, chipset
         assert f"DSP arch (min_arch) = {chipset.htp_arch_number}" in log, chipset
+
+
+# --------------------------------------------------------------------------------------------------
+# The plugin EP: edge_gcl.qnn_ep, re-exported by export.qnn
+# --------------------------------------------------------------------------------------------------
+
+
+def test_export_qnn_reexports_the_device_side_module() -> None:
+    for name in (
+        "EP_NAME",
+        "QnnUnavailableError",
+        "QnnLibraries",
+        "find_qnn_libraries",
+        "register_qnn_ep",
+        "qnn_available",
+    ):
+        assert getattr(export.qnn, name) is getattr(qnn_ep, name), name
+    assert issubclass(qnn_ep.QnnUnavailableError, RuntimeError)
+
+
+@needs_qnn
+def test_register_qnn_ep_registers_once_from_many_threads() -> None:
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: qnn_ep.register_qnn_ep(), range(8)))
+    assert results[0] and all(d.ep_name == EP_NAME for d in results[0])
+    assert {len(r) for r in results} == {len(results[0])}
+    assert len([d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]) == len(results[0])
+
+
+@needs_qnn
+def test_htp_provider_options_for_a_chipset() -> None:
+    options = htp_provider_options(V75)
+    assert options == qnn_ep.htp_provider_options(soc_model=57, htp_arch=75)
+    assert options["soc_model"] == "57" and options["htp_arch"] == "75"
+    assert options["offload_graph_io_quantization"] == "0"
+    assert Path(options["backend_path"]) == qnn_ep.find_qnn_libraries().htp_backend
+    assert "soc_model" not in htp_provider_options(None)  # an EPContext model carries its own target
+    assert htp_provider_options(V75, fp16=True)["enable_htp_fp16_precision"] == "1"
+    with pytest.raises(ValueError, match="needs a chipset"):
+        htp_provider_options(None, fp16=True)
+    with pytest.raises(ValueError, match="needs soc_model"):
+        qnn_ep.htp_provider_options(soc_model=None, htp_arch=75, fp16=True)
+
+
+def test_qnn_session_cpu_fallback_cannot_be_configured_back_on(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="session.disable_cpu_ep_fallback"):
+        qnn_ep.qnn_session(tmp_path / "m.onnx", extra_config={"session.disable_cpu_ep_fallback": "0"})
+
+
+@needs_qnn
+def test_qnn_session_is_strict_and_records_placement(image_compiled: dict) -> None:
+    """The device-side session: an EPContext model carries its own target, a QDQ one gets soc_model/htp_arch."""
+    ctx, qdq = image_compiled["report"].ctx_path, image_compiled["qdq"]
+    assert placement_of(qnn_ep.qnn_session(ctx)).share == 1.0
+    assert (
+        placement_of(qnn_ep.qnn_session(qdq, soc_model=V75.soc_model, htp_arch=V75.htp_arch_number)).share
+        == 1.0
+    )
+    feeds = image_compiled["held_out"][0]
+    got = qnn_ep.qnn_session(ctx, threads=1).run(["embedding"], feeds)[0]
+    np.testing.assert_array_equal(got, run_on_htp(ctx, feeds)["embedding"])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,11 +18,13 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from tokenizers import Tokenizer as HFTokenizer
 
+from edge_gcl import qnn_ep
 from edge_gcl.config import ImagePreprocess, ModelConfig, TextPreprocess
 from edge_gcl.embedding import Embedder
 from edge_gcl.manifest import Manifest, TowerArtifacts, tower_specs
-from edge_gcl.runtime import OnnxEmbedder, _qnn_session, load_embedder
-from edge_gcl.tokenizer import minilm_tokenizer_path
+from edge_gcl.qnn_ep import QnnUnavailableError, qnn_available, qnn_session
+from edge_gcl.runtime import OnnxEmbedder, load_embedder
+from edge_gcl.tokenizer import Tokenizer, minilm_tokenizer_path
 from edge_gcl.transform import ImageDecodeError, preprocess
 
 SIZE, DIM, CONTEXT, POOL = 32, 16, 16, 8  # image side, embed dim, context length, avg-pool kernel
@@ -257,26 +259,128 @@ def test_load_embedder_sends_other_specs_to_the_torch_models(
         load_embedder("default", provider="qnn")
 
 
-def test_qnn_session_without_plugin_is_a_clear_error(
-    artifacts: Path, monkeypatch: pytest.MonkeyPatch
+# --- provider="qnn": edge_gcl.qnn_ep on the HTP (emulated on x86) -----------------------------
+
+needs_qnn = pytest.mark.skipif(not qnn_available(), reason="onnxruntime-qnn (QNN HTP backend) not installed")
+V75 = {"soc_model": 57, "htp_arch": "v75"}  # how a manifest names a Snapdragon 8 Gen 3 (export.chipsets)
+
+
+def _calibration(n: int = 8) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Batch-1 feeds per tower: pixels in the preprocessed range [-1, 1]; ids from the real tokenizer,
+    TEXTS included (a repeated word sums one table row many times: the largest activations)."""
+    rng = np.random.default_rng(2)
+    pixels = [{"pixels": rng.uniform(-1, 1, (1, 3, SIZE, SIZE)).astype(np.float32)} for _ in range(n)]
+    tok = Tokenizer.from_config(model_config().text)
+    words = "notes photos receipts from the trip to lisbon with a dog on the beach at night".split()
+    texts = [" ".join(words[: 2 + 2 * i]) for i in range(n)] + TEXTS  # short to over the context
+    ids, mask = tok(texts)  # (N, L) each
+    text = [
+        {"input_ids": ids[i : i + 1].astype(np.int32), "attention_mask": mask[i : i + 1].astype(np.int32)}
+        for i in range(len(texts))
+    ]
+    return {"image": pixels, "text": text}
+
+
+@pytest.fixture(scope="module")
+def qdq_artifacts(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny towers quantized for the QNN EP (w8a16 QDQ, static batch 1), with a v75 chipset."""
+    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    from export.quantize import FeedReader
+
+    folder = tmp_path_factory.mktemp("qdq") / "artifacts"
+    shutil.copytree(artifacts, folder)
+    manifest = Manifest.load(folder)
+    for tower, feeds in _calibration().items():
+        src, dst = folder / manifest.towers[tower].files["qdq"], folder / f"{tower}_tower_w8a16.onnx"
+        config = get_qnn_qdq_config(
+            str(src), FeedReader(feeds), activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8
+        )
+        quantize(str(src), str(dst), config)
+        manifest.towers[tower].files["qdq"] = dst.name
+    manifest.precision, manifest.chipset = "w8a16", dict(V75)
+    manifest.save(folder)
+    return folder
+
+
+def test_qnn_provider_targets_the_manifest_chipset(
+    artifacts: Path, qdq_artifacts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """OnnxEmbedder hands qnn_ep.qnn_session the manifest's soc_model and htp_arch ("v75" -> 75)."""
+    import onnxruntime as ort
+
+    calls = []
+
+    def fake_qnn_session(path: Path, **options: object) -> ort.InferenceSession:
+        calls.append((Path(path).name, options))
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(qnn_ep, "qnn_session", fake_qnn_session)
+    OnnxEmbedder(qdq_artifacts, provider="qnn", form="qdq", threads=1)
+    assert calls == [
+        ("image_tower_w8a16.onnx", {"threads": 1, "soc_model": 57, "htp_arch": 75}),
+        ("text_tower_w8a16.onnx", {"threads": 1, "soc_model": 57, "htp_arch": 75}),
+    ]
+    calls.clear()
+    OnnxEmbedder(artifacts, provider="qnn")  # no chipset in the manifest: the backend's default target
+    assert [options for _, options in calls] == [{"threads": 0, "soc_model": None, "htp_arch": None}] * 2
+
+
+def test_qnn_without_the_plugin_is_a_clear_error(artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime_qnn", None)  # import raises ImportError
     with pytest.raises(
-        RuntimeError, match="QNN execution provider not available: onnxruntime-qnn is not installed"
+        QnnUnavailableError, match="QNN execution provider not available: onnxruntime-qnn is not installed"
     ):
-        _qnn_session(artifacts / "image_tower.onnx")
+        qnn_session(artifacts / "image_tower_b1.onnx")
     with pytest.raises(RuntimeError, match="QNN execution provider not available"):
         OnnxEmbedder(artifacts, provider="qnn")
 
 
-def test_qnn_never_falls_back_to_cpu_silently(artifacts: Path) -> None:
-    """With the plugin installed: a session either runs on QNN or fails loudly (fallback disabled)."""
-    pytest.importorskip("onnxruntime_qnn")
-    try:
-        session = _qnn_session(artifacts / "image_tower.onnx")
-    except RuntimeError as e:  # e.g. no Hexagon here: the float graph cannot be placed on QNN
-        assert (
-            "QNN execution provider" in str(e) and "image_tower.onnx" in str(e) or "not available" in str(e)
-        )
-    else:
-        assert session.get_providers()[0] == "QNNExecutionProvider"
+def test_qnn_on_an_onnxruntime_without_plugin_eps_is_a_clear_error(
+    artifacts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime as ort
+
+    monkeypatch.delattr(ort, "register_execution_provider_library", raising=False)
+    with pytest.raises(QnnUnavailableError, match=r"onnxruntime \S+ cannot load plugin execution providers"):
+        OnnxEmbedder(artifacts, provider="qnn")
+
+
+@needs_qnn
+def test_qnn_provider_runs_qdq_towers_entirely_on_the_htp(qdq_artifacts: Path, photos: list[Path]) -> None:
+    """HTP emulation of the w8a16 towers: every node on the QNN EP, and the same embeddings as the
+    QDQ graphs on ONNX Runtime's CPU EP (cosine >= 0.999; the float reference >= 0.99)."""
+    htp = OnnxEmbedder(qdq_artifacts, provider="qnn", form="qdq", threads=1)
+    cpu = OnnxEmbedder(qdq_artifacts, provider="cpu", form="qdq", threads=1)
+    for tower in (htp._image, htp._text):
+        placed = [
+            (node.name, sub.ep_name)
+            for sub in tower.session.get_provider_graph_assignment_info()
+            for node in sub.get_nodes()
+        ]
+        assert len(placed) > 5 and {ep for _, ep in placed} == {qnn_ep.EP_NAME}, placed
+    for got, ref, float_ref in (
+        (htp.embed_images(photos), cpu.embed_images(photos), reference_images(photos)),
+        (htp.embed_texts(TEXTS), cpu.embed_texts(TEXTS), reference_texts(TEXTS)),
+    ):
+        assert got.shape == ref.shape and got.dtype == np.float32
+        assert (got * ref).sum(1).min() >= 0.999, (got * ref).sum(1)
+        assert (got * float_ref).sum(1).min() >= 0.99, (got * float_ref).sum(1)
+
+
+@needs_qnn
+def test_qnn_provider_fails_loudly_on_a_graph_the_htp_cannot_run(qdq_artifacts: Path, tmp_path: Path) -> None:
+    """Never a silent CPU fallback: an op the HTP rejects (a standalone Erf) fails naming the file."""
+    broken = tmp_path / "broken"
+    shutil.copytree(qdq_artifacts, broken)
+    w_image, _ = _weights()
+    model = _image_graph(w_image, 1)
+    model.graph.node[-1].output[0] = "projected"
+    model.graph.node.append(helper.make_node("Erf", ["projected"], ["embedding"]))
+    onnx.save(model, broken / "image_tower_w8a16.onnx")
+    with pytest.raises(
+        RuntimeError, match="image_tower_w8a16.onnx: the QNN execution provider cannot run this graph"
+    ) as info:
+        OnnxEmbedder(broken, provider="qnn", form="qdq")
+    assert "fallback to CPU EP has been explicitly disabled" in str(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,14 +50,34 @@ class DualEncoder(nn.Module):
         return Tokenizer.from_config(self.config.text, self.source)
 
 
+def weights_id(model: DualEncoder) -> str:
+    """`"<config name>-<12 hex>"`: the name plus a SHA-256 of every weight, so two models agree on
+    an id exactly when their weights do (the id an index records and the manifest of the exported
+    artifacts carries; see `export.compile`).
+
+    Hashed: the full `state_dict` in sorted key order, each entry as its key's UTF-8 bytes then the
+    tensor as contiguous float32 bytes (integer buffers included, cast to float32).
+    """
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
+    return f"{model.config.name}-{digest.hexdigest()[:12]}"
+
+
 class TorchEmbedder:
-    """`Embedder` over a PyTorch `DualEncoder` (float32, CPU, no grad)."""
+    """`Embedder` over a PyTorch `DualEncoder` (float32, CPU, no grad).
+
+    `model_id` defaults to `weights_id(model)`, the id of artifacts exported from the same weights.
+    `tokenizer` is public: the index sizes note chunks with its `count_tokens`.
+    """
 
     def __init__(self, model: DualEncoder, *, model_id: str | None = None):
         self.model = model.eval()
-        self.model_id = model_id or model.config.name
+        self.model_id = model_id or weights_id(model)
         self.embed_dim = model.config.embed_dim
-        self._tokenizer = model.tokenizer()
+        self.tokenizer = model.tokenizer()
 
     @torch.no_grad()
     def embed_images(
@@ -74,7 +95,7 @@ class TorchEmbedder:
         texts = [check_text(t, name=f"text[{i}]") for i, t in enumerate(texts)]
         out = np.zeros((len(texts), self.embed_dim), np.float32)
         for start in tqdm(range(0, len(texts), batch_size), desc="texts", disable=not progress):
-            ids, mask = self._tokenizer(texts[start : start + batch_size])  # (B, L) each
+            ids, mask = self.tokenizer(texts[start : start + batch_size])  # (B, L) each
             emb = self.model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
             out[start : start + len(ids)] = emb.numpy()
         return out
