@@ -33,26 +33,32 @@ measure, and why UniIR trains with instructions. `filter_global_modality=True` g
 restricts the union pool to the modalities of each task's positives; it is not UniIR's protocol.
 
 Building (`build_mbeir`) turns a Flickr-style folder (`captions.txt` CSV `image,caption`, 5 captions per
-photo) into a mixed-modality benchmark with five tasks, written under split "test":
+photo) into a mixed-modality benchmark with five tasks, written under split "test". Every candidate is distinct
+content, as in M-BEIR and in the phone app's index (one item per photo, the photo with its note): each photo
+appears in at most one candidate modality, so a query meets one form of its photo and the global setting
+measures modality bias, not "same photo, other form" collisions. The photos are shuffled with `seed` and dealt
+into four disjoint groups: of n photos, B (query photos) takes the last ceil(n/2); the first floor(n/2) go, in
+order, to A_i (image candidates), A_it (image+text candidates) and A_t (text candidates), whose sizes are
+floor(n/2) // 3 plus one for the first floor(n/2) % 3 of them (n = 100: A_i 17, A_it 17, A_t 16,
+B 50). Caption 0 is the photo's note, c0:
 
-    file stem                      query              positive candidate(s)          local pool
-    mbeir_flickr8k_task0_test      caption c0 of a    image of a                     images of A
-    mbeir_flickr8k_task1_test      caption c0 of a    text c_t of a                  all text candidates
-    mbeir_flickr8k_task2_test      caption c0 of a    image of a + caption c_it      image+text items of A
-    mbeir_flickr8k_task3_test      image of b         texts of b (c1..c4)            all text candidates
-    mbeir_flickr8k_task6_test      image of b + c0    texts of b (c1..c4)            all text candidates
+    file stem                   photos  query                 positive candidate(s)   local pool
+    mbeir_flickr8k_task0_test   A_i     each caption          its image               images of A_i
+    mbeir_flickr8k_task1_test   A_t     each caption but c0   its c0 (a text)         all text candidates
+    mbeir_flickr8k_task2_test   A_it    each caption but c0   its image + c0          image+text items of A_it
+    mbeir_flickr8k_task3_test   B       its image             its c1..c4 (texts)      all text candidates
+    mbeir_flickr8k_task6_test   B       its image + c0        its c1..c4 (texts)      all text candidates
 
-The photos are shuffled with `seed` and split in two halves. Half A ("pool photos", a) supplies the targets of
-the text queries: per photo an image candidate, an image+text candidate (the photo with caption c_it) and a
-text candidate (caption c_t), c_it and c_t being the first two of captions 1..4 left after the filter below.
-Half B ("query photos", b) supplies the image and image+text queries; their captions 1..4 are text candidates
-and their images appear nowhere in any pool, so an image query can never win by matching its own pixels.
-Caption 0 of every photo is its query text. No candidate text equals (case, punctuation and spacing aside)
-any query text or another candidate text: a photo that cannot be served that way (first caption equal to
-an earlier photo's, fewer distinct captions than its role needs) is skipped and listed in the stats. The global
-pool is the union of the local pools. Image paths are `images/<name>` relative to the root, where `images`
-is a symlink to the source folder: nothing is copied. `dataset` names the files; its M-BEIR dataset id is 10
-(M-BEIR uses 0-9).
+So a photo with 5 captions gives 5 queries in A_i, 4 in A_it or A_t and one per task 3 and 6 in B. The text
+candidates are A_t's notes and B's captions 1..4 (B's captions are the bulk of the text pool, as M-BEIR's
+pools are text-heavy); B's images appear in no pool, so an image query can never win by matching its own
+pixels. The global pool is the union of the local pools (images, image+text items, texts). No text appears
+twice (case, punctuation and spacing aside), so no candidate text equals a query text or another candidate
+text: a photo is used only if its captions differ from each other and from every caption of the photos used
+before it (in shuffled order), and it has at least the two captions its role needs (one in A_i); any other is
+skipped, leaving its group one short, and listed with the reason in the stats. Image paths are
+`images/<name>` relative to the root, where `images` is a symlink to the source folder: nothing is copied.
+`dataset` names the files; its M-BEIR dataset id is 10 (M-BEIR uses 0-9).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +96,8 @@ MBEIR_TASKS: dict[int, tuple[str, str]] = {
 SETTINGS = ("local", "global")
 BUILD_TASKS = (0, 1, 2, 3, 6)  # the tasks `build_mbeir` writes
 BUILD_SPLIT = "test"
+# `build_mbeir`'s photo groups, in shuffled order: the candidate modality of A_i, A_it, A_t, then B (queries).
+GROUPS = ("image", "image,text", "text", "query")
 DATASET_ID = 10  # M-BEIR's datasets take ids 0-9
 
 
@@ -499,59 +508,58 @@ def build_mbeir(
     if not re.fullmatch(r"[a-z0-9]+", dataset):
         raise ValueError(f"dataset: use lowercase letters and digits (it names the files), got {dataset!r}")
     random.Random(seed).shuffle(chosen)
-    half = (len(chosen) + 1) // 2
-    pool_side, query_side = chosen[:half], chosen[half:]
 
-    # 1. Caption roles. Query texts: caption 0, unique. Candidate texts: unique, never equal to a query text.
+    # 1. Groups: B the last ceil(n/2) photos; A_i, A_it, A_t the first floor(n/2), sizes within one, larger first.
+    n_pool = len(chosen) // 2
+    bounds = [0, *accumulate([n_pool // 3 + (i < n_pool % 3) for i in range(3)] + [len(chosen) - n_pool])]
+    groups = dict(zip(GROUPS, (chosen[bounds[i] : bounds[i + 1]] for i in range(4)), strict=True))
+
+    # 2. Photos kept: captions distinct within the photo and from the captions of the photos kept before it.
     skipped: dict[str, str] = {}
     taken: set[str] = set()
+    group_of = {n: g for g, members in groups.items() for n in members}
     for name in chosen:
-        key = _norm(by_name[name][0])
-        if key in taken:
-            skipped[name] = "its first caption repeats another photo's"
-        taken.add(key)
+        keys = {_norm(c) for c in by_name[name]}
+        need = 1 if group_of[name] == "image" else 2
+        if len(keys) < len(by_name[name]):
+            skipped[name] = "two of its captions are the same"
+        elif keys & taken:
+            skipped[name] = "one of its captions repeats an earlier photo's"
+        elif len(keys) < need:
+            skipped[name] = "only one caption, and its group needs a candidate text and a query text"
+        else:
+            taken |= keys
+    a_i, a_it, a_t, b = ([n for n in groups[g] if n not in skipped] for g in GROUPS)
 
-    def candidate_captions(name: str, need: int, limit: int) -> list[str] | None:
-        picked = []
-        for cap in by_name[name][1:]:
-            if _norm(cap) not in taken and len(picked) < limit:
-                picked.append(cap)
-                taken.add(_norm(cap))
-        if len(picked) < need:
-            skipped[name] = f"fewer than {need + 1} distinct captions left for its role"
-            return None
-        return picked
-
-    roles_a = {n: c for n in pool_side if n not in skipped and (c := candidate_captions(n, 2, 2))}
-    roles_b = {n: c for n in query_side if n not in skipped and (c := candidate_captions(n, 1, 4))}
-
-    # 2. Candidates (pool order: images, image+text, texts) and queries, ids "<DATASET_ID>:<n>".
+    # 3. Candidates (pool order: images, image+text items, texts) and queries, ids "<DATASET_ID>:<n>".
     cands: dict[str, dict[str, Any]] = {}
 
-    def add(kind: str, name: str, txt: str | None, caption: int | None) -> str:
+    def add(kind: str, name: str, caption: int | None) -> str:
         did = f"{DATASET_ID}:{len(cands) + 1}"
-        src = json.dumps({"image": name, "caption": caption})
-        cands[did] = {"txt": txt, "img_path": None if kind == "text" else f"images/{name}", "modality": kind,
-                      "did": did, "src_content": src}
+        cands[did] = {"txt": None if caption is None else by_name[name][caption],
+                      "img_path": None if kind == "text" else f"images/{name}", "modality": kind, "did": did,
+                      "src_content": json.dumps({"image": name, "caption": caption})}
         return did
 
-    caption_index = {n: {c: i for i, c in reversed(list(enumerate(by_name[n])))} for n in chosen}
-    image_of = {n: add("image", n, None, None) for n in roles_a}
-    pair_of = {n: add("image,text", n, c[0], caption_index[n][c[0]]) for n, c in roles_a.items()}
-    text_of = {n: add("text", n, c[1], caption_index[n][c[1]]) for n, c in roles_a.items()}
-    texts_of = {n: [add("text", n, c, caption_index[n][c]) for c in caps] for n, caps in roles_b.items()}
-    text_pool = list(text_of.values()) + [d for ds in texts_of.values() for d in ds]
+    def rest(n: str) -> range:  # the captions of a photo but its note (caption 0)
+        return range(1, len(by_name[n]))
 
-    tasks: dict[int, tuple[list[tuple[str, str | None, str | None, list[str]]], list[str]]] = {
-        # task id: ([(photo, query text, query image, positive dids)], local pool dids)
-        0: ([(n, by_name[n][0], None, [image_of[n]]) for n in roles_a], list(image_of.values())),
-        1: ([(n, by_name[n][0], None, [text_of[n]]) for n in roles_a], text_pool),
-        2: ([(n, by_name[n][0], None, [pair_of[n]]) for n in roles_a], list(pair_of.values())),
-        3: ([(n, None, f"images/{n}", texts_of[n]) for n in roles_b], text_pool),
-        6: ([(n, by_name[n][0], f"images/{n}", texts_of[n]) for n in roles_b], text_pool),
+    image_of = {n: add("image", n, None) for n in a_i}
+    pair_of = {n: add("image,text", n, 0) for n in a_it}
+    note_of = {n: add("text", n, 0) for n in a_t}
+    texts_of = {n: [add("text", n, c) for c in rest(n)] for n in b}
+    text_pool = list(note_of.values()) + [d for ds in texts_of.values() for d in ds]
+
+    tasks: dict[int, tuple[list[tuple[str, int | None, bool, list[str]]], list[str]]] = {
+        # task id: ([(photo, query caption, query has the image, positive dids)], local pool dids)
+        0: ([(n, c, False, [image_of[n]]) for n in a_i for c in range(len(by_name[n]))], list(image_of.values())),
+        1: ([(n, c, False, [note_of[n]]) for n in a_t for c in rest(n)], text_pool),
+        2: ([(n, c, False, [pair_of[n]]) for n in a_it for c in rest(n)], list(pair_of.values())),
+        3: ([(n, None, True, texts_of[n]) for n in b], text_pool),
+        6: ([(n, 0, True, texts_of[n]) for n in b], text_pool),
     }
 
-    # 3. Files.
+    # 4. Files.
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _link_images(out, images)
@@ -561,11 +569,12 @@ def build_mbeir(
         stem = f"mbeir_{dataset}_task{task_id}_{BUILD_SPLIT}"
         q_mod = MBEIR_TASKS[task_id][0]
         queries = []
-        for name, txt, img, pos in rows:
+        for name, caption, with_image, pos in rows:
             n_queries += 1
             queries.append({
-                "qid": f"{DATASET_ID}:{n_queries}", "query_txt": txt, "query_img_path": img, "query_modality": q_mod,
-                "query_src_content": json.dumps({"image": name, "caption": 0 if txt is not None else None}),
+                "qid": f"{DATASET_ID}:{n_queries}", "query_txt": None if caption is None else by_name[name][caption],
+                "query_img_path": f"images/{name}" if with_image else None, "query_modality": q_mod,
+                "query_src_content": json.dumps({"image": name, "caption": caption}),
                 "pos_cand_list": pos, "neg_cand_list": [], "task_id": task_id,
             })
         _write_jsonl(out / "query" / BUILD_SPLIT / f"{stem}.jsonl", queries)
@@ -585,8 +594,9 @@ def build_mbeir(
         "split": BUILD_SPLIT,
         "seed": seed,
         "photos": len(chosen),
-        "pool_photos": len(roles_a),
-        "query_photos": len(roles_b),
+        "pool_photos": len(a_i) + len(a_it) + len(a_t),
+        "pool_photos_by_modality": {"image": len(a_i), "image,text": len(a_it), "text": len(a_t)},
+        "query_photos": len(b),
         "skipped": dict(sorted(skipped.items())),
         "tasks": stats_tasks,
         "global_pool": len(cands),
@@ -609,9 +619,10 @@ def cli_build(args: argparse.Namespace) -> int:
     elif args.splits:
         raise ValueError(f"--splits {args.splits}: give --split too (e.g. --split dev)")
     stats = build_mbeir(captions, args.images, args.out, names=names, seed=args.seed)
+    by_group = ", ".join(f"{n} {m}" for m, n in stats["pool_photos_by_modality"].items())
     print(f"M-BEIR benchmark in {stats['root']} (split {stats['split']}, seed {stats['seed']}): "
-          f"{stats['photos']} photos, {stats['pool_photos']} pool-side, {stats['query_photos']} query-side, "
-          f"{len(stats['skipped'])} skipped")
+          f"{stats['photos']} photos, {stats['pool_photos']} pool-side ({by_group}), "
+          f"{stats['query_photos']} query-side, {len(stats['skipped'])} skipped")
     width = max(len(s) for s in stats["tasks"])
     for stem, t in stats["tasks"].items():
         print(f"  {stem:<{width}}  {t['task']:<20}  {t['queries']:>6} queries  {t['local_pool']:>6} local pool")

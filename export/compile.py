@@ -62,33 +62,57 @@ class Samples:
     source: dict[str, object]
 
 
-def calibration_source(model, calibration: str | Path | None) -> tuple[Path, Path | None]:
-    """The captions file to calibrate on: `--calibration DIR`, else the model's training data."""
+def calibration_source(model, calibration: str | Path | None) -> tuple[Path, Path | None, set[str] | None]:
+    """What to calibrate on: `--calibration DIR`, else the model's own training data (its train split).
+
+    Returns the captions file, its image folder (None: `images/` beside it) and the photo names to
+    draw from (None: all). Relative paths recorded in a checkpoint resolve against the working
+    directory, then against the project root (so `../shared/data/...` works from a clone).
+    """
     if calibration:
         folder = Path(calibration)
         captions = folder / "captions.txt" if folder.is_dir() else folder
         if not captions.is_file():
             raise FileNotFoundError(f"{calibration}: --calibration needs a folder with captions.txt and images/")
-        return captions, None
+        return captions, None, None
     from edge_gcl.checkpoint import is_checkpoint, read_meta
+    from edge_gcl.data import read_split
 
     if model.source is not None and is_checkpoint(model.source):
         train = read_meta(model.source).get("train", {})
+        images = train.get("images", [])
         for i, data in enumerate(train.get("data", [])):
-            if Path(data).is_file():
-                images = train.get("images", [])
-                return Path(data), Path(images[i]) if i < len(images) else None
+            captions = _resolve(data)
+            if captions is None:
+                continue
+            names = None
+            split_file, _, split = (train.get("split") or "").rpartition(":")
+            if split_file and _resolve(split_file) and _resolve(split_file).parent == captions.parent:
+                names = read_split(_resolve(split_file), split)
+            return captions, _resolve(images[i]) if i < len(images) else None, names
     raise FileNotFoundError(
         "no calibration data: this model records no training data that exists here; "
         "give --calibration DIR (a folder with captions.txt and images/)"
     )
 
 
-def pick_samples(model, captions: Path, images: Path | None, *, n_calibration: int, n_heldout: int,
-                 seed: int = 0) -> Samples:
+def _resolve(path: str | None) -> Path | None:
+    if not path:
+        return None
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = (base / path).resolve()
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def pick_samples(model, captions: Path, images: Path | None, names: set[str] | None, *, n_calibration: int,
+                 n_heldout: int, seed: int = 0) -> Samples:
     from edge_gcl.data import read_pairs
 
     pairs = read_pairs(captions, images)
+    if names is not None:
+        pairs = pairs.subset(names)
     order = np.random.default_rng(seed).permutation(len(pairs))
     tok = model.tokenizer()
     chosen: list[tuple[np.ndarray, str]] = []
@@ -110,7 +134,8 @@ def pick_samples(model, captions: Path, images: Path | None, *, n_calibration: i
                      for j in range(len(rows))],
         }
 
-    source = {"captions": str(captions), "photos": n_calibration, "heldout_photos": n_heldout, "seed": seed}
+    source = {"captions": str(captions), "photos": n_calibration, "heldout_photos": n_heldout, "seed": seed,
+              "restricted_to_split": names is not None}
     return Samples(feeds(chosen[:n_calibration]), feeds(chosen[n_calibration:]), source)
 
 
@@ -162,8 +187,8 @@ def run(
 
     log(f"[1/6] loading {model_spec} and calibration data")
     model = load_model(model_spec).eval()
-    captions, images = calibration_source(model, calibration)
-    samples = pick_samples(model, captions, images, n_calibration=n_calibration, n_heldout=n_heldout)
+    captions, images, names = calibration_source(model, calibration)
+    samples = pick_samples(model, captions, images, names, n_calibration=n_calibration, n_heldout=n_heldout)
     done("load")
 
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
