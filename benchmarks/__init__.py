@@ -1,0 +1,10 @@
+"""Benchmarks of edge-gcl: each harness prints a table, saves JSON and draws a plot.
+
+    python -m benchmarks.recall    # M-BEIR recall per form (PyTorch, ONNX, QDQ, EPContext); GCL vs CL vs pairwise
+    python -m benchmarks.latency   # per tower and end to end, per form and batch; AI Hub device profiles
+    python -m benchmarks.index     # search time and memory vs collection size, vs faiss / usearch and the
+                                   # memory-bandwidth floor; photo ingest throughput
+    python -m benchmarks.report    # all of the above for the default model -> benchmarks/results/ + README
+
+`common.py` holds what they share: the machine/versions header, timing and memory helpers, tables, JSON.
+"""

@@ -1,0 +1,501 @@
+"""`python -m benchmarks.index`: search time and memory vs collection size, against faiss, usearch and the
+memory-bandwidth floor; photo ingest throughput with a real model.
+
+    python -m benchmarks.index                                   # 1k, 10k, 100k; 256-d and 512-d; a few minutes
+    python -m benchmarks.index --sizes 1000,10000 --dims 256 --photos 0
+    python -m benchmarks.index --million                         # adds 1M vectors (needs ~8 GB of RAM)
+
+What runs, for every dimension, collection size N and vector dtype:
+
+    index-exact    edge_gcl.index.Index.search(..., approximate=False) on an index of N notes stored in that
+                   dtype (float32 / float16 / int8 + per-vector scale): the whole public query path (query
+                   embedding lookup, the scan, per-item ranking, the SQLite item lookups)
+    index-approx   Index.search(..., approximate=True): the project's usearch HNSW plus its exact re-scoring
+                   (for the dtypes in --approx-dtypes; the HNSW itself is always f16 in the project)
+    faiss-flat     faiss IndexFlatIP over the float32 vectors: the exact reference (and the ground truth)
+    faiss-sq       faiss IndexScalarQuantizer (fp16 / 8-bit) for the float16 / int8 rows: a compressed scan
+    usearch-hnsw   a plain usearch Index (metric ip, the row's dtype, default graph parameters), k results
+
+The vectors are a seeded synthetic set shaped like embeddings: a random rank-16 Gaussian plus isotropic
+noise, L2-normalised; queries come from the same distribution. Every method answers the same queries,
+one query per call (the on-device case); the table gives the median and p90 per query.
+
+Memory: `rss_mb` is the resident memory a method added while building/loading (RSS after minus before;
+for the index: opening it and its first search, which decodes the stored vectors); `disk_mb` the SQLite
+file. The floor: `bytes_scanned` (N x D x bytes per element of what the exact method reads per query) over
+the machine's memory bandwidth, measured here as the best of a large array copy (2 x bytes / time) and a
+large array read (`max`); `x_floor` = median / floor, so 1.0 would be a scan at memory speed.
+`recall@10` is the overlap with faiss-flat's top 10 on the float32 vectors (quantization loss included);
+`same_top10` the share of queries whose ordered top 10 equals faiss-flat's exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import (
+    RESULTS_DIR,
+    Col,
+    PeakRSS,
+    Timing,
+    format_table,
+    header_line,
+    limit_threads,
+    machine_info,
+    make_document,
+    parse_list,
+    pyplot,
+    save_figure,
+    save_json,
+)
+
+DTYPES = ("float32", "float16", "int8")
+METHODS = ("index-exact", "index-approx", "faiss-flat", "faiss-sq", "usearch-hnsw")
+EXACT_METHODS = ("index-exact", "faiss-flat", "faiss-sq")
+SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k" / "images"
+_USEARCH_DTYPE = {"float32": "f32", "float16": "f16", "int8": "i8"}
+
+
+# ----------------------------------------------------------------------------- data and metrics
+def synthetic(n: int, nq: int, dim: int, *, seed: int = 0, rank: int = 16, noise: float = 0.3
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(collection (n, dim), queries (nq, dim)) float32, L2-normalised, from one seeded distribution.
+
+    Each vector is z @ basis + noise * e, z ~ N(0, I_rank), e ~ N(0, I_dim / dim): clustered along a few
+    directions like real embeddings, not uniform on the sphere (where HNSW would look worse than it is).
+    Prefixes are stable: synthetic(n)[0][:m] == synthetic(m)[0] for the same seed.
+    """
+    basis = np.random.default_rng([seed, 0]).standard_normal((rank, dim)).astype(np.float32) / np.sqrt(rank)
+
+    def draw(count: int, stream: int) -> np.ndarray:
+        # one generator per term: rows come out in order, so any prefix is the same whatever `count` is
+        rng_z, rng_e = np.random.default_rng([seed, stream, 0]), np.random.default_rng([seed, stream, 1])
+        out = np.empty((count, dim), np.float32)
+        for s in range(0, count, 65536):  # bounded temporaries at 1M x 512
+            m = min(65536, count - s)
+            x = rng_z.standard_normal((m, rank), dtype=np.float32) @ basis  # (m, dim)
+            x += noise / np.sqrt(dim) * rng_e.standard_normal((m, dim), dtype=np.float32)
+            out[s : s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return out
+
+    return draw(n, 1), draw(nq, 2)
+
+
+def intersection_recall(found: np.ndarray, truth: np.ndarray, k: int | None = None) -> float:
+    """Mean over queries of |found[i, :k] & truth[i, :k]| / k (faiss contrib's knn intersection measure)."""
+    found, truth = np.asarray(found), np.asarray(truth)
+    if found.ndim != 2 or truth.ndim != 2 or found.shape[0] != truth.shape[0]:
+        raise ValueError(f"intersection_recall: found {found.shape} and truth {truth.shape} must be (nq, k)")
+    k = k or truth.shape[1]
+    hits = sum(len(set(f[:k].tolist()) & set(t[:k].tolist()) - {-1}) for f, t in zip(found, truth, strict=True))
+    return hits / (k * truth.shape[0])
+
+
+def same_order(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of queries whose ranked ids equal the truth's, position by position."""
+    found, truth = np.asarray(found), np.asarray(truth)
+    k = truth.shape[1]
+    return float(np.mean(np.all(found[:, :k] == truth, axis=1)))
+
+
+# ----------------------------------------------------------------------------- the floor
+def measure_bandwidth(*, size_mb: int = 256, runs: int = 5) -> dict[str, float]:
+    """Memory bandwidth in GB/s (1e9 bytes/s), best of `runs`: a copy (read + write bytes) and a read (max)."""
+    n = size_mb * 2**20 // 4
+    a = np.ones(n, np.float32)
+    b = np.empty_like(a)
+
+    def best(fn: Callable[[], object]) -> float:
+        fn()
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    copy = 2 * a.nbytes / best(lambda: np.copyto(b, a)) / 1e9
+    read = a.nbytes / best(lambda: a.max()) / 1e9
+    return {"copy_gbps": copy, "read_gbps": read, "floor_gbps": max(copy, read), "size_mb": size_mb}
+
+
+def floor_ms(bytes_scanned: float, gbps: float) -> float:
+    """Time to stream `bytes_scanned` at `gbps` GB/s (1e9 bytes/s), in milliseconds."""
+    if gbps <= 0:
+        raise ValueError(f"floor_ms: bandwidth must be > 0 GB/s, got {gbps}")
+    return bytes_scanned / (gbps * 1e9) * 1e3
+
+
+# ----------------------------------------------------------------------------- timing one method
+def time_queries(search: Callable[[int], np.ndarray], nq: int, k: int, *, warmup: int = 3
+                 ) -> tuple[Timing, np.ndarray]:
+    """Call `search(i)` (ids of query i, best first) for i < nq one at a time; (Timing, ids (nq, k), -1 padded)."""
+    for i in range(min(warmup, nq)):
+        search(i)
+    ids = np.full((nq, k), -1, np.int64)
+    samples = []
+    for i in range(nq):
+        t0 = time.perf_counter()
+        found = search(i)
+        samples.append((time.perf_counter() - t0) * 1e3)
+        found = np.asarray(found, np.int64)[:k]
+        ids[i, : len(found)] = found
+    return Timing(tuple(samples)), ids
+
+
+class TableEmbedder:
+    """An `Embedder` over fixed vectors: text "v<i>" is collection row i, "q<i>" query row i."""
+
+    def __init__(self, collection: np.ndarray, queries: np.ndarray, *, model_id: str) -> None:
+        self.collection, self.queries = collection, queries
+        self.model_id = model_id
+        self.embed_dim = collection.shape[1]
+        self.tokenizer = None
+
+    def embed_texts(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        rows = [(self.collection if t[0] == "v" else self.queries)[int(t[1:])] for t in texts]
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.embed_dim), np.float32)
+
+    def embed_images(self, images: Sequence[Any], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        raise TypeError("TableEmbedder: only texts 'v<i>' / 'q<i>'")
+
+
+# ----------------------------------------------------------------------------- the run
+@dataclass
+class IndexBench:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    ingest: list[dict[str, Any]] = field(default_factory=list)
+    photo_ingest: list[dict[str, Any]] = field(default_factory=list)
+    threads: dict[str, int] = field(default_factory=dict)
+    bandwidth: dict[str, float] = field(default_factory=dict)
+    ids: dict[tuple[str, int, int, str], np.ndarray] = field(default_factory=dict)  # (method, dim, n, dtype)
+    truth: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (dim, n) -> faiss-flat ids
+
+
+def _row(method: str, dim: int, n: int, dtype: str, timing: Timing, ids: np.ndarray, truth: np.ndarray,
+         bench: IndexBench, **extra: Any) -> dict[str, Any]:
+    bench.ids[(method, dim, n, dtype)] = ids
+    row = {"method": method, "dim": dim, "n": n, "dtype": dtype, "exact": method in EXACT_METHODS,
+           "median_ms": timing.median_ms, "p90_ms": timing.p90_ms, "qps": timing.per_second(),
+           "recall@10": intersection_recall(ids, truth), "same_top10": same_order(ids, truth), **extra}
+    scanned = row.get("bytes_scanned")
+    if scanned and row["exact"]:
+        row["floor_ms"] = floor_ms(scanned, bench.bandwidth["floor_gbps"])
+        row["x_floor"] = row["median_ms"] / row["floor_ms"]
+    bench.rows.append(row)
+    return row
+
+
+def _faiss_rows(bench: IndexBench, xb: np.ndarray, xq: np.ndarray, n: int, dtypes: Sequence[str],
+                methods: Sequence[str], k: int, warmup: int) -> None:
+    import faiss
+
+    dim = xb.shape[1]
+    with PeakRSS() as mem:
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(xb[:n])
+    truth = flat.search(xq, k)[1].astype(np.int64)  # batched: the ground truth
+    bench.truth[(dim, n)] = truth
+    if "faiss-flat" in methods:
+        timing, ids = time_queries(lambda i: flat.search(xq[i : i + 1], k)[1][0], len(xq), k, warmup=warmup)
+        flat.reset()
+        _row("faiss-flat", dim, n, "float32", timing, ids, truth, bench, rss_mb=mem.delta_mb,
+             bytes_scanned=n * dim * 4)
+    if "faiss-sq" in methods:
+        for dtype in dtypes:
+            if dtype == "float32":
+                continue
+            qtype = faiss.ScalarQuantizer.QT_fp16 if dtype == "float16" else faiss.ScalarQuantizer.QT_8bit
+            with PeakRSS() as mem:
+                sq = faiss.IndexScalarQuantizer(dim, qtype, faiss.METRIC_INNER_PRODUCT)
+                sq.train(xb[: min(n, 100_000)])
+                sq.add(xb[:n])
+            timing, ids = time_queries(lambda i, sq=sq: sq.search(xq[i : i + 1], k)[1][0], len(xq), k, warmup=warmup)
+            _row("faiss-sq", dim, n, dtype, timing, ids, truth, bench, rss_mb=mem.delta_mb,
+                 bytes_scanned=n * sq.sa_code_size())
+            sq.reset()
+
+
+def _usearch_rows(bench: IndexBench, xb: np.ndarray, xq: np.ndarray, n: int, dtypes: Sequence[str],
+                  k: int, warmup: int) -> None:
+    from usearch.index import Index as HNSW
+
+    dim = xb.shape[1]
+    for dtype in dtypes:
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            hnsw = HNSW(ndim=dim, metric="ip", dtype=_USEARCH_DTYPE[dtype])
+            hnsw.add(np.arange(n, dtype=np.uint64), xb[:n])
+            build_s = time.perf_counter() - t0
+        timing, ids = time_queries(lambda i, h=hnsw: np.asarray(h.search(xq[i], k).keys, np.int64), len(xq), k,
+                                   warmup=warmup)
+        _row("usearch-hnsw", dim, n, dtype, timing, ids, bench.truth[(dim, n)], bench, rss_mb=mem.delta_mb,
+             build_s=build_s, structure_mb=hnsw.memory_usage / 2**20)
+        hnsw.reset()
+
+
+def _index_rows(bench: IndexBench, xb: np.ndarray, xq: np.ndarray, sizes: Sequence[int], dtype: str,
+                approximate: bool, exact: bool, k: int, warmup: int, workdir: Path, log: Callable[[str], Any]) -> None:
+    """One project index per (dim, dtype), grown through `sizes`; reopened cold at each size."""
+    from edge_gcl.index import Index
+
+    dim = xb.shape[1]
+    folder = workdir / f"index-d{dim}-{dtype}"
+    embedder = TableEmbedder(xb, xq, model_id=f"synthetic-d{dim}")
+    have = 0
+    for n in sizes:
+        with Index.open(folder, model=embedder, dtype=dtype) as ix:  # type: ignore[arg-type]
+            t0 = time.perf_counter()
+            ix.add_notes([f"v{i}" for i in range(have, n)], batch_size=2048, progress=False)
+            ingest_s = time.perf_counter() - t0
+        bench.ingest.append({"method": "index.add_notes", "dim": dim, "dtype": dtype, "n": n, "added": n - have,
+                             "seconds": ingest_s, "items_per_s": (n - have) / ingest_s if ingest_s else None})
+        have = n
+        gc.collect()
+
+        def ids_of(hits: list) -> np.ndarray:
+            return np.array([int(h.text[1:]) for h in hits], np.int64)
+
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            ix = Index.open(folder, model=embedder)  # type: ignore[arg-type]
+            ix.search("q0", k=k, approximate=False)  # decodes every stored vector into memory
+            open_s = time.perf_counter() - t0
+        try:
+            matrix = getattr(getattr(ix, "_vectors", None), "matrix", None)  # no public API: see module doc
+            scanned = matrix.nbytes if isinstance(matrix, np.ndarray) else n * dim * 4
+            disk_mb = ix.stats().size_bytes / 2**20
+            truth = bench.truth[(dim, n)]
+            if exact:
+                timing, ids = time_queries(lambda i, ix=ix: ids_of(ix.search(f"q{i}", k=k, approximate=False)), len(xq), k,
+                                           warmup=warmup)
+                _row("index-exact", dim, n, dtype, timing, ids, truth, bench, rss_mb=mem.delta_mb, disk_mb=disk_mb,
+                     open_s=open_s, bytes_scanned=scanned,
+                     scan_dtype=str(matrix.dtype) if isinstance(matrix, np.ndarray) else None)
+            if approximate:
+                with PeakRSS() as amem:
+                    t0 = time.perf_counter()
+                    ix.search("q0", k=k, approximate=True)  # loads or builds the HNSW
+                    build_s = time.perf_counter() - t0
+                timing, ids = time_queries(lambda i, ix=ix: ids_of(ix.search(f"q{i}", k=k, approximate=True)), len(xq), k,
+                                           warmup=warmup)
+                _row("index-approx", dim, n, dtype, timing, ids, truth, bench, rss_mb=mem.delta_mb + amem.delta_mb,
+                     disk_mb=disk_mb, build_s=build_s)
+        finally:
+            ix.close()
+            gc.collect()
+        log(f"  index {dtype} d={dim} n={n}: ingest {ingest_s:.1f} s, open {open_s:.2f} s")
+
+
+def ingest_photos(model: str, artifacts: str | Path | None, photos: Sequence[Path], *, workdir: Path,
+                  batch_size: int = 32) -> dict[str, Any]:
+    """Photos/s of `Index.add_photos` (decode, preprocess, embed, SHA-256, SQLite) with a real model.
+
+    The embedder is the artifacts' float ONNX towers on ONNX Runtime's CPU EP when `artifacts` is given (what
+    the device SDK runs without an NPU), else the PyTorch model `model`. Its load time is not counted.
+    """
+    from edge_gcl.index import Index
+    from edge_gcl.runtime import OnnxEmbedder, load_embedder
+
+    t0 = time.perf_counter()
+    embedder = OnnxEmbedder(artifacts, form="float") if artifacts else load_embedder(model)
+    load_s = time.perf_counter() - t0
+    with PeakRSS() as mem, Index.open(workdir / "photos-index", model=embedder) as ix:
+        t0 = time.perf_counter()
+        report = ix.add_photos([str(p) for p in photos], batch_size=batch_size, progress=False)
+        seconds = time.perf_counter() - t0
+    added = len(report.added)
+    return {"method": "index.add_photos", "embedder": repr(embedder) if artifacts else f"TorchEmbedder({model!r})",
+            "photos": len(photos), "added": added, "skipped": len(report.skipped), "batch_size": batch_size,
+            "load_s": load_s, "seconds": seconds, "items_per_s": added / seconds if seconds else None,
+            "peak_rss_mb": mem.peak_mb}
+
+
+def run(
+    *,
+    sizes: Sequence[int] = (1000, 10_000, 100_000),
+    dims: Sequence[int] = (256, 512),
+    dtypes: Sequence[str] = DTYPES,
+    approx_dtypes: Sequence[str] = ("float16",),
+    methods: Sequence[str] = METHODS,
+    queries: int = 50,
+    k: int = 10,
+    warmup: int = 3,
+    seed: int = 0,
+    bandwidth_mb: int = 256,
+    photos: int = 64,
+    photos_dir: str | Path = SHARED_PHOTOS,
+    model: str = "default",
+    artifacts: str | Path | None = None,
+    threads: int | None = None,
+    workdir: str | Path | None = None,
+    log: Callable[[str], Any] = print,
+) -> IndexBench:
+    """Run the whole sweep; see the module docstring. Sizes ascend; each index grows through them.
+
+    `threads` caps numpy's BLAS and faiss's OpenMP pools (None: their defaults, all cores)."""
+    sizes = sorted(set(int(s) for s in sizes))
+    bad = [d for d in [*dtypes, *approx_dtypes] if d not in DTYPES] + [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown dtypes/methods {bad}: dtypes are {DTYPES}, methods {METHODS}")
+    if not sizes or sizes[0] < k:
+        raise ValueError(f"sizes {sizes}: need at least k={k} vectors")
+    bench = IndexBench()
+    with limit_threads(threads):
+        _sweep(bench, sizes, dims, dtypes, approx_dtypes, methods, queries, k, warmup, seed, bandwidth_mb,
+               photos, photos_dir, model, artifacts, workdir, log)
+    order = {m: i for i, m in enumerate(METHODS)}
+    bench.rows.sort(key=lambda r: (r["dim"], r["n"], DTYPES.index(r["dtype"]), order[r["method"]]))
+    return bench
+
+
+def _sweep(bench: IndexBench, sizes: Sequence[int], dims: Sequence[int], dtypes: Sequence[str],
+           approx_dtypes: Sequence[str], methods: Sequence[str], queries: int, k: int, warmup: int, seed: int,
+           bandwidth_mb: int, photos: int, photos_dir: str | Path, model: str, artifacts: str | Path | None,
+           workdir: str | Path | None, log: Callable[[str], Any]) -> None:
+    import faiss
+
+    bench.threads = {"faiss_omp": faiss.omp_get_max_threads()}
+    log(f"measuring memory bandwidth ({bandwidth_mb} MB arrays)")
+    bench.bandwidth = measure_bandwidth(size_mb=bandwidth_mb)
+    log("  copy {copy_gbps:.1f} GB/s, read {read_gbps:.1f} GB/s".format(**bench.bandwidth))
+    with tempfile.TemporaryDirectory(prefix="bench-index-", dir=workdir) as tmp:
+        tmp_path = Path(tmp)
+        for dim in dims:
+            xb, xq = synthetic(sizes[-1], queries, dim, seed=seed)
+            for n in sizes:
+                log(f"d={dim} n={n}: faiss, usearch")
+                _faiss_rows(bench, xb, xq, n, dtypes, methods, k, warmup)
+                if "usearch-hnsw" in methods:
+                    _usearch_rows(bench, xb, xq, n, approx_dtypes, k, warmup)
+            for dtype in dtypes:
+                want_exact = "index-exact" in methods
+                want_approx = "index-approx" in methods and dtype in approx_dtypes
+                if want_exact or want_approx:
+                    _index_rows(bench, xb, xq, sizes, dtype, want_approx, want_exact, k, warmup, tmp_path, log)
+            del xb, xq
+            gc.collect()
+        if photos > 0:
+            files = sorted(p for p in Path(photos_dir).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            if not files:
+                raise FileNotFoundError(f"{photos_dir}: no photos for the ingest benchmark")
+            log(f"photo ingest: {min(photos, len(files))} photos from {photos_dir}")
+            bench.photo_ingest.append(ingest_photos(model, artifacts, files[:photos], workdir=tmp_path))
+
+
+# ----------------------------------------------------------------------------- output
+SEARCH_COLS = [
+    Col("dim", "D"), Col("n", "N", ","), Col("dtype"), Col("method"),
+    Col("median_ms", "median ms", ".3f"), Col("p90_ms", "p90 ms", ".3f"), Col("qps", "q/s", ",.0f"),
+    Col("recall@10", "recall@10", ".3f"), Col("same_top10", "same top10", ".2f"),
+    Col("floor_ms", "floor ms", ".3f"), Col("x_floor", "x floor", ".1f"),
+    Col("rss_mb", "RSS MB", ".1f"), Col("disk_mb", "disk MB", ".1f"), Col("build_s", "build s", ".2f"),
+]
+INGEST_COLS = [
+    Col("method"), Col("dim", "D"), Col("dtype"), Col("n", "N", ","), Col("added", "added", ","),
+    Col("seconds", "s", ".2f"), Col("items_per_s", "items/s", ",.0f"),
+]
+PHOTO_COLS = [
+    Col("method"), Col("embedder"), Col("added", "photos", ","), Col("batch_size", "batch"),
+    Col("seconds", "s", ".2f"), Col("items_per_s", "photos/s", ".1f"), Col("peak_rss_mb", "peak RSS MB", ".0f"),
+]
+
+
+def tables(doc: dict[str, Any]) -> str:
+    bw = doc.get("bandwidth", {})
+    floor = (f"memory bandwidth: copy {bw['copy_gbps']:.1f} GB/s, read {bw['read_gbps']:.1f} GB/s; "
+             f"floor = bytes scanned / {bw['floor_gbps']:.1f} GB/s") if bw else ""
+    parts = [format_table(doc["rows"], SEARCH_COLS, title="search, one query per call (recall vs faiss-flat float32)"),
+             floor]
+    if doc.get("ingest"):
+        parts.append(format_table(doc["ingest"], INGEST_COLS, title="note ingest (synthetic vectors, no model)"))
+    if doc.get("photo_ingest"):
+        parts.append(format_table(doc["photo_ingest"], PHOTO_COLS, title="photo ingest (real model)"))
+    return "\n\n".join(p for p in parts if p)
+
+
+def plot(doc: dict[str, Any], path: str | Path) -> Path:
+    """Log-log search time vs N, one panel per dimension, a line per (method, dtype), the float32 floor dashed."""
+    plt = pyplot()
+    rows = doc["rows"]
+    dims = sorted({r["dim"] for r in rows})
+    fig, axes = plt.subplots(1, len(dims), figsize=(6.5 * len(dims), 4.5), squeeze=False)
+    gbps = doc.get("bandwidth", {}).get("floor_gbps")
+    for ax, dim in zip(axes[0], dims, strict=True):
+        series = sorted({(r["method"], r["dtype"]) for r in rows if r["dim"] == dim},
+                        key=lambda s: (METHODS.index(s[0]), DTYPES.index(s[1])))
+        for method, dtype in series:
+            pts = sorted((r["n"], r["median_ms"]) for r in rows if (r["dim"], r["method"], r["dtype"]) == (dim, method, dtype))
+            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{method} {dtype}",
+                    linestyle="-" if method in EXACT_METHODS else ":")
+        if gbps:
+            ns = sorted({r["n"] for r in rows if r["dim"] == dim})
+            ax.plot(ns, [floor_ms(n * dim * 4, gbps) for n in ns], "k--", label="float32 bandwidth floor")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("collection size N (vectors)")
+        ax.set_ylabel("search time per query, median (ms)")
+        ax.set_title(f"{dim}-d")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def document(bench: IndexBench, config: dict[str, Any]) -> dict[str, Any]:
+    return make_document("index", bench.rows, config=config, ingest=bench.ingest, photo_ingest=bench.photo_ingest,
+                         bandwidth=bench.bandwidth, threads=bench.threads)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.index", description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="1000,10000,100000", help="collection sizes (comma-separated)")
+    p.add_argument("--million", action="store_true", help="add a 1,000,000-vector collection")
+    p.add_argument("--dims", default="256,512")
+    p.add_argument("--dtypes", default=",".join(DTYPES), help="store dtypes for the exact search")
+    p.add_argument("--approx-dtypes", default="float16", help="store dtypes for the approximate methods")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--queries", type=int, default=50, help="queries timed per method (one per call)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bandwidth-mb", type=int, default=256, help="array size for the bandwidth measurement")
+    p.add_argument("--photos", type=int, default=64, help="photos for the ingest benchmark (0: skip)")
+    p.add_argument("--photos-dir", default=str(SHARED_PHOTOS))
+    p.add_argument("--model", default="default", help="model for the photo ingest (without --artifacts)")
+    p.add_argument("--artifacts", help="artifacts folder: photo ingest with its float ONNX towers")
+    p.add_argument("--threads", type=int, help="cap numpy BLAS / faiss OpenMP threads (default: all cores)")
+    p.add_argument("--workdir", help="where the temporary indexes go (default: the system temp folder)")
+    p.add_argument("--json", default=str(RESULTS_DIR / "index.json"))
+    p.add_argument("--plot", default=str(RESULTS_DIR / "index.png"))
+    args = p.parse_args(argv)
+    sizes = parse_list(args.sizes, int) + ([1_000_000] if args.million else [])
+    config = {"sizes": sorted(set(sizes)), "dims": parse_list(args.dims, int), "dtypes": parse_list(args.dtypes),
+              "approx_dtypes": parse_list(args.approx_dtypes), "methods": parse_list(args.methods),
+              "queries": args.queries, "k": 10, "warmup": args.warmup, "seed": args.seed,
+              "bandwidth_mb": args.bandwidth_mb, "photos": args.photos, "photos_dir": args.photos_dir,
+              "model": args.model, "artifacts": args.artifacts, "threads": args.threads}
+    machine = machine_info()
+    print(header_line(machine))
+    bench = run(**{k: v for k, v in config.items() if k != "k"}, workdir=args.workdir,
+                log=lambda s: print(s, file=sys.stderr))
+    doc = document(bench, config)
+    doc["machine"] = machine
+    print(tables(doc))
+    if args.json:
+        print(f"wrote {save_json(args.json, doc)}")
+    if args.plot:
+        print(f"wrote {plot(doc, args.plot)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

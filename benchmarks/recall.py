@@ -1,0 +1,385 @@
+"""`python -m benchmarks.recall`: M-BEIR recall of one model in every deployed form, and GCL vs CL vs pairwise.
+
+    python -m benchmarks.recall --model default --artifacts artifacts/ --root runs/mbeir-dev
+    python -m benchmarks.recall --artifacts artifacts/ --forms onnx,qdq            # no PyTorch, no emulation
+    python -m benchmarks.recall --losses gcl,cl,pairwise --seeds 0,1,2             # hours: trains 9 models
+    python -m benchmarks.recall --losses gcl,cl --seeds 0 --steps 20               # a quick look
+
+Forms mode. `evaluate_mbeir` (UniIR's protocol, `edge_gcl.mbeir`) runs once per form of the same weights:
+
+    torch   PyTorch float32 (`TorchEmbedder(load_model(--model))`): the float model, the reference
+    onnx    the exported float ONNX towers on ONNX Runtime's CPU EP
+    qdq     the quantized QDQ towers on the CPU EP (ORT's CPU kernels, not the NPU's arithmetic)
+    ctx     the compiled EPContext towers on the QNN EP's HTP backend: on x86 an emulation of the NPU that
+            is bit-faithful to the device, and slow (about a second per item)
+
+and the table lists Recall@1/5/10 per task x setting x form, with deltas (points) against the reference
+form (`--reference`, default torch, else onnx). `--artifacts` must come from `--model`'s weights for the
+deltas to mean quantization / compilation error: the harness checks the model ids agree and says so.
+If `--root` does not exist it is built from the shared Flickr8k dev split (`build_mbeir`).
+
+Losses mode (`--losses`). The paper's central claim: GCL's unified softmax beats the CLIP loss and the
+pairwise ablation on mixed-modality retrieval, globally and locally. For each loss and seed, train the default
+recipe with `edge_gcl.train.train` (the "train" record of `edge_gcl/weights/default/edge_gcl.json` when it
+exists, else the README's recipe), changing only the loss and seed (`--steps` shortens every run alike),
+evaluate the PyTorch model on `--root`, and report mean +- std over seeds of the average Recall@5 in the
+global and local settings. Finished runs in `--train-out` are reused, interrupted ones resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import (
+    RESULTS_DIR,
+    Col,
+    format_table,
+    header_line,
+    machine_info,
+    make_document,
+    parse_list,
+    pyplot,
+    save_figure,
+    save_json,
+)
+
+FORMS = ("torch", "onnx", "qdq", "ctx")
+WHERE = {"torch": "PyTorch float32, CPU", "onnx": "ORT CPU, float32", "qdq": "ORT CPU, QDQ",
+         "ctx": "QNN HTP emulation, EPContext"}
+LOSSES = ("gcl", "cl", "pairwise")
+KS = (1, 5, 10)
+SHARED_FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_META = REPO / "edge_gcl" / "weights" / "default" / "edge_gcl.json"
+
+MBEIR = dict[str, dict[str, dict[str, float]]]  # evaluate_mbeir's result: task -> setting -> metric -> value
+
+
+# ----------------------------------------------------------------------------- the benchmark root
+def ensure_root(root: str | Path, *, flickr: str | Path = SHARED_FLICKR, split: str = "dev",
+                log: Callable[[str], Any] = print) -> Path:
+    """The M-BEIR root; built from `flickr`'s `split` (splits.json) when it holds no query files."""
+    from edge_gcl.data import read_split
+    from edge_gcl.mbeir import build_mbeir
+
+    root = Path(root)
+    if (root / "query").is_dir():
+        return root
+    flickr = Path(flickr)
+    captions, splits = flickr / "captions.txt", flickr / "splits.json"
+    if not captions.is_file() or not splits.is_file():
+        raise FileNotFoundError(f"{root}: no M-BEIR root, and {flickr} has no captions.txt + splits.json to build one")
+    log(f"building {root} from {flickr} ({split} split)")
+    build_mbeir(captions, None, root, names=sorted(read_split(splits, split)))
+    return root
+
+
+# ----------------------------------------------------------------------------- pure pieces
+def task_label(stem: str) -> str:
+    """"mbeir_flickr8k_task0_test" -> "text -> image" (UniIR's task ids); "" when unknown."""
+    from edge_gcl.mbeir import MBEIR_TASKS
+
+    m = re.search(r"_task(\d+)(?:_|$)", stem)
+    if not m or int(m.group(1)) not in MBEIR_TASKS:
+        return ""
+    q, c = MBEIR_TASKS[int(m.group(1))]
+    return f"{q} -> {c}"
+
+
+def recall_rows(results: Mapping[str, MBEIR], reference: str | None) -> list[dict[str, Any]]:
+    """Flat rows (setting, task, form, recall@k..., delta@k...) from {form: evaluate_mbeir result}.
+
+    delta@k = form's recall@k - reference form's, in points (None without a reference, 0.0 on its own rows).
+    Rows are ordered by setting, task (the average last), then form in the given order.
+    """
+    if reference is not None and reference not in results:
+        raise ValueError(f"reference form {reference!r} has no results (forms: {list(results)})")
+    forms = list(results)
+    if not forms:
+        return []
+    first = results[forms[0]]
+    tasks = [t for t in first if t != "average"] + (["average"] if "average" in first else [])
+    settings = list(first[tasks[0]])
+    for form in forms[1:]:
+        if set(results[form]) != set(first):
+            raise ValueError(f"form {form!r} was evaluated on other tasks than {forms[0]!r}")
+    rows = []
+    for setting in settings:
+        for task in tasks:
+            for form in forms:
+                vals = results[form][task][setting]
+                row: dict[str, Any] = {"setting": setting, "task": task,
+                                       "label": task_label(task) if task != "average" else "average",
+                                       "form": form}
+                for metric, v in vals.items():
+                    row[metric] = v
+                    ref = results[reference][task][setting][metric] if reference is not None else None
+                    row["delta" + metric[len("recall"):]] = None if ref is None else v - ref
+                rows.append(row)
+    return rows
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0.0 for a single value)."""
+    x = np.asarray(values, np.float64)
+    if x.size == 0:
+        raise ValueError("mean_std: no values")
+    return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0
+
+
+def loss_summary(runs: Sequence[Mapping[str, Any]], *, metric: str = "recall@5") -> list[dict[str, Any]]:
+    """Per loss and setting: mean +- std over seeds of the average `metric`.
+
+    `runs`: one per (loss, seed) with "loss", "seed" and "results" (an evaluate_mbeir result).
+    """
+    by_loss: dict[str, dict[str, list[float]]] = {}
+    seeds: dict[str, list[int]] = {}
+    for r in runs:
+        seeds.setdefault(r["loss"], []).append(r["seed"])
+        for setting, vals in r["results"]["average"].items():
+            by_loss.setdefault(r["loss"], {}).setdefault(setting, []).append(vals[metric])
+    rows = []
+    for loss, settings in by_loss.items():
+        for setting, vals in settings.items():
+            mean, std = mean_std(vals)
+            rows.append({"loss": loss, "setting": setting, "metric": metric, "mean": mean, "std": std,
+                         "seeds": seeds[loss], "values": vals, "summary": f"{mean:.2f} ± {std:.2f}"})
+    return rows
+
+
+# ----------------------------------------------------------------------------- forms mode
+def load_form(form: str, *, model: str, artifacts: str | Path | None) -> Any:
+    if form == "torch":
+        from edge_gcl.models import TorchEmbedder, load_model
+
+        return TorchEmbedder(load_model(model))
+    if artifacts is None:
+        raise ValueError(f"form {form!r} needs --artifacts (a folder written by `python -m export.compile`)")
+    from edge_gcl.runtime import OnnxEmbedder
+
+    if form == "ctx":
+        return OnnxEmbedder(artifacts, provider="qnn", form="ctx")
+    if form in ("onnx", "qdq"):
+        return OnnxEmbedder(artifacts, form="float" if form == "onnx" else "qdq")
+    raise ValueError(f"unknown form {form!r}: expected one of {FORMS}")
+
+
+def run_forms(
+    *,
+    model: str = "default",
+    artifacts: str | Path | None = None,
+    root: str | Path,
+    forms: Sequence[str] = FORMS,
+    reference: str | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """{"rows": recall_rows(...), "results": {form: evaluate_mbeir result}, "forms": [per-form info]}."""
+    from edge_gcl.mbeir import evaluate_mbeir
+
+    bad = [f for f in forms if f not in FORMS]
+    if bad:
+        raise ValueError(f"unknown forms {bad}: expected some of {FORMS}")
+    if reference is None:
+        reference = "torch" if "torch" in forms else "onnx" if "onnx" in forms else None
+    results: dict[str, MBEIR] = {}
+    info = []
+    for form in forms:
+        log(f"{form}: {WHERE[form]}")
+        embedder = load_form(form, model=model, artifacts=artifacts)
+        t0 = time.perf_counter()
+        results[form] = evaluate_mbeir(embedder, root, batch_size=batch_size, ks=KS, progress=progress)
+        seconds = time.perf_counter() - t0
+        avg = results[form]["average"]
+        log("  average R@5: " + ", ".join(f"{s} {v['recall@5']:.2f}" for s, v in avg.items()) + f" ({seconds:.0f} s)")
+        info.append({"form": form, "where": WHERE[form], "model_id": embedder.model_id, "eval_s": seconds})
+    ids = {i["model_id"] for i in info if i["form"] != "torch"}
+    torch_ids = [i["model_id"] for i in info if i["form"] == "torch"]
+    note = None
+    if torch_ids and ids and torch_ids[0] not in ids:
+        note = (f"the PyTorch model ({torch_ids[0]}) and the artifacts ({', '.join(sorted(ids))}) have different "
+                f"weights: deltas vs torch are not export/quantization error")
+        log("warning: " + note)
+    return {"rows": recall_rows(results, reference), "results": results, "forms": info, "reference": reference,
+            "note": note}
+
+
+# ----------------------------------------------------------------------------- losses mode
+def default_recipe(meta_path: Path = DEFAULT_META):  # -> edge_gcl.train.TrainConfig
+    """The default model's training config: its checkpoint's "train" record, else the README's recipe."""
+    from edge_gcl.train import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if meta_path.is_file():
+        train = json.loads(meta_path.read_text()).get("train")
+        if isinstance(train, dict) and train:
+            return TrainConfig(**{k: v for k, v in train.items() if k in names})
+    flickr, extra = SHARED_FLICKR, SHARED_FLICKR.parent / "flickr8k-extra"
+    return TrainConfig(model="lite", loss="gcl", data=[str(flickr / "captions.txt"), str(extra / "captions.txt")],
+                       split=f"{flickr / 'splits.json'}:train", batch_size=256, epochs=10.0, lr=3e-4)
+
+
+def run_losses(
+    *,
+    root: str | Path,
+    losses: Sequence[str] = LOSSES,
+    seeds: Sequence[int] = (0, 1, 2),
+    steps: int | None = None,
+    train_out: str | Path = "runs/bench-losses",
+    recipe: Any = None,
+    batch_size: int = 32,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Train and evaluate every (loss, seed); {"rows": loss_summary(...), "runs": [...], "recipe": {...}}."""
+    from edge_gcl.checkpoint import is_checkpoint, read_meta
+    from edge_gcl.mbeir import evaluate_mbeir
+    from edge_gcl.models import TorchEmbedder, load_model
+    from edge_gcl.train import train
+
+    bad = [x for x in losses if x not in LOSSES]
+    if bad:
+        raise ValueError(f"unknown losses {bad}: expected some of {LOSSES}")
+    base = recipe if recipe is not None else default_recipe()
+    missing = [d for d in base.data if not Path(d).is_file()]
+    if missing:
+        raise FileNotFoundError(f"training data of the recipe not found: {', '.join(missing)}")
+    runs = []
+    for loss in losses:
+        for seed in seeds:
+            out = Path(train_out) / (f"{loss}-s{seed}" + (f"-{steps}steps" if steps else ""))
+            cfg = dataclasses.replace(base, loss=loss, seed=seed, out=str(out), resume=True,
+                                      **({"steps": steps} if steps else {}))
+            done = is_checkpoint(out) and read_meta(out).get("train", {}).get("loss") == loss
+            t0 = time.perf_counter()
+            if done:
+                log(f"{loss} seed {seed}: reusing {out}")
+            else:
+                log(f"{loss} seed {seed}: training into {out}")
+                train(cfg)
+            train_s = time.perf_counter() - t0
+            results = evaluate_mbeir(TorchEmbedder(load_model(str(out))), root, batch_size=batch_size, ks=KS,
+                                     progress=False)
+            avg = results["average"]
+            log("  average R@5: " + ", ".join(f"{s} {v['recall@5']:.2f}" for s, v in avg.items()))
+            runs.append({"loss": loss, "seed": seed, "checkpoint": str(out), "reused": done, "train_s": train_s,
+                         "results": results})
+    return {"rows": loss_summary(runs), "runs": runs, "recipe": dataclasses.asdict(base), "steps": steps}
+
+
+# ----------------------------------------------------------------------------- output
+def form_columns(rows: Sequence[Mapping[str, Any]]) -> list[Col]:
+    ks = [k for k in KS if rows and f"recall@{k}" in rows[0]]
+    return ([Col("setting"), Col("task"), Col("label", "task kind"), Col("form")]
+            + [Col(f"recall@{k}", f"R@{k}", ".2f") for k in ks]
+            + [Col(f"delta@{k}", f"ΔR@{k}", "+.2f") for k in ks])
+
+
+LOSS_COLS = [Col("loss"), Col("setting"), Col("metric"), Col("summary", "mean ± std"), Col("seeds")]
+
+
+def tables(doc: Mapping[str, Any]) -> str:
+    if doc["benchmark"] == "recall-losses":
+        return format_table(doc["rows"], LOSS_COLS, title="average M-BEIR recall@5 (%) over seeds, per loss")
+    ref = doc.get("reference")
+    title = f"M-BEIR recall (%) per form; Δ = points vs {ref}" if ref else "M-BEIR recall (%) per form"
+    out = format_table(doc["rows"], form_columns(doc["rows"]), title=title)
+    return out + (f"\nnote: {doc['note']}" if doc.get("note") else "")
+
+
+def plot(doc: Mapping[str, Any], path: str | Path) -> Path:
+    """Forms: Recall@5 per task, one panel per setting, a bar per form. Losses: mean +- std per loss."""
+    plt = pyplot()
+    rows = doc["rows"]
+    if doc["benchmark"] == "recall-losses":
+        losses = list(dict.fromkeys(r["loss"] for r in rows))
+        settings = list(dict.fromkeys(r["setting"] for r in rows))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        width = 0.8 / max(1, len(losses))
+        for j, loss in enumerate(losses):
+            pts = [next(r for r in rows if (r["loss"], r["setting"]) == (loss, s)) for s in settings]
+            ax.bar(np.arange(len(settings)) + j * width, [p["mean"] for p in pts], width,
+                   yerr=[p["std"] for p in pts], capsize=4, label=loss)
+        ax.set_xticks(np.arange(len(settings)) + width * (len(losses) - 1) / 2)
+        ax.set_xticklabels(settings)
+        ax.set_ylabel("average Recall@5 (%)")
+        ax.set_title("M-BEIR average Recall@5, mean ± std over seeds")
+        ax.legend()
+        return save_figure(fig, path)
+    metric = "recall@5" if rows and "recall@5" in rows[0] else next(k for k in rows[0] if k.startswith("recall@"))
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    forms = list(dict.fromkeys(r["form"] for r in rows))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    labels = {r["task"]: r["label"] for r in rows}
+    fig, axes = plt.subplots(len(settings), 1, figsize=(max(8, 1.6 * len(tasks)), 3.6 * len(settings)), squeeze=False)
+    width = 0.8 / max(1, len(forms))
+    for ax, setting in zip(axes[:, 0], settings, strict=True):
+        for j, form in enumerate(forms):
+            vals = [next(r[metric] for r in rows if (r["setting"], r["task"], r["form"]) == (setting, t, form))
+                    for t in tasks]
+            ax.bar(np.arange(len(tasks)) + j * width, vals, width, label=f"{form} ({WHERE.get(form, form)})")
+        ax.set_xticks(np.arange(len(tasks)) + width * (len(forms) - 1) / 2)
+        ax.set_xticklabels([labels[t] or t for t in tasks], fontsize=8)
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"M-BEIR {setting} pool")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.recall", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default", help="the PyTorch model (torch form)")
+    p.add_argument("--artifacts", help="artifacts folder from export.compile (onnx, qdq, ctx forms)")
+    p.add_argument("--root", default="runs/mbeir-dev", help="M-BEIR root (built from the Flickr8k dev split if missing)")
+    p.add_argument("--flickr", default=str(SHARED_FLICKR), help="Flickr-style folder to build --root from")
+    p.add_argument("--forms", default=",".join(FORMS))
+    p.add_argument("--reference", help="form the deltas are against (default: torch, else onnx)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--losses", help="losses mode: e.g. gcl,cl,pairwise (trains a model per loss and seed)")
+    p.add_argument("--seeds", default="0,1,2", help="losses mode: seeds")
+    p.add_argument("--steps", type=int, help="losses mode: training steps per run (default: the recipe's)")
+    p.add_argument("--train-out", default="runs/bench-losses", help="losses mode: where the trained models go")
+    p.add_argument("--json", help="result JSON (default: benchmarks/results/recall[_losses].json)")
+    p.add_argument("--plot", help="result PNG (default: benchmarks/results/recall[_losses].png)")
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    machine = machine_info()
+    print(header_line(machine))
+    root = ensure_root(args.root, flickr=args.flickr, log=log)
+    if args.losses:
+        config = {"root": str(root), "losses": parse_list(args.losses), "seeds": parse_list(args.seeds, int),
+                  "steps": args.steps, "train_out": args.train_out, "batch_size": args.batch_size}
+        result = run_losses(**config, log=log)
+        doc = make_document("recall-losses", result["rows"], config=config, machine=machine, runs=result["runs"],
+                            recipe=result["recipe"])
+        stem = "recall_losses"
+    else:
+        config = {"model": args.model, "artifacts": args.artifacts, "root": str(root),
+                  "forms": parse_list(args.forms), "reference": args.reference, "batch_size": args.batch_size}
+        result = run_forms(**config, progress=args.progress, log=log)
+        doc = make_document("recall", result["rows"], config=config, machine=machine, results=result["results"],
+                            forms=result["forms"], reference=result["reference"], note=result["note"])
+        stem = "recall"
+    print(tables(doc))
+    json_path = args.json or RESULTS_DIR / f"{stem}.json"
+    plot_path = args.plot or RESULTS_DIR / f"{stem}.png"
+    print(f"wrote {save_json(json_path, doc)}")
+    print(f"wrote {plot(doc, plot_path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

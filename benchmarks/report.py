@@ -1,0 +1,288 @@
+"""`python -m benchmarks.report`: every harness on the default model, results under benchmarks/results/, README.
+
+    python -m benchmarks.report                        # export if needed, run all, rewrite the README section
+    python -m benchmarks.report --only index           # one harness (the others' last results stay in the README)
+    python -m benchmarks.report --render-only          # rebuild the README section from the saved JSON
+    python -m benchmarks.report --smoke                # minutes: the whole pipeline, tiny settings, no README
+
+Steps:
+1. Artifacts: reuse `--artifacts` (default runs/bench-artifacts) when it holds a manifest, else build it with
+   `export.compile.run(--model)` (float, QDQ w8a16, EPContext for the default chip, verified in emulation).
+   An `aihub_profile.json` in it (from `--via aihub`) adds device rows to the latency table.
+2. The M-BEIR root (`--root`, default runs/mbeir-dev): built from the shared Flickr8k dev split if missing.
+3. `benchmarks.recall` (torch, onnx, qdq, ctx), `benchmarks.latency`, `benchmarks.index` with their defaults,
+   each writing <name>.json and <name>.png into benchmarks/results/.
+4. Rewrite README.md between `<!-- results:start -->` and `<!-- results:end -->`: machine, versions and
+   date, then tables generated from the JSON files found in benchmarks/results/ (including
+   recall_losses.json, which this command does not produce: `python -m benchmarks.recall --losses ...`),
+   with the plots linked.
+Budget: under 30 minutes on 2 cores, most of it the EPContext recall in HTP emulation (~1 s per item).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .common import RESULTS_DIR, Col, dumps, header_line, load_json, machine_info, markdown_table, parse_list
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+HARNESSES = ("recall", "latency", "index")
+
+
+# ----------------------------------------------------------------------------- README markers
+def rewrite_section(text: str, content: str, *, start: str = START, end: str = END) -> str:
+    """`text` with everything between the `start` and `end` marker lines replaced by `content`.
+
+    The markers stay; each must occur exactly once, `start` before `end`. Raises ValueError otherwise.
+    """
+    n_start, n_end = text.count(start), text.count(end)
+    if n_start != 1 or n_end != 1:
+        raise ValueError(f"expected one {start!r} and one {end!r} marker, found {n_start} and {n_end}")
+    i, j = text.index(start), text.index(end)
+    if j < i:
+        raise ValueError(f"{end!r} comes before {start!r}")
+    return text[: i + len(start)] + "\n" + content.strip("\n") + "\n" + text[j:]
+
+
+def update_readme(path: str | Path, content: str) -> bool:
+    """Rewrite the results section of the file at `path`; True if it changed."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8")
+    new = rewrite_section(old, content)
+    if new != old:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(new, encoding="utf-8")
+        tmp.replace(path)
+    return new != old
+
+
+# ----------------------------------------------------------------------------- markdown from the JSON
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def recall_markdown(doc: Mapping[str, Any]) -> str:
+    """Recall@5 per (setting, task) with a column per form (delta vs the reference in brackets)."""
+    rows = doc["rows"]
+    forms = list(dict.fromkeys(r["form"] for r in rows))
+    ref = doc.get("reference")
+    table = []
+    for key in dict.fromkeys((r["setting"], r["task"]) for r in rows):
+        line: dict[str, Any] = {"setting": key[0], "task": next(r["label"] for r in rows if (r["setting"], r["task"]) == key)}
+        for form in forms:
+            r = next(r for r in rows if (r["setting"], r["task"], r["form"]) == (*key, form))
+            delta = r.get("delta@5")
+            line[form] = f"{r['recall@5']:.1f}" + (f" ({delta:+.1f})" if form != ref and delta is not None else "")
+        table.append(line)
+    where = {f["form"]: f["where"] for f in doc.get("forms", [])}
+    cols = [Col("setting"), Col("task")] + [Col(f, f"{f} ({where.get(f, f)})") for f in forms]
+    ref_note = f"; in brackets the change vs {ref}, in points" if ref else ""
+    parts = [f"M-BEIR Recall@5 (%) on `{doc['config'].get('root')}` (UniIR protocol; the report builds it from the "
+             f"Flickr8k dev split){ref_note}. R@1 and R@10 are in the JSON.", "", markdown_table(table, cols)]
+    if doc.get("note"):
+        parts += ["", f"Note: {doc['note']}."]
+    return "\n".join(parts)
+
+
+def losses_markdown(doc: Mapping[str, Any]) -> str:
+    rows = doc["rows"]
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    table = []
+    for loss in dict.fromkeys(r["loss"] for r in rows):
+        line: dict[str, Any] = {"loss": loss}
+        for s in settings:
+            r = next(r for r in rows if (r["loss"], r["setting"]) == (loss, s))
+            line[s] = f"{r['mean']:.2f} ± {r['std']:.2f}"
+            line["seeds"] = ",".join(map(str, r["seeds"]))
+        table.append(line)
+    steps = doc["config"].get("steps")
+    budget = f"{steps} steps each" if steps else "the default recipe's budget each"
+    return "\n".join([f"Average M-BEIR Recall@5 (%), mean ± std over seeds; one model per loss and seed, {budget}.",
+                      "", markdown_table(table, [Col("loss")] + [Col(s) for s in settings] + [Col("seeds")])])
+
+
+def latency_markdown(doc: Mapping[str, Any]) -> str:
+    """Median (p90) ms per (stage, tower, batch), a column per form; memory per form below."""
+    rows = doc["rows"]
+    labels = {}
+    for r in rows:
+        labels.setdefault(r["form"] if r["form"] != "aihub" else f"aihub:{r['where']}", r["where"])
+    table = []
+    for key in dict.fromkeys((r["stage"], r["tower"], r["batch"]) for r in rows):
+        line: dict[str, Any] = {"stage": key[0], "tower": key[1], "batch": key[2]}
+        for r in rows:
+            if (r["stage"], r["tower"], r["batch"]) != key:
+                continue
+            label = r["form"] if r["form"] != "aihub" else f"aihub:{r['where']}"
+            p90 = f" ({r['p90_ms']:.1f})" if r.get("p90_ms") is not None else ""
+            line[label] = "-" if r.get("median_ms") is None else f"{r['median_ms']:.1f}{p90}"
+        table.append(line)
+    cols = [Col("stage"), Col("tower"), Col("batch")] + [
+        Col(label, f"{label.split(':')[0]}: {where}") for label, where in labels.items()]
+    forms = doc.get("forms", [])
+    mem = "; ".join(f"{f['form']} {f['peak_rss_mb']:.0f} MB (process peak {f.get('process_peak_mb', 0):.0f} MB)"
+                    for f in forms)
+    return "\n".join([
+        "Median (p90) milliseconds per call. `encode`: the tower graph alone; `embed`: the SDK's `embed_images` "
+        "(decode, preprocess, encode) / `embed_texts` (tokenize, encode); `query`: `Index.search` end to end on "
+        f"{doc['config'].get('index_size', 0):,} items. HTP rows are an x86 emulation of the NPU, not device speed; "
+        "aihub rows are measured on the device by Qualcomm AI Hub.", "", markdown_table(table, cols), "",
+        f"Peak RSS while loading and running each form, over the process before it: {mem}." if mem else ""])
+
+
+def index_markdown(doc: Mapping[str, Any]) -> str:
+    """Median ms per query vs N, a row per (D, dtype, method); recall and distance to the floor at the largest N."""
+    rows = doc["rows"]
+    sizes = sorted({r["n"] for r in rows})
+    big = sizes[-1]
+    table = []
+    for key in dict.fromkeys((r["dim"], r["dtype"], r["method"]) for r in rows):
+        line: dict[str, Any] = {"D": key[0], "dtype": key[1], "method": key[2]}
+        for r in rows:
+            if (r["dim"], r["dtype"], r["method"]) == key:
+                line[f"n{r['n']}"] = f"{r['median_ms']:.3f}"
+                if r["n"] == big:
+                    line["recall"] = f"{r['recall@10']:.3f}"
+                    line["floor"] = _fmt(r.get("x_floor"), ".1f")
+                    line["rss"] = _fmt(r.get("rss_mb"), ".0f")
+        table.append(line)
+    cols = ([Col("D"), Col("dtype"), Col("method")] + [Col(f"n{n}", f"{n:,}") for n in sizes]
+            + [Col("recall", f"recall@10 @{big:,}"), Col("floor", f"x floor @{big:,}"), Col("rss", f"RSS MB @{big:,}")])
+    bw = doc.get("bandwidth", {})
+    parts = [
+        "Search time per query (median ms, one query per call) vs collection size N. `index-*` is "
+        "`edge_gcl.index.Index.search` (exact, or approximate with its usearch HNSW); recall@10 is against "
+        "faiss `IndexFlatIP` on the float32 vectors; `x floor` is the median over the time to read the scanned "
+        "bytes at the measured memory bandwidth"
+        + (f" (copy {bw['copy_gbps']:.1f} GB/s, read {bw['read_gbps']:.1f} GB/s)" if bw else "") + ".",
+        "", markdown_table(table, cols)]
+    for r in doc.get("photo_ingest", []):
+        parts += ["", f"Photo ingest (`Index.add_photos`, {r['embedder']}): {r['added']} photos in "
+                  f"{r['seconds']:.1f} s, {r['items_per_s']:.1f} photos/s."]
+    notes = [r for r in doc.get("ingest", []) if r["n"] == big]
+    if notes:
+        rate = sum(r["items_per_s"] for r in notes) / len(notes)
+        parts += ["", f"Note ingest without a model (`Index.add_notes`, synthetic vectors): {rate:,.0f} notes/s."]
+    return "\n".join(parts)
+
+
+def render(results_dir: str | Path = RESULTS_DIR, *, readme_dir: str | Path = REPO) -> str:
+    """The README results section from the JSON files in `results_dir` (those present), plots linked."""
+    results_dir = Path(results_dir)
+    try:
+        rel = results_dir.resolve().relative_to(Path(readme_dir).resolve()).as_posix()
+    except ValueError:
+        rel = results_dir.resolve().as_posix()
+    sections = []
+    machines = []
+    for name, title, fn in [("recall", "Recall per deployed form", recall_markdown),
+                            ("recall_losses", "GCL vs CL vs pairwise", losses_markdown),
+                            ("latency", "Latency", latency_markdown),
+                            ("index", "Index search", index_markdown)]:
+        path = results_dir / f"{name}.json"
+        if not path.is_file():
+            continue
+        doc = load_json(path)
+        machines.append(doc["machine"])
+        body = fn(doc)
+        png = results_dir / f"{name}.png"
+        img = f"\n\n![{title}]({rel}/{name}.png)" if png.is_file() else ""
+        command = f"`python -m benchmarks.{'recall' if name.startswith('recall') else name}`"
+        sections.append(f"### {title}\n\n{body}{img}\n\nJSON: `{rel}/{name}.json` ({command}, {doc['machine']['date']}).")
+    if not sections:
+        return "Not generated yet: `python -m benchmarks.report` writes this section."
+    head = ("Generated by `python -m benchmarks.report` from the JSON in `" + rel + "`. Machine: "
+            + header_line(machines[-1]) + ".")
+    return head + "\n\n" + "\n\n".join(sections)
+
+
+# ----------------------------------------------------------------------------- the run
+def ensure_artifacts(model: str, artifacts: Path, *, log=print) -> Path:
+    from edge_gcl.manifest import Manifest, is_artifacts_folder
+
+    if is_artifacts_folder(artifacts):
+        source = Manifest.load(artifacts).extra.get("source_model")
+        if source is not None and str(source) != str(model):
+            log(f"warning: {artifacts} was exported from {source!r}, not {model!r}; delete it to re-export")
+        return artifacts
+    from export.compile import run, summary_table
+
+    log(f"exporting {model} into {artifacts} (export.compile)")
+    result = run(model, out=artifacts, log=log)
+    log(summary_table(result))
+    return artifacts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--artifacts", default="runs/bench-artifacts", help="exported here if it holds no manifest")
+    p.add_argument("--root", default="runs/mbeir-dev", help="M-BEIR root (built from the Flickr8k dev split if missing)")
+    p.add_argument("--out", default=str(RESULTS_DIR), help="where the JSON and PNG files go")
+    p.add_argument("--readme", default=str(README))
+    p.add_argument("--only", default=",".join(HARNESSES), help="harnesses to run")
+    p.add_argument("--render-only", action="store_true", help="only rewrite the README from the saved JSON")
+    p.add_argument("--no-readme", action="store_true", help="do not touch the README")
+    p.add_argument("--smoke", action="store_true",
+                   help="a few-minute check of the whole pipeline with tiny settings (CPU forms only); writes to "
+                        "runs/bench-smoke unless --out is given, never the README")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.no_readme = True
+        if args.out == str(RESULTS_DIR):
+            args.out = "runs/bench-smoke"
+    out = Path(args.out)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    if not args.render_only:
+        only = parse_list(args.only)
+        bad = [h for h in only if h not in HARNESSES]
+        if bad:
+            p.error(f"--only: unknown harnesses {bad} (choose from {', '.join(HARNESSES)})")
+        print(header_line(machine_info()))
+        artifacts = Path(args.artifacts)
+        t0 = time.perf_counter()
+        ensure_artifacts(args.model, artifacts, log=log)
+        timings["export"] = time.perf_counter() - t0
+        profile = artifacts / "aihub_profile.json"
+        from . import index, latency, recall
+
+        aihub = ["--aihub-profile", str(profile)] if profile.is_file() else []
+        jobs = {
+            "recall": (recall.main, ["--model", args.model, "--artifacts", str(artifacts), "--root", args.root]),
+            "latency": (latency.main, ["--model", args.model, "--artifacts", str(artifacts), "--runs", "20",
+                                       "--budget-s", "10", *aihub]),
+            "index": (index.main, ["--artifacts", str(artifacts)]),
+        }
+        if args.smoke:
+            jobs["recall"][1].extend(["--forms", "onnx,qdq"])
+            jobs["latency"][1].extend(["--forms", "onnx,qdq", "--batches", "1,4", "--warmup", "1", "--runs", "3",
+                                       "--index-size", "1000"])
+            jobs["index"][1].extend(["--sizes", "1000,10000", "--dims", "256", "--queries", "10", "--photos", "8",
+                                     "--bandwidth-mb", "64"])
+        for name in only:
+            fn, argv_ = jobs[name]
+            log(f"== {name}")
+            t0 = time.perf_counter()
+            fn([*argv_, "--json", str(out / f"{name}.json"), "--plot", str(out / f"{name}.png")])
+            timings[name] = time.perf_counter() - t0
+            log(f"== {name}: {timings[name] / 60:.1f} min")
+        timings["total"] = time.perf_counter() - t_all
+        (out / "report_timings.json").write_text(dumps({"seconds": timings}))
+        log("time per step: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
+    if not args.no_readme:
+        changed = update_readme(args.readme, render(out, readme_dir=Path(args.readme).resolve().parent))
+        print(f"{'rewrote' if changed else 'unchanged:'} the results section of {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

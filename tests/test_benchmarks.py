@@ -1,0 +1,357 @@
+"""Benchmarks: the pure pieces by hand (percentiles, timing, the bandwidth floor, tables, JSON, README markers,
+recall deltas) and a tiny end-to-end run of `benchmarks.index` checked against faiss."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from benchmarks import index as bindex
+from benchmarks.common import (
+    Col,
+    PeakRSS,
+    Timing,
+    cell,
+    format_table,
+    load_json,
+    make_document,
+    markdown_table,
+    parse_list,
+    percentile,
+    save_json,
+    time_call,
+)
+from benchmarks.latency import _graph_runner, aihub_rows
+from benchmarks.recall import loss_summary, mean_std, recall_rows, task_label
+from benchmarks.report import END, START, render, rewrite_section, update_readme
+
+# ----------------------------------------------------------------------------- timing
+
+
+def test_percentile_hand_worked_and_matches_numpy():
+    x = list(range(1, 11))  # 1..10
+    assert percentile(x, 50) == 5.5
+    assert percentile(x, 90) == pytest.approx(9.1)
+    assert percentile(x, 0) == 1 and percentile(x, 100) == 10
+    assert percentile([7.0], 90) == 7.0
+    rng = np.random.default_rng(0)
+    y = rng.exponential(size=101)
+    for q in (10, 50, 90, 99):
+        assert percentile(y, q) == pytest.approx(np.percentile(y, q))
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_timing_summary():
+    t = Timing((3.0, 1.0, 2.0, 10.0))
+    assert t.median_ms == 2.5
+    assert t.p90_ms == pytest.approx(7.9)  # sorted 1,2,3,10: position 2.7 -> 3 + 0.7 * 7
+    assert t.mean_ms == 4.0 and t.min_ms == 1.0 and t.runs == 4
+    assert t.per_second(32) == pytest.approx(12_800)  # 32 items per 2.5 ms
+    d = t.to_dict(items=32)
+    assert d["items_per_s"] == pytest.approx(12_800) and d["runs"] == 4
+    with pytest.raises(ValueError):
+        Timing(())
+    with pytest.raises(ValueError):
+        Timing((1.0, float("nan")))
+    with pytest.raises(ValueError):
+        Timing((-1.0,))
+
+
+def test_time_call_warms_up_then_times_each_call_with_the_given_clock():
+    ticks = iter([0.0, 0.001, 1.0, 1.003, 2.0, 2.002])
+    calls = []
+    t = time_call(lambda: calls.append(1), warmup=2, runs=3, clock=lambda: next(ticks))
+    assert len(calls) == 5  # 2 untimed + 3 timed
+    assert t.samples_ms == pytest.approx((1.0, 3.0, 2.0))
+    assert t.median_ms == pytest.approx(2.0)
+
+
+def test_time_call_budget_stops_early_but_keeps_min_runs():
+    ticks = iter([0.0, 0.001, 1.0, 1.003, 2.0, 2.002, 3.0, 3.001])
+    t = time_call(lambda: None, warmup=0, runs=4, budget_s=0.0025, min_runs=2, clock=lambda: next(ticks))
+    assert t.runs == 2  # 1 ms + 3 ms >= 2.5 ms after the second run
+    ticks = iter([0.0, 10.0, 20.0, 30.0, 40.0, 50.0])
+    assert time_call(lambda: None, warmup=0, runs=5, budget_s=1.0, min_runs=3, clock=lambda: next(ticks)).runs == 3
+
+
+def test_peak_rss_sees_a_block_allocation_and_resets_between_blocks():
+    with PeakRSS() as big:
+        a = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        del a
+    if not big.method.startswith("VmHWM"):
+        pytest.skip("no resettable peak RSS on this platform")
+    assert big.peak_mb >= 48
+    with PeakRSS() as small:
+        b = np.ones(1024)
+        del b
+    assert small.peak_mb < 16  # the earlier 64 MiB peak is not this block's
+    assert small.process_peak_mb > 0
+
+
+# ----------------------------------------------------------------------------- the floor and index metrics
+
+
+def test_floor_arithmetic():
+    assert bindex.floor_ms(1e9, 10.0) == pytest.approx(100.0)  # 1 GB at 10 GB/s
+    assert bindex.floor_ms(100_000 * 256 * 4, 12.8) == pytest.approx(8.0)  # 102.4 MB at 12.8 GB/s
+    assert bindex.floor_ms(0, 5.0) == 0.0
+    with pytest.raises(ValueError):
+        bindex.floor_ms(1e6, 0.0)
+    bw = bindex.measure_bandwidth(size_mb=8, runs=2)
+    assert bw["copy_gbps"] > 0 and bw["read_gbps"] > 0
+    assert bw["floor_gbps"] == max(bw["copy_gbps"], bw["read_gbps"])
+
+
+def test_intersection_recall_and_same_order_hand_worked():
+    truth = np.array([[1, 2, 3], [4, 5, 6]])
+    found = np.array([[3, 2, 9], [4, 5, 6]])
+    assert bindex.intersection_recall(found, truth) == pytest.approx((2 + 3) / 6)
+    assert bindex.intersection_recall(found, truth, k=1) == pytest.approx((0 + 1) / 2)
+    assert bindex.same_order(found, truth) == 0.5
+    assert bindex.intersection_recall(np.array([[-1, -1, -1]]), np.array([[1, 2, 3]])) == 0.0
+    with pytest.raises(ValueError):
+        bindex.intersection_recall(found[:1], truth)
+
+
+def test_synthetic_is_seeded_normalised_and_prefix_stable():
+    xb, xq = bindex.synthetic(500, 7, 24, seed=3)
+    assert xb.shape == (500, 24) and xq.shape == (7, 24) and xb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(xb, axis=1), 1.0, atol=1e-5)
+    xb2, xq2 = bindex.synthetic(200, 7, 24, seed=3)
+    np.testing.assert_array_equal(xb[:200], xb2)
+    np.testing.assert_array_equal(xq, xq2)
+    assert not np.array_equal(bindex.synthetic(200, 7, 24, seed=4)[0], xb2)
+
+
+# ----------------------------------------------------------------------------- tables and JSON
+
+ROWS = [{"name": "a", "ms": 1.234, "n": 1000, "x": None}, {"name": "bb", "ms": 12.5, "n": 20, "x": float("nan")}]
+COLS = [Col("name"), Col("ms", "median ms", ".2f"), Col("n", "N", ","), Col("x")]
+
+
+def test_format_table_exact_text():
+    assert format_table(ROWS, COLS, title="t") == (
+        "t\n"
+        "name  median ms      N  x\n"
+        "----  ---------  -----  -\n"
+        "a          1.23  1,000  -\n"
+        "bb        12.50     20  -"
+    )
+
+
+def test_markdown_table_exact_text():
+    assert markdown_table(ROWS, COLS) == (
+        "| name | median ms | N | x |\n"
+        "| --- | ---: | ---: | --- |\n"
+        "| a | 1.23 | 1,000 | - |\n"
+        "| bb | 12.50 | 20 | - |"
+    )
+    assert markdown_table([{"k": "a|b"}], [Col("k")]).splitlines()[-1] == "| a\\|b |"
+
+
+def test_cell_and_parse_list():
+    assert cell(None) == "-" and cell(float("nan"), ".2f") == "-" and cell(0.5, "+.1f") == "+0.5"
+    assert cell([0, 1, 2]) == "0,1,2" and cell(True) == "True" and cell(np.float32(2.0), ".1f") == "2.0"
+    assert parse_list("1000, 1e4,100000", int) == [1000, 10_000, 100_000]
+    assert parse_list("torch,qdq") == ["torch", "qdq"]
+    with pytest.raises(ValueError):
+        parse_list(" , ")
+
+
+def test_json_round_trip_checks_its_header(tmp_path: Path):
+    doc = make_document("index", [{"n": np.int64(3), "ms": np.float32(1.5), "bad": float("nan")}],
+                        config={"path": tmp_path}, machine={"date": "2026-01-01T00:00:00Z"}, extra=np.arange(2))
+    path = save_json(tmp_path / "sub" / "r.json", doc)
+    raw = json.loads(path.read_text())
+    assert raw["rows"] == [{"n": 3, "ms": 1.5, "bad": None}] and raw["extra"] == [0, 1]
+    assert load_json(path, "index")["config"] == {"path": str(tmp_path)}
+    with pytest.raises(ValueError, match="expected 'latency'"):
+        load_json(path, "latency")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="not an edge-gcl benchmark"):
+        load_json(tmp_path / "other.json")
+    raw["format_version"] = 99
+    (tmp_path / "future.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="format_version"):
+        load_json(tmp_path / "future.json")
+
+
+# ----------------------------------------------------------------------------- README markers
+
+
+README = f"# title\n\nintro\n\n## Results\n\n{START}\nold text\nmore old\n{END}\n\n## After\n\nkept\n"
+
+
+def test_rewrite_section_replaces_only_between_markers():
+    new = rewrite_section(README, "new table\n")
+    assert new == f"# title\n\nintro\n\n## Results\n\n{START}\nnew table\n{END}\n\n## After\n\nkept\n"
+    assert rewrite_section(new, "new table") == new  # idempotent
+    empty = rewrite_section(README, "")
+    assert f"{START}\n\n{END}" in empty
+
+
+@pytest.mark.parametrize("text", [
+    "no markers at all",
+    f"{START}\nonly the start",
+    f"{END}\n{START}\n",  # reversed
+    f"{START}\n{END}\n{START}\n{END}\n",  # twice
+])
+def test_rewrite_section_refuses_bad_markers(text: str):
+    with pytest.raises(ValueError):
+        rewrite_section(text, "x")
+
+
+def test_update_readme_on_a_file(tmp_path: Path):
+    path = tmp_path / "README.md"
+    path.write_text(README)
+    assert update_readme(path, "| a |") is True
+    assert path.read_text().count("| a |") == 1 and "old text" not in path.read_text()
+    assert path.read_text().endswith("## After\n\nkept\n")
+    assert update_readme(path, "| a |") is False
+
+
+# ----------------------------------------------------------------------------- recall
+
+
+def _mbeir(r1: float, r5: float, avg5: float) -> dict:
+    task = {"local": {"recall@1": r1, "recall@5": r5}, "global": {"recall@1": r1 / 2, "recall@5": r5 / 2}}
+    return {"mbeir_flickr8k_task0_test": task,
+            "average": {"local": {"recall@1": r1, "recall@5": avg5}, "global": {"recall@1": r1 / 2, "recall@5": avg5 / 2}}}
+
+
+def test_recall_rows_deltas_against_the_reference():
+    rows = recall_rows({"torch": _mbeir(40.0, 80.0, 70.0), "qdq": _mbeir(38.0, 81.0, 69.0)}, "torch")
+    assert [(r["setting"], r["task"], r["form"]) for r in rows][:4] == [
+        ("local", "mbeir_flickr8k_task0_test", "torch"), ("local", "mbeir_flickr8k_task0_test", "qdq"),
+        ("local", "average", "torch"), ("local", "average", "qdq")]
+    qdq_local = rows[1]
+    assert qdq_local["label"] == "text -> image"
+    assert qdq_local["delta@1"] == pytest.approx(-2.0) and qdq_local["delta@5"] == pytest.approx(1.0)
+    assert rows[0]["delta@1"] == 0.0
+    qdq_global_avg = [r for r in rows if (r["setting"], r["task"], r["form"]) == ("global", "average", "qdq")][0]
+    assert qdq_global_avg["delta@5"] == pytest.approx(-0.5)  # 34.5 - 35
+    assert recall_rows({"onnx": _mbeir(1, 2, 3)}, None)[0]["delta@1"] is None
+    with pytest.raises(ValueError):
+        recall_rows({"onnx": _mbeir(1, 2, 3)}, "torch")
+    with pytest.raises(ValueError):
+        recall_rows({"a": _mbeir(1, 2, 3), "b": {"average": _mbeir(1, 2, 3)["average"]}}, "a")
+
+
+def test_task_label_and_loss_summary():
+    assert task_label("mbeir_flickr8k_task6_test") == "image,text -> text"
+    assert task_label("mbeir_x_task5_test") == ""  # not a UniIR task id
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_std([4.0]) == (4.0, 0.0)
+    runs = [{"loss": "gcl", "seed": s, "results": _mbeir(0, 0, v)} for s, v in enumerate([60.0, 62.0, 64.0])]
+    runs += [{"loss": "cl", "seed": 0, "results": _mbeir(0, 0, 50.0)}]
+    rows = {(r["loss"], r["setting"]): r for r in loss_summary(runs)}
+    assert rows[("gcl", "local")]["mean"] == pytest.approx(62.0) and rows[("gcl", "local")]["std"] == pytest.approx(2.0)
+    assert rows[("gcl", "global")]["mean"] == pytest.approx(31.0) and rows[("gcl", "global")]["seeds"] == [0, 1, 2]
+    assert rows[("cl", "local")]["std"] == 0.0 and rows[("cl", "local")]["summary"] == "50.00 ± 0.00"
+
+
+# ----------------------------------------------------------------------------- latency pieces
+
+
+class _FakeSession:
+    def __init__(self, batch) -> None:
+        self.batch, self.calls = batch, []
+
+    def get_inputs(self):
+        return [SimpleNamespace(name="x", type="tensor(float)", shape=[self.batch, 2])]
+
+    def get_outputs(self):
+        return [SimpleNamespace(name="y")]
+
+    def run(self, names, feeds):
+        self.calls.append(feeds["x"].copy())
+        return [feeds["x"]]
+
+
+def test_graph_runner_feeds_a_fixed_batch_graph_row_chunks_padded():
+    x = np.arange(10, dtype=np.float64).reshape(5, 2)
+    fixed = _FakeSession(2)
+    _graph_runner(fixed, {"x": x})()
+    assert [c.shape for c in fixed.calls] == [(2, 2)] * 3 and fixed.calls[0].dtype == np.float32
+    np.testing.assert_array_equal(fixed.calls[2], [[8, 9], [0, 0]])  # last chunk padded with zeros
+    dynamic = _FakeSession("batch")
+    _graph_runner(dynamic, {"x": x})()
+    assert [c.shape for c in dynamic.calls] == [(5, 2)]
+
+
+def test_aihub_rows_from_a_profile(tmp_path: Path):
+    from export.aihub import PROFILE_FORMAT, PROFILE_FORMAT_VERSION
+
+    doc = {"format": PROFILE_FORMAT, "format_version": PROFILE_FORMAT_VERSION, "device": "Galaxy S24",
+           "runtime": "qnn_context_binary",
+           "towers": {"image": {"device": "Galaxy S24", "runtime": "qnn_context_binary", "inference_ms": 2.5,
+                                "peak_memory_mb": 12.0, "layer_counts": {"NPU": 10, "GPU": 0, "CPU": 0}},
+                      "text": {"inference_ms": None, "peak_memory_mb": None}}}
+    (tmp_path / "aihub_profile.json").write_text(json.dumps(doc))
+    rows = {r["tower"]: r for r in aihub_rows([tmp_path / "aihub_profile.json"])}
+    assert rows["image"]["where"] == "Galaxy S24 (qnn_context_binary)"
+    assert rows["image"]["items_per_s"] == pytest.approx(400.0) and rows["image"]["peak_rss_mb"] == 12.0
+    assert rows["text"]["median_ms"] is None and rows["text"]["items_per_s"] is None
+
+
+# ----------------------------------------------------------------------------- index end to end
+
+
+@pytest.fixture(scope="module")
+def small_bench(tmp_path_factory: pytest.TempPathFactory) -> bindex.IndexBench:
+    return bindex.run(sizes=[2000], dims=[32], dtypes=["float32", "int8"], approx_dtypes=["float32"], queries=12,
+                      warmup=1, bandwidth_mb=8, photos=0, workdir=tmp_path_factory.mktemp("work"), log=lambda s: None)
+
+
+def test_index_exact_search_equals_faiss_flat(small_bench: bindex.IndexBench):
+    import faiss
+
+    xb, xq = bindex.synthetic(2000, 12, 32, seed=0)
+    flat = faiss.IndexFlatIP(32)
+    flat.add(xb)
+    expected = flat.search(xq, 10)[1]
+    np.testing.assert_array_equal(small_bench.ids[("index-exact", 32, 2000, "float32")], expected)
+    np.testing.assert_array_equal(small_bench.ids[("faiss-flat", 32, 2000, "float32")], expected)
+    row = next(r for r in small_bench.rows if (r["method"], r["dtype"]) == ("index-exact", "float32"))
+    assert row["recall@10"] == 1.0 and row["same_top10"] == 1.0 and row["exact"]
+    assert row["bytes_scanned"] == 2000 * 32 * 4
+    assert row["x_floor"] == pytest.approx(row["median_ms"] / bindex.floor_ms(row["bytes_scanned"],
+                                                                              small_bench.bandwidth["floor_gbps"]))
+
+
+def test_index_approximate_recall_is_computed(small_bench: bindex.IndexBench):
+    truth = small_bench.truth[(32, 2000)]
+    for method in ("index-approx", "usearch-hnsw"):
+        row = next(r for r in small_bench.rows if r["method"] == method)
+        ids = small_bench.ids[(method, 32, 2000, "float32")]
+        by_hand = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), truth.tolist(), strict=True)])
+        assert row["recall@10"] == pytest.approx(by_hand)
+        assert 0.5 < row["recall@10"] <= 1.0 and not row["exact"] and "x_floor" not in row
+    int8 = next(r for r in small_bench.rows if (r["method"], r["dtype"]) == ("faiss-sq", "int8"))
+    assert int8["bytes_scanned"] == 2000 * 32  # one byte per element
+    assert {r["method"] for r in small_bench.rows} == set(bindex.METHODS)
+    assert not any(r["method"] == "index-approx" and r["dtype"] == "int8" for r in small_bench.rows)
+
+
+def test_index_main_writes_json_plot_and_the_report_renders_it(tmp_path: Path, capsys):
+    out = tmp_path / "results"
+    rc = bindex.main(["--sizes", "500,1000", "--dims", "16", "--dtypes", "float16", "--approx-dtypes", "float16",
+                      "--queries", "5", "--warmup", "1", "--bandwidth-mb", "8", "--photos", "0",
+                      "--workdir", str(tmp_path), "--json", str(out / "index.json"), "--plot", str(out / "index.png")])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "index-exact" in printed and "faiss-sq" in printed
+    doc = load_json(out / "index.json", "index")
+    assert {r["n"] for r in doc["rows"]} == {500, 1000} and doc["bandwidth"]["floor_gbps"] > 0
+    assert (out / "index.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = render(out, readme_dir=tmp_path)
+    assert "### Index search" in md and "![Index search](results/index.png)" in md
+    assert "| 16 | float16 | index-exact |" in md and "### Latency" not in md
+    assert math.isfinite(doc["rows"][0]["median_ms"])
