@@ -84,3 +84,18 @@ def test_corrupt_checkpoint_is_named(tmp_path, lite):
         load_checkpoint(tmp_path / "ck")
     with pytest.raises(FileNotFoundError, match="no such model"):
         load_model(tmp_path / "missing")
+
+
+def test_default_model_retrieves_dev_photos(flickr):
+    """The shipped checkpoint loads without ../shared and ranks held-out photos for their captions."""
+    from edge_gcl.data import read_pairs, read_split
+
+    model = load_model("default")
+    assert model.config.family == "lite" and model.source.name == "default"
+    pairs = read_pairs(flickr / "captions.txt").subset(read_split(flickr / "splits.json", "dev"))
+    photos, captions = pairs.images[:40], [c[0] for c in pairs.captions[:40]]
+    emb = TorchEmbedder(model)
+    scores = emb.embed_texts(captions) @ emb.embed_images(photos).T  # (40 captions, 40 photos)
+    top5 = np.argsort(-scores, axis=1)[:, :5]
+    recall5 = np.mean([i in row for i, row in enumerate(top5)])
+    assert recall5 >= 0.6, recall5  # chance is 0.125; an untrained head scores near it

