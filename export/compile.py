@@ -163,6 +163,7 @@ def run(
     n_heldout: int = 32,
     skip_compile: bool = False,
     skip_verify: bool = False,
+    aihub_poll_s: float = 10.0,
     log=print,
 ) -> CompileResult:
     from edge_gcl.models import load_model
@@ -231,7 +232,7 @@ def run(
                 device=device or f"chipset:{chip.aihub_chipset}",
                 input_specs={tw: {s.name: (tuple(1 if isinstance(d, str) else d for d in s.shape), s.dtype)
                                   for s in specs[tw].inputs} for tw in TOWERS},
-                out_dir=stage, log=log)
+                out_dir=stage, poll_s=aihub_poll_s, log=log)
             done("aihub")
         elif not skip_compile:
             from .qnn import compile_context, run_on_htp

@@ -126,3 +126,21 @@ def test_list_chipsets(capsys):
     table = capsys.readouterr().out
     for name in ("8 Gen 2", "8 Gen 3", "8 Elite", "X Elite"):
         assert name in table
+
+
+def test_via_aihub_against_the_fake_server(tiny_checkpoint, tmp_path, monkeypatch):
+    """The real qai-hub client, pointed at a local fake AI Hub: compile + profile land in the manifest."""
+    from fake_aihub import FakeAIHub
+
+    with FakeAIHub(lifetime_s=60) as hub:
+        monkeypatch.setenv("QAIHUB_CLIENT_INI", str(hub.write_client_ini(tmp_path / "client.ini")))
+        result = compile_cli.run(str(tiny_checkpoint), out=tmp_path / "hub", via="aihub", n_calibration=4,
+                                 n_heldout=4, aihub_poll_s=0.02, log=lambda *a: None)
+    profile = result.manifest.extra["aihub"]
+    assert profile["device"] == "Samsung Galaxy S24 (Family)"
+    for tower in ("image", "text"):
+        t = profile["towers"][tower]
+        assert t["inference_ms"] > 0 and sum(t["layer_counts"].values()) > 0
+        assert (tmp_path / "hub" / t["model_file"]).exists()
+    assert (tmp_path / "hub" / "aihub_profile.json").exists()
+    assert len(hub.uploads) >= 2  # both towers were uploaded
