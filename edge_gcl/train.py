@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -208,11 +209,27 @@ def _cache_texts(session, pairs: Pairs, model: DualEncoder) -> tuple[np.ndarray,
 
 
 # ----------------------------------------------------------------------------- on-the-fly pixels (other families)
+def drop_unreadable(pairs: Pairs) -> Pairs:
+    """Drop photos whose header Pillow cannot read (cheap: no full decode); counted as skipped rows."""
+    from PIL import Image
+
+    keep = []
+    for i, path in enumerate(pairs.images):
+        try:
+            with Image.open(path) as img:
+                img.verify()
+            keep.append(i)
+        except Exception:
+            pairs.skipped["corrupt image"] += len(pairs.captions[i])
+    return Pairs([pairs.images[i] for i in keep], [pairs.captions[i] for i in keep], pairs.skipped)
+
+
 class PixelBatches(torch.utils.data.Dataset):
     """Item s is the whole batch of step s: pixels (B, 3, S, S), ids and mask (B, L)."""
 
-    def __init__(self, model: DualEncoder, pairs: Pairs, cfg: TrainConfig, start: int, steps: int):
-        self.pairs, self.cfg, self.start, self.steps = pairs, cfg, start, steps
+    def __init__(self, model: DualEncoder, pairs: Pairs, cfg: TrainConfig, start: int, steps: int,
+                 shard: slice = slice(None)):
+        self.pairs, self.cfg, self.start, self.steps, self.shard = pairs, cfg, start, steps, shard
         self.icfg, self.tok = model.config.image, model.tokenizer()
         self.n_caps = np.array([len(c) for c in pairs.captions])
 
@@ -222,13 +239,16 @@ class PixelBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         step = self.start + i
         idx = batch_indices(len(self.pairs), self.cfg.batch_size, self.cfg.seed, step)
-        rng = np.random.default_rng([self.cfg.seed, step, 2])
+        captions = caption_choice(self.n_caps[idx], self.cfg.seed, step)[self.shard]
         pixels, texts = [], []
-        for j, c in zip(idx, caption_choice(self.n_caps[idx], self.cfg.seed, step), strict=True):
-            try:
-                img = load_image(self.pairs.images[j], draft_size=self.icfg.size)
-            except ImageDecodeError:
-                continue  # counted by the trainer's pre-scan; the batch is one smaller
+        for j, c in zip(idx[self.shard], captions, strict=True):
+            for _ in range(len(self.pairs)):  # a photo that fails to decode is replaced by the next one
+                try:
+                    img = load_image(self.pairs.images[j], draft_size=self.icfg.size)
+                    break
+                except ImageDecodeError:
+                    j, c = (j + 1) % len(self.pairs), 0
+            rng = np.random.default_rng([self.cfg.seed, step, 2, int(j)])  # per photo: same on any rank
             pixels.append(to_array(random_resized_crop(img, self.icfg, rng), self.icfg))
             texts.append(self.pairs.captions[j][c])
         ids, mask = self.tok(texts)
@@ -259,16 +279,51 @@ def latest_checkpoint(out: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size); under `torchrun` joins the gloo process group (CPU)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def average_gradients(model: nn.Module, world: int) -> None:
+    """Every rank computed the global loss (see `edge_gcl.loss`): averaging gives the single-process gradient."""
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
 def train(cfg: TrainConfig) -> Path:
+    """Train as the module docstring says. Under `torchrun --nproc_per_node W` each rank takes a
+    contiguous 1/W of every global batch, the loss gathers all ranks' embeddings (negatives from the
+    global batch) and gradients are averaged, so W processes train like one with the same batch
+    (BatchNorm in trained conv blocks uses per-rank statistics, as in plain DDP)."""
     from .loss import create_loss
 
+    rank, world = init_distributed()
+    if cfg.batch_size % world:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes")
+    shard = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     pairs = load_training_pairs(cfg)
     model = load_model(cfg.model)
     cached = hasattr(model.visual, "stem") and hasattr(model, "freeze_stems")
     if cached:
-        cache, pairs = StemCache.build(model, pairs, cfg)
+        for turn in range(world):  # rank 0 builds the cache; the others then read it
+            if turn == rank:
+                cache, built = StemCache.build(model, pairs, cfg)
+            if world > 1:
+                torch.distributed.barrier()
+        pairs = built
+    else:
+        pairs = drop_unreadable(pairs)
     n = len(pairs)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = cfg.steps or max(1, round(cfg.epochs * steps_per_epoch))
@@ -291,19 +346,21 @@ def train(cfg: TrainConfig) -> Path:
     n_caps = np.array([len(c) for c in pairs.captions])
     loader = None
     if not cached:
-        loader = iter(torch.utils.data.DataLoader(PixelBatches(model, pairs, cfg, start, total), batch_size=None,
+        loader = iter(torch.utils.data.DataLoader(PixelBatches(model, pairs, cfg, start, total, shard), batch_size=None,
                                                   num_workers=cfg.workers, shuffle=False))
     model.train()
     log = []
     t0 = time.time()
-    bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {cfg.loss}")
+    bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {cfg.loss}", disable=rank > 0)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg, total)
         if cached:
             idx = batch_indices(n, cfg.batch_size, cfg.seed, step)
-            view = np.random.default_rng([cfg.seed, step, 3]).integers(0, cache.images.shape[1], len(idx))
-            rows = np.array([cache.caption_rows[i][c] for i, c in zip(idx, caption_choice(n_caps[idx], cfg.seed, step), strict=True)])
+            view = np.random.default_rng([cfg.seed, step, 3]).integers(0, cache.images.shape[1], len(idx))[shard]
+            choice = caption_choice(n_caps[idx], cfg.seed, step)
+            rows = np.array([cache.caption_rows[i][c] for i, c in zip(idx, choice, strict=True)])[shard]
+            idx = idx[shard]
             mask = torch.from_numpy(cache.masks[rows])  # (B, L)
             length = int(mask.sum(1).max())  # trim padding columns: the top layers never see them
             image_features = model.visual.top(torch.from_numpy(cache.images[idx, view]).float())
@@ -314,14 +371,18 @@ def train(cfg: TrainConfig) -> Path:
         loss = loss_fn(image_features, text_features, model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            average_gradients(model, world)
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         log.append({"step": step + 1, "loss": loss.item(), "lr": lr_at(step, cfg, total),
                     "temperature": 1 / model.logit_scale.exp().item()})
         bar.set_postfix(loss=f"{log[-1]['loss']:.3f}", tau=f"{log[-1]['temperature']:.3f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+        if rank == 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
             _save_training_state(out / "checkpoints" / f"step_{step + 1}", model, optimizer, step + 1, cfg)
+    if rank > 0:
+        return out
     save_checkpoint(out, model, step=total, train=dataclasses.asdict(cfg), data={
         "photos": n, "captions": int(n_caps.sum()), "skipped": dict(pairs.skipped)})
     (out / "train_log.jsonl").open("a").writelines(json.dumps(r) + "\n" for r in log)

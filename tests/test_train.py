@@ -65,3 +65,45 @@ def test_batches_hold_distinct_photos_and_cover_an_epoch():
     seen = np.concatenate([batch_indices(50, 8, seed=1, step=s) for s in range(6)])
     assert len(set(seen.tolist())) == len(seen) == 48
     assert not np.array_equal(batch_indices(50, 8, 1, 6), batch_indices(50, 8, 2, 6))
+
+
+def test_torchrun_two_processes_train_like_one(data, tmp_path):
+    """2 ranks (gloo, CPU), each half of every batch, gathered negatives: the same weights as 1 process."""
+    import subprocess
+    import sys
+
+    from edge_gcl.checkpoint import save_checkpoint
+    from edge_gcl.config import (
+        ImagePreprocess,
+        ModelConfig,
+        TextPreprocess,
+        TextTransformerConfig,
+        VisionTransformerConfig,
+    )
+    from edge_gcl.models import create_model
+
+    torch.manual_seed(0)
+    tiny = ModelConfig(
+        name="tiny-ddp", family="tinyclip", embed_dim=16, image=ImagePreprocess(size=32),
+        text=TextPreprocess(context_length=16),
+        vision=VisionTransformerConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2),
+        text_tower=TextTransformerConfig(context_length=16, width=32, layers=1, heads=2))
+    start = save_checkpoint(tmp_path / "start", create_model(tiny))
+    args = ["train", "--model", str(start), "--data", str(data / "captions.txt"), "--batch-size", "8",
+            "--steps", "3", "--lr", "1e-3", "--warmup", "1", "--workers", "0"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", port, "-m", "edge_gcl.cli", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, two = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert not torch.equal(one["text.proj.weight"], load_file(str(start / "model.safetensors"))["text.proj.weight"])
+    for k in one:
+        # float32 reduction order differs across ranks; Adam turns that into < 0.1 of one lr step
+        torch.testing.assert_close(two[k], one[k], atol=1e-4, rtol=1e-4)
