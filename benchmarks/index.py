@@ -7,10 +7,10 @@ memory-bandwidth floor; photo ingest throughput with a real model.
 
 What runs, for every dimension, collection size N and vector dtype:
 
-    index-exact    edge_gcl.index.Index.search(..., approximate=False) on an index of N notes stored in that
-                   dtype (float32 / float16 / int8 + per-vector scale): the whole public query path (query
-                   embedding lookup, the scan, per-item ranking, the SQLite item lookups)
-    index-approx   Index.search(..., approximate=True): the project's usearch HNSW plus its exact re-scoring
+    index-exact    edge_gcl.index.Index.search(vector=q, approximate=False) on an index of N notes stored in
+                   that dtype (float32 / float16 / int8 + per-vector scale): the whole public query path after
+                   the encoder (query check, the scan, per-item ranking, the SQLite item lookups)
+    index-approx   Index.search(vector=q, approximate=True): the project's usearch HNSW plus its exact re-scoring
                    (for the dtypes in --approx-dtypes; the HNSW itself is always f16 in the project)
     faiss-flat     faiss IndexFlatIP over the float32 vectors: the exact reference (and the ground truth)
     faiss-sq       faiss IndexScalarQuantizer (fp16 / 8-bit) for the float16 / int8 rows: a compressed scan
@@ -22,9 +22,10 @@ one query per call (the on-device case); the table gives the median and p90 per 
 
 Memory: `rss_mb` is the resident memory a method added while building/loading (RSS after minus before;
 for the index: opening it and its first search, which decodes the stored vectors); `disk_mb` the SQLite
-file. The floor: `bytes_scanned` (N x D x bytes per element of what the exact method reads per query) over
-the machine's memory bandwidth, measured here as the best of a large array copy (2 x bytes / time) and a
-large array read (`max`); `x_floor` = median / floor, so 1.0 would be a scan at memory speed.
+file. The floor: `bytes_scanned` (what an exact method reads per query, N x D x bytes per element; for the
+index `IndexStats.search_memory_bytes`, with `scan_dtype` its `search_dtype`) over the machine's memory
+bandwidth, measured here as the best of a large array copy (2 x bytes / time) and a large array read
+(`max`); `x_floor` = median / floor, so 1.0 would be a scan at memory speed.
 `recall@10` is the overlap with faiss-flat's top 10 on the float32 vectors (quantization loss included);
 `same_top10` the share of queries whose ordered top 10 equals faiss-flat's exactly.
 """
@@ -154,20 +155,20 @@ def time_queries(search: Callable[[int], np.ndarray], nq: int, k: int, *, warmup
 
 
 class TableEmbedder:
-    """An `Embedder` over fixed vectors: text "v<i>" is collection row i, "q<i>" query row i."""
+    """An `Embedder` over fixed vectors, for ingest: text "v<i>" is collection row i (queries go in as vectors)."""
 
-    def __init__(self, collection: np.ndarray, queries: np.ndarray, *, model_id: str) -> None:
-        self.collection, self.queries = collection, queries
+    def __init__(self, collection: np.ndarray, *, model_id: str) -> None:
+        self.collection = collection
         self.model_id = model_id
         self.embed_dim = collection.shape[1]
         self.tokenizer = None
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        rows = [(self.collection if t[0] == "v" else self.queries)[int(t[1:])] for t in texts]
+        rows = [self.collection[int(t[1:])] for t in texts]
         return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.embed_dim), np.float32)
 
     def embed_images(self, images: Sequence[Any], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        raise TypeError("TableEmbedder: only texts 'v<i>' / 'q<i>'")
+        raise TypeError("TableEmbedder: only texts 'v<i>'")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -251,7 +252,7 @@ def _index_rows(bench: IndexBench, xb: np.ndarray, xq: np.ndarray, sizes: Sequen
 
     dim = xb.shape[1]
     folder = workdir / f"index-d{dim}-{dtype}"
-    embedder = TableEmbedder(xb, xq, model_id=f"synthetic-d{dim}")
+    embedder = TableEmbedder(xb, model_id=f"synthetic-d{dim}")
     have = 0
     for n in sizes:
         with Index.open(folder, model=embedder, dtype=dtype) as ix:  # type: ignore[arg-type]
@@ -269,26 +270,24 @@ def _index_rows(bench: IndexBench, xb: np.ndarray, xq: np.ndarray, sizes: Sequen
         with PeakRSS() as mem:
             t0 = time.perf_counter()
             ix = Index.open(folder, model=embedder)  # type: ignore[arg-type]
-            ix.search("q0", k=k, approximate=False)  # decodes every stored vector into memory
+            ix.search(vector=xq[0], k=k, approximate=False)  # decodes every stored vector into memory
             open_s = time.perf_counter() - t0
         try:
-            matrix = getattr(getattr(ix, "_vectors", None), "matrix", None)  # no public API: see module doc
-            scanned = matrix.nbytes if isinstance(matrix, np.ndarray) else n * dim * 4
-            disk_mb = ix.stats().size_bytes / 2**20
+            stats = ix.stats()
+            disk_mb = stats.size_bytes / 2**20
             truth = bench.truth[(dim, n)]
             if exact:
-                timing, ids = time_queries(lambda i, ix=ix: ids_of(ix.search(f"q{i}", k=k, approximate=False)), len(xq), k,
-                                           warmup=warmup)
+                timing, ids = time_queries(lambda i, ix=ix: ids_of(ix.search(vector=xq[i], k=k, approximate=False)),
+                                           len(xq), k, warmup=warmup)
                 _row("index-exact", dim, n, dtype, timing, ids, truth, bench, rss_mb=mem.delta_mb, disk_mb=disk_mb,
-                     open_s=open_s, bytes_scanned=scanned,
-                     scan_dtype=str(matrix.dtype) if isinstance(matrix, np.ndarray) else None)
+                     open_s=open_s, bytes_scanned=stats.search_memory_bytes, scan_dtype=stats.search_dtype)
             if approximate:
                 with PeakRSS() as amem:
                     t0 = time.perf_counter()
-                    ix.search("q0", k=k, approximate=True)  # loads or builds the HNSW
+                    ix.search(vector=xq[0], k=k, approximate=True)  # loads or builds the HNSW
                     build_s = time.perf_counter() - t0
-                timing, ids = time_queries(lambda i, ix=ix: ids_of(ix.search(f"q{i}", k=k, approximate=True)), len(xq), k,
-                                           warmup=warmup)
+                timing, ids = time_queries(lambda i, ix=ix: ids_of(ix.search(vector=xq[i], k=k, approximate=True)),
+                                           len(xq), k, warmup=warmup)
                 _row("index-approx", dim, n, dtype, timing, ids, truth, bench, rss_mb=mem.delta_mb + amem.delta_mb,
                      disk_mb=disk_mb, build_s=build_s)
         finally:

@@ -16,7 +16,8 @@ Forms (an Embedder each, loaded one after the other in this process):
 
 Stages, each timed as `--warmup` untimed calls then `--runs` timed calls (median and p90 per call):
 
-    encode       the tower graph alone on ready tensors (pixels (B, 3, S, S); token ids and mask (B, L));
+    encode       the tower graph alone on ready tensors (pixels (B, 3, S, S); token ids and mask (B, L)):
+                 `OnnxEmbedder.encode_images` / `encode_texts` (torch: `model.encode_image` / `encode_text`);
                  a batch-1 graph (QDQ, EPContext) is run B times for a batch of B
     embed        `embed_images(paths)` (JPEG decode, resize/crop, normalise, encode) and
                  `embed_texts(texts)` (tokenize, encode): what the SDK does per photo or note
@@ -70,7 +71,6 @@ WHERE = {
     "htp": "QNN HTP emulation (not device speed)",
 }
 SHARED_FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -102,29 +102,7 @@ class _WithCollection:
         return self.embedder.embed_images(images, batch_size=batch_size)
 
 
-# ----------------------------------------------------------------------------- graph runners
-def _graph_runner(session: Any, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
-    """A call running an ORT session on `feeds`; a fixed-batch graph gets its batch size at a time (padded)."""
-    inputs = {i.name: i for i in session.get_inputs()}
-    feeds = {k: np.ascontiguousarray(v, dtype=_ORT_DTYPES.get(inputs[k].type, v.dtype)) for k, v in feeds.items()}
-    n = len(next(iter(feeds.values())))
-    fixed = next(iter(inputs.values())).shape[0]
-    step = fixed if isinstance(fixed, int) and fixed > 0 else n
-    chunks = []
-    for s in range(0, n, step):
-        chunk = {k: v[s : s + step] for k, v in feeds.items()}
-        if len(next(iter(chunk.values()))) < step:
-            chunk = {k: np.concatenate([v, np.zeros((step - len(v), *v.shape[1:]), v.dtype)]) for k, v in chunk.items()}
-        chunks.append(chunk)
-    output = [session.get_outputs()[0].name]
-    return lambda: [session.run(output, c) for c in chunks]
-
-
-def _tower_sessions(embedder: Any) -> dict[str, Any]:
-    """The ORT sessions an OnnxEmbedder runs (it has no public handle on them: see the report to the lead)."""
-    return {"image": embedder._image.session, "text": embedder._text.session}
-
-
+# ----------------------------------------------------------------------------- encode calls
 def encode_calls(form: str, embedder: Any, photos_px: np.ndarray, ids: np.ndarray, mask: np.ndarray
                  ) -> dict[str, Callable[[], object]]:
     """tower -> a call encoding the given batch with the form's graph only."""
@@ -143,12 +121,7 @@ def encode_calls(form: str, embedder: Any, photos_px: np.ndarray, ids: np.ndarra
                 return model.encode_text(ti, tm)
 
         return {"image": image, "text": text}
-    sessions = _tower_sessions(embedder)
-    spec = embedder.manifest.towers
-    px_name = spec["image"].spec.inputs[0].name
-    ids_name, mask_name = (t.name for t in spec["text"].spec.inputs)
-    return {"image": _graph_runner(sessions["image"], {px_name: photos_px}),
-            "text": _graph_runner(sessions["text"], {ids_name: ids, mask_name: mask})}
+    return {"image": lambda: embedder.encode_images(photos_px), "text": lambda: embedder.encode_texts(ids, mask)}
 
 
 def load_form(form: str, *, model: str, artifacts: str | Path | None, threads: int = 0) -> Any:

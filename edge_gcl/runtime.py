@@ -11,6 +11,9 @@ becomes exactly the tensor the graph was exported for.
                      NPU cannot run fails loudly instead of silently running on the CPU; the
                      manifest's chipset (if any) is the HTP target.
 
+`embed_images` / `embed_texts` are preprocessing + `encode_images` / `encode_texts` (the graphs
+alone on ready tensors, what a latency benchmark times) + L2 normalisation.
+
 `load_embedder(spec)` turns whatever a user names (artifacts folder, model name, checkpoint
 folder) into an `Embedder`; only the non-artifacts case imports torch.
 """
@@ -44,7 +47,8 @@ class OnnxEmbedder:
 
     `form` picks the graph files the manifest lists: "float" (dynamic batch, the CPU reference),
     "qdq" (quantized, static batch 1) or "ctx" (EPContext for the NPU; needs provider="qnn").
-    Graphs with a fixed batch size are fed that many rows at a time (the last chunk padded).
+    Graphs with a fixed batch size are fed that many rows at a time (the last chunk padded), by
+    `embed_*` and `encode_*` alike.
     `threads` sets ONNX Runtime's intra-op threads (0: its default).
     """
 
@@ -98,7 +102,7 @@ class OnnxEmbedder:
         for start in tqdm(range(0, len(images), step), desc="images", disable=not progress):
             batch = images[start : start + step]
             pixels = np.stack([preprocess(x, self.manifest.image) for x in batch])  # (B, 3, S, S)
-            out[start : start + len(batch)] = self._image.run({self._image.input_names[0]: pixels})
+            out[start : start + len(batch)] = self.encode_images(pixels)
         return l2_normalize(out)
 
     def embed_texts(
@@ -110,11 +114,33 @@ class OnnxEmbedder:
         texts = [check_text(t, name=f"text[{i}]") for i, t in enumerate(texts)]
         out = np.zeros((len(texts), self.embed_dim), np.float32)
         step = self._text.batch_step(batch_size)
-        ids_name, mask_name = self._text.input_names
         for start in tqdm(range(0, len(texts), step), desc="texts", disable=not progress):
             ids, mask = self.tokenizer(texts[start : start + step])  # (B, L) each
-            out[start : start + len(ids)] = self._text.run({ids_name: ids, mask_name: mask})
+            out[start : start + len(ids)] = self.encode_texts(ids, mask)
         return l2_normalize(out)
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """The image graph alone: pixels (B, 3, S, S) float32, as `transform.preprocess` makes them,
+        -> (B, D) float32 as the graph outputs them (not normalised again)."""
+        pixels = np.asarray(pixels)
+        s = self.manifest.image.size
+        if pixels.ndim != 4 or pixels.shape[1:] != (3, s, s):
+            raise ValueError(
+                f"pixels of shape {pixels.shape}: expected (B, 3, {s}, {s}) (transform.preprocess)"
+            )
+        return self._image.run({self._image.input_names[0]: pixels})
+
+    def encode_texts(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The text graph alone: token ids and attention mask (B, L) each, as `self.tokenizer` makes
+        them, -> (B, D) float32 as the graph outputs them (not normalised again)."""
+        ids, mask = np.asarray(ids), np.asarray(mask)
+        length = self.tokenizer.context_length
+        if ids.ndim != 2 or ids.shape[1] != length or mask.shape != ids.shape:
+            raise ValueError(
+                f"token ids {ids.shape} and mask {mask.shape}: expected (B, {length}) each (as tokenized)"
+            )
+        ids_name, mask_name = self._text.input_names
+        return self._text.run({ids_name: ids, mask_name: mask})
 
 
 class _Tower:
@@ -157,9 +183,18 @@ class _Tower:
         return self.fixed_batch or batch_size
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Feeds of n rows -> (n, D) float32; pads to a fixed batch size and drops the padding."""
-        n = len(next(iter(feeds.values())))
+        """Feeds of n rows -> (n, D) float32. A fixed-batch graph gets that many rows per call, the
+        last chunk padded with zero rows (dropped from the output)."""
         feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in feeds.items()}
+        n = len(next(iter(feeds.values())))
+        step = self.fixed_batch or max(n, 1)
+        outs = [self._run_chunk({k: v[s : s + step] for k, v in feeds.items()}) for s in range(0, n, step)]
+        if len(outs) == 1:
+            return outs[0]
+        return np.concatenate(outs) if outs else np.zeros((0, self.embed_dim), np.float32)
+
+    def _run_chunk(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(next(iter(feeds.values())))
         if self.fixed_batch is not None and n < self.fixed_batch:
             feeds = {k: _pad_rows(v, self.fixed_batch) for k, v in feeds.items()}
         (out,) = self.session.run([self.output_name], feeds)

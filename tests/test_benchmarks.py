@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from benchmarks.common import (
     save_json,
     time_call,
 )
-from benchmarks.latency import _graph_runner, aihub_rows
+from benchmarks.latency import aihub_rows, encode_calls
 from benchmarks.recall import loss_summary, mean_std, recall_rows, task_label
 from benchmarks.report import END, START, render, rewrite_section, update_readme
 
@@ -260,30 +259,31 @@ def test_task_label_and_loss_summary():
 # ----------------------------------------------------------------------------- latency pieces
 
 
-class _FakeSession:
-    def __init__(self, batch) -> None:
-        self.batch, self.calls = batch, []
+class _FakeEncoder:
+    """Stands in for an OnnxEmbedder: records what the encode calls are given."""
 
-    def get_inputs(self):
-        return [SimpleNamespace(name="x", type="tensor(float)", shape=[self.batch, 2])]
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[np.ndarray, ...]]] = []
 
-    def get_outputs(self):
-        return [SimpleNamespace(name="y")]
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        self.calls.append(("image", (pixels,)))
+        return np.zeros((len(pixels), 4), np.float32)
 
-    def run(self, names, feeds):
-        self.calls.append(feeds["x"].copy())
-        return [feeds["x"]]
+    def encode_texts(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        self.calls.append(("text", (ids, mask)))
+        return np.zeros((len(ids), 4), np.float32)
 
 
-def test_graph_runner_feeds_a_fixed_batch_graph_row_chunks_padded():
-    x = np.arange(10, dtype=np.float64).reshape(5, 2)
-    fixed = _FakeSession(2)
-    _graph_runner(fixed, {"x": x})()
-    assert [c.shape for c in fixed.calls] == [(2, 2)] * 3 and fixed.calls[0].dtype == np.float32
-    np.testing.assert_array_equal(fixed.calls[2], [[8, 9], [0, 0]])  # last chunk padded with zeros
-    dynamic = _FakeSession("batch")
-    _graph_runner(dynamic, {"x": x})()
-    assert [c.shape for c in dynamic.calls] == [(5, 2)]
+def test_encode_calls_run_the_embedders_public_encoders_on_the_given_tensors():
+    px, ids, mask = np.ones((2, 3, 8, 8), np.float32), np.ones((2, 5), np.int64), np.zeros((2, 5), np.int64)
+    for form in ("onnx", "qdq", "htp"):
+        fake = _FakeEncoder()
+        calls = encode_calls(form, fake, px, ids, mask)
+        assert set(calls) == {"image", "text"} and not fake.calls  # built, not run
+        calls["image"]()
+        calls["text"]()
+        assert [name for name, _ in fake.calls] == ["image", "text"]
+        assert fake.calls[0][1][0] is px and fake.calls[1][1][0] is ids and fake.calls[1][1][1] is mask
 
 
 def test_aihub_rows_from_a_profile(tmp_path: Path):
@@ -321,7 +321,7 @@ def test_index_exact_search_equals_faiss_flat(small_bench: bindex.IndexBench):
     np.testing.assert_array_equal(small_bench.ids[("faiss-flat", 32, 2000, "float32")], expected)
     row = next(r for r in small_bench.rows if (r["method"], r["dtype"]) == ("index-exact", "float32"))
     assert row["recall@10"] == 1.0 and row["same_top10"] == 1.0 and row["exact"]
-    assert row["bytes_scanned"] == 2000 * 32 * 4
+    assert row["bytes_scanned"] == 2000 * 32 * 4 and row["scan_dtype"] == "float32"  # from IndexStats
     assert row["x_floor"] == pytest.approx(row["median_ms"] / bindex.floor_ms(row["bytes_scanned"],
                                                                               small_bench.bandwidth["floor_gbps"]))
 
@@ -336,6 +336,8 @@ def test_index_approximate_recall_is_computed(small_bench: bindex.IndexBench):
         assert 0.5 < row["recall@10"] <= 1.0 and not row["exact"] and "x_floor" not in row
     int8 = next(r for r in small_bench.rows if (r["method"], r["dtype"]) == ("faiss-sq", "int8"))
     assert int8["bytes_scanned"] == 2000 * 32  # one byte per element
+    ours = next(r for r in small_bench.rows if (r["method"], r["dtype"]) == ("index-exact", "int8"))
+    assert (ours["bytes_scanned"], ours["scan_dtype"]) == (2000 * 32 * 4, "float32")  # scanned as float32
     assert {r["method"] for r in small_bench.rows} == set(bindex.METHODS)
     assert not any(r["method"] == "index-approx" and r["dtype"] == "int8" for r in small_bench.rows)
 

@@ -302,7 +302,7 @@ def test_model_mismatch_and_reindex(tmp_path: Path) -> None:
 
 def test_bad_queries_name_the_input(index: Index, tmp_path: Path) -> None:
     index.add_note("something")
-    with pytest.raises(ValueError, match="give text=, image= or both"):
+    with pytest.raises(ValueError, match="give text=, image= or both, or vector="):
         index.search()
     with pytest.raises(ValueError, match="query text: empty text"):
         index.search(text="  ")
@@ -325,6 +325,75 @@ def test_bad_queries_name_the_input(index: Index, tmp_path: Path) -> None:
     assert len(index) == 1
 
 
+# --- searching by vector; what the exact scan reads ---------------------------------------------
+
+
+def test_vector_search_equals_text_search_with_the_same_embedding(
+    index: Index, tmp_path: Path, embedder: FakeEmbedder
+) -> None:
+    photos = make_photos(tmp_path / "p", 6)
+    index.add_photos(photos, meta={"album": "Trip"}, progress=False)
+    notes = ["milk eggs bread", "hotel in lisbon", "passport renewal receipt", "lisbon tram 28 " * 12]
+    index.add_notes(notes, metas=[None, {"album": "Trip"}, None, None])
+    index.add_note("our hotel room", photo=photos[2])
+    query = embedder.embed_texts(["hotel in lisbon"])[0]  # (D,) unit norm
+    for options in ({}, {"approximate": True}, {"modalities": ["note"]}, {"where": {"album": "Trip"}}):
+        by_text = index.search(text="hotel in lisbon", k=5, **options)
+        assert len(by_text) >= 2 and index.search(vector=query, k=5, **options) == by_text, options
+    fused = fuse(embedder.embed_images([photos[2]]), embedder.embed_texts(["our hotel room"]))[0]
+    assert index.search(vector=fused, k=3) == index.search(text="our hotel room", image=photos[2], k=3)
+    # normalised on the way in: a scaled float64 list finds the same items with the same cosines
+    scaled = index.search(vector=(7.5 * query).astype(np.float64).tolist(), k=5)
+    by_text = index.search(text="hotel in lisbon", k=5)
+    assert [h.id for h in scaled] == [h.id for h in by_text]
+    np.testing.assert_allclose([h.score for h in scaled], [h.score for h in by_text], atol=1e-6)
+
+
+def test_vector_queries_are_checked_and_named(index: Index, embedder: FakeEmbedder) -> None:
+    index.add_note("something")
+    good = embedder.embed_texts(["something"])[0]
+    with pytest.raises(ValueError, match=r"query vector of shape \(16,\): this index holds 32-d vectors"):
+        index.search(vector=good[:16])
+    with pytest.raises(ValueError, match=r"query vector of shape \(1, 32\)"):
+        index.search(vector=good[None, :])
+    with pytest.raises(ValueError, match="query vector: has non-finite values"):
+        index.search(vector=np.where(np.arange(32) == 3, np.nan, good))
+    with pytest.raises(ValueError, match="query vector: has non-finite values"):
+        index.search(vector=np.full(32, 1e39))  # overflows float32
+    with pytest.raises(ValueError, match="query vector: all zeros"):
+        index.search(vector=np.zeros(32))
+    with pytest.raises(TypeError, match=r"query vector: expected a \(32,\) array of numbers, got str"):
+        index.search(vector="something")
+    with pytest.raises(ValueError, match="give vector= alone"):
+        index.search(text="something", vector=good)
+    assert index.search(vector=1e-30 * good, k=1)[0].id == note_id("something")  # tiny but fine
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8", "float32"])
+def test_stats_say_what_the_exact_scan_reads(tmp_path: Path, embedder: FakeEmbedder, dtype: str) -> None:
+    with Index.open(tmp_path / "idx", model=embedder, dtype=dtype) as index:  # type: ignore[arg-type]
+        assert (index.stats().search_dtype, index.stats().search_memory_bytes) == ("float32", 0)
+        index.add_notes(["milk eggs bread", "hotel in lisbon", "a long note " * 20])
+        index.search(text="lisbon", k=1)  # loads the scan matrix
+        stats = index.stats()
+        assert stats.dtype == dtype and stats.vectors > 3  # the long note has several chunks
+        assert stats.search_memory_bytes == stats.vectors * 32 * 4 == index._vectors.matrix.nbytes
+        assert str(index._vectors.matrix.dtype) == stats.search_dtype
+        assert stats.to_dict()["search_memory_bytes"] == stats.search_memory_bytes
+
+
+def test_vector_query_after_another_process_reindexed(tmp_path: Path, embedder: FakeEmbedder) -> None:
+    with Index.open(tmp_path / "idx", model=embedder) as index:
+        index.add_note("hello")
+    with Index.open(tmp_path / "idx") as reader:  # no model: only vector queries
+        assert reader.search(vector=embedder.embed_texts(["hello"])[0], k=1)[0].id == note_id("hello")
+        with Index.open(tmp_path / "idx") as writer:
+            writer.reindex(FakeEmbedder("fake@2", dim=16), progress=False)
+        with pytest.raises(ModelMismatchError, match="query vector has 32 dims, the index now holds 16-d"):
+            reader.search(vector=np.ones(32))
+        assert reader.search(vector=np.ones(16), k=1)[0].id == note_id("hello")
+
+
 def test_open_without_model(tmp_path: Path, embedder: FakeEmbedder) -> None:
     with pytest.raises(ValueError, match="creating an index needs a model"):
         Index.open(tmp_path / "new")
@@ -334,6 +403,8 @@ def test_open_without_model(tmp_path: Path, embedder: FakeEmbedder) -> None:
         assert len(index) == 1 and index.stats().dtype == "int8"
         with pytest.raises(RuntimeError, match="opened without a model"):
             index.search(text="hello")
+        hit = index.search(vector=embedder.embed_texts(["hello"])[0], k=1)[0]
+        assert hit.id == note_id("hello") and hit.score == pytest.approx(1.0, abs=1e-2)  # int8
         assert index.remove(note_id("hello")) == 1
 
 

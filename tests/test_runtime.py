@@ -193,6 +193,42 @@ def test_static_batch_graph_is_looped(artifacts: Path, photos: list[Path]) -> No
     np.testing.assert_allclose(emb.embed_texts(TEXTS, batch_size=4), reference_texts(TEXTS), atol=1e-5)
 
 
+@pytest.mark.parametrize("form", ["float", "qdq"])
+def test_encode_on_ready_tensors_equals_embed(artifacts: Path, photos: list[Path], form: str) -> None:
+    """encode_* run the graph alone (a batch-1 graph once per row); embed_* = preprocess + encode_* + L2."""
+    emb = OnnxEmbedder(artifacts, form=form, threads=1)  # type: ignore[arg-type]
+    pixels = np.stack([preprocess(p, emb.manifest.image) for p in photos])  # (5, 3, S, S) float32
+    images = emb.encode_images(pixels)
+    assert images.dtype == np.float32 and images.shape == (len(photos), DIM)
+    np.testing.assert_allclose(
+        images / np.linalg.norm(images, axis=1, keepdims=True), emb.embed_images(photos), atol=1e-6
+    )
+    ids, mask = emb.tokenizer(TEXTS)  # (4, L) each
+    texts = emb.encode_texts(ids, mask)
+    assert texts.dtype == np.float32 and texts.shape == (len(TEXTS), DIM)
+    np.testing.assert_allclose(
+        texts / np.linalg.norm(texts, axis=1, keepdims=True), emb.embed_texts(TEXTS), atol=1e-6
+    )
+    assert emb.encode_images(pixels[:0]).shape == (0, DIM) and emb.encode_texts(ids[:0], mask[:0]).shape == (
+        0,
+        DIM,
+    )
+
+
+def test_encode_names_tensors_of_the_wrong_shape(artifacts: Path, photos: list[Path]) -> None:
+    emb = OnnxEmbedder(artifacts, threads=1)
+    pixels = np.stack([preprocess(p, emb.manifest.image) for p in photos[:2]])
+    with pytest.raises(ValueError, match=r"pixels of shape \(2, 32, 32, 3\): expected \(B, 3, 32, 32\)"):
+        emb.encode_images(pixels.transpose(0, 2, 3, 1))
+    with pytest.raises(ValueError, match=r"pixels of shape \(3, 32, 32\)"):
+        emb.encode_images(pixels[0])
+    ids, mask = emb.tokenizer(TEXTS)
+    with pytest.raises(ValueError, match=r"token ids \(4, 8\) and mask \(4, 8\): expected \(B, 16\) each"):
+        emb.encode_texts(ids[:, :8], mask[:, :8])
+    with pytest.raises(ValueError, match=r"token ids \(4, 16\) and mask \(3, 16\)"):
+        emb.encode_texts(ids, mask[:3])
+
+
 def test_pil_images_and_empty_batches(artifacts: Path, photos: list[Path]) -> None:
     emb = OnnxEmbedder(artifacts, threads=1)
     pil = [Image.open(p) for p in photos[:2]]

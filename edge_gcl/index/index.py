@@ -39,13 +39,13 @@ from .sources import (
     stat_photo,
 )
 from .store import MODALITIES, Item, Modality, ModelMismatchError, Store, StoreInfo, VectorDType, dump_meta
-from .vectors import ApproximateIndex, VectorMatrix
+from .vectors import SEARCH_DTYPE, ApproximateIndex, VectorMatrix, scan_bytes
 
 INDEX_FILE = "index.sqlite"
 APPROXIMATE_FILE = "index.usearch"
 # Above this many stored vectors, search() uses the usearch HNSW unless told otherwise; below it
 # exact search is one (V, D) @ (D,) product over the in-memory float32 matrix (V x D x 4 bytes:
-# 100 MB and a few ms per query at 100k x 256 on a phone core).
+# 100 MB and a few ms per query at 100k x 256 on a phone core; why float32: vectors.py).
 APPROXIMATE_MIN_VECTORS = 100_000
 
 
@@ -101,6 +101,9 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class IndexStats:
+    """What `Index.stats()` reports; `dtype` is how vectors are stored, `search_dtype` what the exact
+    scan reads (float32 for every stored dtype: see `vectors.py`)."""
+
     path: str
     items: int
     photos: int
@@ -113,6 +116,8 @@ class IndexStats:
     format_version: int
     created: str
     size_bytes: int  # database + WAL
+    search_dtype: str
+    search_memory_bytes: int  # an unfiltered exact search reads per query: vectors x embed_dim x itemsize
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,8 +157,9 @@ class Index:
         `model` is an `Embedder` or a spec for `edge_gcl.runtime.load_embedder` (artifacts
         folder, model name, checkpoint folder). It must be the model the index was built with
         (`ModelMismatchError` otherwise; migrate with `reindex`). `model=None` opens without one:
-        len / in / [] / remove / stats / reindex work, ingest and search do not. `dtype`
-        ("float16", "int8" with a per-vector scale, or "float32") applies when creating.
+        len / in / [] / remove / stats / reindex and `search(vector=...)` work, ingest and text or
+        image search do not. `dtype` ("float16", "int8" with a per-vector scale, or "float32")
+        applies when creating.
         """
         path = Path(path)
         file = path if path.suffix in (".sqlite", ".db") else path / INDEX_FILE
@@ -274,6 +280,8 @@ class Index:
             format_version=info.format_version,
             created=info.created,
             size_bytes=size,
+            search_dtype=SEARCH_DTYPE.name,
+            search_memory_bytes=scan_bytes(vectors, info.embed_dim),
         )
 
     # --- adding ----------------------------------------------------------------------------
@@ -561,6 +569,7 @@ class Index:
         text: str | None = None,
         image: Any = None,
         *,
+        vector: Any = None,
         k: int = 10,
         modalities: Iterable[Modality] | None = None,
         where: Mapping[str, Any] | None = None,
@@ -568,6 +577,8 @@ class Index:
     ) -> list[Hit]:
         """The `k` best items for a text, a photo (path or PIL image), or both (fused), best first.
 
+        `vector` instead: a precomputed query embedding (D,) of this index's model (say from
+        `embed_texts`); it must be finite and nonzero, and is L2-normalised here. It needs no model.
         `modalities` keeps only those kinds of item. `where={"album": "Trip", "tags": "beach"}`
         keeps items whose metadata value equals each given value, or (for a list) contains it; a
         list of values means any of them. `approximate` uses the usearch index (default: only
@@ -580,10 +591,15 @@ class Index:
             bad = [m for m in modalities if m not in MODALITIES]
             if bad:
                 raise ValueError(f"modalities {bad}: expected any of {list(MODALITIES)}")
-        query = self._query(text, image)  # (D,)
+        query = self._query(text, image, vector)  # (D,) float32, unit norm
         with self._lock:
             self._refresh()
             vectors = self._vectors
+            if len(query) != vectors.matrix.shape[1]:  # a vector query, and another process reindexed
+                raise ModelMismatchError(
+                    f"{self.store.path}: query vector has {len(query)} dims, the index now holds "
+                    f"{vectors.matrix.shape[1]}-d vectors of {self.model_id!r}"
+                )
             if not len(vectors):
                 return []
             mask = None
@@ -601,18 +617,41 @@ class Index:
             if (it := items.get(key)) is not None
         ]
 
-    def _query(self, text: str | None, image: Any) -> np.ndarray:
-        if text is None and image is None:
-            raise ValueError("search: give text=, image= or both")
-        embedder = self.embedder
-        parts = []
-        if text is not None:
-            parts.append(embedder.embed_texts([check_text(text, name="query text")])[0])
-        if image is not None:
-            if isinstance(image, (bytes, bytearray)):
-                raise TypeError("query image: pass a path or a PIL image, not bytes")
-            parts.append(embedder.embed_images([image])[0])  # ImageDecodeError names it
-        return fuse(parts[0], parts[1]) if len(parts) == 2 else np.asarray(parts[0], np.float32)
+    def _query(self, text: str | None, image: Any, vector: Any) -> np.ndarray:
+        """The query as a unit (D,) float32 vector: every kind of query is checked and normalised here."""
+        if vector is not None:
+            if text is not None or image is not None:
+                raise ValueError("search: give vector= alone, not with text= or image=")
+        elif text is None and image is None:
+            raise ValueError("search: give text=, image= or both, or vector=")
+        else:
+            embedder = self.embedder
+            parts = []
+            if text is not None:
+                parts.append(embedder.embed_texts([check_text(text, name="query text")])[0])
+            if image is not None:
+                if isinstance(image, (bytes, bytearray)):
+                    raise TypeError("query image: pass a path or a PIL image, not bytes")
+                parts.append(embedder.embed_images([image])[0])  # ImageDecodeError names it
+            vector = fuse(parts[0], parts[1]) if len(parts) == 2 else parts[0]
+        dim = self.embed_dim
+        try:
+            with np.errstate(over="ignore"):  # too large for float32 -> inf, refused below
+                v = np.asarray(vector, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"query vector: expected a ({dim},) array of numbers, got {type(vector).__name__}"
+            ) from None
+        if v.shape != (dim,):
+            raise ValueError(
+                f"query vector of shape {v.shape}: this index holds {dim}-d vectors, expected ({dim},)"
+            )
+        if not np.isfinite(v).all():
+            raise ValueError("query vector: has non-finite values (nan or inf)")
+        norm = float(np.linalg.norm(v.astype(np.float64)))  # float64: no overflow for large values
+        if norm == 0.0:
+            raise ValueError("query vector: all zeros, has no direction")
+        return (v / norm).astype(np.float32)
 
     def _refresh(self) -> None:
         before = self._vectors.db_uuid
@@ -648,7 +687,7 @@ class Index:
         rows = np.flatnonzero(mask) if mask is not None else np.arange(len(vectors))
         if not len(rows):
             return []
-        scores = vectors.matrix[rows] @ query if mask is not None else vectors.matrix @ query  # (R,)
+        scores = vectors.scores(query, rows if mask is not None else None)  # (R,)
         # the best few hundred rows hold the k best items unless items have very many chunks
         top = min(len(rows), max(4 * k, 256))
         while True:
@@ -668,7 +707,7 @@ class Index:
             rows = vectors.rows_of(self._approximate.search(query, count))
             if mask is not None:
                 rows = rows[mask[rows]]
-            ranked = self._rank(rows, vectors.matrix[rows] @ query, k)
+            ranked = self._rank(rows, vectors.scores(query, rows), k)
             if len(ranked) >= k or count >= len(vectors):
                 return ranked
             if count * 8 >= len(vectors) // 2:  # a selective filter: exact over the few that pass

@@ -6,6 +6,18 @@ commit counter): vids are never reused and a vid's vector never changes, so "row
 vid" plus "old vids that are gone" is the whole difference. `ApproximateIndex` mirrors the
 matrix the same way and keeps a file beside the database; a stale, foreign or broken file is
 patched or rebuilt from the matrix.
+
+The exact scan reads float32 (`SEARCH_DTYPE`), whatever the stored dtype. Every stored vector
+(float16, int8 + scale, float32) is decoded once into the float32 matrix and a query is one BLAS
+matrix-vector product over it: 4 x V x D bytes resident and read per query (100 MB at 100k x
+256), twice the stored float16 vectors and four times the int8 ones. Scanning the stored type
+would read 2 or 1 bytes per element, but numpy has no BLAS kernel for either:
+`float16 @ float16` is a scalar loop converting every element, and `int8 @ float32` first casts
+the whole matrix (a 4 x V x D temporary per query). A stored-width scan needs a blockwise decode or its
+own kernel (faiss's scalar-quantizer scan) and has to beat the float32 product on a phone core
+before it earns that code; it has not been measured yet. `IndexStats.search_dtype` and
+`search_memory_bytes` (from `scan_bytes`) report what the scan reads, so `benchmarks.index`
+takes its bandwidth floor from them and follows a change here on its own.
 """
 
 from __future__ import annotations
@@ -18,9 +30,16 @@ import numpy as np
 
 from .store import Store
 
+SEARCH_DTYPE = np.dtype(np.float32)  # what the exact scan reads (see the module docstring)
+
+
+def scan_bytes(vectors: int, dim: int) -> int:
+    """Bytes an unfiltered exact search reads per query over `vectors` stored vectors of `dim` dims."""
+    return vectors * dim * SEARCH_DTYPE.itemsize
+
 
 class VectorMatrix:
-    """Every stored vector decoded to float32: `vids` (V,) ascending, `items` (V,), `matrix` (V, D)."""
+    """Every stored vector decoded to `SEARCH_DTYPE`: `vids` (V,) ascending, `items` (V,), `matrix` (V, D)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -33,7 +52,7 @@ class VectorMatrix:
     def _reset(self, dim: int) -> None:
         self.vids = np.zeros(0, np.int64)
         self.items = np.zeros(0, np.int64)
-        self.matrix = np.zeros((0, dim), np.float32)
+        self.matrix = np.zeros((0, dim), SEARCH_DTYPE)
 
     def __len__(self) -> int:
         return len(self.vids)
@@ -65,13 +84,19 @@ class VectorMatrix:
             if len(vids):
                 self.vids = np.concatenate([self.vids, vids])
                 self.items = np.concatenate([self.items, items])
-                self.matrix = np.concatenate([self.matrix, vectors])
+                self.matrix = np.concatenate([self.matrix, vectors.astype(SEARCH_DTYPE, copy=False)])
                 changed = True
         self._token = token
         if changed:
             self.version += 1
             self._groups = None
         return changed
+
+    def scores(self, query: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Inner products of a unit `query` (D,) float32 with every row, or with `rows`: (V,) or (R,).
+        The exact scan and the re-scoring of approximate candidates both go through here."""
+        matrix = self.matrix if rows is None else self.matrix[rows]
+        return matrix @ query
 
     def groups(self) -> tuple[np.ndarray, np.ndarray]:
         """(item keys (G,) sorted, row -> group index (V,)): an item's chunks share a group."""
