@@ -163,6 +163,7 @@ def run(
     n_heldout: int = 32,
     skip_compile: bool = False,
     skip_verify: bool = False,
+    aihub_quantize: bool = False,
     aihub_poll_s: float = 10.0,
     log=print,
 ) -> CompileResult:
@@ -225,14 +226,26 @@ def run(
         aihub_summary = None
         if via == "aihub":
             log(f"[4/6] compiling and profiling on AI Hub ({device or chip.name})")
-            from .aihub import compile_and_profile
+            from .aihub import QuantizeOptions, compile_and_profile
 
+            models, quantize = {tw: stage / towers[tw].files["qdq"] for tw in TOWERS}, None
+            if aihub_quantize:  # upload the float towers (batch 1) and let AI Hub quantize them
+                hub_dir = stage / ".aihub-float"
+                hub_dir.mkdir()
+                models = {tw: onnx_export.fix_batch(stage / towers[tw].files["float"], hub_dir / f"{tw}_tower.onnx")
+                          for tw in TOWERS}
+                quantize = QuantizeOptions(
+                    calibration={tw: {name: [f[name] for f in samples.calibration[tw]] for name in
+                                      samples.calibration[tw][0]} for tw in TOWERS},
+                    activations="int16" if precision == "w8a16" else "int8")
             aihub_summary = compile_and_profile(
-                {tw: stage / towers[tw].files["qdq"] for tw in TOWERS},
+                models, quantize=quantize,
                 device=device or f"chipset:{chip.aihub_chipset}",
                 input_specs={tw: {s.name: (tuple(1 if isinstance(d, str) else d for d in s.shape), s.dtype)
                                   for s in specs[tw].inputs} for tw in TOWERS},
                 out_dir=stage, poll_s=aihub_poll_s, log=log)
+            if aihub_quantize:
+                shutil.rmtree(stage / ".aihub-float")
             done("aihub")
         elif not skip_compile:
             from .qnn import compile_context, run_on_htp
@@ -350,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--via", choices=["local", "aihub"], default="local",
                    help="local: QNN EP HTP backend on this machine; aihub: Qualcomm AI Hub")
     p.add_argument("--device", help="AI Hub device for --via aihub, e.g. 'Samsung Galaxy S24 (Family)'")
+    p.add_argument("--aihub-quantize", action="store_true",
+                   help="with --via aihub: upload float towers and quantize them on AI Hub (same calibration data)")
     p.add_argument("--out", default="artifacts", help="output folder (replaced only when the build succeeds)")
     p.add_argument("--calibration", help="Flickr-style folder (captions.txt + images/); default: the training data")
     p.add_argument("--calibration-size", type=int, default=64, help="photos and captions to calibrate on")
@@ -364,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run(args.model, out=args.out, chipset=args.chipset, precision=args.precision, via=args.via,
                      device=args.device, calibration=args.calibration, n_calibration=args.calibration_size,
-                     n_heldout=args.heldout_size,
+                     n_heldout=args.heldout_size, aihub_quantize=args.aihub_quantize,
                      skip_compile=args.skip_compile, skip_verify=args.skip_verify)
     except Exception as e:
         from .aihub import AIHubNotConfigured

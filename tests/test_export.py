@@ -128,14 +128,15 @@ def test_list_chipsets(capsys):
         assert name in table
 
 
-def test_via_aihub_against_the_fake_server(tiny_checkpoint, tmp_path, monkeypatch):
-    """The real qai-hub client, pointed at a local fake AI Hub: compile + profile land in the manifest."""
+@pytest.mark.parametrize("aihub_quantize", [False, True])
+def test_via_aihub_against_the_fake_server(tiny_checkpoint, tmp_path, monkeypatch, aihub_quantize):
+    """The real qai-hub client, pointed at a local fake AI Hub: (quantize +) compile + profile land in the manifest."""
     from fake_aihub import FakeAIHub
 
     with FakeAIHub(lifetime_s=60) as hub:
         monkeypatch.setenv("QAIHUB_CLIENT_INI", str(hub.write_client_ini(tmp_path / "client.ini")))
         result = compile_cli.run(str(tiny_checkpoint), out=tmp_path / "hub", via="aihub", n_calibration=4,
-                                 n_heldout=4, aihub_poll_s=0.02, log=lambda *a: None)
+                                 n_heldout=4, aihub_quantize=aihub_quantize, aihub_poll_s=0.02, log=lambda *a: None)
     profile = result.manifest.extra["aihub"]
     assert profile["device"] == "Samsung Galaxy S24 (Family)"
     for tower in ("image", "text"):
@@ -144,3 +145,5 @@ def test_via_aihub_against_the_fake_server(tiny_checkpoint, tmp_path, monkeypatc
         assert (tmp_path / "hub" / t["model_file"]).exists()
     assert (tmp_path / "hub" / "aihub_profile.json").exists()
     assert len(hub.uploads) >= 2  # both towers were uploaded
+    assert len(hub.jobs_of("quantize")) == (2 if aihub_quantize else 0)
+    assert not (tmp_path / "hub" / ".aihub-float").exists()
