@@ -33,8 +33,11 @@ import dataclasses
 import json
 import re
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -163,9 +166,13 @@ def load_form(form: str, *, model: str, artifacts: str | Path | None) -> Any:
         from edge_gcl.models import TorchEmbedder, load_model
 
         return TorchEmbedder(load_model(model))
+    from edge_gcl.manifest import is_artifacts_folder
+    from edge_gcl.runtime import OnnxEmbedder
+
+    if artifacts is None and is_artifacts_folder(model):  # --model names the artifacts folder itself
+        artifacts = model
     if artifacts is None:
         raise ValueError(f"form {form!r} needs --artifacts (a folder written by `python -m export.compile`)")
-    from edge_gcl.runtime import OnnxEmbedder
 
     if form == "ctx":
         return OnnxEmbedder(artifacts, provider="qnn", form="ctx")
@@ -182,10 +189,16 @@ def run_forms(
     forms: Sequence[str] = FORMS,
     reference: str | None = None,
     batch_size: int = 32,
+    via_index: bool = False,
+    index_dtype: str = "float32",
     progress: bool = False,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """{"rows": recall_rows(...), "results": {form: evaluate_mbeir result}, "forms": [per-form info]}."""
+    """{"rows": recall_rows(...), "results": {form: evaluate_mbeir result}, "forms": [per-form info]}.
+
+    `via_index`: also measure each form's global-setting recall through the on-device index (`index_recall`,
+    vectors stored as `index_dtype`), under "via_index": {form: result} and "index_rows": index_rows(...).
+    """
     from edge_gcl.mbeir import evaluate_mbeir
 
     bad = [f for f in forms if f not in FORMS]
@@ -194,6 +207,7 @@ def run_forms(
     if reference is None:
         reference = "torch" if "torch" in forms else "onnx" if "onnx" in forms else None
     results: dict[str, MBEIR] = {}
+    indexed: dict[str, MBEIR] = {}
     info = []
     for form in forms:
         log(f"{form}: {WHERE[form]}")
@@ -204,6 +218,14 @@ def run_forms(
         avg = results[form]["average"]
         log("  average R@5: " + ", ".join(f"{s} {v['recall@5']:.2f}" for s, v in avg.items()) + f" ({seconds:.0f} s)")
         info.append({"form": form, "where": WHERE[form], "model_id": embedder.model_id, "eval_s": seconds})
+        if via_index:
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix="recall-index-") as tmp:
+                indexed[form] = index_recall(embedder, root, ks=KS, dtype=index_dtype, index_dir=tmp,
+                                             batch_size=batch_size, progress=progress)
+            info[-1]["index_eval_s"] = time.perf_counter() - t0
+            r5, index_s = indexed[form]["average"]["global"]["recall@5"], info[-1]["index_eval_s"]
+            log(f"  via the index ({index_dtype}): global average R@5 {r5:.2f} ({index_s:.0f} s)")
     ids = {i["model_id"] for i in info if i["form"] != "torch"}
     torch_ids = [i["model_id"] for i in info if i["form"] == "torch"]
     note = None
@@ -211,8 +233,160 @@ def run_forms(
         note = (f"the PyTorch model ({torch_ids[0]}) and the artifacts ({', '.join(sorted(ids))}) have different "
                 f"weights: deltas vs torch are not export/quantization error")
         log("warning: " + note)
-    return {"rows": recall_rows(results, reference), "results": results, "forms": info, "reference": reference,
-            "note": note}
+    out = {"rows": recall_rows(results, reference), "results": results, "forms": info, "reference": reference,
+           "note": note}
+    if via_index:
+        out |= {"via_index": indexed, "index_rows": index_rows(results, indexed), "index_dtype": index_dtype}
+    return out
+
+
+# ----------------------------------------------------------------------------- index mode (--via-index)
+def index_recall(
+    embedder: Any,
+    root: str | Path,
+    *,
+    split: str = "test",
+    ks: Sequence[int] = KS,
+    dtype: str = "float32",
+    index_dir: str | Path,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> MBEIR:
+    """Global-setting recall (percent) through the on-device index, in `evaluate_mbeir`'s layout:
+    {"<query file stem>": {"global": {"recall@k": ..}}, ..., "average": {"global": {..}}}.
+
+    1. Load the union pool into a new `edge_gcl.index.Index` at `index_dir` (`embedder`, vectors stored as
+       `dtype`), in pool order: "image" candidates as photos, "text" ones as notes, "image,text" ones as a
+       photo with its note. The index keys a photo by its path and a note by its text, so a pool that holds
+       the same photo in two candidates (say as an image and as an image+text item) or the same note twice
+       has no index equivalent: ValueError naming both dids. Pool order matters: the index breaks score ties
+       by insertion order, the harness by pool row.
+    2. Search each query of each query file with `Index.search` (text=, image= or both, as its modality says),
+       k = max(ks), no modality filter; map hit ids back to dids.
+    3. Recall@k (`edge_gcl.metrics.recall_at_k`) against the same positives as the harness (qrels, else
+       pos_cand_list); "average" is the unweighted mean over query files.
+
+    With float32 storage this equals `evaluate_mbeir(embedder, root, settings=("global",))` except where the
+    index differs by design: a note longer than the text tower's context is split into chunks (score = max
+    over chunks) where the harness truncates it (a warning counts them), and float16 / int8 storage rounds
+    the vectors. `index_dir` must not hold an index yet.
+    """
+    from edge_gcl.index import Index
+    from edge_gcl.index.sources import chunk_note, note_id, photo_id
+    from edge_gcl.mbeir import _positives, global_pool_path, read_pool, read_queries
+    from edge_gcl.metrics import recall_at_k
+
+    root = Path(root)
+    ks = tuple(ks)
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks: expected positive integers, got {ks}")
+    query_files = sorted((root / "query" / split).glob(f"mbeir_*_{split}.jsonl"))
+    if not query_files:
+        raise FileNotFoundError(f"{root / 'query' / split}: no query files mbeir_*_{split}.jsonl")
+    pool_path = global_pool_path(root, split)
+    pool = read_pool(pool_path, root=root)
+    if not pool:
+        raise ValueError(f"{pool_path}: empty candidate pool")
+    if (Path(index_dir) / "index.sqlite").exists():
+        raise FileExistsError(f"{index_dir}: already holds an index; index_recall needs a new one")
+
+    # 1. item ids, checked for candidates the index would merge, then the pool in order
+    did_of: dict[str, str] = {}  # index item id -> M-BEIR did
+    photo_of: dict[str, tuple[str, str]] = {}  # photo item id -> (did, modality)
+    for c in pool:
+        if c.img_path is not None:
+            item_id = photo_id(c.img_path)
+            if item_id in photo_of:
+                did, modality = photo_of[item_id]
+                raise ValueError(
+                    f"{pool_path}: candidates {did} ({modality}) and {c.did} ({c.modality}) use the same "
+                    f"photo {c.img_path}; the index keys a photo by its path, so it holds one item per photo")
+            photo_of[item_id] = (c.did, c.modality)
+        else:
+            item_id = note_id(c.txt)  # type: ignore[arg-type]
+            if item_id in did_of:
+                raise ValueError(f"{pool_path}: candidates {did_of[item_id]} and {c.did} are the same note "
+                                 f"{c.txt!r}; the index keys a note by its text, so it holds it once")
+        did_of[item_id] = c.did
+    tokenizer = getattr(embedder, "tokenizer", None)
+    chunked = sum(1 for c in pool if c.txt is not None and len(chunk_note(c.txt, tokenizer)) > 1)
+    if chunked:
+        warnings.warn(f"{pool_path}: {chunked} candidate texts are longer than the text tower's context; "
+                      f"the index splits them into chunks (score = max over chunks), the harness truncates "
+                      f"them, so recall through the index may differ from the harness's there", stacklevel=2)
+
+    k_max = max(ks)
+    index = Index.open(index_dir, model=embedder, dtype=dtype)  # type: ignore[arg-type]
+    try:
+        skipped = []
+        for start, end in _runs([c.modality for c in pool]):
+            run = pool[start:end]
+            if run[0].modality == "image":
+                photos = [str(c.img_path) for c in run]
+                report = index.add_photos(photos, recursive=False, batch_size=batch_size, progress=progress)
+                skipped += report.skipped
+            elif run[0].modality == "text":
+                notes = [c.txt for c in run if c.txt is not None]
+                skipped += index.add_notes(notes, batch_size=batch_size, progress=progress).skipped
+            else:
+                for c in run:
+                    index.add_note(c.txt, photo=str(c.img_path))  # type: ignore[arg-type]
+        if skipped:
+            raise ValueError(f"{pool_path}: the index skipped {len(skipped)} candidates, e.g. "
+                             f"{skipped[0].input}: {skipped[0].reason}")
+        if list(index) != list(did_of):  # iteration is in insertion order, the order ties are broken in
+            raise RuntimeError(f"{index_dir}: the index does not hold the {len(pool)} candidates in order")
+
+        # 2-3. search, map ids back, score
+        results: MBEIR = {}
+        for qf in query_files:
+            queries = read_queries(qf, root=root)
+            if not queries:
+                raise ValueError(f"{qf}: no queries")
+            positives = _positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt")
+            ranked = np.full((len(queries), k_max), "", dtype=object)  # (nq, k) dids, "" past the last hit
+            for i, q in enumerate(queries):
+                hits = index.search(text=q.txt, image=str(q.img_path) if q.img_path is not None else None,
+                                    k=k_max)
+                ranked[i, : len(hits)] = [did_of[h.id] for h in hits]
+            results[qf.stem] = {"global": {f"recall@{k}": 100.0 * recall_at_k(ranked, positives, k)
+                                           for k in ks}}
+    finally:
+        index.close()
+    tasks = list(results)
+    results["average"] = {"global": {m: float(np.mean([results[t]["global"][m] for t in tasks]))
+                                     for m in results[tasks[0]]["global"]}}
+    return results
+
+
+def _runs(values: Sequence[Any]) -> list[tuple[int, int]]:
+    """[start, end) of each run of equal consecutive values: "aabc" -> [(0, 2), (2, 3), (3, 4)]."""
+    bounds = [0, *(i for i in range(1, len(values)) if values[i] != values[i - 1]), len(values)]
+    return [(a, b) for a, b in pairwise(bounds) if b > a]
+
+
+def index_rows(harness: Mapping[str, MBEIR], indexed: Mapping[str, MBEIR]) -> list[dict[str, Any]]:
+    """Per form and query file (the average last): global recall@k from the harness, through the index, and
+    delta@k = index - harness in points."""
+    rows = []
+    for form, via in indexed.items():
+        tasks = [t for t in via if t != "average"] + ["average"]
+        for task in tasks:
+            label = task_label(task) if task != "average" else "average"
+            row: dict[str, Any] = {"task": task, "label": label, "form": form}
+            for metric, v in via[task]["global"].items():
+                k = metric[len("recall@"):]
+                ref = harness[form][task]["global"][metric]
+                row |= {f"harness@{k}": ref, f"index@{k}": v, f"delta@{k}": v - ref}
+            rows.append(row)
+    return rows
+
+
+def index_columns(rows: Sequence[Mapping[str, Any]]) -> list[Col]:
+    ks = [k for k in KS if rows and f"index@{k}" in rows[0]]
+    per_k = [(Col(f"harness@{k}", f"harness R@{k}", ".2f"), Col(f"index@{k}", f"index R@{k}", ".2f"),
+              Col(f"delta@{k}", f"Δ@{k}", "+.2f")) for k in ks]
+    return [Col("task"), Col("label", "task kind"), Col("form")] + [c for cols in per_k for c in cols]
 
 
 # ----------------------------------------------------------------------------- losses mode
@@ -294,7 +468,12 @@ def tables(doc: Mapping[str, Any]) -> str:
     ref = doc.get("reference")
     title = f"M-BEIR recall (%) per form; Δ = points vs {ref}" if ref else "M-BEIR recall (%) per form"
     out = format_table(doc["rows"], form_columns(doc["rows"]), title=title)
-    return out + (f"\nnote: {doc['note']}" if doc.get("note") else "")
+    out += f"\nnote: {doc['note']}" if doc.get("note") else ""
+    if doc.get("index_rows"):
+        out += "\n\n" + format_table(doc["index_rows"], index_columns(doc["index_rows"]),
+                                     title=f"M-BEIR global recall (%): harness vs through the index "
+                                           f"({doc.get('index_dtype', '?')} vectors); Δ = index - harness")
+    return out
 
 
 def plot(doc: Mapping[str, Any], path: str | Path) -> Path:
@@ -347,6 +526,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--forms", default=",".join(FORMS))
     p.add_argument("--reference", help="form the deltas are against (default: torch, else onnx)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--via-index", action="store_true",
+                   help="also measure global recall through the on-device index (edge_gcl.index) per form")
+    p.add_argument("--index-dtype", default="float32", choices=("float32", "float16", "int8"),
+                   help="--via-index: how the index stores vectors")
     p.add_argument("--losses", help="losses mode: e.g. gcl,cl,pairwise (trains a model per loss and seed)")
     p.add_argument("--seeds", default="0,1,2", help="losses mode: seeds")
     p.add_argument("--steps", type=int, help="losses mode: training steps per run (default: the recipe's)")
@@ -369,9 +552,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         config = {"model": args.model, "artifacts": args.artifacts, "root": str(root),
                   "forms": parse_list(args.forms), "reference": args.reference, "batch_size": args.batch_size}
+        if args.via_index:
+            config |= {"via_index": True, "index_dtype": args.index_dtype}
         result = run_forms(**config, progress=args.progress, log=log)
+        extra = {k: result[k] for k in ("via_index", "index_rows", "index_dtype") if k in result}
         doc = make_document("recall", result["rows"], config=config, machine=machine, results=result["results"],
-                            forms=result["forms"], reference=result["reference"], note=result["note"])
+                            forms=result["forms"], reference=result["reference"], note=result["note"],
+                            **extra)
         stem = "recall"
     print(tables(doc))
     json_path = args.json or RESULTS_DIR / f"{stem}.json"
