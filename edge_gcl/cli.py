@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --- train ---------------------------------------------------------------------------
     t = sub.add_parser("train", help="fine-tune a model with GCL (or the CL / pairwise baselines)")
     t.add_argument("--config", help="JSON file of training options (flags override it)")
-    t.add_argument("--model", help="model name, checkpoint folder, HF CLIP folder or TinyCLIP .pt (default: lite)")
+    t.add_argument("--model", help="model name, model config .json, checkpoint folder, HF CLIP folder or TinyCLIP .pt (default: lite)")
     t.add_argument("--loss", choices=["gcl", "cl", "pairwise"], help="default: gcl")
     t.add_argument("--data", action="append", help="captions.txt (Flickr CSV), COCO captions JSON or LLaVA "
                    "LCS-558K JSON; repeat for several sources")

@@ -77,6 +77,22 @@ def test_checkpoint_round_trip_stores_only_trained_tensors(lite, tmp_path):
     assert back.logit_scale.item() == 3.0 and back.source == Path(tmp_path / "ck")
 
 
+def test_model_config_file_builds_a_fresh_model(tmp_path):
+    """`--model my.json` (the layout of edge_gcl/configs) trains any variant without a new preset."""
+    import json
+
+    from edge_gcl.config import CONFIG_DIR
+
+    cfg = json.loads((CONFIG_DIR / "lite.json").read_text())
+    cfg["lite"].update(train_image_blocks=1, train_text_layers=3)
+    (tmp_path / "lite-1-3.json").write_text(json.dumps(cfg))
+    model = load_model(tmp_path / "lite-1-3.json")
+    assert len(model.visual.top.blocks) == 1 and len(model.text.top.layers) == 3
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="broken.json"):
+        load_model(tmp_path / "broken.json")
+
+
 def test_corrupt_checkpoint_is_named(tmp_path, lite):
     save_checkpoint(tmp_path / "ck", lite)
     (tmp_path / "ck" / "model.safetensors").write_bytes(b"garbage")

@@ -39,6 +39,7 @@ def load_model(spec: str | Path) -> DualEncoder:
     - an edge-gcl checkpoint folder (`edge_gcl.json` + `model.safetensors`)
     - a Hugging Face `CLIPModel` folder (`config.json` + `model.safetensors` / `pytorch_model.bin`)
     - an original TinyCLIP / open_clip `.pt` file
+    - a model config `.json` (the layout of `edge_gcl/configs/*.json`): a fresh model
     """
     from ..checkpoint import is_checkpoint, load_checkpoint
 
@@ -53,6 +54,11 @@ def load_model(spec: str | Path) -> DualEncoder:
 
             return load_hf_clip(path)
         raise ValueError(f"{path}: not a checkpoint folder (no edge_gcl.json, no Hugging Face CLIP config.json)")
+    if path.is_file() and path.suffix == ".json":
+        try:
+            return create_model(ModelConfig.from_dict(json.loads(path.read_text())))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a model config ({e})") from e
     if path.is_file():
         from .clip import load_open_clip_pt
 
