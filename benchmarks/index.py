@@ -21,7 +21,7 @@ noise, L2-normalised; queries come from the same distribution. Every method answ
 one query per call (the on-device case); the table gives the median and p90 per query.
 
 Memory: `rss_mb` is the resident memory a method added while building/loading (RSS after minus before;
-for the index: opening it and its first search, which decodes the stored vectors); `disk_mb` the SQLite
+for the index: opening it and its first search, which loads the stored vectors into memory); `disk_mb` the SQLite
 file. The floor: `bytes_scanned` (what an exact method reads per query, N x D x bytes per element; for the
 index `IndexStats.search_memory_bytes`, with `scan_dtype` its `search_dtype`) over the machine's memory
 bandwidth, measured here as the best of a large array copy (2 x bytes / time) and a large array read
@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+import edge_gcl.index  # noqa: F401  # loads SimSIMD before usearch (see edge_gcl/index/vectors.py)
 
 from .common import (
     RESULTS_DIR,

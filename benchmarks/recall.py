@@ -404,6 +404,24 @@ def default_recipe(meta_path: Path = DEFAULT_META):  # -> edge_gcl.train.TrainCo
                        split=f"{flickr / 'splits.json'}:train", batch_size=256, epochs=10.0, lr=3e-4)
 
 
+RUN_ONLY = ("out", "resume", "checkpoint_every", "workers", "cache_dir")  # train options that leave the model alone
+
+
+def same_recipe(record: Mapping[str, Any], cfg: Any) -> bool:
+    """Whether a finished run's "train" record is the run `cfg` asks for (paths compared resolved)."""
+    want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY}
+    have = {k: record.get(k) for k in want}
+
+    def norm(d: Mapping[str, Any]) -> dict[str, Any]:
+        paths = {"data": [str(Path(x).resolve()) for x in d["data"] or []],
+                 "images": [str(Path(x).resolve()) for x in d["images"] or []],
+                 "split": str(Path(d["split"].rpartition(":")[0]).resolve()) + ":" + d["split"].rpartition(":")[2]
+                 if d["split"] else None}
+        return {**d, **paths}
+
+    return norm(have) == norm(want)
+
+
 def run_losses(
     *,
     root: str | Path,
@@ -434,7 +452,7 @@ def run_losses(
             out = Path(train_out) / (f"{loss}-s{seed}" + (f"-{steps}steps" if steps else ""))
             cfg = dataclasses.replace(base, loss=loss, seed=seed, out=str(out), resume=True,
                                       **({"steps": steps} if steps else {}))
-            done = is_checkpoint(out) and read_meta(out).get("train", {}).get("loss") == loss
+            done = is_checkpoint(out) and same_recipe(read_meta(out).get("train", {}), cfg)
             t0 = time.perf_counter()
             if done:
                 log(f"{loss} seed {seed}: reusing {out}")

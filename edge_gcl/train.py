@@ -327,6 +327,8 @@ def train(cfg: TrainConfig) -> Path:
     n = len(pairs)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = cfg.steps or max(1, round(cfg.epochs * steps_per_epoch))
+    if cached:  # oneDNN's CPU conv backward is ~30% faster in NHWC; results agree to float rounding
+        model.visual.top.to(memory_format=torch.channels_last)
     loss_fn = create_loss(cfg.loss)
     optimizer = make_optimizer(model, cfg)
 
@@ -363,7 +365,8 @@ def train(cfg: TrainConfig) -> Path:
             idx = idx[shard]
             mask = torch.from_numpy(cache.masks[rows])  # (B, L)
             length = int(mask.sum(1).max())  # trim padding columns: the top layers never see them
-            image_features = model.visual.top(torch.from_numpy(cache.images[idx, view]).float())
+            stems = torch.from_numpy(cache.images[idx, view]).float().contiguous(memory_format=torch.channels_last)
+            image_features = model.visual.top(stems)
             text_features = model.text.top(torch.from_numpy(cache.hidden[rows, :length]).float(), mask[:, :length])
         else:
             pixels, ids, mask = next(loader)

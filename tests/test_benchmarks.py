@@ -26,7 +26,7 @@ from benchmarks.common import (
     time_call,
 )
 from benchmarks.latency import aihub_rows, encode_calls
-from benchmarks.recall import loss_summary, mean_std, recall_rows, task_label
+from benchmarks.recall import loss_summary, mean_std, recall_rows, same_recipe, task_label
 from benchmarks.report import END, START, render, rewrite_section, update_readme
 
 # ----------------------------------------------------------------------------- timing
@@ -256,6 +256,23 @@ def test_task_label_and_loss_summary():
     assert rows[("cl", "local")]["std"] == 0.0 and rows[("cl", "local")]["summary"] == "50.00 ± 0.00"
 
 
+def test_same_recipe_reuses_only_a_run_of_the_asked_recipe(tmp_path: Path, monkeypatch):
+    """The losses mode reuses a finished run only when its recorded recipe is the one asked for."""
+    import dataclasses
+
+    from edge_gcl.train import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(data=[str(tmp_path / "d" / "captions.txt")], split=f"{tmp_path / 'd' / 'splits.json'}:train",
+                      loss="cl", seed=1, out="runs/x")
+    record = dataclasses.asdict(dataclasses.replace(cfg, out="elsewhere", workers=7))
+    record.update(data=["d/captions.txt"], split="d/splits.json:train")  # relative paths, same files
+    assert same_recipe(record, cfg)
+    for change in ({"loss": "gcl"}, {"seed": 2}, {"lr": 1e-3}, {"steps": 10}, {"split": "d/splits.json:dev"}):
+        assert not same_recipe({**record, **change}, cfg), change
+    assert not same_recipe({"loss": "cl"}, cfg)  # an old record without the recipe
+
+
 # ----------------------------------------------------------------------------- latency pieces
 
 
@@ -337,7 +354,7 @@ def test_index_approximate_recall_is_computed(small_bench: bindex.IndexBench):
     int8 = next(r for r in small_bench.rows if (r["method"], r["dtype"]) == ("faiss-sq", "int8"))
     assert int8["bytes_scanned"] == 2000 * 32  # one byte per element
     ours = next(r for r in small_bench.rows if (r["method"], r["dtype"]) == ("index-exact", "int8"))
-    assert (ours["bytes_scanned"], ours["scan_dtype"]) == (2000 * 32 * 4, "float32")  # scanned as float32
+    assert (ours["bytes_scanned"], ours["scan_dtype"]) == (2000 * 32, "int8")  # scanned as stored
     assert {r["method"] for r in small_bench.rows} == set(bindex.METHODS)
     assert not any(r["method"] == "index-approx" and r["dtype"] == "int8" for r in small_bench.rows)
 

@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -371,15 +372,66 @@ def test_vector_queries_are_checked_and_named(index: Index, embedder: FakeEmbedd
 
 @pytest.mark.parametrize("dtype", ["float16", "int8", "float32"])
 def test_stats_say_what_the_exact_scan_reads(tmp_path: Path, embedder: FakeEmbedder, dtype: str) -> None:
+    itemsize = {"float16": 2, "int8": 1, "float32": 4}[dtype]
     with Index.open(tmp_path / "idx", model=embedder, dtype=dtype) as index:  # type: ignore[arg-type]
-        assert (index.stats().search_dtype, index.stats().search_memory_bytes) == ("float32", 0)
+        assert (index.stats().search_dtype, index.stats().search_memory_bytes) == (dtype, 0)
         index.add_notes(["milk eggs bread", "hotel in lisbon", "a long note " * 20])
         index.search(text="lisbon", k=1)  # loads the scan matrix
         stats = index.stats()
         assert stats.dtype == dtype and stats.vectors > 3  # the long note has several chunks
-        assert stats.search_memory_bytes == stats.vectors * 32 * 4 == index._vectors.matrix.nbytes
+        assert stats.search_memory_bytes == stats.vectors * 32 * itemsize == index._vectors.matrix.nbytes
         assert str(index._vectors.matrix.dtype) == stats.search_dtype
         assert stats.to_dict()["search_memory_bytes"] == stats.search_memory_bytes
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [("float16", 2e-3), ("int8", 2e-2), ("float32", 1e-6)])
+def test_scan_in_the_stored_dtype_matches_float_scores(tmp_path: Path, dtype: str, atol: float) -> None:
+    """The exact scan reads float16 / int8 as stored (SimSIMD): its scores are the float32 products with
+    the stored values up to the query's own rounding (float16; int8 with one scale), and it ranks the
+    items as those float32 scores do; a filtered scan (`rows`) agrees with the full one."""
+    rng = np.random.default_rng(1)
+    words = ["milk", "eggs", "hotel", "lisbon", "beach", "dog", "train", "ticket", "birthday", "cake"]
+    notes = [" ".join(rng.choice(words, 4)) + f" {i}" for i in range(200)]
+    with Index.open(tmp_path / "idx", model=FakeEmbedder(dim=64), dtype=dtype) as index:  # type: ignore[arg-type]
+        index.add_notes(notes)
+        index.search(text="dog", k=1)  # loads the scan matrix
+        vectors = index._vectors
+        warnings.simplefilter("error")  # the SimSIMD scan itself, not the float32 fallback (pytest restores)
+        assert vectors.matrix.dtype == np.dtype(dtype) and len(vectors) == 200
+        every = np.arange(len(vectors))
+        for query in rng.standard_normal((5, 64)).astype(np.float32):
+            query /= np.linalg.norm(query)
+            got, want = vectors.scores(query), vectors.decoded(every) @ query
+            assert got.dtype == np.float32 and got.shape == (200,)
+            np.testing.assert_allclose(got, want, atol=atol)
+            assert len(set(np.argsort(-got)[:10]) & set(np.argsort(-want)[:10])) >= 9
+            rows = every[::7]
+            np.testing.assert_allclose(vectors.scores(query, rows), got[rows], rtol=1e-6, atol=1e-7)
+
+
+def test_scan_survives_usearch_imported_first(tmp_path: Path) -> None:
+    """usearch carries SimSIMD's symbols: a SimSIMD loaded after it rejects arrays. The scan then warns
+    and decodes to float32, with the same scores (a fresh interpreter, usearch imported first)."""
+    import subprocess
+    import sys
+
+    script = """
+import warnings, numpy as np, usearch.index
+from edge_gcl.index.vectors import VectorMatrix
+vm = VectorMatrix.__new__(VectorMatrix)
+rng = np.random.default_rng(0)
+vm.matrix = rng.integers(-127, 128, (50, 16)).astype(np.int8)
+vm.scales = rng.random(50).astype(np.float32) / 127
+q = rng.standard_normal(16).astype(np.float32)
+q /= np.linalg.norm(q)
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    got = vm.scores(q)
+want = (vm.matrix.astype(np.float32) * vm.scales[:, None]) @ q
+print(len(w), w[0].category.__name__ if w else "", float(np.abs(got - want).max()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == ["1", "RuntimeWarning"] and float(out[2]) < 1e-5
 
 
 def test_vector_query_after_another_process_reindexed(tmp_path: Path, embedder: FakeEmbedder) -> None:

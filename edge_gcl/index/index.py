@@ -39,13 +39,13 @@ from .sources import (
     stat_photo,
 )
 from .store import MODALITIES, Item, Modality, ModelMismatchError, Store, StoreInfo, VectorDType, dump_meta
-from .vectors import SEARCH_DTYPE, ApproximateIndex, VectorMatrix, scan_bytes
+from .vectors import ApproximateIndex, VectorMatrix, scan_bytes
 
 INDEX_FILE = "index.sqlite"
 APPROXIMATE_FILE = "index.usearch"
 # Above this many stored vectors, search() uses the usearch HNSW unless told otherwise; below it
-# exact search is one (V, D) @ (D,) product over the in-memory float32 matrix (V x D x 4 bytes:
-# 100 MB and a few ms per query at 100k x 256 on a phone core; why float32: vectors.py).
+# exact search is one scan of the in-memory (V, D) matrix in the stored dtype (V x D x 1, 2 or 4
+# bytes: 25-100 MB and a few ms per query at 100k x 256; see vectors.py).
 APPROXIMATE_MIN_VECTORS = 100_000
 
 
@@ -102,7 +102,7 @@ class IngestReport:
 @dataclass(frozen=True)
 class IndexStats:
     """What `Index.stats()` reports; `dtype` is how vectors are stored, `search_dtype` what the exact
-    scan reads (float32 for every stored dtype: see `vectors.py`)."""
+    scan reads (the stored dtype: see `vectors.py`)."""
 
     path: str
     items: int
@@ -280,8 +280,8 @@ class Index:
             format_version=info.format_version,
             created=info.created,
             size_bytes=size,
-            search_dtype=SEARCH_DTYPE.name,
-            search_memory_bytes=scan_bytes(vectors, info.embed_dim),
+            search_dtype=info.dtype,
+            search_memory_bytes=scan_bytes(vectors, info.embed_dim, info.dtype),
         )
 
     # --- adding ----------------------------------------------------------------------------

@@ -270,17 +270,6 @@ class Store:
         data = x.astype(_NUMPY[self.info.dtype])
         return [(row.tobytes(), None) for row in data]
 
-    def decode(self, blobs: Sequence[bytes], scales: Sequence[float | None]) -> np.ndarray:
-        """Blobs -> (n, D) float32."""
-        assert self.info is not None
-        d = self.info.embed_dim
-        if not blobs:
-            return np.zeros((0, d), np.float32)
-        x = np.frombuffer(b"".join(blobs), _NUMPY[self.info.dtype]).reshape(len(blobs), d).astype(np.float32)
-        if self.info.dtype == "int8":
-            x *= np.asarray(scales, np.float32)[:, None]
-        return x
-
     def set_vectors(
         self,
         conn: sqlite3.Connection,
@@ -354,14 +343,21 @@ class Store:
 
     # --- reading the vectors for the in-memory matrix ---------------------------------------
 
-    def vectors_after(self, conn: sqlite3.Connection, vid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """vids > vid: (vids (n,), item keys (n,), vectors (n, D) float32), in vid order."""
+    def vectors_after(
+        self, conn: sqlite3.Connection, vid: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """vids > vid, in vid order: (vids (n,), item keys (n,), vectors (n, D) as stored (float16 / int8 /
+        float32), scales (n,) float32: value = stored * scale, 1 unless int8)."""
+        assert self.info is not None
         rows = conn.execute(
             "SELECT vid, item, vector, scale FROM embeddings WHERE vid > ? ORDER BY vid", (vid,)
         ).fetchall()
-        vids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        items = np.fromiter((r[1] for r in rows), np.int64, len(rows))
-        return vids, items, self.decode([r[2] for r in rows], [r[3] for r in rows])
+        n, d = len(rows), self.info.embed_dim
+        vids = np.fromiter((r[0] for r in rows), np.int64, n)
+        items = np.fromiter((r[1] for r in rows), np.int64, n)
+        stored = np.frombuffer(b"".join(r[2] for r in rows), _NUMPY[self.info.dtype]).reshape(n, d)
+        scales = np.fromiter((1.0 if r[3] is None else r[3] for r in rows), np.float32, n)
+        return vids, items, stored, scales
 
     def filter_keys(self, modalities: Sequence[str] | None, where: Mapping[str, Any] | None) -> np.ndarray:
         """Item keys that pass a modality and metadata filter (see `Index.search`)."""

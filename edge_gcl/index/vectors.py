@@ -1,4 +1,4 @@
-"""Search over the stored vectors: an in-memory float32 matrix (exact) and a usearch HNSW (approximate).
+"""Search over the stored vectors: an in-memory matrix (exact) and a usearch HNSW (approximate).
 
 Neither is a source of truth. `VectorMatrix` mirrors the `embeddings` table and catches up
 incrementally whenever SQLite says something changed (`PRAGMA data_version` + this connection's
@@ -7,17 +7,19 @@ vid" plus "old vids that are gone" is the whole difference. `ApproximateIndex` m
 matrix the same way and keeps a file beside the database; a stale, foreign or broken file is
 patched or rebuilt from the matrix.
 
-The exact scan reads float32 (`SEARCH_DTYPE`), whatever the stored dtype. Every stored vector
-(float16, int8 + scale, float32) is decoded once into the float32 matrix and a query is one BLAS
-matrix-vector product over it: 4 x V x D bytes resident and read per query (100 MB at 100k x
-256), twice the stored float16 vectors and four times the int8 ones. Scanning the stored type
-would read 2 or 1 bytes per element, but numpy has no BLAS kernel for either:
-`float16 @ float16` is a scalar loop converting every element, and `int8 @ float32` first casts
-the whole matrix (a 4 x V x D temporary per query). A stored-width scan needs a blockwise decode or its
-own kernel (faiss's scalar-quantizer scan) and has to beat the float32 product on a phone core
-before it earns that code; it has not been measured yet. `IndexStats.search_dtype` and
-`search_memory_bytes` (from `scan_bytes`) report what the scan reads, so `benchmarks.index`
-takes its bandwidth floor from them and follows a change here on its own.
+The exact scan reads the vectors as stored: float32 (4 bytes per element), float16 (2) or int8 (1,
+with a per-vector scale), so an exact search moves V x D x that many bytes and a smaller type is a
+faster search, not only a smaller file. numpy has BLAS only for float32 (`float16 @ float16` is a
+scalar loop, `int8 @ float32` casts the whole matrix first), so float32 is one BLAS product and the
+others go through SimSIMD's `cdist` (the SIMD kernels usearch itself uses): float16 dot products
+with float32 accumulation, and for int8 the query quantized to int8 (one scale, like the rows) with
+int32 accumulation, then each row's scale. `benchmarks.index` measures each against the
+memory-bandwidth floor of its own type, through `IndexStats.search_dtype` / `search_memory_bytes`.
+
+Import order matters: usearch's extension carries its own copy of SimSIMD's symbols, and a SimSIMD
+imported after usearch rejects every array ("Input tensors must have matching datatypes"). This
+module imports SimSIMD at load time and usearch only when an approximate index is used; if a program
+imported usearch first anyway, the scan warns once and decodes to float32 instead (right, slower).
 """
 
 from __future__ import annotations
@@ -26,20 +28,33 @@ import json
 import os
 from pathlib import Path
 
+import warnings
+
 import numpy as np
+import simsimd  # before usearch: see the module docstring
 
 from .store import Store
 
-SEARCH_DTYPE = np.dtype(np.float32)  # what the exact scan reads (see the module docstring)
+THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def scan_bytes(vectors: int, dim: int) -> int:
-    """Bytes an unfiltered exact search reads per query over `vectors` stored vectors of `dim` dims."""
-    return vectors * dim * SEARCH_DTYPE.itemsize
+def scan_bytes(vectors: int, dim: int, dtype: str) -> int:
+    """Bytes an unfiltered exact search reads per query over `vectors` stored `dtype` vectors of `dim` dims."""
+    return vectors * dim * np.dtype(dtype).itemsize
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 class VectorMatrix:
-    """Every stored vector decoded to `SEARCH_DTYPE`: `vids` (V,) ascending, `items` (V,), `matrix` (V, D)."""
+    """Every stored vector: `vids` (V,) ascending, `items` (V,), `matrix` (V, D) in the stored dtype,
+    `scales` (V,) float32 (value = matrix row x scale; 1 unless int8)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -47,12 +62,13 @@ class VectorMatrix:
         self.db_uuid: str | None = None
         self._token: tuple[int, int] | None = None
         self._groups: tuple[np.ndarray, np.ndarray] | None = None
-        self._reset(store.info.embed_dim if store.info else 0)
+        self._reset(store.info.embed_dim if store.info else 0, store.info.dtype if store.info else "float32")
 
-    def _reset(self, dim: int) -> None:
+    def _reset(self, dim: int, dtype: str) -> None:
         self.vids = np.zeros(0, np.int64)
         self.items = np.zeros(0, np.int64)
-        self.matrix = np.zeros((0, dim), SEARCH_DTYPE)
+        self.matrix = np.zeros((0, dim), dtype)
+        self.scales = np.zeros(0, np.float32)
 
     def __len__(self) -> int:
         return len(self.vids)
@@ -67,7 +83,7 @@ class VectorMatrix:
             db_uuid = conn.execute("SELECT value FROM meta WHERE key = 'db_uuid'").fetchone()[0]
             if db_uuid != self.db_uuid:
                 self.store.info = self.store.read_info()
-                self._reset(self.store.info.embed_dim)
+                self._reset(self.store.info.embed_dim, self.store.info.dtype)
                 self.db_uuid = db_uuid
             changed = False
             last = int(self.vids[-1]) if len(self.vids) else 0
@@ -78,13 +94,15 @@ class VectorMatrix:
                     np.int64,
                 )
                 keep = np.isin(self.vids, alive, assume_unique=True)
-                self.vids, self.items, self.matrix = self.vids[keep], self.items[keep], self.matrix[keep]
+                self.vids, self.items = self.vids[keep], self.items[keep]
+                self.matrix, self.scales = self.matrix[keep], self.scales[keep]
                 changed = True
-            vids, items, vectors = self.store.vectors_after(conn, last)
+            vids, items, vectors, scales = self.store.vectors_after(conn, last)
             if len(vids):
                 self.vids = np.concatenate([self.vids, vids])
                 self.items = np.concatenate([self.items, items])
-                self.matrix = np.concatenate([self.matrix, vectors.astype(SEARCH_DTYPE, copy=False)])
+                self.matrix = np.concatenate([self.matrix, vectors])
+                self.scales = np.concatenate([self.scales, scales])
                 changed = True
         self._token = token
         if changed:
@@ -93,10 +111,33 @@ class VectorMatrix:
         return changed
 
     def scores(self, query: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """Inner products of a unit `query` (D,) float32 with every row, or with `rows`: (V,) or (R,).
+        """Inner products of a unit `query` (D,) float32 with every row, or with `rows`: (V,) or (R,) float32.
         The exact scan and the re-scoring of approximate candidates both go through here."""
         matrix = self.matrix if rows is None else self.matrix[rows]
-        return matrix @ query
+        if matrix.dtype == np.float32 or not len(matrix):
+            return (matrix @ query).astype(np.float32, copy=False)
+        try:
+            return self._simsimd_scores(query, matrix, rows)
+        except TypeError as e:  # usearch was imported before SimSIMD (module docstring)
+            _warn_once(f"SimSIMD scan unavailable ({e}); exact search decodes to float32 (import "
+                       "edge_gcl.index before usearch to get the fast scan)")
+            scales = self.scales if rows is None else self.scales[rows]
+            return (matrix.astype(np.float32) @ query) * scales
+
+    def _simsimd_scores(self, query: np.ndarray, matrix: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        if matrix.dtype == np.int8:
+            q_scale = max(float(np.abs(query).max()), 1e-12) / 127.0
+            q = np.clip(np.rint(query / q_scale), -127, 127).astype(np.int8)
+            dots = simsimd.cdist(q[None], matrix, metric="dot", dtype="int8", out_dtype="float32", threads=THREADS)
+            scales = self.scales if rows is None else self.scales[rows]
+            return np.asarray(dots)[0] * (scales * np.float32(q_scale))
+        dots = simsimd.cdist(query.astype(np.float16)[None], matrix, metric="dot", dtype="float16",
+                             out_dtype="float32", threads=THREADS)
+        return np.asarray(dots)[0]
+
+    def decoded(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of `rows` as float32 values: (R, D)."""
+        return self.matrix[rows].astype(np.float32) * self.scales[rows, None]
 
     def groups(self) -> tuple[np.ndarray, np.ndarray]:
         """(item keys (G,) sorted, row -> group index (V,)): an item's chunks share a group."""
@@ -137,7 +178,7 @@ class ApproximateIndex:
         if len(gone):
             self._index.remove(gone.astype(np.uint64))
         if len(new):
-            self._index.add(new.astype(np.uint64), vectors.matrix[vectors.rows_of(new)])
+            self._index.add(new.astype(np.uint64), vectors.decoded(vectors.rows_of(new)))
         self.dirty = self.dirty or bool(len(gone) or len(new))
         self._version = vectors.version
 
