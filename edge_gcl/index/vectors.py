@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import numpy as np
 import simsimd  # before usearch: see the module docstring
