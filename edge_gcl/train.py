@@ -114,7 +114,7 @@ class StemCache:
     @classmethod
     def build(cls, model: DualEncoder, pairs: Pairs, cfg: TrainConfig) -> tuple[StemCache, Pairs]:
         key = _cache_key(model, pairs, cfg)
-        folder = Path(cfg.cache_dir) / key
+        folder = Path(cfg.cache_dir).expanduser() / key
         if (folder / "done").exists():
             print(f"stem cache: {folder}")
             z = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("images", "hidden", "masks", "keep")}
