@@ -683,26 +683,27 @@ class Index:
     def _search_exact(
         self, query: np.ndarray, k: int, mask: np.ndarray | None
     ) -> list[tuple[int, float, int]]:
-        vectors = self._vectors
-        rows = np.flatnonzero(mask) if mask is not None else np.arange(len(vectors))
-        if not len(rows):
+        rows = np.flatnonzero(mask) if mask is not None else None  # None: every row
+        n = len(rows) if rows is not None else len(self._vectors)
+        if not n:
             return []
-        scores = vectors.scores(query, rows if mask is not None else None)  # (R,)
+        scores = self._vectors.scores(query, rows)  # (n,)
         # the best few hundred rows hold the k best items unless items have very many chunks
-        top = min(len(rows), max(4 * k, 256))
+        top = min(n, max(4 * k, 256))
         while True:
-            part = np.argpartition(-scores, top - 1)[:top] if top < len(rows) else np.arange(len(rows))
-            ranked = self._rank(rows[part], scores[part], k)
-            if len(ranked) >= k or top >= len(rows):
+            part = np.argpartition(scores, n - top)[n - top :] if top < n else np.arange(n)
+            ranked = self._rank(rows[part] if rows is not None else part, scores[part], k)
+            if len(ranked) >= k or top >= n:
                 return ranked
-            top = min(len(rows), top * 8)
+            top = min(n, top * 8)
 
     def _search_approximate(
         self, query: np.ndarray, k: int, mask: np.ndarray | None
     ) -> list[tuple[int, float, int]]:
         vectors = self._vectors
         self._approximate.sync(vectors)
-        count = min(len(vectors), max(10 * k, 100))  # candidates re-scored exactly: recall ~0.99
+        # candidates re-scored exactly; HNSW's own beam (usearch's expansion_search, 64) stays the cost
+        count = min(len(vectors), max(4 * k, 40))
         while True:
             rows = vectors.rows_of(self._approximate.search(query, count))
             if mask is not None:

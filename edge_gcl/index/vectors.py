@@ -35,6 +35,7 @@ import simsimd  # before usearch: see the module docstring
 from .store import Store
 
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+PARALLEL_MIN_ELEMENTS = 1 << 22  # smaller scans (e.g. re-scoring candidates) run on one thread: no start-up cost
 
 
 def scan_bytes(vectors: int, dim: int, dtype: str) -> int:
@@ -124,14 +125,15 @@ class VectorMatrix:
             return (matrix.astype(np.float32) @ query) * scales
 
     def _simsimd_scores(self, query: np.ndarray, matrix: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        threads = THREADS if matrix.size >= PARALLEL_MIN_ELEMENTS else 1
         if matrix.dtype == np.int8:
             q_scale = max(float(np.abs(query).max()), 1e-12) / 127.0
             q = np.clip(np.rint(query / q_scale), -127, 127).astype(np.int8)
-            dots = simsimd.cdist(q[None], matrix, metric="dot", dtype="int8", out_dtype="float32", threads=THREADS)
+            dots = simsimd.cdist(q[None], matrix, metric="dot", dtype="int8", out_dtype="float32", threads=threads)
             scales = self.scales if rows is None else self.scales[rows]
             return np.asarray(dots)[0] * (scales * np.float32(q_scale))
         dots = simsimd.cdist(query.astype(np.float16)[None], matrix, metric="dot", dtype="float16",
-                             out_dtype="float32", threads=THREADS)
+                             out_dtype="float32", threads=threads)
         return np.asarray(dots)[0]
 
     def decoded(self, rows: np.ndarray) -> np.ndarray:
