@@ -149,7 +149,7 @@ def _cache_key(model: DualEncoder, pairs: Pairs, cfg: TrainConfig) -> str:
         h.update(name.encode())
         h.update(t.detach().float().numpy().tobytes()[:4096])
     h.update(json.dumps([dataclasses.asdict(model.config.image), dataclasses.asdict(model.config.text)]).encode())
-    h.update(json.dumps([[str(p), c] for p, c in zip(pairs.images, pairs.captions, strict=True)]).encode())
+    h.update(json.dumps([[str(Path(p).resolve()), c] for p, c in zip(pairs.images, pairs.captions, strict=True)]).encode())
     h.update(f"views={cfg.image_views},seed=0".encode())
     return h.hexdigest()[:16]
 

@@ -61,6 +61,18 @@ def test_train_skips_bad_rows_and_resumes_exactly(data, tmp_path, capsys):
     assert not torch.allclose(w, fresh.visual.top.proj.weight)  # training changed the heads
 
 
+def test_stem_cache_is_found_whatever_the_path_spelling(data, tmp_path, monkeypatch, capsys):
+    """`~` in --cache-dir expands, and the same photos named by a relative path reuse the cache."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    common = ["train", "--batch-size", "8", "--steps", "1", "--image-views", "1", "--cache-dir", "~/cache"]
+    assert main([*common, "--data", str(data / "captions.txt"), "--out", str(tmp_path / "a")]) == 0
+    monkeypatch.chdir(data.parent)
+    capsys.readouterr()
+    assert main([*common, "--data", f"{data.name}/captions.txt", "--out", str(tmp_path / "b")]) == 0
+    assert "stem cache: " in capsys.readouterr().out  # reused, not rebuilt
+    assert len(list((tmp_path / "cache").iterdir())) == 1 and not (data.parent / "~").exists()
+
+
 def test_batches_hold_distinct_photos_and_cover_an_epoch():
     seen = np.concatenate([batch_indices(50, 8, seed=1, step=s) for s in range(6)])
     assert len(set(seen.tolist())) == len(seen) == 48
