@@ -667,18 +667,8 @@ class Index:
         order = np.lexsort((-scores, keys))  # by item, best row first
         first = order[np.r_[True, keys[order][1:] != keys[order][:-1]]]  # best row of each item
         best = first[np.lexsort((keys[first], -scores[first]))][:k]
-        chunk = self._chunk_numbers(rows[best])
-        return [(int(keys[i]), float(scores[i]), c) for i, c in zip(best, chunk, strict=True)]
-
-    def _chunk_numbers(self, rows: np.ndarray) -> list[int]:
-        if not len(rows):
-            return []
-        vids = [int(v) for v in self._vectors.vids[rows]]
-        marks = ",".join("?" * len(vids))
-        found = dict(
-            self.store.conn.execute(f"SELECT vid, chunk FROM embeddings WHERE vid IN ({marks})", vids)
-        )
-        return [int(found.get(v, 0)) for v in vids]
+        chunks = self._vectors.chunks[rows[best]]
+        return [(int(keys[i]), float(scores[i]), int(c)) for i, c in zip(best, chunks, strict=True)]
 
     def _search_exact(
         self, query: np.ndarray, k: int, mask: np.ndarray | None

@@ -345,19 +345,20 @@ class Store:
 
     def vectors_after(
         self, conn: sqlite3.Connection, vid: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """vids > vid, in vid order: (vids (n,), item keys (n,), vectors (n, D) as stored (float16 / int8 /
-        float32), scales (n,) float32: value = stored * scale, 1 unless int8)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """vids > vid, in vid order: (vids (n,), item keys (n,), chunk numbers (n,), vectors (n, D) as
+        stored (float16 / int8 / float32), scales (n,) float32: value = stored * scale, 1 unless int8)."""
         assert self.info is not None
         rows = conn.execute(
-            "SELECT vid, item, vector, scale FROM embeddings WHERE vid > ? ORDER BY vid", (vid,)
+            "SELECT vid, item, chunk, vector, scale FROM embeddings WHERE vid > ? ORDER BY vid", (vid,)
         ).fetchall()
         n, d = len(rows), self.info.embed_dim
         vids = np.fromiter((r[0] for r in rows), np.int64, n)
         items = np.fromiter((r[1] for r in rows), np.int64, n)
-        stored = np.frombuffer(b"".join(r[2] for r in rows), _NUMPY[self.info.dtype]).reshape(n, d)
-        scales = np.fromiter((1.0 if r[3] is None else r[3] for r in rows), np.float32, n)
-        return vids, items, stored, scales
+        chunks = np.fromiter((r[2] for r in rows), np.int32, n)
+        stored = np.frombuffer(b"".join(r[3] for r in rows), _NUMPY[self.info.dtype]).reshape(n, d)
+        scales = np.fromiter((1.0 if r[4] is None else r[4] for r in rows), np.float32, n)
+        return vids, items, chunks, stored, scales
 
     def filter_keys(self, modalities: Sequence[str] | None, where: Mapping[str, Any] | None) -> np.ndarray:
         """Item keys that pass a modality and metadata filter (see `Index.search`)."""

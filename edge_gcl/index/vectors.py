@@ -53,8 +53,8 @@ def _warn_once(message: str) -> None:
 
 
 class VectorMatrix:
-    """Every stored vector: `vids` (V,) ascending, `items` (V,), `matrix` (V, D) in the stored dtype,
-    `scales` (V,) float32 (value = matrix row x scale; 1 unless int8)."""
+    """Every stored vector: `vids` (V,) ascending, `items` (V,), `chunks` (V,) (which chunk of its item),
+    `matrix` (V, D) in the stored dtype, `scales` (V,) float32 (value = matrix row x scale; 1 unless int8)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -67,6 +67,7 @@ class VectorMatrix:
     def _reset(self, dim: int, dtype: str) -> None:
         self.vids = np.zeros(0, np.int64)
         self.items = np.zeros(0, np.int64)
+        self.chunks = np.zeros(0, np.int32)
         self.matrix = np.zeros((0, dim), dtype)
         self.scales = np.zeros(0, np.float32)
 
@@ -94,13 +95,14 @@ class VectorMatrix:
                     np.int64,
                 )
                 keep = np.isin(self.vids, alive, assume_unique=True)
-                self.vids, self.items = self.vids[keep], self.items[keep]
+                self.vids, self.items, self.chunks = self.vids[keep], self.items[keep], self.chunks[keep]
                 self.matrix, self.scales = self.matrix[keep], self.scales[keep]
                 changed = True
-            vids, items, vectors, scales = self.store.vectors_after(conn, last)
+            vids, items, chunks, vectors, scales = self.store.vectors_after(conn, last)
             if len(vids):
                 self.vids = np.concatenate([self.vids, vids])
                 self.items = np.concatenate([self.items, items])
+                self.chunks = np.concatenate([self.chunks, chunks])
                 self.matrix = np.concatenate([self.matrix, vectors])
                 self.scales = np.concatenate([self.scales, scales])
                 changed = True
