@@ -92,20 +92,36 @@ def recall_markdown(doc: Mapping[str, Any]) -> str:
 
 
 def losses_markdown(doc: Mapping[str, Any]) -> str:
-    rows = doc["rows"]
-    settings = list(dict.fromkeys(r["setting"] for r in rows))
-    table = []
-    for loss in dict.fromkeys(r["loss"] for r in rows):
+    """Average R@1 and R@5 per loss and setting (mean ± std over seeds), then GCL's per-seed lead over CL."""
+    from .recall import loss_summary
+
+    runs = doc["runs"]
+    summaries = {m: loss_summary(runs, metric=m) for m in ("recall@1", "recall@5")}
+    settings = list(dict.fromkeys(r["setting"] for r in summaries["recall@5"]))
+    table, cols = [], [Col("loss")]
+    for s in settings:
+        cols += [Col(f"{s} R@1"), Col(f"{s} R@5")]
+    for loss in dict.fromkeys(r["loss"] for r in runs):
         line: dict[str, Any] = {"loss": loss}
-        for s in settings:
-            r = next(r for r in rows if (r["loss"], r["setting"]) == (loss, s))
-            line[s] = f"{r['mean']:.2f} ± {r['std']:.2f}"
-            line["seeds"] = ",".join(map(str, r["seeds"]))
+        for metric, rows in summaries.items():
+            for r in rows:
+                if r["loss"] == loss:
+                    line[f"{r['setting']} R@{metric.split('@')[1]}"] = r["summary"]
+                    line["seeds"] = ",".join(map(str, r["seeds"]))
         table.append(line)
     steps = doc["config"].get("steps")
     budget = f"{steps} steps each" if steps else "the default recipe's budget each"
-    return "\n".join([f"Average M-BEIR Recall@5 (%), mean ± std over seeds; one model per loss and seed, {budget}.",
-                      "", markdown_table(table, [Col("loss")] + [Col(s) for s in settings] + [Col("seeds")])])
+    parts = [f"Average M-BEIR Recall@1 / Recall@5 (%), mean ± std over seeds; one model per loss and seed, {budget}.",
+             "", markdown_table(table, [*cols, Col("seeds")])]
+    by = {(r["loss"], r["seed"]): r["results"]["average"] for r in runs}
+    paired = sorted(seed for loss, seed in by if loss == "gcl" and ("cl", seed) in by)
+    if paired and "global" in settings:
+        leads = ", ".join(
+            f"seed {seed}: {by[('gcl', seed)]['global']['recall@1'] - by[('cl', seed)]['global']['recall@1']:+.2f} / "
+            f"{by[('gcl', seed)]['global']['recall@5'] - by[('cl', seed)]['global']['recall@5']:+.2f}"
+            for seed in paired)
+        parts += ["", f"GCL minus CL, global average R@1 / R@5 (points), same seed: {leads}."]
+    return "\n".join(parts)
 
 
 def latency_markdown(doc: Mapping[str, Any]) -> str:

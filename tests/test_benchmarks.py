@@ -27,7 +27,7 @@ from benchmarks.common import (
 )
 from benchmarks.latency import aihub_rows, encode_calls
 from benchmarks.recall import loss_summary, mean_std, recall_rows, same_recipe, task_label
-from benchmarks.report import END, START, render, rewrite_section, update_readme
+from benchmarks.report import END, START, losses_markdown, render, rewrite_section, update_readme
 
 # ----------------------------------------------------------------------------- timing
 
@@ -254,6 +254,15 @@ def test_task_label_and_loss_summary():
     assert rows[("gcl", "local")]["mean"] == pytest.approx(62.0) and rows[("gcl", "local")]["std"] == pytest.approx(2.0)
     assert rows[("gcl", "global")]["mean"] == pytest.approx(31.0) and rows[("gcl", "global")]["seeds"] == [0, 1, 2]
     assert rows[("cl", "local")]["std"] == 0.0 and rows[("cl", "local")]["summary"] == "50.00 ± 0.00"
+
+
+def test_losses_markdown_gives_both_recalls_and_the_paired_lead():
+    runs = [{"loss": "gcl", "seed": s, "results": _mbeir(80.0 + s, 90.0, 90.0 + 2 * s)} for s in (0, 1)]
+    runs += [{"loss": "cl", "seed": s, "results": _mbeir(78.0, 90.0, 86.0)} for s in (0, 1)]
+    text = losses_markdown({"runs": runs, "config": {"steps": None}})
+    assert "| gcl | 80.50 ± 0.71 | 91.00 ± 1.41 | 40.25 ± 0.35 | 45.50 ± 0.71 | 0,1 |" in text
+    assert "| cl | 78.00 ± 0.00 | 86.00 ± 0.00 | 39.00 ± 0.00 | 43.00 ± 0.00 | 0,1 |" in text
+    assert "seed 0: +1.00 / +2.00, seed 1: +1.50 / +3.00." in text
 
 
 def test_same_recipe_reuses_only_a_run_of_the_asked_recipe(tmp_path: Path, monkeypatch):
