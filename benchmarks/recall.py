@@ -494,25 +494,37 @@ def tables(doc: Mapping[str, Any]) -> str:
     return out
 
 
+def plot_losses(doc: Mapping[str, Any], path: str | Path) -> Path:
+    """Average R@1 and R@5 per loss and setting: every seed as a dot, the mean ± std as a square with whiskers."""
+    plt = pyplot()
+    runs = doc["runs"]
+    losses = list(dict.fromkeys(r["loss"] for r in runs))
+    settings = list(dict.fromkeys(s for r in runs for s in r["results"]["average"]))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, metric in zip(axes, ("recall@1", "recall@5"), strict=True):
+        rows = loss_summary(runs, metric=metric)
+        for j, loss in enumerate(losses):
+            x = np.arange(len(settings)) * (len(losses) + 1) + j
+            pts = [next(r for r in rows if (r["loss"], r["setting"]) == (loss, s)) for s in settings]
+            ax.errorbar(x, [p["mean"] for p in pts], yerr=[p["std"] for p in pts], fmt="s", capsize=5,
+                        color=f"C{j}", label=loss)
+            for xi, p in zip(x, pts, strict=True):
+                ax.plot([xi + 0.15] * len(p["values"]), p["values"], ".", color=f"C{j}", alpha=0.6)
+        ax.set_xticks(np.arange(len(settings)) * (len(losses) + 1) + (len(losses) - 1) / 2)
+        ax.set_xticklabels([f"{s} pool" for s in settings])
+        ax.set_ylabel(f"average {metric.replace('recall', 'Recall')} (%)")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("GCL vs CL vs pairwise on M-BEIR (dots: seeds; squares: mean ± std)")
+    return save_figure(fig, path)
+
+
 def plot(doc: Mapping[str, Any], path: str | Path) -> Path:
-    """Forms: Recall@5 per task, one panel per setting, a bar per form. Losses: mean +- std per loss."""
+    """Forms: Recall@5 per task, one panel per setting, a bar per form. Losses: see `plot_losses`."""
+    if doc["benchmark"] == "recall-losses":
+        return plot_losses(doc, path)
     plt = pyplot()
     rows = doc["rows"]
-    if doc["benchmark"] == "recall-losses":
-        losses = list(dict.fromkeys(r["loss"] for r in rows))
-        settings = list(dict.fromkeys(r["setting"] for r in rows))
-        fig, ax = plt.subplots(figsize=(6, 4))
-        width = 0.8 / max(1, len(losses))
-        for j, loss in enumerate(losses):
-            pts = [next(r for r in rows if (r["loss"], r["setting"]) == (loss, s)) for s in settings]
-            ax.bar(np.arange(len(settings)) + j * width, [p["mean"] for p in pts], width,
-                   yerr=[p["std"] for p in pts], capsize=4, label=loss)
-        ax.set_xticks(np.arange(len(settings)) + width * (len(losses) - 1) / 2)
-        ax.set_xticklabels(settings)
-        ax.set_ylabel("average Recall@5 (%)")
-        ax.set_title("M-BEIR average Recall@5, mean ± std over seeds")
-        ax.legend()
-        return save_figure(fig, path)
     metric = "recall@5" if rows and "recall@5" in rows[0] else next(k for k in rows[0] if k.startswith("recall@"))
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     forms = list(dict.fromkeys(r["form"] for r in rows))

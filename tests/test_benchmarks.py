@@ -256,13 +256,17 @@ def test_task_label_and_loss_summary():
     assert rows[("cl", "local")]["std"] == 0.0 and rows[("cl", "local")]["summary"] == "50.00 ± 0.00"
 
 
-def test_losses_markdown_gives_both_recalls_and_the_paired_lead():
+def test_losses_markdown_gives_both_recalls_and_the_paired_lead(tmp_path: Path):
     runs = [{"loss": "gcl", "seed": s, "results": _mbeir(80.0 + s, 90.0, 90.0 + 2 * s)} for s in (0, 1)]
     runs += [{"loss": "cl", "seed": s, "results": _mbeir(78.0, 90.0, 86.0)} for s in (0, 1)]
     text = losses_markdown({"runs": runs, "config": {"steps": None}})
     assert "| gcl | 80.50 ± 0.71 | 91.00 ± 1.41 | 40.25 ± 0.35 | 45.50 ± 0.71 | 0,1 |" in text
     assert "| cl | 78.00 ± 0.00 | 86.00 ± 0.00 | 39.00 ± 0.00 | 43.00 ± 0.00 | 0,1 |" in text
     assert "seed 0: +1.00 / +2.00, seed 1: +1.50 / +3.00." in text
+    from benchmarks.recall import plot
+
+    png = plot({"benchmark": "recall-losses", "runs": runs, "rows": []}, tmp_path / "losses.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_same_recipe_reuses_only_a_run_of_the_asked_recipe(tmp_path: Path, monkeypatch):
