@@ -446,15 +446,20 @@ def test_usearch_file_is_never_the_source_of_truth(tmp_path: Path) -> None:
     usearch_file = path / "index.usearch"
     assert usearch_file.exists()
 
-    def top(ix: Index, j: int) -> str:
-        return ix.search(text=f"v:{j}", k=1, approximate=True)[0].id
+    def check(ix: Index) -> None:
+        """The HNSW holds exactly SQLite's vectors and finds them (HNSW is approximate: a rate, not each one)."""
+        probes = [*range(10, 60), *range(1050, 1100)]
+        found = sum(ix.search(text=f"v:{j}", k=1, approximate=True)[0].id == note_id(f"v:{j}") for j in probes)
+        assert found >= 0.95 * len(probes)
+        keys = np.sort(np.asarray(ix._approximate._index.keys, np.int64))
+        assert np.array_equal(keys, ix._vectors.vids)
 
     # stale: another writer added and removed items after the file was saved -> patched, not rebuilt
     with Index.open(path, model=emb) as writer:  # type: ignore[arg-type]
         writer.add_notes([f"v:{i}" for i in range(1000, 1100)])
         writer.remove([note_id(f"v:{i}") for i in range(10)])
     with Index.open(path, model=emb) as ix:  # type: ignore[arg-type]
-        assert top(ix, 1050) == note_id("v:1050") and top(ix, 500) == note_id("v:500")
+        check(ix)
         assert all(h.id != note_id("v:3") for h in ix.search(text="v:3", k=20, approximate=True))
         assert ix._approximate.rebuilt == 0
     # broken, missing, or from another database -> rebuilt from SQLite
@@ -469,6 +474,6 @@ def test_usearch_file_is_never_the_source_of_truth(tmp_path: Path) -> None:
             sidecar = path / "index.usearch.json"
             sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "db_uuid": "someone-else"}))
         with Index.open(path, model=emb) as ix:  # type: ignore[arg-type]
-            assert top(ix, 1099) == note_id("v:1099"), damage
+            check(ix)
             assert ix._approximate.rebuilt == 1, damage
             ix._approximate.dirty = True  # write a good file for the next round
