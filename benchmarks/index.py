@@ -11,7 +11,7 @@ What runs, for every dimension, collection size N and vector dtype:
                    that dtype (float32 / float16 / int8 + per-vector scale): the whole public query path after
                    the encoder (query check, the scan, per-item ranking, the SQLite item lookups)
     index-approx   Index.search(vector=q, approximate=True): the project's usearch HNSW plus its exact re-scoring
-                   (for the dtypes in --approx-dtypes; the HNSW itself is always f16 in the project)
+                   (for the dtypes in --approx-dtypes; the HNSW itself is always i8 in the project)
     faiss-flat     faiss IndexFlatIP over the float32 vectors: the exact reference (and the ground truth)
     faiss-sq       faiss IndexScalarQuantizer (fp16 / 8-bit) for the float16 / int8 rows: a compressed scan
     usearch-hnsw   a plain usearch Index (metric ip, the row's dtype, default graph parameters), k results
@@ -25,7 +25,9 @@ for the index: opening it and its first search, which loads the stored vectors i
 file. The floor: `bytes_scanned` (what an exact method reads per query, N x D x bytes per element; for the
 index `IndexStats.search_memory_bytes`, with `scan_dtype` its `search_dtype`) over the machine's memory
 bandwidth, measured here as the best of a large array copy (2 x bytes / time) and a large array read
-(`max`); `x_floor` = median / floor, so 1.0 would be a scan at memory speed.
+(a sum), on one core and split over all cores like the scan; `x_floor` = median / floor, so 1.0 would
+be a scan at memory speed; `x_copy_floor` the same against the copy bandwidth alone (the looser floor
+that the 1.5x target was first stated against).
 `recall@10` is the overlap with faiss-flat's top 10 on the float32 vectors (quantization loss included);
 `same_top10` the share of queries whose ordered top 10 equals faiss-flat's exactly.
 """
@@ -34,10 +36,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,11 +116,16 @@ def same_order(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------- the floor
-def measure_bandwidth(*, size_mb: int = 256, runs: int = 5) -> dict[str, float]:
-    """Memory bandwidth in GB/s (1e9 bytes/s), best of `runs`: a copy (read + write bytes) and a read (max)."""
+def measure_bandwidth(*, size_mb: int = 256, runs: int = 5, threads: int | None = None) -> dict[str, float]:
+    """Memory bandwidth in GB/s (1e9 bytes/s), best of `runs`: a copy (read + write bytes) and a read (a sum),
+    each over the whole array split across `threads` cores (default: all usable ones, as the index's scan
+    runs) and on one core; the floor is the fastest of them."""
+    threads = threads or len(os.sched_getaffinity(0))
     n = size_mb * 2**20 // 4
     a = np.ones(n, np.float32)
     b = np.empty_like(a)
+    parts = np.array_split(np.arange(n), threads)
+    spans = [(int(p[0]), int(p[-1]) + 1) for p in parts if len(p)]
 
     def best(fn: Callable[[], object]) -> float:
         fn()
@@ -127,9 +136,15 @@ def measure_bandwidth(*, size_mb: int = 256, runs: int = 5) -> dict[str, float]:
             times.append(time.perf_counter() - t0)
         return min(times)
 
-    copy = 2 * a.nbytes / best(lambda: np.copyto(b, a)) / 1e9
-    read = a.nbytes / best(lambda: a.max()) / 1e9
-    return {"copy_gbps": copy, "read_gbps": read, "floor_gbps": max(copy, read), "size_mb": size_mb}
+    with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL in copies and reductions
+        def split(op: Callable[[int, int], object]) -> Callable[[], object]:
+            return lambda: list(pool.map(lambda span: op(*span), spans))
+
+        copy = 2 * a.nbytes / min(best(lambda: np.copyto(b, a)),
+                                  best(split(lambda i, j: np.copyto(b[i:j], a[i:j])))) / 1e9
+        read = a.nbytes / min(best(lambda: np.add.reduce(a)), best(split(lambda i, j: np.add.reduce(a[i:j])))) / 1e9
+    return {"copy_gbps": copy, "read_gbps": read, "floor_gbps": max(copy, read), "size_mb": size_mb,
+            "threads": threads}
 
 
 def floor_ms(bytes_scanned: float, gbps: float) -> float:
@@ -195,6 +210,7 @@ def _row(method: str, dim: int, n: int, dtype: str, timing: Timing, ids: np.ndar
     if scanned and row["exact"]:
         row["floor_ms"] = floor_ms(scanned, bench.bandwidth["floor_gbps"])
         row["x_floor"] = row["median_ms"] / row["floor_ms"]
+        row["x_copy_floor"] = row["median_ms"] / floor_ms(scanned, bench.bandwidth["copy_gbps"])
     bench.rows.append(row)
     return row
 
@@ -399,7 +415,7 @@ SEARCH_COLS = [
     Col("dim", "D"), Col("n", "N", ","), Col("dtype"), Col("method"),
     Col("median_ms", "median ms", ".3f"), Col("p90_ms", "p90 ms", ".3f"), Col("qps", "q/s", ",.0f"),
     Col("recall@10", "recall@10", ".3f"), Col("same_top10", "same top10", ".2f"),
-    Col("floor_ms", "floor ms", ".3f"), Col("x_floor", "x floor", ".1f"),
+    Col("floor_ms", "floor ms", ".3f"), Col("x_floor", "x floor", ".1f"), Col("x_copy_floor", "x copy", ".1f"),
     Col("rss_mb", "RSS MB", ".1f"), Col("disk_mb", "disk MB", ".1f"), Col("build_s", "build s", ".2f"),
 ]
 INGEST_COLS = [
@@ -415,7 +431,8 @@ PHOTO_COLS = [
 def tables(doc: dict[str, Any]) -> str:
     bw = doc.get("bandwidth", {})
     floor = (f"memory bandwidth: copy {bw['copy_gbps']:.1f} GB/s, read {bw['read_gbps']:.1f} GB/s; "
-             f"floor = bytes scanned / {bw['floor_gbps']:.1f} GB/s") if bw else ""
+             f"floor = bytes scanned / {bw['floor_gbps']:.1f} GB/s (the fastest); x copy: against the copy "
+             "bandwidth alone") if bw else ""
     parts = [format_table(doc["rows"], SEARCH_COLS, title="search, one query per call (recall vs faiss-flat float32)"),
              floor]
     if doc.get("ingest"):

@@ -167,16 +167,19 @@ def index_markdown(doc: Mapping[str, Any]) -> str:
                 if r["n"] == big:
                     line["recall"] = f"{r['recall@10']:.3f}"
                     line["floor"] = _fmt(r.get("x_floor"), ".1f")
+                    line["copy"] = _fmt(r.get("x_copy_floor"), ".1f")
                     line["rss"] = _fmt(r.get("rss_mb"), ".0f")
         table.append(line)
     cols = ([Col("D"), Col("dtype"), Col("method")] + [Col(f"n{n}", f"{n:,}") for n in sizes]
-            + [Col("recall", f"recall@10 @{big:,}"), Col("floor", f"x floor @{big:,}"), Col("rss", f"RSS MB @{big:,}")])
+            + [Col("recall", f"recall@10 @{big:,}"), Col("floor", f"x floor @{big:,}"),
+               Col("copy", f"x copy floor @{big:,}"), Col("rss", f"RSS MB @{big:,}")])
     bw = doc.get("bandwidth", {})
     parts = [
         "Search time per query (median ms, one query per call) vs collection size N. `index-*` is "
         "`edge_gcl.index.Index.search` (exact, or approximate with its usearch HNSW); recall@10 is against "
         "faiss `IndexFlatIP` on the float32 vectors; `x floor` is the median over the time to read the scanned "
-        "bytes at the measured memory bandwidth"
+        "bytes at the fastest measured memory bandwidth (a read or a copy, on all cores or one), `x copy floor` "
+        "the same at the copy bandwidth"
         + (f" (copy {bw['copy_gbps']:.1f} GB/s, read {bw['read_gbps']:.1f} GB/s)" if bw else "") + ".",
         "", markdown_table(table, cols)]
     for r in doc.get("photo_ingest", []):

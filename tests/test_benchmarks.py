@@ -354,6 +354,9 @@ def test_index_exact_search_equals_faiss_flat(small_bench: bindex.IndexBench):
     assert row["bytes_scanned"] == 2000 * 32 * 4 and row["scan_dtype"] == "float32"  # from IndexStats
     assert row["x_floor"] == pytest.approx(row["median_ms"] / bindex.floor_ms(row["bytes_scanned"],
                                                                               small_bench.bandwidth["floor_gbps"]))
+    assert row["x_copy_floor"] == pytest.approx(row["median_ms"] / bindex.floor_ms(row["bytes_scanned"],
+                                                                                   small_bench.bandwidth["copy_gbps"]))
+    assert row["x_copy_floor"] <= row["x_floor"]  # the copy bandwidth is never above the fastest
 
 
 def test_index_approximate_recall_is_computed(small_bench: bindex.IndexBench):

@@ -31,6 +31,7 @@ from test_index import FakeEmbedder, make_photo  # noqa: E402
 
 from edge_gcl.embedding import l2_normalize  # noqa: E402
 from edge_gcl.index import Index, note_id, photo_id  # noqa: E402
+from edge_gcl.index.vectors import top_rows  # noqa: E402
 from edge_gcl.tokenizer import check_text  # noqa: E402
 
 TESTS = Path(__file__).parent
@@ -477,3 +478,24 @@ def test_usearch_file_is_never_the_source_of_truth(tmp_path: Path) -> None:
             check(ix)
             assert ix._approximate.rebuilt == 1, damage
             ix._approximate.dirty = True  # write a good file for the next round
+
+
+@pytest.mark.parametrize("layout", ["random", "ascending", "descending", "ties", "small"])
+def test_top_rows_holds_every_row_as_high_as_the_top_th(layout: str) -> None:
+    """The exact search ranks only `top_rows`: at least `top` rows, every row scoring above the top-th
+    largest score among them, whatever the order (a strided sample can mislead) or the ties."""
+    rng = np.random.default_rng(1)
+    n = 300 if layout == "small" else 100_000
+    scores = rng.standard_normal(n).astype(np.float32)
+    if layout == "ascending":
+        scores.sort()
+    elif layout == "descending":
+        scores[::-1].sort()
+    elif layout == "ties":
+        scores = np.round(scores, 1)  # ~60 distinct values: thousands of rows tie at the threshold
+    for top in (1, 40, 256, 5000):
+        rows = top_rows(scores, top)
+        kth = np.sort(scores)[::-1][min(top, n) - 1]
+        assert len(rows) >= min(top, n) and len(np.unique(rows)) == len(rows)
+        assert set(np.flatnonzero(scores > kth)) <= set(rows.tolist())
+        assert np.sum(scores[rows] >= kth) >= min(top, n)

@@ -39,7 +39,7 @@ from .sources import (
     stat_photo,
 )
 from .store import MODALITIES, Item, Modality, ModelMismatchError, Store, StoreInfo, VectorDType, dump_meta
-from .vectors import ApproximateIndex, VectorMatrix, scan_bytes
+from .vectors import ApproximateIndex, VectorMatrix, scan_bytes, top_rows
 
 INDEX_FILE = "index.sqlite"
 APPROXIMATE_FILE = "index.usearch"
@@ -681,7 +681,7 @@ class Index:
         # the best few hundred rows hold the k best items unless items have very many chunks
         top = min(n, max(4 * k, 256))
         while True:
-            part = np.argpartition(scores, n - top)[n - top :] if top < n else np.arange(n)
+            part = top_rows(scores, top)
             ranked = self._rank(rows[part] if rows is not None else part, scores[part], k)
             if len(ranked) >= k or top >= n:
                 return ranked
