@@ -14,7 +14,7 @@ Steps:
    each writing <name>.json and <name>.png into benchmarks/results/.
 4. Rewrite README.md between `<!-- results:start -->` and `<!-- results:end -->`: machine, versions and
    date, then tables generated from the JSON files found in benchmarks/results/ (including
-   recall_losses.json, which this command does not produce: `python -m benchmarks.recall --losses ...`),
+   recall_losses.json and index_million.json, which this command does not produce: `COMMANDS` below),
    with the plots linked.
 Budget: under 30 minutes on 2 cores, most of it the EPContext recall in HTP emulation (~1 s per item).
 """
@@ -192,6 +192,20 @@ def index_markdown(doc: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+# README sections: (JSON name in the results folder, title, markdown), in order; rendered when the file exists.
+SECTIONS = [("recall", "Recall per deployed form", recall_markdown),
+            ("recall_losses", "GCL vs CL vs pairwise", losses_markdown),
+            ("latency", "Latency", latency_markdown),
+            ("index", "Index search", index_markdown),
+            ("index_million", "Index search at a million vectors", index_markdown)]
+# The commands that write the JSON files this command does not (see the module docstring).
+COMMANDS = {
+    "recall_losses": "python -m benchmarks.recall --losses gcl,cl,pairwise --seeds 0,1,2",
+    "index_million": "python -m benchmarks.index --dims 512 --sizes 1000000 --photos 0 "
+                     "--json benchmarks/results/index_million.json --plot runs/index_million.png",
+}
+
+
 def render(results_dir: str | Path = RESULTS_DIR, *, readme_dir: str | Path = REPO) -> str:
     """The README results section from the JSON files in `results_dir` (those present), plots linked."""
     results_dir = Path(results_dir)
@@ -201,10 +215,7 @@ def render(results_dir: str | Path = RESULTS_DIR, *, readme_dir: str | Path = RE
         rel = results_dir.resolve().as_posix()
     sections = []
     machines = []
-    for name, title, fn in [("recall", "Recall per deployed form", recall_markdown),
-                            ("recall_losses", "GCL vs CL vs pairwise", losses_markdown),
-                            ("latency", "Latency", latency_markdown),
-                            ("index", "Index search", index_markdown)]:
+    for name, title, fn in SECTIONS:
         path = results_dir / f"{name}.json"
         if not path.is_file():
             continue
@@ -213,7 +224,7 @@ def render(results_dir: str | Path = RESULTS_DIR, *, readme_dir: str | Path = RE
         body = fn(doc)
         png = results_dir / f"{name}.png"
         img = f"\n\n![{title}]({rel}/{name}.png)" if png.is_file() else ""
-        command = f"`python -m benchmarks.{'recall' if name.startswith('recall') else name}`"
+        command = f"`{COMMANDS.get(name, 'python -m benchmarks.' + name)}`"
         sections.append(f"### {title}\n\n{body}{img}\n\nJSON: `{rel}/{name}.json` ({command}, {doc['machine']['date']}).")
     if not sections:
         return "Not generated yet: `python -m benchmarks.report` writes this section."

@@ -390,3 +390,8 @@ def test_index_main_writes_json_plot_and_the_report_renders_it(tmp_path: Path, c
     assert "### Index search" in md and "![Index search](results/index.png)" in md
     assert "| 16 | float16 | index-exact |" in md and "### Latency" not in md
     assert math.isfinite(doc["rows"][0]["median_ms"])
+    # a second index run saved as index_million.json gets its own section, with the command that wrote it
+    (out / "index_million.json").write_text((out / "index.json").read_text())
+    md = render(out, readme_dir=tmp_path)
+    assert md.index("### Index search\n") < md.index("### Index search at a million vectors")
+    assert "--sizes 1000000" in md
