@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 
 import edge_gcl.index  # noqa: F401  # loads SimSIMD before usearch (see edge_gcl/index/vectors.py)
+from edge_gcl.index.vectors import THREADS  # the cores the index's scan uses
 
 from .common import (
     RESULTS_DIR,
@@ -120,7 +120,7 @@ def measure_bandwidth(*, size_mb: int = 256, runs: int = 5, threads: int | None 
     """Memory bandwidth in GB/s (1e9 bytes/s), best of `runs`: a copy (read + write bytes) and a read (a sum),
     each over the whole array split across `threads` cores (default: all usable ones, as the index's scan
     runs) and on one core; the floor is the fastest of them."""
-    threads = threads or len(os.sched_getaffinity(0))
+    threads = threads or THREADS
     n = size_mb * 2**20 // 4
     a = np.ones(n, np.float32)
     b = np.empty_like(a)

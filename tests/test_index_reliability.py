@@ -480,7 +480,7 @@ def test_usearch_file_is_never_the_source_of_truth(tmp_path: Path) -> None:
             ix._approximate.dirty = True  # write a good file for the next round
 
 
-@pytest.mark.parametrize("layout", ["random", "ascending", "descending", "ties", "small"])
+@pytest.mark.parametrize("layout", ["random", "ascending", "descending", "ties", "on_sample", "small"])
 def test_top_rows_holds_every_row_as_high_as_the_top_th(layout: str) -> None:
     """The exact search ranks only `top_rows`: at least `top` rows, every row scoring above the top-th
     largest score among them, whatever the order (a strided sample can mislead) or the ties."""
@@ -493,6 +493,8 @@ def test_top_rows_holds_every_row_as_high_as_the_top_th(layout: str) -> None:
         scores[::-1].sort()
     elif layout == "ties":
         scores = np.round(scores, 1)  # ~60 distinct values: thousands of rows tie at the threshold
+    elif layout == "on_sample":
+        scores[:: n // 4096] += 10.0  # the highest scores sit exactly where the strided sample looks
     for top in (1, 40, 256, 5000):
         rows = top_rows(scores, top)
         kth = np.sort(scores)[::-1][min(top, n) - 1]
