@@ -428,6 +428,7 @@ def run_losses(
     losses: Sequence[str] = LOSSES,
     seeds: Sequence[int] = (0, 1, 2),
     steps: int | None = None,
+    temperature: float | None = None,
     train_out: str | Path = "runs/bench-losses",
     recipe: Any = None,
     batch_size: int = 32,
@@ -443,13 +444,16 @@ def run_losses(
     if bad:
         raise ValueError(f"unknown losses {bad}: expected some of {LOSSES}")
     base = recipe if recipe is not None else default_recipe()
+    if temperature is not None:
+        base = dataclasses.replace(base, temperature=temperature)
     missing = [d for d in base.data if not Path(d).is_file()]
     if missing:
         raise FileNotFoundError(f"training data of the recipe not found: {', '.join(missing)}")
     runs = []
     for loss in losses:
         for seed in seeds:
-            out = Path(train_out) / (f"{loss}-s{seed}" + (f"-{steps}steps" if steps else ""))
+            out = Path(train_out) / (f"{loss}-s{seed}" + (f"-{steps}steps" if steps else "")
+                                     + (f"-t{temperature:g}" if temperature is not None else ""))
             cfg = dataclasses.replace(base, loss=loss, seed=seed, out=str(out), resume=True,
                                       **({"steps": steps} if steps else {}))
             done = is_checkpoint(out) and same_recipe(read_meta(out).get("train", {}), cfg)
@@ -563,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--losses", help="losses mode: e.g. gcl,cl,pairwise (trains a model per loss and seed)")
     p.add_argument("--seeds", default="0,1,2", help="losses mode: seeds")
     p.add_argument("--steps", type=int, help="losses mode: training steps per run (default: the recipe's)")
+    p.add_argument("--temperature", type=float, help="losses mode: initial temperature of every run (default: the recipe's)")
     p.add_argument("--train-out", default="runs/bench-losses", help="losses mode: where the trained models go")
     p.add_argument("--json", help="result JSON (default: benchmarks/results/recall[_losses].json)")
     p.add_argument("--plot", help="result PNG (default: benchmarks/results/recall[_losses].png)")
@@ -574,7 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = ensure_root(args.root, flickr=args.flickr, log=log)
     if args.losses:
         config = {"root": str(root), "losses": parse_list(args.losses), "seeds": parse_list(args.seeds, int),
-                  "steps": args.steps, "train_out": args.train_out, "batch_size": args.batch_size}
+                  "steps": args.steps, "temperature": args.temperature, "train_out": args.train_out,
+                  "batch_size": args.batch_size}
         result = run_losses(**config, log=log)
         doc = make_document("recall-losses", result["rows"], config=config, machine=machine, runs=result["runs"],
                             recipe=result["recipe"])

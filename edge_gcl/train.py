@@ -12,7 +12,8 @@ Recipe, step by step:
 3. Every step draws a batch of distinct photos (a seeded permutation per epoch) and one random
    caption of each, so a batch never holds two positives of one photo. The batch for step s
    depends only on (seed, s): a resumed run sees exactly the batches it would have seen.
-4. AdamW, warm-up then cosine (or constant) schedule, learnable temperature clamped at 100.
+4. AdamW, warm-up then cosine (or constant) schedule, learnable temperature (start: `--temperature`, else the
+   model's own) with the logit scale clamped at 100.
 5. Checkpoints every `checkpoint_every` steps under `out/checkpoints/step_N/` (model, optimizer,
    step); the final model is saved to `out/` itself so `--model out` works everywhere.
 """
@@ -60,6 +61,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     schedule: str = "cosine"
     warmup: int = 50
+    temperature: float | None = None  # initial tau (learnable); None keeps the model's own (lite: 0.07)
     seed: int = 0
     out: str = "runs/train"
     checkpoint_every: int = 500
@@ -314,6 +316,11 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     pairs = load_training_pairs(cfg)
     model = load_model(cfg.model)
+    if cfg.temperature is not None:
+        if not 0.01 <= cfg.temperature <= 1:
+            raise ValueError(f"--temperature {cfg.temperature}: expected 0.01..1 (the logit scale is clamped at 100)")
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(1 / cfg.temperature))
     cached = hasattr(model.visual, "stem") and hasattr(model, "freeze_stems")
     if cached:
         for turn in range(world):  # rank 0 builds the cache; the others then read it
