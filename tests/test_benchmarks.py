@@ -257,9 +257,14 @@ def test_task_label_and_loss_summary():
 
 
 def test_losses_markdown_gives_both_recalls_and_the_paired_lead(tmp_path: Path):
-    runs = [{"loss": "gcl", "seed": s, "results": _mbeir(80.0 + s, 90.0, 90.0 + 2 * s)} for s in (0, 1)]
+    runs = [{"loss": "gcl", "seed": s, "results": _mbeir(80.0 + s, 90.0 + 2 * s, 90.0 + 2 * s)} for s in (0, 1)]
     runs += [{"loss": "cl", "seed": s, "results": _mbeir(78.0, 90.0, 86.0)} for s in (0, 1)]
     text = losses_markdown({"runs": runs, "config": {"steps": None}})
+    assert "the model's own starting temperature" in text
+    assert "| loss | text -> image |" in text  # global R@5 per task, mean over seeds
+    assert "| gcl | 45.5 |" in text and "| cl | 45.0 |" in text
+    assert "starting temperature 0.02, learnable" in losses_markdown(
+        {"runs": runs, "config": {"steps": None}, "recipe": {"temperature": 0.02}})
     assert "| gcl | 80.50 ± 0.71 | 91.00 ± 1.41 | 40.25 ± 0.35 | 45.50 ± 0.71 | 0,1 |" in text
     assert "| cl | 78.00 ± 0.00 | 86.00 ± 0.00 | 39.00 ± 0.00 | 43.00 ± 0.00 | 0,1 |" in text
     assert "seed 0: +1.00 / +2.00, seed 1: +1.50 / +3.00." in text

@@ -119,3 +119,15 @@ def test_torchrun_two_processes_train_like_one(data, tmp_path):
     for k in one:
         # float32 reduction order differs across ranks; Adam turns that into < 0.1 of one lr step
         torch.testing.assert_close(two[k], one[k], atol=1e-4, rtol=1e-4)
+
+
+def test_temperature_flag_sets_the_starting_temperature(data, tmp_path):
+    """`--temperature` starts the learnable temperature there; without it the model's own (lite: 0.07) is kept."""
+    cache = tmp_path / "cache"
+    assert _train(data, tmp_path / "t", cache, "--steps", "1", "--temperature", "0.02") == 0
+    assert _train(data, tmp_path / "d", cache, "--steps", "1") == 0
+    for out, tau in ((tmp_path / "t", 0.02), (tmp_path / "d", 0.07)):
+        scale = load_file(str(out / "model.safetensors"))["logit_scale"]
+        assert abs(1 / scale.exp().item() - tau) < tau * 0.01  # one step at lr 1e-3 moves log(1/tau) by ~1e-3
+    with pytest.raises(ValueError, match="--temperature 0.001"):
+        _train(data, tmp_path / "bad", cache, "--steps", "1", "--temperature", "0.001")
