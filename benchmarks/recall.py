@@ -273,7 +273,7 @@ def index_recall(
     """
     from edge_gcl.index import Index
     from edge_gcl.index.sources import chunk_note, note_id, photo_id
-    from edge_gcl.mbeir import _positives, global_pool_path, read_pool, read_queries
+    from edge_gcl.mbeir import global_pool_path, query_positives, read_pool, read_queries
     from edge_gcl.metrics import recall_at_k
 
     root = Path(root)
@@ -343,7 +343,7 @@ def index_recall(
             queries = read_queries(qf, root=root)
             if not queries:
                 raise ValueError(f"{qf}: no queries")
-            positives = _positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt")
+            positives = query_positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt")
             ranked = np.full((len(queries), k_max), "", dtype=object)  # (nq, k) dids, "" past the last hit
             for i, q in enumerate(queries):
                 hits = index.search(text=q.txt, image=str(q.img_path) if q.img_path is not None else None,

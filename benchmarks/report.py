@@ -137,6 +137,18 @@ def losses_markdown(doc: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def gap_markdown(doc: Mapping[str, Any]) -> str:
+    """Per task and model: cosine with the best positive and the candidates of each modality ranked above it."""
+    rows = doc["rows"]
+    cols = [Col("task"), Col("model")] + [Col(k, k, ".3f" if k.startswith(("cos", "positive")) else ".2f")
+                                          for k in rows[0] if k not in ("task", "model")]
+    return "\n".join([
+        f"Union pool of `{doc['config'].get('root')}`, every query of each task: `positive` is the mean cosine with "
+        "the best-scoring positive, `cos <m>` the mean cosine with the pool's candidates of modality m, `above <m>` "
+        "the mean number of them scoring above the best positive (a hit at rank k needs fewer than k in all).",
+        "", markdown_table(rows, cols)])
+
+
 def latency_markdown(doc: Mapping[str, Any]) -> str:
     """Median (p90) ms per (stage, tower, batch), a column per form; memory per form below."""
     rows = doc["rows"]
@@ -209,6 +221,7 @@ def index_markdown(doc: Mapping[str, Any]) -> str:
 SECTIONS = [("recall", "Recall per deployed form", recall_markdown),
             ("recall_losses", "GCL vs CL vs pairwise", losses_markdown),
             ("recall_losses_t0.02", "GCL vs CL at a CLIP-like temperature", losses_markdown),
+            ("modality_gap", "Modality gap in the union pool", gap_markdown),
             ("latency", "Latency", latency_markdown),
             ("index", "Index search", index_markdown),
             ("index_million", "Index search at a million vectors", index_markdown)]
@@ -218,6 +231,8 @@ COMMANDS = {
     "recall_losses_t0.02": "python -m benchmarks.recall --losses gcl,cl --seeds 0,1,2 --temperature 0.02 "
                            "--json benchmarks/results/recall_losses_t0.02.json "
                            "--plot benchmarks/results/recall_losses_t0.02.png",
+    "modality_gap": "python -m benchmarks.modality_gap --models default,runs/bench-losses/gcl-s0-t0.02,"
+                    "runs/bench-losses/cl-s0-t0.02 --json benchmarks/results/modality_gap.json",
     "index_million": "python -m benchmarks.index --dims 512 --sizes 1000000 --photos 0 "
                      "--json benchmarks/results/index_million.json --plot runs/index_million.png",
 }

@@ -334,7 +334,8 @@ def global_pool_path(root: str | Path, split: str) -> Path:
     return Path(root) / "cand_pool" / "global" / f"mbeir_union_{split}_cand_pool.jsonl"
 
 
-def _positives(queries: list[Query], qrels_path: Path) -> list[set[str]]:
+def query_positives(queries: list[Query], qrels_path: Path) -> list[set[str]]:
+    """The positive dids of each query: from the qrels file, else (file missing) from `pos_cand_list`."""
     if not qrels_path.is_file():
         positives = [set(q.pos) for q in queries]
         source = f"{qrels_path.name} is missing and pos_cand_list"
@@ -395,7 +396,7 @@ def evaluate_mbeir(
         queries = read_queries(qf, root=root)
         if not queries:
             raise ValueError(f"{qf}: no queries")
-        positives = _positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt")
+        positives = query_positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt")
         if progress:
             print(f"embedding {qf.name} ({len(queries)} queries)", file=sys.stderr)
         q_emb = embed_items(embedder, queries, batch_size=batch_size, progress=progress, cache=cache)

@@ -27,7 +27,7 @@ from benchmarks.common import (
 )
 from benchmarks.latency import aihub_rows, encode_calls
 from benchmarks.recall import loss_summary, mean_std, recall_rows, same_recipe, task_label
-from benchmarks.report import END, START, losses_markdown, render, rewrite_section, update_readme
+from benchmarks.report import END, START, gap_markdown, losses_markdown, render, rewrite_section, update_readme
 
 # ----------------------------------------------------------------------------- timing
 
@@ -400,3 +400,11 @@ def test_index_main_writes_json_plot_and_the_report_renders_it(tmp_path: Path, c
     md = render(out, readme_dir=tmp_path)
     assert md.index("### Index search\n") < md.index("### Index search at a million vectors")
     assert "--sizes 1000000" in md
+
+
+def test_gap_markdown_lists_each_task_and_model():
+    rows = [{"task": "text -> image", "model": m, "positive": 0.5, "cos image": 0.1, "above image": 0.25,
+             "above text": a} for m, a in (("gcl", 4.4), ("cl", 30.58))]
+    text = gap_markdown({"rows": rows, "config": {"root": "runs/x"}})
+    assert "| text -> image | gcl | 0.500 | 0.100 | 0.25 | 4.40 |" in text
+    assert "| text -> image | cl | 0.500 | 0.100 | 0.25 | 30.58 |" in text and "`runs/x`" in text

@@ -154,6 +154,21 @@ def toy_root(tmp_path: Path) -> Path:
     return root
 
 
+def test_modality_gap_counts_what_outranks_the_positive(toy_root: Path):
+    """benchmarks.modality_gap on the toy root, whose embedder has a built-in gap (same modality +0.2)."""
+    from benchmarks.modality_gap import gap_rows, modality_gap
+
+    gap = modality_gap(ColorEmbedder(), toy_root)
+    t2i, i2t = gap["mbeir_toy_task0_test"], gap["mbeir_toy_task3_test"]
+    # "a red thing": the caption "red" (1.0) above the red photo (0.8); "red and blue" (0.75) below it.
+    assert t2i["positive"] == pytest.approx(0.8) and t2i["above"] == {"image": 0.0, "text": 1.0}
+    # The red photo query: the red photo itself (1.0) above the caption "red" (0.8).
+    assert i2t["positive"] == pytest.approx(0.8) and i2t["above"] == {"image": 1.0, "text": 0.0}
+    assert t2i["cos"]["image"] == pytest.approx(0.8 / 4)  # one of four photos shares the colour
+    rows = gap_rows({"toy": gap})
+    assert rows[0]["task"] == "text -> image" and rows[0]["above text"] == 1.0
+
+
 def test_evaluate_toy_local_vs_global(toy_root: Path):
     embedder = ColorEmbedder()
     results = evaluate_mbeir(embedder, toy_root, progress=False)
