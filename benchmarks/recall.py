@@ -519,7 +519,9 @@ def plot_losses(doc: Mapping[str, Any], path: str | Path) -> Path:
         ax.set_ylabel(f"average {metric.replace('recall', 'Recall')} (%)")
         ax.grid(True, axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("GCL vs CL vs pairwise on M-BEIR (dots: seeds; squares: mean ± std)")
+    tau = (doc.get("recipe") or {}).get("temperature")
+    fig.suptitle(" vs ".join(x.upper() if x != "pairwise" else x for x in losses) + " on M-BEIR"
+                 + (f", starting temperature {tau:g}" if tau else "") + " (dots: seeds; squares: mean ± std)")
     return save_figure(fig, path)
 
 

@@ -27,7 +27,15 @@ from benchmarks.common import (
 )
 from benchmarks.latency import aihub_rows, encode_calls
 from benchmarks.recall import loss_summary, mean_std, recall_rows, same_recipe, task_label
-from benchmarks.report import END, START, gap_markdown, losses_markdown, render, rewrite_section, update_readme
+from benchmarks.report import (
+    END,
+    START,
+    gap_markdown,
+    losses_markdown,
+    render,
+    rewrite_section,
+    update_readme,
+)
 
 # ----------------------------------------------------------------------------- timing
 
