@@ -14,7 +14,8 @@ Steps:
    each writing <name>.json and <name>.png into benchmarks/results/.
 4. Rewrite README.md between `<!-- results:start -->` and `<!-- results:end -->`: machine, versions and
    date, then tables generated from the JSON files found in benchmarks/results/ (including
-   recall_losses.json and index_million.json, which this command does not produce: `COMMANDS` below),
+   recall_losses*.json, modality_gap.json and index_million.json, which this command does not produce:
+   `COMMANDS` below),
    with the plots linked.
 Budget: under 30 minutes on 2 cores, most of it the EPContext recall in HTP emulation (~1 s per item).
 """
