@@ -37,13 +37,23 @@ def modality_gap(embedder: Any, root: str | Path, *, split: str = "test", batch_
     root = Path(root)
     cache: dict = {}
     pool = read_pool(global_pool_path(root, split), root=root)
+    if not pool:
+        raise ValueError(f"{global_pool_path(root, split)}: empty candidate pool")
     pool_emb = embed_items(embedder, pool, batch_size=batch_size, cache=cache)  # (N, D), L2-normalised
     modality = np.array([c.modality for c in pool])
     row_of = {c.did: i for i, c in enumerate(pool)}
+    query_files = sorted((root / "query" / split).glob(f"mbeir_*_{split}.jsonl"))
+    if not query_files:
+        raise FileNotFoundError(f"{root / 'query' / split}: no query files mbeir_*_{split}.jsonl")
     out = {}
-    for qf in sorted((root / "query" / split).glob(f"mbeir_*_{split}.jsonl")):
+    for qf in query_files:
         queries = read_queries(qf, root=root)
+        if not queries:
+            raise ValueError(f"{qf}: no queries")
         positives = query_positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt")
+        absent = sorted({d for pos in positives for d in pos} - row_of.keys())
+        if absent:
+            raise ValueError(f"{qf}: {len(absent)} positives are not in the union pool (e.g. {absent[0]})")
         scores = embed_items(embedder, queries, batch_size=batch_size, cache=cache) @ pool_emb.T  # (nq, N)
         best = np.array([scores[q, [row_of[d] for d in pos]].max() for q, pos in enumerate(positives)])  # (nq,)
         present = [m for m in MODALITIES if (modality == m).any()]

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--schedule", choices=["cosine", "constant"])
     t.add_argument("--warmup", type=int, help="warm-up steps")
-    t.add_argument("--temperature", type=float, 
+    t.add_argument("--temperature", type=float,
                    help="initial temperature tau, learnable (default: the model's; lite 0.07)")
     t.add_argument("--seed", type=int)
     t.add_argument("--out", help="output folder (checkpoints, log)")

@@ -308,6 +308,8 @@ def train(cfg: TrainConfig) -> Path:
     (BatchNorm in trained conv blocks uses per-rank statistics, as in plain DDP)."""
     from .loss import create_loss
 
+    if cfg.temperature is not None and not 0.01 <= cfg.temperature <= 1:
+        raise ValueError(f"--temperature {cfg.temperature}: expected 0.01..1 (the logit scale is clamped at 100)")
     rank, world = init_distributed()
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes")
@@ -317,8 +319,6 @@ def train(cfg: TrainConfig) -> Path:
     pairs = load_training_pairs(cfg)
     model = load_model(cfg.model)
     if cfg.temperature is not None:
-        if not 0.01 <= cfg.temperature <= 1:
-            raise ValueError(f"--temperature {cfg.temperature}: expected 0.01..1 (the logit scale is clamped at 100)")
         with torch.no_grad():
             model.logit_scale.fill_(math.log(1 / cfg.temperature))
     cached = hasattr(model.visual, "stem") and hasattr(model, "freeze_stems")

@@ -167,6 +167,15 @@ def test_modality_gap_counts_what_outranks_the_positive(toy_root: Path):
     assert t2i["cos"]["image"] == pytest.approx(0.8 / 4)  # one of four photos shares the colour
     rows = gap_rows({"toy": gap})
     assert rows[0]["task"] == "text -> image" and rows[0]["above text"] == 1.0
+    union = toy_root / "cand_pool" / "global" / "mbeir_union_test_cand_pool.jsonl"
+    union.write_text("".join(line + "\n" for line in union.read_text().splitlines() if '"1:11"' not in line))
+    with pytest.raises(ValueError, match="mbeir_toy_task3_test.jsonl: 1 positives are not in the union pool"):
+        modality_gap(ColorEmbedder(), toy_root)
+    with pytest.raises(FileNotFoundError, match="mbeir_union_dev_cand_pool.jsonl: no such file"):
+        modality_gap(ColorEmbedder(), toy_root, split="dev")
+    (toy_root / "query" / "test").rename(toy_root / "query" / "old")
+    with pytest.raises(FileNotFoundError, match="no query files"):
+        modality_gap(ColorEmbedder(), toy_root)
 
 
 def test_evaluate_toy_local_vs_global(toy_root: Path):
