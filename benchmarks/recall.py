@@ -410,7 +410,8 @@ RUN_ONLY = ("out", "resume", "checkpoint_every", "workers", "cache_dir")  # trai
 def same_recipe(record: Mapping[str, Any], cfg: Any) -> bool:
     """Whether a finished run's "train" record is the run `cfg` asks for (paths compared resolved)."""
     want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY}
-    have = {k: record.get(k) for k in want}
+    unset = dataclasses.asdict(type(cfg)())  # a field newer than the run: the run had its default
+    have = {k: record.get(k, unset[k]) for k in want}
 
     def norm(d: Mapping[str, Any]) -> dict[str, Any]:
         paths = {"data": [str(Path(x).resolve()) for x in d["data"] or []],
@@ -429,6 +430,7 @@ def run_losses(
     seeds: Sequence[int] = (0, 1, 2),
     steps: int | None = None,
     temperature: float | None = None,
+    temperature_lr_mult: float | None = None,
     train_out: str | Path = "runs/bench-losses",
     recipe: Any = None,
     batch_size: int = 32,
@@ -446,6 +448,8 @@ def run_losses(
     base = recipe if recipe is not None else default_recipe()
     if temperature is not None:
         base = dataclasses.replace(base, temperature=temperature)
+    if temperature_lr_mult is not None:
+        base = dataclasses.replace(base, temperature_lr_mult=temperature_lr_mult)
     missing = [d for d in base.data if not Path(d).is_file()]
     if missing:
         raise FileNotFoundError(f"training data of the recipe not found: {', '.join(missing)}")
@@ -453,7 +457,8 @@ def run_losses(
     for loss in losses:
         for seed in seeds:
             out = Path(train_out) / (f"{loss}-s{seed}" + (f"-{steps}steps" if steps else "")
-                                     + (f"-t{temperature:g}" if temperature is not None else ""))
+                                     + (f"-t{temperature:g}" if temperature is not None else "")
+                                     + (f"-tlr{temperature_lr_mult:g}" if temperature_lr_mult is not None else ""))
             cfg = dataclasses.replace(base, loss=loss, seed=seed, out=str(out), resume=True,
                                       **({"steps": steps} if steps else {}))
             done = is_checkpoint(out) and same_recipe(read_meta(out).get("train", {}), cfg)
@@ -464,12 +469,12 @@ def run_losses(
                 log(f"{loss} seed {seed}: training into {out}")
                 train(cfg)
             train_s = time.perf_counter() - t0
-            results = evaluate_mbeir(TorchEmbedder(load_model(str(out))), root, batch_size=batch_size, ks=KS,
-                                     progress=False)
+            model = load_model(str(out))
+            results = evaluate_mbeir(TorchEmbedder(model), root, batch_size=batch_size, ks=KS, progress=False)
             avg = results["average"]
             log("  average R@5: " + ", ".join(f"{s} {v['recall@5']:.2f}" for s, v in avg.items()))
             runs.append({"loss": loss, "seed": seed, "checkpoint": str(out), "reused": done, "train_s": train_s,
-                         "results": results})
+                         "final_temperature": 1 / model.logit_scale.exp().item(), "results": results})
     return {"rows": loss_summary(runs), "runs": runs, "recipe": dataclasses.asdict(base), "steps": steps}
 
 
@@ -519,9 +524,11 @@ def plot_losses(doc: Mapping[str, Any], path: str | Path) -> Path:
         ax.set_ylabel(f"average {metric.replace('recall', 'Recall')} (%)")
         ax.grid(True, axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
-    tau = (doc.get("recipe") or {}).get("temperature")
+    recipe = doc.get("recipe") or {}
+    tau, mult = recipe.get("temperature"), recipe.get("temperature_lr_mult", 1.0)
     fig.suptitle(" vs ".join(x.upper() if x != "pairwise" else x for x in losses) + " on M-BEIR"
-                 + (f", starting temperature {tau:g}" if tau else "") + " (dots: seeds; squares: mean ± std)")
+                 + (f", starting temperature {tau:g}" if tau else "")
+                 + (f", temperature lr x{mult:g}" if mult != 1 else "") + "\n(dots: seeds; squares: mean ± std)")
     return save_figure(fig, path)
 
 
@@ -570,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2", help="losses mode: seeds")
     p.add_argument("--steps", type=int, help="losses mode: training steps per run (default: the recipe's)")
     p.add_argument("--temperature", type=float, help="losses mode: initial temperature of every run (default: the recipe's)")
+    p.add_argument("--temperature-lr-mult", type=float,
+                   help="losses mode: the temperature's lr multiplier in every run (default: the recipe's)")
     p.add_argument("--train-out", default="runs/bench-losses", help="losses mode: where the trained models go")
     p.add_argument("--json", help="result JSON (default: benchmarks/results/recall[_losses].json)")
     p.add_argument("--plot", help="result PNG (default: benchmarks/results/recall[_losses].png)")
@@ -581,7 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = ensure_root(args.root, flickr=args.flickr, log=log)
     if args.losses:
         config = {"root": str(root), "losses": parse_list(args.losses), "seeds": parse_list(args.seeds, int),
-                  "steps": args.steps, "temperature": args.temperature, "train_out": args.train_out,
+                  "steps": args.steps, "temperature": args.temperature,
+                  "temperature_lr_mult": args.temperature_lr_mult, "train_out": args.train_out,
                   "batch_size": args.batch_size}
         result = run_losses(**config, log=log)
         doc = make_document("recall-losses", result["rows"], config=config, machine=machine, runs=result["runs"],

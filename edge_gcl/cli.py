@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=int, help="warm-up steps")
     t.add_argument("--temperature", type=float,
                    help="initial temperature tau, learnable (default: the model's; lite 0.07)")
+    t.add_argument("--temperature-lr-mult", type=float,
+                   help="the temperature learns at lr x this (default 1; 0 keeps it fixed; the default model: 50)")
     t.add_argument("--seed", type=int)
     t.add_argument("--out", help="output folder (checkpoints, log)")
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")

@@ -13,7 +13,7 @@ Recipe, step by step:
    caption of each, so a batch never holds two positives of one photo. The batch for step s
    depends only on (seed, s): a resumed run sees exactly the batches it would have seen.
 4. AdamW, warm-up then cosine (or constant) schedule, learnable temperature (start: `--temperature`, else the
-   model's own) with the logit scale clamped at 100.
+   model's own) with the logit scale clamped at 100 and learning at `--temperature-lr-mult` times the lr.
 5. Checkpoints every `checkpoint_every` steps under `out/checkpoints/step_N/` (model, optimizer,
    step); the final model is saved to `out/` itself so `--model out` works everywhere.
 """
@@ -62,6 +62,7 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup: int = 50
     temperature: float | None = None  # initial tau (learnable); None keeps the model's own (lite: 0.07)
+    temperature_lr_mult: float = 1.0  # the logit scale learns at lr x this (a short fine-tune needs ~50 to move it)
     seed: int = 0
     out: str = "runs/train"
     checkpoint_every: int = 500
@@ -268,11 +269,14 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW: weight decay on matrices only; the logit scale in a group of its own whose lr is
+    `temperature_lr_mult` times the schedule's (the training loop sets every group's lr)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and name != "logit_scale":
             (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+              {"params": [model.logit_scale], "weight_decay": 0.0, "lr_mult": cfg.temperature_lr_mult}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
 
 
@@ -310,6 +314,8 @@ def train(cfg: TrainConfig) -> Path:
 
     if cfg.temperature is not None and not 0.01 <= cfg.temperature <= 1:
         raise ValueError(f"--temperature {cfg.temperature}: expected 0.01..1 (the logit scale is clamped at 100)")
+    if not 0 <= cfg.temperature_lr_mult <= 1000:
+        raise ValueError(f"--temperature-lr-mult {cfg.temperature_lr_mult}: expected 0..1000 (0 fixes the temperature)")
     rank, world = init_distributed()
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes")
@@ -363,7 +369,7 @@ def train(cfg: TrainConfig) -> Path:
     bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {cfg.loss}", disable=rank > 0)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg, total)
+            group["lr"] = lr_at(step, cfg, total) * group.get("lr_mult", 1.0)
         if cached:
             idx = batch_indices(n, cfg.batch_size, cfg.seed, step)
             view = np.random.default_rng([cfg.seed, step, 3]).integers(0, cache.images.shape[1], len(idx))[shard]
@@ -416,8 +422,8 @@ def cli_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig()
     if args.config:
         cfg = dataclasses.replace(cfg, **json.loads(Path(args.config).read_text()))
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) not in (None, False)}
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in given.items() if v is not None and v is not False}  # 0 and 0.0 are values
     cfg = dataclasses.replace(cfg, **overrides)
     train(cfg)
     return 0

@@ -276,6 +276,12 @@ def test_losses_markdown_gives_both_recalls_and_the_paired_lead(tmp_path: Path):
     assert "| gcl | 80.50 ± 0.71 | 91.00 ± 1.41 | 40.25 ± 0.35 | 45.50 ± 0.71 | 0,1 |" in text
     assert "| cl | 78.00 ± 0.00 | 86.00 ± 0.00 | 39.00 ± 0.00 | 43.00 ± 0.00 | 0,1 |" in text
     assert "seed 0: +1.00 / +2.00, seed 1: +1.50 / +3.00." in text
+    assert "learnt" not in text  # runs without their final temperature: no column for it
+    for r, tau in zip(runs, (0.08, 0.07, 0.03, 0.02), strict=True):
+        r["final_temperature"] = tau
+    learnt = losses_markdown({"runs": runs, "config": {"steps": None}, "recipe": {"temperature_lr_mult": 50.0}})
+    assert "learnt at 50 x the lr." in learnt and "| learnt τ | seeds |" in learnt
+    assert "| 45.50 ± 0.71 | 0.075 | 0,1 |" in learnt and "| 43.00 ± 0.00 | 0.025 | 0,1 |" in learnt
     from benchmarks.recall import plot
 
     png = plot({"benchmark": "recall-losses", "runs": runs, "rows": []}, tmp_path / "losses.png")
@@ -297,6 +303,8 @@ def test_same_recipe_reuses_only_a_run_of_the_asked_recipe(tmp_path: Path, monke
     for change in ({"loss": "gcl"}, {"seed": 2}, {"lr": 1e-3}, {"steps": 10}, {"split": "d/splits.json:dev"}):
         assert not same_recipe({**record, **change}, cfg), change
     assert not same_recipe({"loss": "cl"}, cfg)  # an old record without the recipe
+    old = {k: v for k, v in record.items() if k != "temperature_lr_mult"}  # a run older than the option
+    assert same_recipe(old, cfg) and not same_recipe(old, dataclasses.replace(cfg, temperature_lr_mult=50.0))
 
 
 # ----------------------------------------------------------------------------- latency pieces

@@ -131,3 +131,19 @@ def test_temperature_flag_sets_the_starting_temperature(data, tmp_path):
         assert abs(1 / scale.exp().item() - tau) < tau * 0.01  # one step at lr 1e-3 moves log(1/tau) by ~1e-3
     with pytest.raises(ValueError, match="--temperature 0.001"):
         _train(data, tmp_path / "bad", cache, "--steps", "1", "--temperature", "0.001")
+
+
+def test_temperature_lr_mult_sets_how_fast_the_temperature_learns(data, tmp_path):
+    """The logit scale has a param group of its own at lr x `--temperature-lr-mult`: 0 keeps it, 50 moves it
+    about 50 times as far as the default 1 (Adam's early steps move a parameter by about its lr)."""
+    cache = tmp_path / "cache"
+    start = np.log(1 / 0.07)
+    moved = {}
+    for mult in ("0", "1", "50"):
+        assert _train(data, tmp_path / mult, cache, "--steps", "2", "--temperature-lr-mult", mult) == 0
+        moved[mult] = abs(load_file(str(tmp_path / mult / "model.safetensors"))["logit_scale"].item() - start)
+    assert moved["0"] < 1e-6
+    assert 1e-4 < moved["1"] < 3e-3  # two steps at lr 5e-4 and 1e-3
+    assert 20 * moved["1"] < moved["50"] < 80 * moved["1"]
+    with pytest.raises(ValueError, match="--temperature-lr-mult -1"):
+        _train(data, tmp_path / "bad", cache, "--steps", "1", "--temperature-lr-mult", "-1")
