@@ -243,8 +243,9 @@ COMMANDS = {
     "recall_losses_t0.02": "python -m benchmarks.recall --losses gcl,cl --seeds 0,1 --temperature 0.02 "
                            "--json benchmarks/results/recall_losses_t0.02.json "
                            "--plot benchmarks/results/recall_losses_t0.02.png",
-    "modality_gap": "python -m benchmarks.modality_gap --models default,runs/bench-losses/gcl-s0-t0.02,"
-                    "runs/bench-losses/cl-s0-t0.02 --json benchmarks/results/modality_gap.json",
+    "modality_gap": "python -m benchmarks.modality_gap --models default,runs/bench-losses/cl-s0-tlr50,"
+                    "runs/bench-losses/gcl-s0-t0.02,runs/bench-losses/cl-s0-t0.02 "
+                    "--json benchmarks/results/modality_gap.json",
     "index_million": "python -m benchmarks.index --dims 512 --sizes 1000000 --photos 0 "
                      "--json benchmarks/results/index_million.json --plot runs/index_million.png",
 }
