@@ -352,6 +352,10 @@ def train(cfg: TrainConfig) -> Path:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(resume_from / "model.safetensors")), strict=False)
+        if len(state["optimizer"]["param_groups"]) != len(optimizer.param_groups):  # saved before the logit scale's group
+            raise ValueError(f"{resume_from}: optimizer state with {len(state['optimizer']['param_groups'])} parameter "
+                             f"groups, this version trains with {len(optimizer.param_groups)}; resume it with the edge-gcl "
+                             "that saved it, or start afresh without --resume")
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         print(f"resumed from {resume_from} at step {start}")

@@ -54,6 +54,16 @@ def test_train_skips_bad_rows_and_resumes_exactly(data, tmp_path, capsys):
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
 
+    # A checkpoint from before the logit scale had its own optimizer group: a clear error, the checkpoint kept.
+    old = tmp_path / "old" / "checkpoints" / "step_3"
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step_3", old)
+    state = torch.load(old / "train_state.pt", weights_only=True)
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:2]
+    torch.save(state, old / "train_state.pt")
+    with pytest.raises(ValueError, match="step_3: optimizer state with 2 parameter groups"):
+        _train(data, tmp_path / "old", cache, "--steps", "6", "--resume")
+    assert (old / "train_state.pt").exists() and (old / "model.safetensors").exists()
+
     model = load_model(tmp_path / "a")  # the trained folder is a model spec everywhere
     assert model.config.name == "lite"
     fresh = load_model("lite")
