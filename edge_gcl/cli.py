@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark data").add_subparsers(dest="bench_command", required=True)
     bm = b.add_parser("build-mbeir", help="turn a Flickr-style captions folder into a mixed-modality M-BEIR benchmark")
     bm.add_argument("--captions", required=True, help="captions.txt (image,caption CSV)")
+    m.add_argument("--allow-missing-positives", action="store_true",
+                   help="count a query with no positive in the pool as a miss (default: an error naming it)")
     bm.add_argument("--images", help="image folder (default: images/ beside captions.txt)")
     bm.add_argument("--splits", help="splits.json to take the photos from (with --split)")
     bm.add_argument("--split", default=None, help="e.g. dev")

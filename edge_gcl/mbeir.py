@@ -68,9 +68,8 @@ import json
 import random
 import re
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -113,6 +112,7 @@ class Query:
     img_path: Path | None  # resolved against the root; None unless the modality has an image
     pos: tuple[str, ...] = ()  # pos_cand_list
     task_id: int | None = None
+    line: int | None = field(default=None, compare=False)  # its line in the query file, for messages
 
 
 @dataclass(frozen=True)
@@ -126,15 +126,27 @@ class Candidate:
 # --- reading ----------------------------------------------------------------------------------
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a UTF-8 file; errors name the file (and line)."""
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path}: is a folder, not a file") from None
     with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise MBEIRFormatError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                       f"{e.start + 1})") from None
+            if line.strip():
+                yield lineno, line
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for lineno, line in _lines(path):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -210,7 +222,8 @@ def read_queries(path: str | Path, *, root: str | Path | None = None, check_imag
         task_id = row.get("task_id")
         if task_id is not None and not isinstance(task_id, int):
             raise MBEIRFormatError(f"{where}: task_id must be an integer, got {task_id!r}")
-        queries.append(Query(qid, modality, txt, img, _dids(row.get("pos_cand_list"), "pos_cand_list", where), task_id))
+        pos = _dids(row.get("pos_cand_list"), "pos_cand_list", where)
+        queries.append(Query(qid, modality, txt, img, pos, task_id, lineno))
     return queries
 
 
@@ -234,23 +247,16 @@ def read_qrels(path: str | Path) -> dict[str, set[str]]:
     """qid -> dids with relevance > 0, from TREC-style lines `qid 0 did relevance [task_id]`."""
     path = Path(path)
     qrels: dict[str, set[str]] = {}
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) not in (4, 5):
-                raise MBEIRFormatError(f"{path}:{lineno}: expected 'qid 0 did relevance [task_id]', got {line.strip()!r}")
-            try:
-                relevance = int(fields[3])
-            except ValueError:
-                raise MBEIRFormatError(f"{path}:{lineno}: relevance {fields[3]!r} is not an integer") from None
-            if relevance > 0:
-                qrels.setdefault(fields[0], set()).add(fields[2])
+    for lineno, line in _lines(path):
+        fields = line.split()
+        if len(fields) not in (4, 5):
+            raise MBEIRFormatError(f"{path}:{lineno}: expected 'qid 0 did relevance [task_id]', got {line.strip()!r}")
+        try:
+            relevance = int(fields[3])
+        except ValueError:
+            raise MBEIRFormatError(f"{path}:{lineno}: relevance {fields[3]!r} is not an integer") from None
+        if relevance > 0:
+            qrels.setdefault(fields[0], set()).add(fields[2])
     return qrels
 
 
@@ -334,19 +340,36 @@ def global_pool_path(root: str | Path, split: str) -> Path:
     return Path(root) / "cand_pool" / "global" / f"mbeir_union_{split}_cand_pool.jsonl"
 
 
-def query_positives(queries: list[Query], qrels_path: Path) -> list[set[str]]:
-    """The positive dids of each query: from the qrels file, else (file missing) from `pos_cand_list`."""
+def _where(query_file: Path | None, q: Query) -> str:
+    return f"{query_file}:{q.line}" if query_file is not None and q.line is not None else str(query_file or "")
+
+
+def query_positives(
+    queries: list[Query], qrels_path: Path, *, query_file: Path | None = None, allow_missing: bool = False
+) -> list[set[str]]:
+    """The positive dids of each query: from the qrels file, else (file missing) from `pos_cand_list`.
+
+    A query without any is an MBEIRFormatError naming it (`query_file`:line) unless `allow_missing`.
+    """
     if not qrels_path.is_file():
         positives = [set(q.pos) for q in queries]
-        source = f"{qrels_path.name} is missing and pos_cand_list"
+        source = f"its pos_cand_list (there is no {qrels_path})"
     else:
         qrels = read_qrels(qrels_path)
         positives = [qrels.get(q.qid, set()) for q in queries]
         source = str(qrels_path)
-    empty = [q.qid for q, pos in zip(queries, positives, strict=True) if not pos]
-    if empty:
-        raise ValueError(f"{source}: no positive for {len(empty)} queries (e.g. qid {empty[0]})")
+    empty = [q for q, pos in zip(queries, positives, strict=True) if not pos]
+    if empty and not allow_missing:
+        more = f" (and {len(empty) - 1} more queries)" if len(empty) > 1 else ""
+        raise MBEIRFormatError(f"{_where(query_file, empty[0])}: query {empty[0].qid} has no positive in {source}{more}")
     return positives
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a folder")
 
 
 def evaluate_mbeir(
@@ -359,13 +382,20 @@ def evaluate_mbeir(
     batch_size: int = 32,
     progress: bool = True,
     filter_global_modality: bool = False,
+    allow_missing_positives: bool = False,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Recall@k (percent) of every query file of `root/query/<split>/` in each setting, plus their average.
 
     Returns {"<query file stem>": {"local": {"recall@1": ..}, "global": {..}}, ..., "average": {...}},
     settings and ks in the order given. See the module docstring for the protocol.
+
+    A query none of whose positives is in the pool it is ranked against is an MBEIRFormatError naming the
+    query (file:line) and the pool. With `allow_missing_positives` it counts as a miss instead: each query
+    file and setting that has some says so on stderr, and the result gains a "missing_positives" entry,
+    {"<query file stem>": {"<setting>": count}} (see `task_stems`).
     """
     root = Path(root)
+    _check_root(root)
     settings = tuple(settings)
     if not settings or any(s not in SETTINGS for s in settings):
         raise ValueError(f"settings: expected some of {SETTINGS}, got {settings}")
@@ -377,50 +407,76 @@ def evaluate_mbeir(
     if not query_files:
         raise FileNotFoundError(f"{query_dir}: no query files mbeir_*_{split}.jsonl")
 
-    cache: dict[tuple[str, str], np.ndarray] = {}  # each distinct image / text embedded once per run
-    pools: dict[Path, tuple[list[Candidate], np.ndarray]] = {}
-
-    def pool(path: Path) -> tuple[list[Candidate], np.ndarray]:
-        if path not in pools:
-            cands = read_pool(path, root=root)
-            if not cands:
-                raise ValueError(f"{path}: empty candidate pool")
-            if progress:
-                print(f"embedding {path.name} ({len(cands)} candidates)", file=sys.stderr)
-            pools[path] = cands, embed_items(embedder, cands, batch_size=batch_size, progress=progress, cache=cache)
-        return pools[path]
-
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    # 1. Read and check every file before embedding anything: bad input fails in a second, not after minutes.
+    pools: dict[Path, list[Candidate]] = {}
+    runs = []  # (query file, queries, {setting: (pool path, positive pool rows per query)})
+    missing_of: dict[str, dict[str, int]] = {}
     for qf in query_files:
         name = qf.stem[len("mbeir_") : -len(f"_{split}")]
         queries = read_queries(qf, root=root)
         if not queries:
-            raise ValueError(f"{qf}: no queries")
-        positives = query_positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt")
+            raise MBEIRFormatError(f"{qf}: no queries")
+        positives = query_positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt", query_file=qf,
+                                    allow_missing=allow_missing_positives)
+        per_setting = {}
+        for setting in settings:
+            path = local_pool_path(root, name, split) if setting == "local" else global_pool_path(root, split)
+            if path not in pools:
+                pools[path] = read_pool(path, root=root)
+                if not pools[path]:
+                    raise MBEIRFormatError(f"{path}: empty candidate pool")
+            row_of = {c.did: i for i, c in enumerate(pools[path])}
+            pos = [{row_of[d] for d in p if d in row_of} for p in positives]
+            missing = [i for i, p in enumerate(pos) if not p]
+            if missing and not allow_missing_positives:
+                q = queries[missing[0]]
+                more = f"; {len(missing) - 1} more queries of this file have none there" if len(missing) > 1 else ""
+                raise MBEIRFormatError(f"{_where(qf, q)}: query {q.qid} has no positive in {path} "
+                                       f"(positives: {', '.join(sorted(positives[missing[0]])) or 'none'}){more}")
+            if missing:
+                print(f"{qf}: {len(missing)} of {len(queries)} queries have no positive in {path}; "
+                      f"counted as misses", file=sys.stderr)
+                missing_of.setdefault(qf.stem, {})[setting] = len(missing)
+            per_setting[setting] = (path, pos)
+        runs.append((qf, queries, per_setting))
+
+    # 2. Embed (each distinct image / text once per run) and rank.
+    cache: dict[tuple[str, str], np.ndarray] = {}
+    pool_emb: dict[Path, np.ndarray] = {}
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for qf, queries, per_setting in runs:
         if progress:
             print(f"embedding {qf.name} ({len(queries)} queries)", file=sys.stderr)
         q_emb = embed_items(embedder, queries, batch_size=batch_size, progress=progress, cache=cache)
         row = {}
-        for setting in settings:
-            path = local_pool_path(root, name, split) if setting == "local" else global_pool_path(root, split)
-            cands, c_emb = pool(path)
-            row_of = {c.did: i for i, c in enumerate(cands)}
-            pos = [{row_of[d] for d in p if d in row_of} for p in positives]
-            missing = sum(1 for p in pos if not p)
-            if missing:
-                warnings.warn(f"{qf.name}: {missing} queries have no positive in {path.name}", stacklevel=2)
+        for setting, (path, pos) in per_setting.items():
+            cands = pools[path]
+            if path not in pool_emb:
+                if progress:
+                    print(f"embedding {path.name} ({len(cands)} candidates)", file=sys.stderr)
+                pool_emb[path] = embed_items(embedder, cands, batch_size=batch_size, progress=progress, cache=cache)
             cols = np.arange(len(cands))
             if setting == "global" and filter_global_modality:
                 targets = {cands[i].modality for p in pos for i in p}
                 cols = np.flatnonzero([c.modality in targets for c in cands])
-            ranked = cols[_search(q_emb, c_emb[cols], max(ks))]  # (nq, k) pool rows
+            ranked = cols[_search(q_emb, pool_emb[path][cols], max(ks))]  # (nq, k) pool rows
             row[setting] = {f"recall@{k}": 100.0 * recall_at_k(ranked, pos, k) for k in ks}
         results[qf.stem] = row
     tasks = list(results)
     results["average"] = {
         s: {m: float(np.mean([results[t][s][m] for t in tasks])) for m in results[tasks[0]][s]} for s in settings
     }
+    if missing_of:
+        results["missing_positives"] = missing_of  # type: ignore[assignment]
     return results
+
+
+NOT_TASKS = ("average", "missing_positives")  # keys of an `evaluate_mbeir` result that are not query files
+
+
+def task_stems(results: dict[str, Any]) -> list[str]:
+    """The query-file keys of an `evaluate_mbeir` result, in order."""
+    return [t for t in results if t not in NOT_TASKS]
 
 
 def _task_label(stem: str) -> str:
@@ -433,7 +489,7 @@ def _task_label(stem: str) -> str:
 
 def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     """One plain-text table per setting: a row per query file (and its task), recall@k columns, the average."""
-    tasks = [t for t in results if t != "average"]
+    tasks = task_stems(results)
     if not tasks:
         raise ValueError("results: no tasks")
     settings = list(results[tasks[0]])
@@ -619,7 +675,11 @@ def cli_build(args: argparse.Namespace) -> int:
         names = sorted(read_split(splits, args.split))
     elif args.splits:
         raise ValueError(f"--splits {args.splits}: give --split too (e.g. --split dev)")
-    stats = build_mbeir(captions, args.images, args.out, names=names, seed=args.seed)
+    try:
+        stats = build_mbeir(captions, args.images, args.out, names=names, seed=args.seed)
+    except (ValueError, OSError, KeyError) as e:
+        print(f"edge-gcl: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 1
     by_group = ", ".join(f"{n} {m}" for m, n in stats["pool_photos_by_modality"].items())
     print(f"M-BEIR benchmark in {stats['root']} (split {stats['split']}, seed {stats['seed']}): "
           f"{stats['photos']} photos, {stats['pool_photos']} pool-side ({by_group}), "
@@ -639,11 +699,22 @@ def cli_eval(args: argparse.Namespace) -> int:
     from .runtime import load_embedder  # imported here: it pulls in the model runtime
 
     settings = SETTINGS if args.setting == "both" else (args.setting,)
-    embedder = load_embedder(args.model, provider=args.provider)
-    results = evaluate_mbeir(embedder, args.root, split=args.split, settings=settings, ks=tuple(args.k),
-                             batch_size=args.batch_size)
-    print(format_table(results))
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
+    try:
+        _check_root(Path(args.root))  # before the model loads
+        embedder = load_embedder(args.model, provider=args.provider)
+        results = evaluate_mbeir(embedder, args.root, split=args.split, settings=settings, ks=tuple(args.k),
+                                 batch_size=args.batch_size, allow_missing_positives=args.allow_missing_positives)
+        print(format_table(results))
+        missing = results.get("missing_positives")
+        for setting in settings if missing else ():
+            n = sum(per_setting.get(setting, 0) for per_setting in missing.values())
+            if n:
+                print(f"{setting} pool: {n} {'query' if n == 1 else 'queries'} with no positive in the pool, "
+                      f"counted as {'a miss' if n == 1 else 'misses'}")
+        if args.json_out:
+            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
+    except (ValueError, OSError, KeyError) as e:  # MBEIRFormatError and ImageDecodeError are ValueErrors
+        print(f"edge-gcl: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 1
     return 0
