@@ -124,7 +124,12 @@ def config_path() -> Path:
 
 
 def check_configured() -> None:
-    """Raise ``AIHubNotConfigured`` unless the client config holds an API token (no network call)."""
+    """Raise ``AIHubNotConfigured`` unless the client config holds an API token (no network call).
+
+    A config the qai_hub client would misread is reported by file and line number only, never by
+    its content: the line at fault may be the token itself (a ``client.ini`` without its ``[api]``
+    header, or a token on a line of its own).
+    """
     path = config_path()
     where = f"{path} (from ${CONFIG_ENV})" if os.environ.get(CONFIG_ENV) else str(path)
     if not path.is_file():
@@ -132,17 +137,70 @@ def check_configured() -> None:
             f"AI Hub is not configured: no client config at {where}. To use AI Hub, {_CONFIGURE_HINT}, "
             f"or point ${CONFIG_ENV} at a client.ini with an [api] section."
         )
-    parser = configparser.ConfigParser()
-    try:
-        parser.read(path)
-    except configparser.Error as e:
-        raise AIHubNotConfigured(f"AI Hub client config {where} is not a valid ini file: {e}") from None
+    # Raised outside any `except`: no parser error (its message quotes the line) is chained.
+    problem = _config_problem(path)
+    if problem is not None:
+        line, what = problem
+        raise AIHubNotConfigured(
+            f"AI Hub client config {where}, line {line}: {what} (the line is not shown: it may hold the API "
+            f"token). Fix that line, or {_CONFIGURE_HINT}."
+        )
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path)
     api = parser["api"] if parser.has_section("api") else {}
     missing = [key for key in ("api_token", "api_url", "web_url") if not str(api.get(key, "")).strip()]
     if missing:
         raise AIHubNotConfigured(
             f"AI Hub client config {where} has no {', '.join(missing)} in its [api] section; {_CONFIGURE_HINT}."
         )
+
+
+def _config_problem(path: Path) -> tuple[int, str] | None:
+    """(line number, what is wrong) for a config the qai_hub client would misread, else None.
+
+    The description never quotes the file: configparser's own messages quote the offending line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        return path.read_bytes()[: e.start].count(b"\n") + 1, "not UTF-8 text"
+    parser = configparser.ConfigParser()  # as the qai_hub client reads it (with % interpolation)
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.MissingSectionHeaderError as e:
+        return e.lineno, "a line before any [section] header (a client.ini starts with [api])"
+    except configparser.ParsingError as e:
+        return e.errors[0][0], "a line that is neither a [section] header nor a `key = value` line"
+    except configparser.DuplicateSectionError as e:
+        return e.lineno, f"a second [{e.section}] section"
+    except configparser.DuplicateOptionError as e:
+        return e.lineno, f"a second `{e.option}` in [{e.section}]"
+    except configparser.Error as e:
+        return getattr(e, "lineno", None) or 1, f"not a valid ini file ({type(e).__name__})"
+    if not parser.has_section("api"):
+        return None
+    for key in parser["api"]:
+        try:
+            value = parser.get("api", key)
+        except configparser.InterpolationError:
+            return _line_of(text, "api", key), f"`{key}` holds a '%' the qai_hub client cannot read"
+        if key == "api_token" and any(ch.isspace() or not ch.isprintable() for ch in value):
+            return _line_of(text, "api", key), "`api_token` spans several lines or holds spaces"
+    return None
+
+
+def _line_of(text: str, section: str, key: str) -> int:
+    """1-based line of ``key``'s ``key = ...`` line inside ``[section]`` (1 if not found)."""
+    current = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            current = stripped[1:-1].strip()
+        elif current == section and not line[:1].isspace():
+            name = stripped.split("=", 1)[0].split(":", 1)[0].strip()
+            if name.lower() == key:
+                return number
+    return 1
 
 
 def _client(client: hub.Client | None) -> hub.Client:
@@ -176,12 +234,22 @@ def _hub_errors(client: hub.Client, source: str) -> Iterator[None]:
             raise AIHubAuthError(_auth_message(client, source)) from None
         raise
     except requests.exceptions.RequestException as e:  # raised past the client's own retries
-        raise AIHubError(f"could not reach AI Hub at {client.config.api_url}: {type(e).__name__}") from e
+        # Not chained, and redacted: requests quotes a malformed Authorization header, token included.
+        reason = _redact(f"{type(e).__name__}: {e}", client.config.api_token)
+        raise AIHubError(f"could not reach AI Hub at {client.config.api_url}: {reason}") from None
     except hub.UserError as e:
         # The client turns HTTP 401 into UserError("Failed to authenticate. ...").
         if str(e).startswith("Failed to authenticate"):
             raise AIHubAuthError(_auth_message(client, source)) from None
         raise
+
+
+def _redact(text: str, token: str | None) -> str:
+    """``text`` with the API token (and each whitespace-separated piece of it) replaced by ``<token>``."""
+    for secret in sorted({token or "", *(token or "").split()}, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "<token>")
+    return text
 
 
 def _auth_message(client: hub.Client, source: str) -> str:

@@ -283,6 +283,56 @@ def test_not_configured_fails_fast(towers, tmp_path, monkeypatch, ini, names):
     assert str(path) in message and names in message and "qai-hub configure --api_token" in message
 
 
+SECRET = "sk-qaihub-LEAK-CHECK-5d1f0a9e"
+_URLS = "api_url = https://example.invalid\nweb_url = https://example.invalid\n"
+
+
+@pytest.mark.parametrize(
+    ("ini", "line"),
+    [
+        (f"api_token = {SECRET}\n{_URLS}", 1),  # no [api] header
+        (f"{SECRET}\n[api]\n{_URLS}api_token =\n", 1),  # the token above the header
+        (f"[api]\n{_URLS}api_token =\n{SECRET}\n", 5),  # the token on a line of its own
+        (f"[api]\n{_URLS}api_token =\n    {SECRET}\n", 4),  # ... indented: a 2-line value
+        (f"[api]\n{_URLS}api_token = {SECRET[:9]}%{SECRET[9:]}\n", 4),  # a '%' the client rejects
+        (f"[api]\n{_URLS}api_token = {SECRET}\napi_token = {SECRET}\n", 5),
+    ],
+    ids=["no-header", "token-above-header", "token-own-line", "token-continuation", "percent", "twice"],
+)
+def test_malformed_config_names_file_and_line_never_the_token(tmp_path, monkeypatch, capfd, ini, line):
+    from export import compile as compile_cli
+
+    path = tmp_path / "client.ini"
+    path.write_text(ini)
+    monkeypatch.setenv(CONFIG_ENV, str(path))
+    with pytest.raises(AIHubNotConfigured) as failure:
+        check_configured()
+    error = failure.value
+    assert f"{path} (from ${CONFIG_ENV}), line {line}:" in str(error)
+    assert error.__context__ is None and error.__cause__ is None  # no parser error rides along
+    assert SECRET not in "".join(traceback.format_exception(error))
+    for piece in (SECRET[:9], SECRET[9:]):
+        assert piece not in str(error)
+
+    assert compile_cli.main(["--target", "snapdragon", "--via", "aihub"]) == 2  # before any work
+    printed = capfd.readouterr()
+    assert f"line {line}" in printed.err
+    assert SECRET[9:] not in printed.out + printed.err
+
+
+def test_unreachable_hub_error_is_redacted_and_unchained(towers, tmp_path):
+    """requests quotes a malformed Authorization header (token included); the AIHubError must not."""
+    import qai_hub as hub
+    from qai_hub.client import ClientConfig
+
+    with FakeAIHub(lifetime_s=30) as server:
+        config = ClientConfig(api_token=f"{SECRET}\n", api_url=server.url, web_url=server.url)
+        with pytest.raises(AIHubError) as failure:
+            _run(towers, tmp_path / "out", client=hub.Client(config=config))
+    assert SECRET not in "".join(traceback.format_exception(failure.value))  # chained causes included
+    assert "could not reach AI Hub" in str(failure.value) and "InvalidHeader" in str(failure.value)
+
+
 def test_config_path_is_the_clients(tmp_path, monkeypatch):
     from qai_hub.api_utils import get_config_path
 
