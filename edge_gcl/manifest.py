@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -154,11 +154,22 @@ def file_digest(path: Path) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> Path:
-    """Write JSON to a temp file in the same folder and rename it over `path`."""
+    """Write JSON to a temp file in the same folder, fsync it and rename it over `path`.
+
+    The file gets the mode any new file gets (0666 minus the umask, so 0644 beside the other
+    artifacts), not the 0600 of `tempfile.mkstemp`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -134,8 +134,9 @@ def pick_samples(model, captions: Path, images: Path | None, names: set[str] | N
                      for j in range(len(rows))],
         }
 
-    source = {"captions": str(captions), "photos": n_calibration, "heldout_photos": n_heldout, "seed": seed,
-              "restricted_to_split": names is not None}
+    # The dataset-relative name ("flickr8k/captions.txt"), not this machine's absolute path.
+    source = {"captions": f"{captions.parent.name}/{captions.name}", "photos": n_calibration,
+              "heldout_photos": n_heldout, "seed": seed, "restricted_to_split": names is not None}
     return Samples(feeds(chosen[:n_calibration]), feeds(chosen[n_calibration:]), source)
 
 
@@ -289,7 +290,7 @@ def run(
             chipset=dataclasses.asdict(chip),
             calibration=samples.source,
             tools=_tool_versions(),
-            extra={"onnx_parity_max_abs_error": parity, "source_model": str(model_spec),
+            extra={"onnx_parity_max_abs_error": parity, "source_model": _model_name(model_spec),
                    **({"aihub": aihub_summary} if aihub_summary else {})},
         )
         manifest.save(stage)
@@ -299,6 +300,11 @@ def run(
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return CompileResult(out, manifest, steps)
+
+
+def _model_name(model_spec: str) -> str:
+    """`--model` as recorded: a name as given, a checkpoint folder or file by its own name only."""
+    return Path(model_spec).name if Path(model_spec).exists() else model_spec
 
 
 def _run_cpu(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:

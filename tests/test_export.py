@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 
 import numpy as np
@@ -18,7 +20,7 @@ from edge_gcl.config import (
     TextTransformerConfig,
     VisionTransformerConfig,
 )
-from edge_gcl.manifest import Manifest, file_digest
+from edge_gcl.manifest import Manifest, file_digest, write_json_atomic
 from edge_gcl.models import create_model
 from edge_gcl.runtime import OnnxEmbedder
 from export import compile as compile_cli
@@ -80,6 +82,37 @@ def test_manifest_states_the_contract(artifacts):
         assert manifest.files[ctx]["sha256"] == file_digest(artifacts / ctx)["sha256"]
     assert manifest.towers["text"].spec.inputs[0].dtype == "int32"
     assert raw["extra"]["onnx_parity_max_abs_error"]["image"] < 1e-4
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (str(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_manifest_records_no_path_of_the_build_machine(artifacts, photos):
+    raw = json.loads((artifacts / "manifest.json").read_text())
+    assert raw["calibration"]["captions"] == f"{photos.name}/captions.txt"  # relative to the data root
+    assert raw["extra"]["source_model"] == "model"  # the checkpoint folder's name
+    assert [s for s in _strings(raw) if os.path.isabs(s) or "/tmp" in s] == []
+
+
+def test_manifest_has_the_mode_of_the_other_artifacts(artifacts):
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in artifacts.iterdir() if p.is_file()}
+    assert len(set(modes.values())) == 1, modes  # manifest.json was 0600, the rest 0644
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_write_json_atomic_respects_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = write_json_atomic(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert json.loads(path.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["m.json"]
 
 
 def test_runtime_reads_the_artifacts_like_pytorch(artifacts, tiny_checkpoint, photos):
