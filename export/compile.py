@@ -16,7 +16,8 @@ The recipe, step by step (each timed and shown in the summary):
 5. Verify: run the compiled models in HTP emulation on held-out inputs against the float model
    (cosine, max abs error).
 6. Write `manifest.json` (contract, files with SHA-256, precision, chip, NPU share, fidelity, tool
-   versions) and move the finished folder into place; a failed run leaves the old folder untouched.
+   versions) and swap the finished folder into place (atomically on Linux; elsewhere a crash
+   mid-swap is undone by the next build); a failed run leaves the old folder untouched.
 With `--via aihub`, steps 4-5 run on Qualcomm AI Hub instead: compile there and profile on a
 real device (inference ms, peak memory, layer placement), written into the manifest.
 """
@@ -179,6 +180,8 @@ def run(
         from .aihub import check_configured
 
         check_configured()  # at once: no work before we know AI Hub can be reached
+    if out.parent.is_dir():
+        recover_folder(out, log)
     steps: dict[str, float] = {}
     t = time.perf_counter()
 
@@ -195,7 +198,7 @@ def run(
     done("load")
 
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
+    _remove(stage)
     stage.mkdir(parents=True)
     try:
         log("[2/6] exporting float ONNX towers")
@@ -317,14 +320,87 @@ def _run_cpu(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _replace_folder(stage: Path, out: Path) -> None:
-    """Move the finished `stage` to `out`; an existing `out` is replaced only now."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
+    """Put the finished `stage` at `out`, never leaving `out` missing.
+
+    Linux: one renameat2(RENAME_EXCHANGE) swaps the two folders atomically (a reader sees the old
+    build or the new one), then the old build, now at `stage`, is deleted. Elsewhere (or on a file
+    system without the exchange), two renames: `out` -> `.<out>.old`, `stage` -> `out`; a crash
+    between them leaves the old build at `.<out>.old`, which `recover_folder` (the first thing every
+    build does) moves back.
+    """
+    if not os.path.lexists(out):
         stage.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        stage.rename(out)
+        return
+    if _exchange(stage, out):
+        _remove(stage)
+        return
+    old = _old_folder(out)
+    _remove(old)
+    out.rename(old)
+    stage.rename(out)
+    _remove(old)
+
+
+def recover_folder(out: Path, log=print) -> None:
+    """Undo what an interrupted build left beside `out`.
+
+    A `.<out>.old` with no `out` is the previous build, moved aside by a replace that was cut short:
+    it goes back to `out`. A `.<out>.old` beside `out` is a finished replace's leftover, and a
+    `.<out>.partial-<pid>` whose process is gone a killed build's staging folder: both are deleted.
+    """
+    old = _old_folder(out)
+    if os.path.lexists(old):
+        if os.path.lexists(out):
+            _remove(old)
+        else:
+            old.rename(out)
+            log(f"  {out}: put back the previous build (a replace was interrupted)")
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and not _running(int(pid)):
+            _remove(stale)
+
+
+def _old_folder(out: Path) -> Path:
+    return out.parent / f".{out.name}.old"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where that is unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # old kernel or a file system without it
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _tool_versions() -> dict[str, str]:

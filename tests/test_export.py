@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,6 +134,87 @@ def test_failed_rebuild_keeps_the_old_artifacts(artifacts, tiny_checkpoint, tmp_
         compile_cli.main(["--model", str(tiny_checkpoint), "--out", str(artifacts), "--calibration", str(tmp_path)])
     assert (artifacts / "manifest.json").read_bytes() == before
     assert not list(artifacts.parent.glob(".artifacts.partial-*"))
+
+
+def _tree(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_failure_mid_build_after_staging_keeps_the_old_artifacts(artifacts, tiny_checkpoint, monkeypatch):
+    import export.quantize
+
+    before, staged = _tree(artifacts), []
+    real = export.quantize.quantize_tower
+
+    def quantize_then_die(float_onnx, out_path, *, kind, **options):
+        if kind == "text":  # the image tower is already quantized in the staging folder
+            staged.extend(p.name for p in out_path.parent.iterdir())
+            raise KeyboardInterrupt  # not an Exception: a Ctrl-C mid-build
+        return real(float_onnx, out_path, kind=kind, **options)
+
+    monkeypatch.setattr(export.quantize, "quantize_tower", quantize_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        compile_cli.main(["--model", str(tiny_checkpoint), "--out", str(artifacts), "--skip-compile",
+                          "--calibration-size", "2", "--heldout-size", "2"])
+    assert "image_tower_w8a16.onnx" in staged
+    assert _tree(artifacts) == before
+    assert sorted(p.name for p in artifacts.parent.iterdir()) == ["artifacts"]
+
+
+def _folder(path, marker):
+    path.mkdir()
+    (path / "manifest.json").write_text(marker)
+    return path
+
+
+def test_replace_swaps_in_one_step(tmp_path, monkeypatch):
+    out = _folder(tmp_path / "artifacts", "old")
+    stage = _folder(tmp_path / ".artifacts.partial-1", "new")
+
+    def no_rename(self, target):
+        raise AssertionError(f"two-step rename {self} -> {target}")
+
+    monkeypatch.setattr(type(out), "rename", no_rename)  # Linux: one renameat2(RENAME_EXCHANGE)
+    compile_cli._replace_folder(stage, out)
+    assert (out / "manifest.json").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["artifacts"]
+
+
+_CRASH_BETWEEN_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+import export.compile as c
+c._exchange = lambda a, b: False  # a file system without RENAME_EXCHANGE: two renames
+real, calls = Path.rename, []
+def rename(self, target):
+    calls.append(target)
+    if len(calls) == 2:  # out is already aside, stage not yet in place
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, target)
+Path.rename = rename
+c._replace_folder(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def test_killed_between_renames_the_next_build_puts_the_old_folder_back(tmp_path, tiny_checkpoint):
+    import signal
+    import subprocess
+    import sys
+
+    out = _folder(tmp_path / "artifacts", "old")
+    stage = _folder(tmp_path / ".artifacts.partial-999999999", "new")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = _folder(tmp_path / f".artifacts.partial-{dead.stdout.strip()}", "killed build")
+    done = subprocess.run([sys.executable, "-c", _CRASH_BETWEEN_RENAMES, str(stage), str(out)],
+                          cwd=Path(compile_cli.__file__).parents[1])
+    assert done.returncode == -signal.SIGKILL
+    assert not out.exists() and (tmp_path / ".artifacts.old" / "manifest.json").read_text() == "old"
+
+    # The next build, even one that fails at once, first puts the old build back.
+    with pytest.raises(FileNotFoundError):
+        compile_cli.main(["--model", str(tiny_checkpoint), "--out", str(out), "--calibration", str(tmp_path / "x")])
+    assert (out / "manifest.json").read_text() == "old"
+    assert not stale.exists() and not stage.exists() and not (tmp_path / ".artifacts.old").exists()
 
 
 def test_fix_batch_pins_shapes(tiny_checkpoint, tmp_path):
