@@ -32,7 +32,7 @@ MODALITIES = ("image", "text", "image,text")
 
 def modality_gap(embedder: Any, root: str | Path, *, split: str = "test", batch_size: int = 32) -> dict[str, dict]:
     """{query file stem: {"queries": n, "positive": cos, "cos": {modality: cos}, "above": {modality: count}}}."""
-    from edge_gcl.mbeir import embed_items, global_pool_path, query_positives, read_pool, read_queries
+    from edge_gcl.eval.mbeir import embed_items, global_pool_path, query_positives, read_pool, read_queries
 
     root = Path(root)
     cache: dict = {}

@@ -5,7 +5,7 @@
     python -m benchmarks.recall --losses gcl,cl,pairwise --seeds 0,1,2             # hours: trains 9 models
     python -m benchmarks.recall --losses gcl,cl --seeds 0 --steps 20               # a quick look
 
-Forms mode. `evaluate_mbeir` (UniIR's protocol, `edge_gcl.mbeir`) runs once per form of the same weights:
+Forms mode. `evaluate_mbeir` (UniIR's protocol, `edge_gcl.eval.mbeir`) runs once per form of the same weights:
 
     torch   PyTorch float32 (`TorchEmbedder(load_model(--model))`): the float model, the reference
     onnx    the exported float ONNX towers on ONNX Runtime's CPU EP
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import sys
 import tempfile
 import time
@@ -73,7 +72,7 @@ def ensure_root(root: str | Path, *, flickr: str | Path = SHARED_FLICKR, split: 
                 log: Callable[[str], Any] = print) -> Path:
     """The M-BEIR root; built from `flickr`'s `split` (splits.json) when it holds no query files."""
     from edge_gcl.data import read_split
-    from edge_gcl.mbeir import build_mbeir
+    from edge_gcl.eval.build import build_mbeir
 
     root = Path(root)
     if (root / "query").is_dir():
@@ -90,13 +89,9 @@ def ensure_root(root: str | Path, *, flickr: str | Path = SHARED_FLICKR, split: 
 # ----------------------------------------------------------------------------- pure pieces
 def task_label(stem: str) -> str:
     """"mbeir_flickr8k_task0_test" -> "text -> image" (UniIR's task ids); "" when unknown."""
-    from edge_gcl.mbeir import MBEIR_TASKS
+    from edge_gcl.eval.mbeir import task_label as label
 
-    m = re.search(r"_task(\d+)(?:_|$)", stem)
-    if not m or int(m.group(1)) not in MBEIR_TASKS:
-        return ""
-    q, c = MBEIR_TASKS[int(m.group(1))]
-    return f"{q} -> {c}"
+    return label(stem)
 
 
 def recall_rows(results: Mapping[str, MBEIR], reference: str | None) -> list[dict[str, Any]]:
@@ -199,7 +194,7 @@ def run_forms(
     `via_index`: also measure each form's global-setting recall through the on-device index (`index_recall`,
     vectors stored as `index_dtype`), under "via_index": {form: result} and "index_rows": index_rows(...).
     """
-    from edge_gcl.mbeir import evaluate_mbeir
+    from edge_gcl.eval.mbeir import evaluate_mbeir
 
     bad = [f for f in forms if f not in FORMS]
     if bad:
@@ -271,9 +266,9 @@ def index_recall(
     over chunks) where the harness truncates it (a warning counts them), and float16 / int8 storage rounds
     the vectors. `index_dir` must not hold an index yet.
     """
+    from edge_gcl.eval.mbeir import global_pool_path, query_positives, read_pool, read_queries
     from edge_gcl.index import Index
     from edge_gcl.index.sources import chunk_note, note_id, photo_id
-    from edge_gcl.mbeir import global_pool_path, query_positives, read_pool, read_queries
     from edge_gcl.metrics import recall_at_k
 
     root = Path(root)
@@ -438,7 +433,7 @@ def run_losses(
 ) -> dict[str, Any]:
     """Train and evaluate every (loss, seed); {"rows": loss_summary(...), "runs": [...], "recipe": {...}}."""
     from edge_gcl.checkpoint import is_checkpoint, read_meta
-    from edge_gcl.mbeir import evaluate_mbeir
+    from edge_gcl.eval.mbeir import evaluate_mbeir
     from edge_gcl.models import TorchEmbedder, load_model
     from edge_gcl.train import train
 

@@ -1,8 +1,8 @@
 """`edge-gcl`: the command line. This file is the CLI contract; each handler lives with its concern.
 
     edge-gcl train ...                    edge_gcl/train.py
-    edge-gcl eval mbeir ...               edge_gcl/mbeir.py
-    edge-gcl bench build-mbeir ...        edge_gcl/mbeir.py
+    edge-gcl eval mbeir ...               edge_gcl/eval/cli.py
+    edge-gcl bench build-mbeir ...        edge_gcl/eval/cli.py
     edge-gcl index add|sync|note|remove|stats ...   edge_gcl/index/cli.py
     edge-gcl search "query" ...           edge_gcl/index/cli.py
 
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", dest="json_out", help="write the results JSON here")
     m.add_argument("--batch-size", type=int, default=32)
     m.add_argument("--provider", choices=["cpu", "qnn"], default="cpu", help="for artifacts folders")
-    m.set_defaults(func=_handler("edge_gcl.mbeir:cli_eval"))
+    m.set_defaults(func=_handler("edge_gcl.eval.cli:cli_eval"))
 
     # --- bench ---------------------------------------------------------------------------
     b = sub.add_parser("bench", help="benchmark data").add_subparsers(dest="bench_command", required=True)
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--split", default=None, help="e.g. dev")
     bm.add_argument("--out", required=True, help="output M-BEIR root")
     bm.add_argument("--seed", type=int, default=0)
-    bm.set_defaults(func=_handler("edge_gcl.mbeir:cli_build"))
+    bm.set_defaults(func=_handler("edge_gcl.eval.cli:cli_build"))
 
     # --- index / search ------------------------------------------------------------------
     def index_options(q: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
 """Recall through the on-device index equals the evaluation harness's (`benchmarks.recall.index_recall` vs
-`edge_gcl.mbeir.evaluate_mbeir`, global setting), on a 20-photo M-BEIR benchmark built from the Flickr8k dev
+`edge_gcl.eval.mbeir.evaluate_mbeir`, global setting), on a 20-photo M-BEIR benchmark built from the Flickr8k dev
 split with a fast deterministic fake embedder (no weights)."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import edge_gcl.index.index as index_module
 from benchmarks.recall import index_recall
 from edge_gcl.data import read_split
 from edge_gcl.embedding import l2_normalize
-from edge_gcl.mbeir import build_mbeir, evaluate_mbeir
+from edge_gcl.eval.build import build_mbeir
+from edge_gcl.eval.mbeir import evaluate_mbeir
 
 DIM = 32
 PIXELS = 8  # images are downsampled to (8, 8, 3) before the projection

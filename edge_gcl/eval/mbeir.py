@@ -1,4 +1,4 @@
-"""M-BEIR benchmarks (UniIR's file layout): read them, evaluate an `Embedder` on them, build one from Flickr.
+"""M-BEIR benchmarks (UniIR's file layout): read them and evaluate an `Embedder` on them.
 
 Layout, as published in TIGER-Lab/M-BEIR and read by UniIR (`src/common/mbeir_embedder.py`,
 `src/common/mbeir_retriever.py`, the `configs_scripts/*/eval/inbatch/{embed,retrieval}.yaml` files):
@@ -32,53 +32,24 @@ text->image query whose captions outrank its image counts as a miss. That is wha
 measure, and why UniIR trains with instructions. `filter_global_modality=True` gives the easier variant that
 restricts the union pool to the modalities of each task's positives; it is not UniIR's protocol.
 
-Building (`build_mbeir`) turns a Flickr-style folder (`captions.txt` CSV `image,caption`, 5 captions per
-photo) into a mixed-modality benchmark with five tasks, written under split "test". Every candidate is distinct
-content, as in M-BEIR and in the phone app's index (one item per photo, the photo with its note): each photo
-appears in at most one candidate modality, so a query meets one form of its photo and the global setting
-measures modality bias, not "same photo, other form" collisions. The photos are shuffled with `seed` and dealt
-into four disjoint groups: of n photos, B (query photos) takes the last ceil(n/2); the first floor(n/2) go, in
-order, to A_i (image candidates), A_it (image+text candidates) and A_t (text candidates), whose sizes are
-floor(n/2) // 3 plus one for the first floor(n/2) % 3 of them (n = 100: A_i 17, A_it 17, A_t 16,
-B 50). Caption 0 is the photo's note, c0:
-
-    file stem                   photos  query                 positive candidate(s)   local pool
-    mbeir_flickr8k_task0_test   A_i     each caption          its image               images of A_i
-    mbeir_flickr8k_task1_test   A_t     each caption but c0   its c0 (a text)         all text candidates
-    mbeir_flickr8k_task2_test   A_it    each caption but c0   its image + c0          image+text items of A_it
-    mbeir_flickr8k_task3_test   B       its image             its c1..c4 (texts)      all text candidates
-    mbeir_flickr8k_task6_test   B       its image + c0        its c1..c4 (texts)      all text candidates
-
-So a photo with 5 captions gives 5 queries in A_i, 4 in A_it or A_t and one per task 3 and 6 in B. The text
-candidates are A_t's notes and B's captions 1..4 (B's captions are the bulk of the text pool, as M-BEIR's
-pools are text-heavy); B's images appear in no pool, so an image query can never win by matching its own
-pixels. The global pool is the union of the local pools (images, image+text items, texts). No text appears
-twice (case, punctuation and spacing aside), so no candidate text equals a query text or another candidate
-text: a photo is used only if its captions differ from each other and from every caption of the photos used
-before it (in shuffled order), and it has at least the two captions its role needs (one in A_i); any other is
-skipped, leaving its group one short, and listed with the reason in the stats. Image paths are
-`images/<name>` relative to the root, where `images` is a symlink to the source folder: nothing is copied.
-`dataset` names the files; its M-BEIR dataset id is 10 (M-BEIR uses 0-9).
+Building M-BEIR-layout benchmarks from captions folders: `edge_gcl.eval.build`. The command line:
+`edge_gcl.eval.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import random
 import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .data import read_flickr, read_split
-from .embedding import Embedder, fuse
-from .metrics import recall_at_k, topk
+from ..embedding import Embedder, fuse
+from ..metrics import recall_at_k, topk
 
 MODALITIES = ("text", "image", "image,text")
 # UniIR's task ids (src/data/preprocessing/utils.py: MBEIR_TASK): id -> (query modality, candidate modality).
@@ -93,11 +64,6 @@ MBEIR_TASKS: dict[int, tuple[str, str]] = {
     8: ("image,text", "image,text"),
 }
 SETTINGS = ("local", "global")
-BUILD_TASKS = (0, 1, 2, 3, 6)  # the tasks `build_mbeir` writes
-BUILD_SPLIT = "test"
-# `build_mbeir`'s photo groups, in shuffled order: the candidate modality of A_i, A_it, A_t, then B (queries).
-GROUPS = ("image", "image,text", "text", "query")
-DATASET_ID = 10  # M-BEIR's datasets take ids 0-9
 
 
 class MBEIRFormatError(ValueError):
@@ -365,7 +331,8 @@ def query_positives(
     return positives
 
 
-def _check_root(root: Path) -> None:
+def check_root(root: Path) -> None:
+    """FileNotFoundError / NotADirectoryError naming `root` unless it is a folder."""
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such folder")
     if not root.is_dir():
@@ -395,7 +362,7 @@ def evaluate_mbeir(
     {"<query file stem>": {"<setting>": count}} (see `task_stems`).
     """
     root = Path(root)
-    _check_root(root)
+    check_root(root)
     settings = tuple(settings)
     if not settings or any(s not in SETTINGS for s in settings):
         raise ValueError(f"settings: expected some of {SETTINGS}, got {settings}")
@@ -471,7 +438,8 @@ def evaluate_mbeir(
     return results
 
 
-NOT_TASKS = ("average", "missing_positives")  # keys of an `evaluate_mbeir` result that are not query files
+# Keys of an `evaluate_mbeir` result (and of `edge-gcl eval mbeir --json`) that are not query files.
+NOT_TASKS = ("average", "missing_positives", "headline")
 
 
 def task_stems(results: dict[str, Any]) -> list[str]:
@@ -479,7 +447,8 @@ def task_stems(results: dict[str, Any]) -> list[str]:
     return [t for t in results if t not in NOT_TASKS]
 
 
-def _task_label(stem: str) -> str:
+def task_label(stem: str) -> str:
+    """"mbeir_flickr8k_task0_test" -> "text -> image" (UniIR's task ids); "" when unknown."""
     m = re.search(r"_task(\d+)(?:_|$)", stem)
     if not m or int(m.group(1)) not in MBEIR_TASKS:
         return ""
@@ -494,227 +463,40 @@ def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
         raise ValueError("results: no tasks")
     settings = list(results[tasks[0]])
     width = max(len(t) for t in [*tasks, "average"])
-    label_width = max(len(_task_label(t)) for t in tasks)
+    label_width = max(len(task_label(t)) for t in tasks)
     blocks = []
     for s in settings:
         metrics = list(results[tasks[0]][s])
         lines = [f"M-BEIR {s} pool: recall (%)"]
         lines.append(f"{'task':<{width}}  {'':<{label_width}}  " + "  ".join(f"{m:>9}" for m in metrics))
-        rows = [(t, _task_label(t), results[t][s]) for t in tasks]
+        rows = [(t, task_label(t), results[t][s]) for t in tasks]
         if "average" in results:
             rows.append(("average", "", results["average"][s]))
         for t, label, vals in rows:
             lines.append(f"{t:<{width}}  {label:<{label_width}}  " + "  ".join(f"{vals[m]:>9.2f}" for m in metrics))
         blocks.append("\n".join(lines))
+    top = headline(results)
+    if top:
+        blocks.append("headline, global pool: " + "   ".join(
+            f"{what} " + "  ".join(f"R@{m[len('recall@'):]} {v:.2f}" for m, v in top[what].items()) for what in top))
     return "\n\n".join(blocks)
 
 
-# --- building ---------------------------------------------------------------------------------
+HEADLINE_TASK = 0  # text -> image: a text query looking for a photo, what the phone app needs most
+HEADLINE_KS = (1, 5)
 
 
-def _norm(text: str) -> str:
-    """Comparison key: case, punctuation and spacing ignored."""
-    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
-def _link_images(out: Path, images: Path) -> None:
-    link = out / "images"
-    if link.is_symlink():
-        if link.resolve() == images:
-            return
-        link.unlink()
-    elif link.exists():
-        raise FileExistsError(f"{link}: exists and is not a symlink; remove it or choose another output folder")
-    link.symlink_to(images, target_is_directory=True)
-
-
-def build_mbeir(
-    captions_file: str | Path,
-    images_dir: str | Path | None,
-    out_dir: str | Path,
-    *,
-    names: Sequence[str] | None = None,
-    seed: int = 0,
-    dataset: str = "flickr8k",
-) -> dict[str, Any]:
-    """Write a five-task M-BEIR benchmark built from a Flickr-style captions folder; returns its stats.
-
-    `names`: the photos to use (default: all with captions and an image file). `images_dir` defaults to
-    `images/` beside the captions file. Same inputs and seed, same bytes. Rewrites the files it writes
-    (including the union pool) and leaves any others in `out_dir` alone. See the module docstring.
-    """
-    captions_file = Path(captions_file)
-    images = (Path(images_dir) if images_dir is not None else captions_file.parent / "images").resolve()
-    pairs = read_flickr(captions_file, images)
-    by_name = {p.relative_to(images).as_posix(): caps for p, caps in zip(pairs.images, pairs.captions, strict=True)}
-    if names is None:
-        chosen = sorted(by_name)
-    else:
-        chosen = sorted(set(names))
-        unknown = [n for n in chosen if n not in by_name]
-        if unknown:
-            raise ValueError(
-                f"{captions_file}: {len(unknown)} requested photos have no caption there or no image file in "
-                f"{images}: {', '.join(unknown[:5])}"
-            )
-    if not re.fullmatch(r"[a-z0-9]+", dataset):
-        raise ValueError(f"dataset: use lowercase letters and digits (it names the files), got {dataset!r}")
-    random.Random(seed).shuffle(chosen)
-
-    # 1. Groups: B the last ceil(n/2) photos; A_i, A_it, A_t the first floor(n/2), sizes within one, larger first.
-    n_pool = len(chosen) // 2
-    bounds = [0, *accumulate([n_pool // 3 + (i < n_pool % 3) for i in range(3)] + [len(chosen) - n_pool])]
-    groups = dict(zip(GROUPS, (chosen[bounds[i] : bounds[i + 1]] for i in range(4)), strict=True))
-
-    # 2. Photos kept: captions distinct within the photo and from the captions of the photos kept before it.
-    skipped: dict[str, str] = {}
-    taken: set[str] = set()
-    group_of = {n: g for g, members in groups.items() for n in members}
-    for name in chosen:
-        keys = {_norm(c) for c in by_name[name]}
-        need = 1 if group_of[name] == "image" else 2
-        if len(keys) < len(by_name[name]):
-            skipped[name] = "two of its captions are the same"
-        elif keys & taken:
-            skipped[name] = "one of its captions repeats an earlier photo's"
-        elif len(keys) < need:
-            skipped[name] = "only one caption, and its group needs a candidate text and a query text"
-        else:
-            taken |= keys
-    a_i, a_it, a_t, b = ([n for n in groups[g] if n not in skipped] for g in GROUPS)
-
-    # 3. Candidates (pool order: images, image+text items, texts) and queries, ids "<DATASET_ID>:<n>".
-    cands: dict[str, dict[str, Any]] = {}
-
-    def add(kind: str, name: str, caption: int | None) -> str:
-        did = f"{DATASET_ID}:{len(cands) + 1}"
-        cands[did] = {"txt": None if caption is None else by_name[name][caption],
-                      "img_path": None if kind == "text" else f"images/{name}", "modality": kind, "did": did,
-                      "src_content": json.dumps({"image": name, "caption": caption})}
-        return did
-
-    def rest(n: str) -> range:  # the captions of a photo but its note (caption 0)
-        return range(1, len(by_name[n]))
-
-    image_of = {n: add("image", n, None) for n in a_i}
-    pair_of = {n: add("image,text", n, 0) for n in a_it}
-    note_of = {n: add("text", n, 0) for n in a_t}
-    texts_of = {n: [add("text", n, c) for c in rest(n)] for n in b}
-    text_pool = list(note_of.values()) + [d for ds in texts_of.values() for d in ds]
-
-    tasks: dict[int, tuple[list[tuple[str, int | None, bool, list[str]]], list[str]]] = {
-        # task id: ([(photo, query caption, query has the image, positive dids)], local pool dids)
-        0: ([(n, c, False, [image_of[n]]) for n in a_i for c in range(len(by_name[n]))], list(image_of.values())),
-        1: ([(n, c, False, [note_of[n]]) for n in a_t for c in rest(n)], text_pool),
-        2: ([(n, c, False, [pair_of[n]]) for n in a_it for c in rest(n)], list(pair_of.values())),
-        3: ([(n, None, True, texts_of[n]) for n in b], text_pool),
-        6: ([(n, 0, True, texts_of[n]) for n in b], text_pool),
-    }
-
-    # 4. Files.
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _link_images(out, images)
-    stats_tasks = {}
-    n_queries = 0
-    for task_id, (rows, pool_dids) in tasks.items():
-        stem = f"mbeir_{dataset}_task{task_id}_{BUILD_SPLIT}"
-        q_mod = MBEIR_TASKS[task_id][0]
-        queries = []
-        for name, caption, with_image, pos in rows:
-            n_queries += 1
-            queries.append({
-                "qid": f"{DATASET_ID}:{n_queries}", "query_txt": None if caption is None else by_name[name][caption],
-                "query_img_path": f"images/{name}" if with_image else None, "query_modality": q_mod,
-                "query_src_content": json.dumps({"image": name, "caption": caption}),
-                "pos_cand_list": pos, "neg_cand_list": [], "task_id": task_id,
-            })
-        _write_jsonl(out / "query" / BUILD_SPLIT / f"{stem}.jsonl", queries)
-        _write_jsonl(out / "cand_pool" / "local" / f"{stem}_cand_pool.jsonl", [cands[d] for d in pool_dids])
-        qrels = out / "qrels" / BUILD_SPLIT / f"{stem}_qrels.txt"
-        qrels.parent.mkdir(parents=True, exist_ok=True)
-        qrels.write_text("".join(f"{q['qid']} 0 {d} 1 {task_id}\n" for q in queries for d in q["pos_cand_list"]))
-        stats_tasks[stem] = {"task": " -> ".join(MBEIR_TASKS[task_id]), "queries": len(queries),
-                             "local_pool": len(pool_dids)}
-    _write_jsonl(global_pool_path(out, BUILD_SPLIT), list(cands.values()))
-
-    by_modality: dict[str, int] = {}
-    for c in cands.values():
-        by_modality[c["modality"]] = by_modality.get(c["modality"], 0) + 1
-    return {
-        "root": str(out),
-        "split": BUILD_SPLIT,
-        "seed": seed,
-        "photos": len(chosen),
-        "pool_photos": len(a_i) + len(a_it) + len(a_t),
-        "pool_photos_by_modality": {"image": len(a_i), "image,text": len(a_it), "text": len(a_t)},
-        "query_photos": len(b),
-        "skipped": dict(sorted(skipped.items())),
-        "tasks": stats_tasks,
-        "global_pool": len(cands),
-        "global_pool_by_modality": by_modality,
-    }
-
-
-# --- command line -----------------------------------------------------------------------------
-
-
-def cli_build(args: argparse.Namespace) -> int:
-    """`edge-gcl bench build-mbeir`: --split picks photos from --splits (default: splits.json beside captions)."""
-    captions = Path(args.captions)
-    names = None
-    if args.split:
-        splits = Path(args.splits) if args.splits else captions.parent / "splits.json"
-        if not splits.is_file() and not splits.is_absolute() and (captions.parent / splits).is_file():
-            splits = captions.parent / splits  # `--splits splits.json` names the file beside captions.txt
-        names = sorted(read_split(splits, args.split))
-    elif args.splits:
-        raise ValueError(f"--splits {args.splits}: give --split too (e.g. --split dev)")
-    try:
-        stats = build_mbeir(captions, args.images, args.out, names=names, seed=args.seed)
-    except (ValueError, OSError, KeyError) as e:
-        print(f"edge-gcl: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 1
-    by_group = ", ".join(f"{n} {m}" for m, n in stats["pool_photos_by_modality"].items())
-    print(f"M-BEIR benchmark in {stats['root']} (split {stats['split']}, seed {stats['seed']}): "
-          f"{stats['photos']} photos, {stats['pool_photos']} pool-side ({by_group}), "
-          f"{stats['query_photos']} query-side, {len(stats['skipped'])} skipped")
-    width = max(len(s) for s in stats["tasks"])
-    for stem, t in stats["tasks"].items():
-        print(f"  {stem:<{width}}  {t['task']:<20}  {t['queries']:>6} queries  {t['local_pool']:>6} local pool")
-    mods = ", ".join(f"{n} {m}" for m, n in stats["global_pool_by_modality"].items())
-    print(f"  global pool: {stats['global_pool']} candidates ({mods})")
-    for name, why in stats["skipped"].items():
-        print(f"  skipped {name}: {why}")
-    return 0
-
-
-def cli_eval(args: argparse.Namespace) -> int:
-    """`edge-gcl eval mbeir`: load the model, evaluate, print the tables, optionally write the JSON."""
-    from .runtime import load_embedder  # imported here: it pulls in the model runtime
-
-    settings = SETTINGS if args.setting == "both" else (args.setting,)
-    try:
-        _check_root(Path(args.root))  # before the model loads
-        embedder = load_embedder(args.model, provider=args.provider)
-        results = evaluate_mbeir(embedder, args.root, split=args.split, settings=settings, ks=tuple(args.k),
-                                 batch_size=args.batch_size, allow_missing_positives=args.allow_missing_positives)
-        print(format_table(results))
-        missing = results.get("missing_positives")
-        for setting in settings if missing else ():
-            n = sum(per_setting.get(setting, 0) for per_setting in missing.values())
-            if n:
-                print(f"{setting} pool: {n} {'query' if n == 1 else 'queries'} with no positive in the pool, "
-                      f"counted as {'a miss' if n == 1 else 'misses'}")
-        if args.json_out:
-            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
-    except (ValueError, OSError, KeyError) as e:  # MBEIRFormatError and ImageDecodeError are ValueErrors
-        print(f"edge-gcl: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 1
-    return 0
+def headline(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The headline figures of an `evaluate_mbeir` result, global setting: text -> image recall@1 and @5 (the mean
+    over the text -> image query files) beside the average's. {"text -> image": {"recall@1": ..}, "average":
+    {..}}; a figure the result lacks is left out, and {} when it has no global setting."""
+    tasks = task_stems(results)
+    wanted = [f"recall@{k}" for k in HEADLINE_KS]
+    t2i = [t for t in tasks if task_label(t) == " -> ".join(MBEIR_TASKS[HEADLINE_TASK]) and "global" in results[t]]
+    out: dict[str, dict[str, float]] = {}
+    if t2i:
+        metrics = [m for m in wanted if m in results[t2i[0]]["global"]]
+        out["text -> image"] = {m: float(np.mean([results[t]["global"][m] for t in t2i])) for m in metrics}
+    if "global" in results.get("average", {}):
+        out["average"] = {m: results["average"]["global"][m] for m in wanted if m in results["average"]["global"]}
+    return {k: v for k, v in out.items() if v}

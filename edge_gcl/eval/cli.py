@@ -1,0 +1,98 @@
+"""Handlers of `edge-gcl eval mbeir` and `edge-gcl bench build-mbeir` (parsers: edge_gcl/cli.py).
+
+Thin: arguments in, one library call (`edge_gcl.eval.mbeir`, `edge_gcl.eval.build`), tables out. Bad input
+(a malformed or missing file, an unknown photo, a bad option value) is one line on stderr,
+`edge-gcl: error: FILE[:LINE]: what is wrong`, and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..data import read_split
+from .build import build_mbeir
+from .mbeir import SETTINGS, check_root, evaluate_mbeir, format_table, headline
+
+
+def _run(body: Callable[[], int | None]) -> int:
+    try:
+        return int(body() or 0)
+    except (ValueError, OSError, KeyError) as e:  # MBEIRFormatError and ImageDecodeError are ValueErrors
+        print(f"edge-gcl: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 1
+
+
+def cli_eval(args: argparse.Namespace) -> int:
+    """`edge-gcl eval mbeir`: load the model, evaluate, print the tables, optionally write the JSON.
+
+    The JSON is `evaluate_mbeir`'s result plus "headline": global text -> image and average R@1 / R@5.
+    """
+
+    def body() -> None:
+        from ..runtime import load_embedder  # imported here: it pulls in the model runtime
+
+        settings = SETTINGS if args.setting == "both" else (args.setting,)
+        check_root(Path(args.root))  # before the model loads
+        embedder = load_embedder(args.model, provider=args.provider)
+        results: dict[str, Any] = evaluate_mbeir(
+            embedder, args.root, split=args.split, settings=settings, ks=tuple(args.k), batch_size=args.batch_size,
+            allow_missing_positives=args.allow_missing_positives)
+        print(format_table(results))
+        missing = results.get("missing_positives", {})
+        for setting in settings if missing else ():
+            n = sum(per_setting.get(setting, 0) for per_setting in missing.values())
+            if n:
+                print(f"{setting} pool: {n} {'query' if n == 1 else 'queries'} with no positive in the pool, "
+                      f"counted as {'a miss' if n == 1 else 'misses'}")
+        if args.json_out:
+            top = headline(results)
+            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json_out).write_text(json.dumps(results | ({"headline": top} if top else {}), indent=2) + "\n")
+
+    return _run(body)
+
+
+def _flickr_names(args: argparse.Namespace) -> list[str] | None:
+    """--split picks photos from --splits (default: splits.json beside captions.txt)."""
+    captions = Path(args.captions)
+    if not args.split:
+        if args.splits:
+            raise ValueError(f"--splits {args.splits}: give --split too (e.g. --split dev)")
+        return None
+    splits = Path(args.splits) if args.splits else captions.parent / "splits.json"
+    if not splits.is_file() and not splits.is_absolute() and (captions.parent / splits).is_file():
+        splits = captions.parent / splits  # `--splits splits.json` names the file beside captions.txt
+    return sorted(read_split(splits, args.split))
+
+
+def cli_build(args: argparse.Namespace) -> int:
+    """`edge-gcl bench build-mbeir`: write a benchmark, print what it holds."""
+
+    def body() -> None:
+        if not args.captions:
+            raise ValueError("--captions: give a captions.txt")
+        stats = build_mbeir(args.captions, args.images, args.out, names=_flickr_names(args), seed=args.seed)
+        print(summary(stats))
+
+    return _run(body)
+
+
+def summary(stats: dict[str, Any]) -> str:
+    """What a builder's stats say, as printed by `edge-gcl bench build-mbeir`."""
+    head = f"M-BEIR benchmark in {stats['root']} (split {stats['split']}, seed {stats['seed']}): {stats['photos']} photos"
+    by_group = ", ".join(f"{n} {m}" for m, n in stats["pool_photos_by_modality"].items())
+    head += (f", {stats['pool_photos']} pool-side ({by_group}), {stats['query_photos']} query-side, "
+             f"{len(stats['skipped'])} skipped")
+    lines = [head]
+    width = max(len(s) for s in stats["tasks"])
+    for stem, t in stats["tasks"].items():
+        lines.append(f"  {stem:<{width}}  {t['task']:<20}  {t['queries']:>6} queries  {t['local_pool']:>6} local pool")
+    mods = ", ".join(f"{n} {m}" for m, n in stats["global_pool_by_modality"].items())
+    lines.append(f"  global pool: {stats['global_pool']} candidates ({mods})")
+    lines += [f"  skipped {name}: {why}" for name, why in stats["skipped"].items()]
+    return "\n".join(lines)
