@@ -33,13 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- train ---------------------------------------------------------------------------
     t = sub.add_parser("train", help="fine-tune a model with GCL (or the CL / pairwise baselines)")
+    t.add_argument("--recipe", help="a named recipe (edge_gcl/recipes/NAME.json, e.g. default: the shipped model) "
+                   "or a recipe JSON; --config and flags override it")
+    t.add_argument("--data-root", help="the folder a recipe's ${data} names (default: ../shared/data)")
     t.add_argument("--config", help="JSON file of training options (flags override it)")
     t.add_argument("--model", help="model name, model config .json, checkpoint folder, HF CLIP folder or TinyCLIP .pt (default: lite)")
     t.add_argument("--loss", choices=["gcl", "cl", "pairwise"], help="default: gcl")
     t.add_argument("--data", action="append", help="captions.txt (Flickr CSV), COCO captions JSON or LLaVA "
                    "LCS-558K JSON; repeat for several sources")
     t.add_argument("--images", action="append", help="image folder of the matching --data (same order)")
-    t.add_argument("--split", help="splits.json name:split to restrict a Flickr source, e.g. splits.json:train")
+    t.add_argument("--split", action="append", help="FILE:SPLIT restricting the --data source at the same "
+                   "position, e.g. splits.json:train; repeat per source ('all' keeps a whole source)")
+    t.add_argument("--exclude", action="append", help="FILE:SPLIT whose photos no source may contribute "
+                   "(held-out lists); repeatable")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
     t.add_argument("--epochs", type=float)

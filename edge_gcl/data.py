@@ -28,7 +28,13 @@ class Pairs:
         self.skipped.update(other.skipped)
 
     def subset(self, names: set[str]) -> Pairs:
+        """The photos whose file name is in `names` (a split's list)."""
         keep = [i for i, p in enumerate(self.images) if p.name in names]
+        return Pairs([self.images[i] for i in keep], [self.captions[i] for i in keep], Counter(self.skipped))
+
+    def without(self, names: set[str]) -> Pairs:
+        """The photos whose file name is not in `names` (a held-out list)."""
+        keep = [i for i, p in enumerate(self.images) if p.name not in names]
         return Pairs([self.images[i] for i in keep], [self.captions[i] for i in keep], Counter(self.skipped))
 
 
@@ -119,8 +125,21 @@ def read_pairs(data_file: str | Path, images_dir: str | Path | None = None) -> P
 
 
 def read_split(splits_file: str | Path, split: str) -> set[str]:
-    """Photo names of one split of a `splits.json` ({"train": [...], "dev": [...]})."""
+    """Photo names of one split of a `splits.json` ({"train": [...], "dev": [...]}; keys starting
+    with `_` are comments)."""
     splits = _read_json(Path(splits_file))
-    if split not in splits:
-        raise KeyError(f"{splits_file}: no split {split!r} (has {', '.join(splits)})")
+    if not isinstance(splits, dict):
+        raise ValueError(f"{splits_file}: not a splits file (expected a JSON object of name lists)")
+    if split.startswith("_") or split not in splits:
+        raise KeyError(f"{splits_file}: no split {split!r} (has {', '.join(k for k in splits if not k.startswith('_'))})")
+    if not isinstance(splits[split], list):
+        raise ValueError(f"{splits_file}: split {split!r} is not a list of photo names")
     return set(splits[split])
+
+
+def parse_split_spec(spec: str) -> tuple[Path, str]:
+    """`path/to/splits.json:train` -> (path, "train"); the error names the spec."""
+    file, sep, split = str(spec).rpartition(":")
+    if not sep or not file or not split:
+        raise ValueError(f"split {spec!r}: expected FILE:SPLIT, e.g. splits.json:train")
+    return Path(file), split

@@ -4,11 +4,15 @@
                    --loss gcl --steps 1000 --out runs/gcl
 
 Recipe, step by step:
-1. Read the pairs (Flickr CSV, COCO JSON, LLaVA JSON); bad rows are skipped and counted.
-2. Build the model. For the `lite` family the frozen stems are run once over the data with ONNX
+1. Read the pairs (Flickr CSV, COCO JSON, LLaVA JSON); bad rows are skipped and counted. Each
+   source can be restricted to a split of its own (`--split FILE:SPLIT`, matched to `--data` by
+   order), and `--exclude FILE:SPLIT` drops a held-out list's photos from every source.
+2. Build the model. For the `lite` family the frozen stems are run once over each source with ONNX
    Runtime and their outputs cached (images: a centre view plus augmented views; captions: hidden
-   states), keyed by a hash of the stem weights and data, so every later run (other seeds, other
-   losses) starts at once. Other families decode photos on the fly in DataLoader workers.
+   states), keyed by a hash of the stem weights and that source's photos, so every later run (other
+   seeds, losses, or mixes of the same sources) starts at once. Other families decode every photo
+   once up front (undecodable ones are dropped and counted, as the stem cache does) and then on the
+   fly in DataLoader workers.
 3. Every step draws a batch of distinct photos (a seeded permutation per epoch) and one random
    caption of each, so a batch never holds two positives of one photo. The batch for step s
    depends only on (seed, s): a resumed run sees exactly the batches it would have seen.
@@ -16,6 +20,9 @@ Recipe, step by step:
    model's own) with the logit scale clamped at 100 and learning at `--temperature-lr-mult` times the lr.
 5. Checkpoints every `checkpoint_every` steps under `out/checkpoints/step_N/` (model, optimizer,
    step); the final model is saved to `out/` itself so `--model out` works everywhere.
+
+A recipe (`--recipe default`: `edge_gcl/recipes/default.json`) names the data, splits, held-out
+lists, model and schedule of a shipped model in one file; flags override it (see `load_recipe`).
 """
 
 from __future__ import annotations
@@ -40,11 +47,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
-from .data import Pairs, read_pairs, read_split
+from .config import ImagePreprocess
+from .data import Pairs, parse_split_spec, read_pairs, read_split
 from .models import DualEncoder, load_model
 from .transform import ImageDecodeError, load_image, preprocess, random_resized_crop, to_array
 
 CACHE_DIR = Path.home() / ".cache" / "edge-gcl" / "features"
+RECIPE_DIR = Path(__file__).parent / "recipes"
+DEFAULT_DATA_ROOT = "../shared/data"  # where a recipe's ${data} points unless --data-root says otherwise
+WHOLE_SOURCE = "all"  # a --split entry that keeps its whole source
 
 
 @dataclass
@@ -53,7 +64,10 @@ class TrainConfig:
     loss: str = "gcl"
     data: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
-    split: str | None = None  # "path/to/splits.json:train" restricts sources in that folder
+    # One "FILE:SPLIT" per --data source, by order ("all", or no entry, keeps the whole source). A plain
+    # string (configs from before per-source splits) restricts the sources in that splits file's folder.
+    split: str | list[str] | None = None
+    exclude: list[str] = field(default_factory=list)  # "FILE:SPLIT": photos no source may contribute (held-out)
     batch_size: int = 256
     steps: int | None = None
     epochs: float = 10.0
@@ -70,24 +84,91 @@ class TrainConfig:
     workers: int = 2
     image_views: int = 3  # cached lite stems: centre view + (image_views - 1) augmented views
     cache_dir: str = str(CACHE_DIR)
+    recipe: str | None = None  # the recipe these options came from (a record; flags may have changed them)
 
 
 # ----------------------------------------------------------------------------- data
-def load_training_pairs(cfg: TrainConfig) -> Pairs:
+def source_splits(cfg: TrainConfig) -> list[str | None]:
+    """The split spec of each --data source, by order (None: the whole source)."""
+    if isinstance(cfg.split, str):  # older configs: one split for the sources in its file's folder
+        folder = parse_split_spec(cfg.split)[0].resolve().parent
+        return [cfg.split if Path(d).resolve().parent == folder else None for d in cfg.data]
+    specs = list(cfg.split or [])
+    if len(specs) > len(cfg.data):
+        raise ValueError(f"{len(specs)} --split for {len(cfg.data)} --data sources: give at most one split per "
+                         f"source, in the order of --data ('{WHOLE_SOURCE}' keeps a whole source)")
+    return [None if s in (None, "", WHOLE_SOURCE) else s for s in specs] + [None] * (len(cfg.data) - len(specs))
+
+
+def load_training_sources(cfg: TrainConfig, *, log=print) -> list[Pairs]:
+    """Each --data source, restricted to its own split and stripped of every --exclude list."""
     if not cfg.data:
-        raise ValueError("no training data: give --data (and --images for JSON layouts)")
-    split_names, split_dir = None, None
-    if cfg.split:
-        split_file, _, split = cfg.split.rpartition(":")
-        split_names, split_dir = read_split(split_file, split), Path(split_file).resolve().parent
-    pairs = Pairs()
-    for i, data in enumerate(cfg.data):
+        raise ValueError("no training data: give --data (and --images for JSON layouts), or --recipe")
+    excluded: set[str] = set()
+    for spec in cfg.exclude:
+        excluded |= read_split(*parse_split_spec(spec))
+    sources = []
+    for i, (data, spec) in enumerate(zip(cfg.data, source_splits(cfg), strict=True)):
         images = cfg.images[i] if i < len(cfg.images) else None
         source = read_pairs(data, images)
-        if split_names is not None and Path(data).resolve().parent == split_dir:
-            source = source.subset(split_names)
+        note = "all"
+        if spec is not None:
+            names = read_split(*parse_split_spec(spec))
+            n_all, source = len(source), source.subset(names)
+            if not len(source):
+                raise ValueError(f"--split {spec}: none of its {len(names)} photos is in {data} ({n_all} photos); "
+                                 "splits are matched to --data sources by order")
+            note = f"split {parse_split_spec(spec)[1]}"
+        if excluded:
+            n_before, source = len(source), source.without(excluded)
+            if n_before > len(source):
+                note += f", {n_before - len(source)} held-out photos excluded"
+            if not len(source):
+                raise ValueError(f"{data}: every photo is in an --exclude list")
+        log(f"data: {data}: {len(source)} photos, {sum(map(len, source.captions))} captions ({note})")
+        sources.append(source)
+    return sources
+
+
+def load_training_pairs(cfg: TrainConfig, *, log=print) -> Pairs:
+    """All sources of `cfg` in one `Pairs` (see `load_training_sources`)."""
+    pairs = Pairs()
+    for source in load_training_sources(cfg, log=log):
         pairs.extend(source)
     return pairs
+
+
+def load_recipe(name: str | Path, *, data_root: str | Path = DEFAULT_DATA_ROOT) -> TrainConfig:
+    """A recipe: the TrainConfig of a named model in one JSON file.
+
+    `name` is a file of `edge_gcl/recipes/` (`default` -> `default.json`) or a path. In its strings,
+    `${data}` becomes `data_root` (the shared data folder) and `${recipes}` the recipes folder, so the
+    committed held-out lists travel with the package. Keys starting with `_` are comments.
+    """
+    path = Path(name)
+    if not path.suffix and not path.exists():
+        path = RECIPE_DIR / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in RECIPE_DIR.glob("*.json") if not p.stem.endswith("-splits"))
+        raise FileNotFoundError(f"recipe {name!r}: no such file or named recipe ({', '.join(known)})")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a recipe is a JSON object of training options")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(k for k in raw if not k.startswith("_") and k not in fields)
+    if unknown:
+        raise ValueError(f"{path}: unknown training options {unknown}")
+
+    def expand(v):
+        if isinstance(v, str):
+            return v.replace("${data}", str(data_root)).replace("${recipes}", str(RECIPE_DIR))
+        return [expand(x) for x in v] if isinstance(v, list) else v
+
+    options = {k: expand(v) for k, v in raw.items() if not k.startswith("_")}
+    return dataclasses.replace(TrainConfig(), **options, recipe=str(name))
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -139,6 +220,20 @@ class StemCache:
             np.save(folder / f"{name}.npy", arr)
         (folder / "done").write_text(json.dumps({"photos": len(kept), "views": cfg.image_views}))
         return cls(images, hidden, masks, _caption_rows(kept)), kept
+
+
+    @classmethod
+    def build_sources(cls, model: DualEncoder, sources: list[Pairs], cfg: TrainConfig) -> tuple[StemCache, Pairs]:
+        """One cache per source (so any mix of sources reuses them), concatenated in source order."""
+        parts = [cls.build(model, source, cfg) for source in sources]
+        kept = Pairs()
+        for _, k in parts:
+            kept.extend(k)
+        if len(parts) == 1:
+            return parts[0][0], kept
+        caches = [c for c, _ in parts]
+        cat = {n: np.concatenate([getattr(c, n) for c in caches]) for n in ("images", "hidden", "masks")}
+        return cls(cat["images"], cat["hidden"], cat["masks"], _caption_rows(kept)), kept
 
 
 def _caption_rows(pairs: Pairs) -> list[np.ndarray]:
@@ -212,19 +307,23 @@ def _cache_texts(session, pairs: Pairs, model: DualEncoder) -> tuple[np.ndarray,
 
 
 # ----------------------------------------------------------------------------- on-the-fly pixels (other families)
-def drop_unreadable(pairs: Pairs) -> Pairs:
-    """Drop photos whose header Pillow cannot read (cheap: no full decode); counted as skipped rows."""
-    from PIL import Image
-
+def drop_undecodable(pairs: Pairs, cfg: ImagePreprocess) -> Pairs:
+    """Decode every photo once; those that fail are dropped and counted (`skipped["corrupt image"]`, one
+    per photo, as the stem cache counts them), so a batch never meets one. `Image.verify()` is not
+    enough: a truncated JPEG passes it."""
     keep = []
-    for i, path in enumerate(pairs.images):
+    for i, path in enumerate(tqdm(pairs.images, desc="checking photos", unit="photo", mininterval=5)):
         try:
-            with Image.open(path) as img:
-                img.verify()
+            load_image(path, draft_size=cfg.size)
             keep.append(i)
-        except Exception:
-            pairs.skipped["corrupt image"] += len(pairs.captions[i])
-    return Pairs([pairs.images[i] for i in keep], [pairs.captions[i] for i in keep], pairs.skipped)
+        except ImageDecodeError:
+            pass
+    kept = Pairs([pairs.images[i] for i in keep], [pairs.captions[i] for i in keep], Counter(pairs.skipped))
+    if len(pairs) > len(keep):
+        kept.skipped["corrupt image"] += len(pairs) - len(keep)
+    if not keep:
+        raise ValueError("no training photo could be decoded")
+    return kept
 
 
 class PixelBatches(torch.utils.data.Dataset):
@@ -245,12 +344,11 @@ class PixelBatches(torch.utils.data.Dataset):
         captions = caption_choice(self.n_caps[idx], self.cfg.seed, step)[self.shard]
         pixels, texts = [], []
         for j, c in zip(idx[self.shard], captions, strict=True):
-            for _ in range(len(self.pairs)):  # a photo that fails to decode is replaced by the next one
-                try:
-                    img = load_image(self.pairs.images[j], draft_size=self.icfg.size)
-                    break
-                except ImageDecodeError:
-                    j, c = (j + 1) % len(self.pairs), 0
+            try:  # every photo decoded once before training (drop_undecodable); never swap in another
+                img = load_image(self.pairs.images[j], draft_size=self.icfg.size)
+            except ImageDecodeError as e:
+                raise ImageDecodeError(f"{e} (it decoded before training began: was it changed? "
+                                       "--resume continues from the last checkpoint)") from None
             rng = np.random.default_rng([self.cfg.seed, step, 2, int(j)])  # per photo: same on any rank
             pixels.append(to_array(random_resized_crop(img, self.icfg, rng), self.icfg))
             texts.append(self.pairs.captions[j][c])
@@ -322,7 +420,7 @@ def train(cfg: TrainConfig) -> Path:
     shard = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    pairs = load_training_pairs(cfg)
+    sources = load_training_sources(cfg, log=print if rank == 0 else lambda *_: None)
     model = load_model(cfg.model)
     if cfg.temperature is not None:
         with torch.no_grad():
@@ -331,12 +429,15 @@ def train(cfg: TrainConfig) -> Path:
     if cached:
         for turn in range(world):  # rank 0 builds the cache; the others then read it
             if turn == rank:
-                cache, built = StemCache.build(model, pairs, cfg)
+                cache, built = StemCache.build_sources(model, sources, cfg)
             if world > 1:
                 torch.distributed.barrier()
         pairs = built
     else:
-        pairs = drop_unreadable(pairs)
+        pairs = Pairs()
+        for source in sources:
+            pairs.extend(source)
+        pairs = drop_undecodable(pairs, model.config.image)
     n = len(pairs)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = cfg.steps or max(1, round(cfg.epochs * steps_per_epoch))
@@ -404,7 +505,8 @@ def train(cfg: TrainConfig) -> Path:
     if rank > 0:
         return out
     save_checkpoint(out, model, step=total, train=dataclasses.asdict(cfg), data={
-        "photos": n, "captions": int(n_caps.sum()), "skipped": dict(pairs.skipped)})
+        "photos": n, "captions": int(n_caps.sum()), "skipped": dict(pairs.skipped),
+        "sources": [{"data": d, "photos": len(src)} for d, src in zip(cfg.data, sources, strict=True)]})
     (out / "train_log.jsonl").open("a").writelines(json.dumps(r) + "\n" for r in log)
     print(f"done: {total - start} steps in {time.time() - t0:.0f} s, final loss {log[-1]['loss'] if log else float('nan'):.4f}")
     if pairs.skipped:
@@ -422,12 +524,26 @@ def _save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.
     tmp.rename(folder)
 
 
-def cli_train(args: argparse.Namespace) -> int:
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """The options of `edge-gcl train`: the recipe (if any), then the --config file, then the flags.
+
+    Giving --data replaces the recipe's sources along with their --split and --images lists;
+    --exclude adds to the recipe's held-out lists (a flag never brings a held-out photo back).
+    """
     cfg = TrainConfig()
+    if getattr(args, "recipe", None):
+        cfg = load_recipe(args.recipe, data_root=getattr(args, "data_root", None) or DEFAULT_DATA_ROOT)
     if args.config:
         cfg = dataclasses.replace(cfg, **json.loads(Path(args.config).read_text()))
     given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in given.items() if v is not None and v is not False}  # 0 and 0.0 are values
-    cfg = dataclasses.replace(cfg, **overrides)
-    train(cfg)
+    if "data" in overrides:
+        cfg = dataclasses.replace(cfg, split=None, images=[])
+    if "exclude" in overrides:
+        overrides["exclude"] = list(dict.fromkeys([*cfg.exclude, *overrides["exclude"]]))
+    return dataclasses.replace(cfg, **overrides)
+
+
+def cli_train(args: argparse.Namespace) -> int:
+    train(resolve_config(args))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,23 +95,7 @@ def test_torchrun_two_processes_train_like_one(data, tmp_path):
     import subprocess
     import sys
 
-    from edge_gcl.checkpoint import save_checkpoint
-    from edge_gcl.config import (
-        ImagePreprocess,
-        ModelConfig,
-        TextPreprocess,
-        TextTransformerConfig,
-        VisionTransformerConfig,
-    )
-    from edge_gcl.models import create_model
-
-    torch.manual_seed(0)
-    tiny = ModelConfig(
-        name="tiny-ddp", family="tinyclip", embed_dim=16, image=ImagePreprocess(size=32),
-        text=TextPreprocess(context_length=16),
-        vision=VisionTransformerConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2),
-        text_tower=TextTransformerConfig(context_length=16, width=32, layers=1, heads=2))
-    start = save_checkpoint(tmp_path / "start", create_model(tiny))
+    start = _tiny_tinyclip(tmp_path / "start")
     args = ["train", "--model", str(start), "--data", str(data / "captions.txt"), "--batch-size", "8",
             "--steps", "3", "--lr", "1e-3", "--warmup", "1", "--workers", "0"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
@@ -157,3 +142,208 @@ def test_temperature_lr_mult_sets_how_fast_the_temperature_learns(data, tmp_path
     assert 20 * moved["1"] < moved["50"] < 80 * moved["1"]
     with pytest.raises(ValueError, match="--temperature-lr-mult -1"):
         _train(data, tmp_path / "bad", cache, "--steps", "1", "--temperature-lr-mult", "-1")
+
+
+# ----------------------------------------------------------------------------- held-out photos, recipes
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory):
+    """Two Flickr-layout sources in their own folders, a splits file beside the first and a held-out
+    list elsewhere (as edge_gcl/recipes/flickr8k-extra-splits.json is for flickr8k-extra)."""
+    import json
+
+    root = tmp_path_factory.mktemp("sources")
+    rng = np.random.default_rng(1)
+    for src, n in (("a", 12), ("b", 12)):
+        (root / src / "images").mkdir(parents=True)
+        rows = ["image,caption"]
+        for i in range(n):
+            name, rgb = list(COLOURS.items())[i % 4]
+            a = np.clip(np.array(rgb) + rng.integers(-20, 20, (40, 56, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(root / src / "images" / f"{src}{i}.jpg")
+            rows += [f"{src}{i}.jpg,a {name} square {src}{i}"]
+        (root / src / "captions.txt").write_text("\n".join(rows) + "\n")
+    (root / "a" / "splits.json").write_text(json.dumps({"train": [f"a{i}.jpg" for i in range(9)],
+                                                        "dev": [f"a{i}.jpg" for i in range(9, 12)]}))
+    (root / "lists").mkdir()
+    (root / "lists" / "b-splits.json").write_text(json.dumps({"_about": "b's held-out photos",
+                                                              "heldout": ["b0.jpg", "b1.jpg", "b2.jpg", "b3.jpg"],
+                                                              "train": [f"b{i}.jpg" for i in range(4, 12)]}))
+    return root
+
+
+def _opened_photos(monkeypatch) -> set[str]:
+    """Every photo name that training decodes (stem caching or on-the-fly batches) from now on."""
+    import edge_gcl.train as train_module
+
+    opened: set[str] = set()
+    real = train_module.load_image
+
+    def spy(source, **kw):
+        opened.add(Path(source).name)
+        return real(source, **kw)
+
+    monkeypatch.setattr(train_module, "load_image", spy)
+    return opened
+
+
+def test_each_source_has_its_own_split_and_held_out_photos_never_reach_training(two_sources, tmp_path, monkeypatch):
+    import json
+
+    r = two_sources
+    opened = _opened_photos(monkeypatch)
+    args = ["train", "--data", str(r / "a" / "captions.txt"), "--split", f"{r / 'a' / 'splits.json'}:train",
+            "--data", str(r / "b" / "captions.txt"), "--exclude", f"{r / 'lists' / 'b-splits.json'}:heldout",
+            "--batch-size", "4", "--steps", "1", "--image-views", "1", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    held_out = {f"a{i}.jpg" for i in range(9, 12)} | {f"b{i}.jpg" for i in range(4)}
+    assert opened == {f"a{i}.jpg" for i in range(9)} | {f"b{i}.jpg" for i in range(4, 12)}
+    assert not opened & held_out
+    meta = json.loads((tmp_path / "run" / "edge_gcl.json").read_text())
+    assert meta["data"]["photos"] == 17 and [s["photos"] for s in meta["data"]["sources"]] == [9, 8]
+    assert meta["train"]["exclude"] == [f"{r / 'lists' / 'b-splits.json'}:heldout"]
+
+    # The same by a split per source (matched by order), on the on-the-fly path of other model families.
+    opened.clear()
+    from edge_gcl.train import TrainConfig, load_training_pairs
+
+    cfg = TrainConfig(data=[str(r / "a" / "captions.txt"), str(r / "b" / "captions.txt")],
+                      split=[f"{r / 'a' / 'splits.json'}:train", f"{r / 'lists' / 'b-splits.json'}:train"])
+    pairs = load_training_pairs(cfg)
+    assert {p.name for p in pairs.images} == {f"a{i}.jpg" for i in range(9)} | {f"b{i}.jpg" for i in range(4, 12)}
+
+
+def test_a_split_given_to_the_wrong_source_is_an_error(two_sources):
+    from edge_gcl.train import TrainConfig, load_training_pairs
+
+    r = two_sources
+    wrong = TrainConfig(data=[str(r / "b" / "captions.txt"), str(r / "a" / "captions.txt")],
+                        split=[f"{r / 'a' / 'splits.json'}:train"])
+    with pytest.raises(ValueError, match="none of its 9 photos is in .*b/captions.txt"):
+        load_training_pairs(wrong)
+    with pytest.raises(ValueError, match="3 --split for 2 --data"):
+        load_training_pairs(TrainConfig(data=wrong.data, split=["all", "all", "all"]))
+    with pytest.raises(KeyError, match="no split 'heldin'"):
+        load_training_pairs(TrainConfig(data=wrong.data, exclude=[f"{r / 'lists' / 'b-splits.json'}:heldin"]))
+    # A config from before per-source splits: one string restricts the sources in its folder only.
+    old = load_training_pairs(TrainConfig(data=wrong.data, split=f"{r / 'a' / 'splits.json'}:train"))
+    assert len(old) == 12 + 9
+
+
+def test_recipe_resolves_and_flags_override_it(two_sources, tmp_path):
+    import json
+
+    from edge_gcl.cli import build_parser
+    from edge_gcl.train import resolve_config
+
+    r = two_sources
+    recipe = {"_about": "test", "model": "lite", "data": ["${data}/a/captions.txt", "${data}/b/captions.txt"],
+              "split": ["${data}/a/splits.json:train", "all"], "exclude": ["${data}/lists/b-splits.json:heldout"],
+              "lr": 1e-4, "seed": 3}
+    (tmp_path / "r.json").write_text(json.dumps(recipe))
+    args = build_parser().parse_args(["train", "--recipe", str(tmp_path / "r.json"), "--data-root", str(r), "--seed", "5"])
+    cfg = resolve_config(args)
+    assert cfg.data == [f"{r}/a/captions.txt", f"{r}/b/captions.txt"] and cfg.split == [f"{r}/a/splits.json:train", "all"]
+    assert cfg.lr == 1e-4 and cfg.seed == 5 and cfg.recipe == str(tmp_path / "r.json")
+    # --data replaces the recipe's sources and their splits; --exclude only adds to its held-out lists.
+    args = build_parser().parse_args(["train", "--recipe", str(tmp_path / "r.json"), "--data-root", str(r),
+                                      "--data", str(r / "b" / "captions.txt"), "--exclude", "x.json:dev"])
+    cfg = resolve_config(args)
+    assert cfg.data == [str(r / "b" / "captions.txt")] and cfg.split is None
+    assert cfg.exclude == [f"{r}/lists/b-splits.json:heldout", "x.json:dev"]
+    (tmp_path / "bad.json").write_text(json.dumps({"lr": 1, "steps_per_epoch": 3}))
+    with pytest.raises(ValueError, match="unknown training options \\['steps_per_epoch'\\]"):
+        resolve_config(build_parser().parse_args(["train", "--recipe", str(tmp_path / "bad.json")]))
+    with pytest.raises(FileNotFoundError, match="recipe 'nope'.*default"):
+        resolve_config(build_parser().parse_args(["train", "--recipe", "nope"]))
+
+
+def test_default_recipe_trains_on_the_three_sources_without_any_dev_photo(flickr):
+    """`edge-gcl train --recipe default`: flickr8k train, flickr8k-extra minus its held-out photos, web-captions;
+    none of the phone-library dev benchmark's photos (flickr8k dev + flickr8k-extra heldout)."""
+    import json
+
+    from edge_gcl.data import read_split
+    from edge_gcl.train import RECIPE_DIR, TrainConfig, load_recipe, load_training_sources
+
+    root = flickr.parent
+    cfg = load_recipe("default", data_root=root)
+    assert cfg.model == "lite" and cfg.loss == "gcl" and cfg.recipe == "default"
+    assert cfg.data == [f"{root}/flickr8k/captions.txt", f"{root}/flickr8k-extra/captions.txt", f"{root}/web-captions/captions.txt"]
+    assert (cfg.batch_size, cfg.lr, cfg.warmup, cfg.temperature_lr_mult, cfg.seed) == (256, 3e-4, 30, 50.0, 0)
+    base = {k: v for k, v in vars(TrainConfig()).items() if k not in {"model", "loss", "data", "split", "exclude",
+            "batch_size", "epochs", "lr", "warmup", "temperature_lr_mult", "out", "recipe", "steps", "seed"}}
+    assert all(getattr(cfg, k) == v for k, v in base.items())
+    sources = load_training_sources(cfg, log=lambda *_: None)
+    names = [{p.name for p in s.images} for s in sources]
+    dev = read_split(flickr / "splits.json", "dev")
+    splits = json.loads((RECIPE_DIR / "flickr8k-extra-splits.json").read_text())
+    assert len(dev) == 100 and len(splits["heldout"]) == 300
+    assert not (dev | set(splits["heldout"])) & set().union(*names)
+    assert [len(n) for n in names] == [700, 7091 - 300, 8000]
+
+
+# ----------------------------------------------------------------------------- corrupt photos (issue 14 item 6)
+def _tiny_tinyclip(folder):
+    from edge_gcl.checkpoint import save_checkpoint
+    from edge_gcl.config import (
+        ImagePreprocess,
+        ModelConfig,
+        TextPreprocess,
+        TextTransformerConfig,
+        VisionTransformerConfig,
+    )
+    from edge_gcl.models import create_model
+
+    torch.manual_seed(0)
+    tiny = ModelConfig(
+        name="tiny", family="tinyclip", embed_dim=16, image=ImagePreprocess(size=32), text=TextPreprocess(context_length=16),
+        vision=VisionTransformerConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2),
+        text_tower=TextTransformerConfig(context_length=16, width=32, layers=1, heads=2))
+    return save_checkpoint(folder, create_model(tiny))
+
+
+@pytest.fixture(scope="module")
+def truncated(tmp_path_factory):
+    """8 good photos and one truncated JPEG that passes Image.verify() but cannot be decoded."""
+    import io
+
+    root = tmp_path_factory.mktemp("truncated")
+    (root / "images").mkdir()
+    rows = ["image,caption"]
+    rng = np.random.default_rng(2)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)).save(root / "images" / f"{i}.jpg")
+        rows.append(f"{i}.jpg,photo {i}")
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (40, 56, 3)).astype(np.uint8)).save(buf, "JPEG")
+    (root / "images" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with Image.open(root / "images" / "cut.jpg") as img:
+        img.verify()  # the trap: the cheap header check lets it through
+    rows += ["cut.jpg,the truncated photo", "cut.jpg,its second caption"]
+    (root / "captions.txt").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_a_photo_that_fails_to_decode_is_counted_and_never_replaced(truncated, tmp_path, capsys):
+    """Other families decode on the fly: the truncated photo is dropped and reported before training, as the
+    lite stem cache does, and no batch pairs another photo with its caption."""
+    import json
+
+    start = _tiny_tinyclip(tmp_path / "start")
+    args = ["train", "--model", str(start), "--data", str(truncated / "captions.txt"), "--batch-size", "8",
+            "--steps", "2", "--warmup", "1", "--workers", "0", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "skipped rows: 1 corrupt image" in out and "on 8 photos / 8 captions" in out
+    assert json.loads((tmp_path / "run" / "edge_gcl.json").read_text())["data"]["skipped"] == {"corrupt image": 1}
+
+    # A photo that breaks after the check: the batch fails naming it instead of swapping in another photo.
+    from edge_gcl.data import read_pairs
+    from edge_gcl.train import PixelBatches, TrainConfig
+    from edge_gcl.transform import ImageDecodeError
+
+    pairs = read_pairs(truncated / "captions.txt")
+    batches = PixelBatches(load_model(start), pairs, TrainConfig(batch_size=9), 0, 1)
+    with pytest.raises(ImageDecodeError, match="cut.jpg: corrupt or truncated"):
+        batches[0]
