@@ -84,6 +84,9 @@ class Manifest:
     precision: str = "fp32"
     chipset: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
+    # What the build checked: {"checked": True, "min_fidelity", "heldout_inputs", "on"} when every tower
+    # passed the fidelity gate, else {"checked": False, "reason"} (--skip-verify, --skip-compile, AI Hub).
+    verification: dict[str, Any] | None = None
     tools: dict[str, str] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {sha256, size_bytes}
     extra: dict[str, Any] = field(default_factory=dict)
@@ -114,6 +117,7 @@ class Manifest:
             precision=d.get("precision", "fp32"),
             chipset=d.get("chipset"),
             calibration=d.get("calibration"),
+            verification=d.get("verification"),
             tools=d.get("tools", {}),
             files=d.get("files", {}),
             extra=d.get("extra", {}),

@@ -14,12 +14,18 @@ The recipe, step by step (each timed and shown in the summary):
 4. Compile each tower to an EPContext model for the chip's Hexagon NPU (QNN EP, HTP backend),
    failing loudly, naming the nodes, if any node would fall back to the CPU.
 5. Verify: run the compiled models in HTP emulation on held-out inputs against the float model
-   (cosine, max abs error).
+   (cosine, max abs error). The fidelity gate: a tower whose lowest cosine is below
+   `--min-fidelity` (0.98) fails the build (exit 1, naming the tower and a more faithful
+   precision); `--skip-verify` skips the check and the manifest's `verification` says so.
 6. Write `manifest.json` (contract, files with SHA-256, precision, chip, NPU share, fidelity, tool
    versions) and swap the finished folder into place (atomically on Linux; elsewhere a crash
    mid-swap is undone by the next build); a failed run leaves the old folder untouched.
 With `--via aihub`, steps 4-5 run on Qualcomm AI Hub instead: compile there and profile on a
 real device (inference ms, peak memory, layer placement), written into the manifest.
+
+The terminal shows the steps, a line per tower as quantize and verify start and end, and the
+summary; the quantizer's warnings and the QNN libraries' banner go to `build.log` in the folder
+(`<out>-failed-build.log` beside it when a build fails), or to the terminal with `--verbose`.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from .chipsets import DEFAULT_TARGET, format_table, get_chipset
 
 TOWERS = ("image", "text")
 PARITY_ATOL = 1e-4  # PyTorch vs ONNX Runtime (CPU, float32), on L2-normalised embeddings
+PRECISIONS = ("w8a8", "w8a16", "fp16")  # from the least to the most faithful
+MIN_FIDELITY = 0.98  # the fidelity gate: lowest cosine, compiled tower vs float, a build may ship
 
 
 @dataclass
@@ -152,6 +160,21 @@ def cosine_report(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
             "max_abs_error": float(np.abs(reference - other).max())}
 
 
+class FidelityError(RuntimeError):
+    """A compiled tower embeds too unlike the float model (cosine_min below the threshold)."""
+
+    def __init__(self, failing: dict[str, float], min_fidelity: float, precision: str, n_heldout: int):
+        self.failing, self.min_fidelity, self.precision = failing, min_fidelity, precision
+        towers = ", ".join(f"{tower} tower cosine min {cos:.4f}" for tower, cos in failing.items())
+        better = [p for p in PRECISIONS[PRECISIONS.index(precision) + 1 :]]
+        hint = (f"try --precision {' or '.join(better)}" if better else
+                "fp16 should not lose this much: check the model and the calibration data")
+        super().__init__(
+            f"fidelity below --min-fidelity {min_fidelity:g} at {precision} ({towers}, against the float model "
+            f"on {n_heldout} held-out inputs): {hint}, or lower --min-fidelity. Nothing was replaced."
+        )
+
+
 def run(
     model_spec: str = "default",
     *,
@@ -163,146 +186,200 @@ def run(
     calibration: str | Path | None = None,
     n_calibration: int = 64,
     n_heldout: int = 32,
+    min_fidelity: float = MIN_FIDELITY,
     skip_compile: bool = False,
     skip_verify: bool = False,
     aihub_quantize: bool = False,
     aihub_poll_s: float = 10.0,
+    verbose: bool = False,
     log=print,
 ) -> CompileResult:
+    """The recipe of the module docstring; raises `FidelityError` when a tower fails the gate.
+
+    `min_fidelity` is the lowest cosine (compiled tower vs float model, any held-out input) a build
+    may ship. Unless `verbose`, the libraries' own output goes to `build.log` in the folder (kept
+    beside `out` as `<out>-failed-build.log` when the build fails).
+    """
     from edge_gcl.models import load_model
 
     from . import onnx_export
+    from .buildlog import LOG_NAME, BuildLog
     from .quantize import quantize_tower
 
     chip = get_chipset(chipset)
     out = Path(out)
+    if not 0.0 <= min_fidelity <= 1.0:
+        raise ValueError(f"min_fidelity {min_fidelity}: a cosine threshold in [0, 1]")
     if via == "aihub":
         from .aihub import check_configured
 
         check_configured()  # at once: no work before we know AI Hub can be reached
     if out.parent.is_dir():
         recover_folder(out, log)
+    failed_log = out.parent / f"{out.name}-failed-build.log"
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    _remove(stage)
+    stage.mkdir(parents=True)
+    build_log = BuildLog(None if verbose else stage / LOG_NAME)
     steps: dict[str, float] = {}
     t = time.perf_counter()
+
+    def say(line: str) -> None:
+        log(line)
+        build_log.write(line)
 
     def done(step: str) -> None:
         nonlocal t
         steps[step] = time.perf_counter() - t
-        log(f"  {step}: {steps[step]:.1f} s")
+        say(f"  {step}: {steps[step]:.1f} s")
         t = time.perf_counter()
 
-    log(f"[1/6] loading {model_spec} and calibration data")
-    model = load_model(model_spec).eval()
-    captions, images, names = calibration_source(model, calibration)
-    samples = pick_samples(model, captions, images, names, n_calibration=n_calibration, n_heldout=n_heldout)
-    done("load")
-
-    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
-    _remove(stage)
-    stage.mkdir(parents=True)
     try:
-        log("[2/6] exporting float ONNX towers")
-        specs = tower_specs(model.config)
-        towers: dict[str, TowerArtifacts] = {}
-        parity = {}
-        for tower in TOWERS:
-            path = onnx_export.export_tower(model, tower, stage / f"{tower}_tower.onnx")
-            towers[tower] = TowerArtifacts(specs[tower], {"float": path.name})
-            feeds = stack(samples.heldout[tower])
-            got = _run_cpu(path, feeds)
-            ref = onnx_export.torch_reference(model, tower, feeds)
-            parity[tower] = float(np.abs(got - ref).max())
-            if parity[tower] > PARITY_ATOL:
-                raise RuntimeError(f"{tower} tower: ONNX differs from PyTorch by {parity[tower]:.2e} (> {PARITY_ATOL})")
-        model.tokenizer().save(stage / TOKENIZER_NAME)
-        log(f"  PyTorch vs ONNX Runtime max abs error: image {parity['image']:.1e}, text {parity['text']:.1e}")
-        done("export")
+        with build_log:
+            say(f"[1/6] loading {model_spec} and calibration data")
+            model = load_model(model_spec).eval()
+            captions, images, names = calibration_source(model, calibration)
+            samples = pick_samples(model, captions, images, names, n_calibration=n_calibration,
+                                   n_heldout=n_heldout)
+            done("load")
 
-        log(f"[3/6] quantizing ({precision})")
-        for tower in TOWERS:
-            fixed = onnx_export.fix_batch(stage / towers[tower].files["float"], stage / f".{tower}_b1.onnx")
-            qdq = quantize_tower(fixed, stage / f"{tower}_tower_{precision}.onnx", kind=tower, precision=precision,
-                                 calibration=samples.calibration[tower])
-            fixed.unlink()
-            towers[tower].files["qdq"] = qdq.name
-        done("quantize")
-
-        aihub_summary = None
-        if via == "aihub":
-            log(f"[4/6] compiling and profiling on AI Hub ({device or chip.name})")
-            from .aihub import QuantizeOptions, compile_and_profile
-
-            models, quantize = {tw: stage / towers[tw].files["qdq"] for tw in TOWERS}, None
-            if aihub_quantize:  # upload the float towers (batch 1) and let AI Hub quantize them
-                hub_dir = stage / ".aihub-float"
-                hub_dir.mkdir()
-                models = {tw: onnx_export.fix_batch(stage / towers[tw].files["float"], hub_dir / f"{tw}_tower.onnx")
-                          for tw in TOWERS}
-                quantize = QuantizeOptions(
-                    calibration={tw: {name: [f[name] for f in samples.calibration[tw]] for name in
-                                      samples.calibration[tw][0]} for tw in TOWERS},
-                    activations="int16" if precision == "w8a16" else "int8")
-            aihub_summary = compile_and_profile(
-                models, quantize=quantize,
-                device=device or f"chipset:{chip.aihub_chipset}",
-                input_specs={tw: {s.name: (tuple(1 if isinstance(d, str) else d for d in s.shape), s.dtype)
-                                  for s in specs[tw].inputs} for tw in TOWERS},
-                out_dir=stage, poll_s=aihub_poll_s, log=log)
-            if aihub_quantize:
-                shutil.rmtree(stage / ".aihub-float")
-            done("aihub")
-        elif not skip_compile:
-            from .qnn import compile_context, run_on_htp
-
-            log(f"[4/6] compiling for {chip.name} (Hexagon {chip.htp_arch}) with the QNN HTP backend")
+            say("[2/6] exporting float ONNX towers")
+            specs = tower_specs(model.config)
+            towers: dict[str, TowerArtifacts] = {}
+            parity = {}
             for tower in TOWERS:
-                report = compile_context(stage / towers[tower].files["qdq"], stage / f"{tower}_tower_{precision}_ctx.onnx",
-                                         chipset=chip, fp16=precision == "fp16")
-                towers[tower].files["ctx"] = report.ctx_path.name
-                if report.bin_path is not None:
-                    towers[tower].files["ctx_bin"] = report.bin_path.name
-                towers[tower].npu_node_share = report.npu_share
-                log(f"  {tower}: {report.npu_nodes}/{report.total_nodes} nodes on the NPU ({report.npu_share:.0%})")
-            done("compile")
+                path = onnx_export.export_tower(model, tower, stage / f"{tower}_tower.onnx")
+                towers[tower] = TowerArtifacts(specs[tower], {"float": path.name})
+                feeds = stack(samples.heldout[tower])
+                got = _run_cpu(path, feeds)
+                ref = onnx_export.torch_reference(model, tower, feeds)
+                parity[tower] = float(np.abs(got - ref).max())
+                if parity[tower] > PARITY_ATOL:
+                    raise RuntimeError(f"{tower} tower: ONNX differs from PyTorch by {parity[tower]:.2e} "
+                                       f"(> {PARITY_ATOL})")
+            model.tokenizer().save(stage / TOKENIZER_NAME)
+            say(f"  PyTorch vs ONNX Runtime max abs error: image {parity['image']:.1e}, text {parity['text']:.1e}")
+            done("export")
 
-            if not skip_verify:
-                log(f"[5/6] verifying in HTP emulation on {n_heldout} held-out inputs")
+            say(f"[3/6] quantizing ({precision}, {n_calibration} calibration inputs per tower)")
+            for tower in TOWERS:
+                started = time.perf_counter()
+                say(f"  {tower}: quantizing ...")
+                fixed = onnx_export.fix_batch(stage / towers[tower].files["float"], stage / f".{tower}_b1.onnx")
+                with build_log.native():
+                    qdq = quantize_tower(fixed, stage / f"{tower}_tower_{precision}.onnx", kind=tower,
+                                         precision=precision, calibration=samples.calibration[tower])
+                fixed.unlink()
+                towers[tower].files["qdq"] = qdq.name
+                say(f"  {tower}: quantized in {time.perf_counter() - started:.1f} s")
+            done("quantize")
+
+            aihub_summary = None
+            verification: dict[str, object] = {"checked": False}
+            if via == "aihub":
+                say(f"[4/6] compiling and profiling on AI Hub ({device or chip.name})")
+                from .aihub import QuantizeOptions, compile_and_profile
+
+                models, quantize = {tw: stage / towers[tw].files["qdq"] for tw in TOWERS}, None
+                if aihub_quantize:  # upload the float towers (batch 1) and let AI Hub quantize them
+                    hub_dir = stage / ".aihub-float"
+                    hub_dir.mkdir()
+                    models = {tw: onnx_export.fix_batch(stage / towers[tw].files["float"], hub_dir / f"{tw}_tower.onnx")
+                              for tw in TOWERS}
+                    quantize = QuantizeOptions(
+                        calibration={tw: {name: [f[name] for f in samples.calibration[tw]] for name in
+                                          samples.calibration[tw][0]} for tw in TOWERS},
+                        activations="int16" if precision == "w8a16" else "int8")
+                aihub_summary = compile_and_profile(
+                    models, quantize=quantize,
+                    device=device or f"chipset:{chip.aihub_chipset}",
+                    input_specs={tw: {s.name: (tuple(1 if isinstance(d, str) else d for d in s.shape), s.dtype)
+                                      for s in specs[tw].inputs} for tw in TOWERS},
+                    out_dir=stage, poll_s=aihub_poll_s, log=say)
+                if aihub_quantize:
+                    shutil.rmtree(stage / ".aihub-float")
+                verification["reason"] = "--via aihub: compiled on AI Hub, not run here against the float model"
+                done("aihub")
+            elif skip_compile:
+                verification["reason"] = "--skip-compile: nothing was compiled"
+            else:
+                from .qnn import compile_context, run_on_htp
+
+                say(f"[4/6] compiling for {chip.name} (Hexagon {chip.htp_arch}) with the QNN HTP backend")
                 for tower in TOWERS:
-                    ref = _run_cpu(stage / towers[tower].files["float"], stack(samples.heldout[tower]))
-                    got = np.concatenate([
-                        next(iter(run_on_htp(stage / towers[tower].files["ctx"], f).values()))
-                        for f in samples.heldout[tower]
-                    ])
-                    towers[tower].fidelity = cosine_report(ref, got)
-                    f = towers[tower].fidelity
-                    log(f"  {tower}: cosine min {f['cosine_min']:.4f} mean {f['cosine_mean']:.4f}, "
-                        f"max abs error {f['max_abs_error']:.4f}")
-                done("verify")
+                    with build_log.native():
+                        report = compile_context(stage / towers[tower].files["qdq"],
+                                                 stage / f"{tower}_tower_{precision}_ctx.onnx",
+                                                 chipset=chip, fp16=precision == "fp16")
+                    towers[tower].files["ctx"] = report.ctx_path.name
+                    if report.bin_path is not None:
+                        towers[tower].files["ctx_bin"] = report.bin_path.name
+                    towers[tower].npu_node_share = report.npu_share
+                    say(f"  {tower}: {report.npu_nodes}/{report.total_nodes} nodes on the NPU "
+                        f"({report.npu_share:.0%})")
+                done("compile")
 
-        log("[6/6] writing the manifest")
-        from edge_gcl.models.base import weights_id
+                if skip_verify:
+                    verification["reason"] = "--skip-verify: the compiled towers were not run; fidelity unknown"
+                else:
+                    say(f"[5/6] verifying in HTP emulation on {n_heldout} held-out inputs "
+                        f"(gate: cosine min >= {min_fidelity:g})")
+                    for tower in TOWERS:
+                        started = time.perf_counter()
+                        say(f"  {tower}: running {n_heldout} inputs ...")
+                        ref = _run_cpu(stage / towers[tower].files["float"], stack(samples.heldout[tower]))
+                        with build_log.native():
+                            got = np.concatenate([
+                                next(iter(run_on_htp(stage / towers[tower].files["ctx"], f).values()))
+                                for f in samples.heldout[tower]
+                            ])
+                        towers[tower].fidelity = f = cosine_report(ref, got)
+                        say(f"  {tower}: cosine min {f['cosine_min']:.4f} mean {f['cosine_mean']:.4f}, "
+                            f"max abs error {f['max_abs_error']:.4f} ({time.perf_counter() - started:.1f} s)")
+                    done("verify")
+                    failing = {tw: towers[tw].fidelity["cosine_min"] for tw in TOWERS
+                               if towers[tw].fidelity["cosine_min"] < min_fidelity}
+                    if failing:
+                        raise FidelityError(failing, min_fidelity, precision, n_heldout)
+                    verification = {"checked": True, "min_fidelity": min_fidelity, "heldout_inputs": n_heldout,
+                                    "on": "QNN HTP emulation (x86)"}
 
-        manifest = Manifest(
-            model_id=weights_id(model),  # = TorchEmbedder(model).model_id: indexes built either way agree
-            model_name=model.config.name,
-            embed_dim=model.config.embed_dim,
-            image=model.config.image,
-            text=dataclasses.replace(model.config.text, tokenizer_file=TOKENIZER_NAME),
-            towers=towers,
-            precision=precision,
-            chipset=dataclasses.asdict(chip),
-            calibration=samples.source,
-            tools=_tool_versions(),
-            extra={"onnx_parity_max_abs_error": parity, "source_model": _model_name(model_spec),
-                   **({"aihub": aihub_summary} if aihub_summary else {})},
-        )
-        manifest.save(stage)
+            say("[6/6] writing the manifest")
+            from edge_gcl.models.base import weights_id
+
+            manifest = Manifest(
+                model_id=weights_id(model),  # = TorchEmbedder(model).model_id: indexes built either way agree
+                model_name=model.config.name,
+                embed_dim=model.config.embed_dim,
+                image=model.config.image,
+                text=dataclasses.replace(model.config.text, tokenizer_file=TOKENIZER_NAME),
+                towers=towers,
+                precision=precision,
+                chipset=dataclasses.asdict(chip),
+                calibration=samples.source,
+                verification=verification,
+                tools=_tool_versions(),
+                extra={"onnx_parity_max_abs_error": parity, "source_model": _model_name(model_spec),
+                       **({"aihub": aihub_summary} if aihub_summary else {})},
+            )
+            manifest.save(stage)
+            done("manifest")
         _replace_folder(stage, out)
-        done("manifest")
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        if (stage / LOG_NAME).is_file():
+            os.replace(stage / LOG_NAME, failed_log)
+            log(f"  build log: {failed_log}")
+        _remove(stage)
         raise
+    _remove(failed_log)  # an earlier failure's log no longer describes this folder
     return CompileResult(out, manifest, steps)
+
+
+def _cosine(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a cosine threshold in [0, 1]")
+    return value
 
 
 def _model_name(model_spec: str) -> str:
@@ -452,24 +529,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--calibration-size", type=int, default=64, help="photos and captions to calibrate on")
     p.add_argument("--heldout-size", type=int, default=32, help="other photos and captions to measure fidelity on")
     p.add_argument("--skip-compile", action="store_true", help="stop after quantization (no EPContext)")
-    p.add_argument("--skip-verify", action="store_true", help="do not run the compiled towers in HTP emulation")
+    p.add_argument("--min-fidelity", type=_cosine, default=MIN_FIDELITY, metavar="COSINE",
+                   help="fail the build if a compiled tower's lowest cosine against the float model, on the "
+                        f"held-out inputs, is below this (default {MIN_FIDELITY})")
+    p.add_argument("--skip-verify", action="store_true",
+                   help="do not run the compiled towers in HTP emulation (no fidelity gate; the manifest says so)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show the quantizer's and the QNN libraries' own output (default: into build.log)")
     p.add_argument("--list-chipsets", action="store_true")
     args = p.parse_args(argv)
     if args.list_chipsets:
         print(format_table())
         return 0
+    from .aihub import AIHubError, AIHubNotConfigured
+
     try:
         result = run(args.model, out=args.out, chipset=args.chipset, precision=args.precision, via=args.via,
                      device=args.device, calibration=args.calibration, n_calibration=args.calibration_size,
-                     n_heldout=args.heldout_size, aihub_quantize=args.aihub_quantize,
-                     skip_compile=args.skip_compile, skip_verify=args.skip_verify)
-    except Exception as e:
-        from .aihub import AIHubNotConfigured
-
-        if isinstance(e, AIHubNotConfigured):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+                     n_heldout=args.heldout_size, min_fidelity=args.min_fidelity, aihub_quantize=args.aihub_quantize,
+                     skip_compile=args.skip_compile, skip_verify=args.skip_verify, verbose=args.verbose)
+    except (AIHubError, FidelityError) as e:  # messages that say what to do; a traceback would add nothing
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, AIHubNotConfigured) else 1
+    # The build succeeded: `args.out` holds it.
     print(summary_table(result))
     return 0
 

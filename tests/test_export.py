@@ -158,7 +158,66 @@ def test_failure_mid_build_after_staging_keeps_the_old_artifacts(artifacts, tiny
                           "--calibration-size", "2", "--heldout-size", "2"])
     assert "image_tower_w8a16.onnx" in staged
     assert _tree(artifacts) == before
-    assert sorted(p.name for p in artifacts.parent.iterdir()) == ["artifacts"]
+    assert sorted(p.name for p in artifacts.parent.iterdir()) == ["artifacts", "artifacts-failed-build.log"]
+
+
+def test_fidelity_gate_fails_the_build_naming_the_tower(artifacts, tiny_checkpoint, capfd):
+    """w8a8 wrecks the tiny text transformer (cosine min ~0.4): the build must fail, replacing nothing."""
+    before = _tree(artifacts)
+    code = compile_cli.main(["--model", str(tiny_checkpoint), "--out", str(artifacts), "--precision", "w8a8",
+                             "--calibration-size", "8", "--heldout-size", "8"])
+    err = capfd.readouterr().err
+    assert code == 1
+    assert "text tower cosine min 0." in err and "image tower" not in err  # the image tower passes
+    assert "--min-fidelity 0.98" in err and "try --precision w8a16 or fp16" in err
+    assert _tree(artifacts) == before
+    assert "text: cosine min" in (artifacts.parent / "artifacts-failed-build.log").read_text()
+
+
+def test_manifest_says_what_was_verified(artifacts, tiny_checkpoint, tmp_path):
+    checked = Manifest.load(artifacts).verification
+    assert checked == {"checked": True, "min_fidelity": 0.98, "heldout_inputs": 8, "on": "QNN HTP emulation (x86)"}
+    result = compile_cli.run(str(tiny_checkpoint), out=tmp_path / "unchecked", n_calibration=2, n_heldout=2,
+                             skip_verify=True, log=lambda line: None)
+    unchecked = Manifest.load(tmp_path / "unchecked").verification
+    assert unchecked == result.manifest.verification
+    assert unchecked["checked"] is False and "--skip-verify" in unchecked["reason"]
+    assert all(t.fidelity is None for t in result.manifest.towers.values())
+
+
+def test_min_fidelity_must_be_a_cosine(capsys):
+    with pytest.raises(SystemExit):
+        compile_cli.main(["--min-fidelity", "1.5"])
+    assert "a cosine threshold in [0, 1]" in capsys.readouterr().err
+
+
+_BUILD = """
+import sys
+from export.compile import run
+run(sys.argv[1], out=sys.argv[2], n_calibration=4, n_heldout=4)
+"""
+
+
+def test_build_shows_its_steps_and_logs_the_libraries_chatter(tiny_checkpoint, tmp_path):
+    """The quantizer's WARNING:root lines and the QNN banner (native, fd 1/2) go to build.log only."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "artifacts"
+    done = subprocess.run([sys.executable, "-c", _BUILD, str(tiny_checkpoint), str(out)], capture_output=True,
+                          text=True, cwd=Path(compile_cli.__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "WARNING" not in done.stdout and "LIBNATIVE" not in done.stdout
+    log = (out / "build.log").read_text()
+    assert "WARNING:root:" in log and "LIBNATIVE" in log  # produced, and kept
+
+    # Quantize and verify (60-85 s on the default model) report each tower as it starts and ends.
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    expected = ["image: quantizing ...", "image: quantized in", "text: quantizing ...", "text: quantized in",
+                "image: running 4 inputs ...", "image: cosine min", "text: running 4 inputs ...", "text: cosine min"]
+    found = [next(i for i, line in enumerate(lines) if line.startswith(e)) for e in expected]
+    assert found == sorted(found), lines
 
 
 def _folder(path, marker):
