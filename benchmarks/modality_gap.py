@@ -1,6 +1,7 @@
 """`python -m benchmarks.modality_gap`: why a model wins or loses in the union pool, per task and model.
 
-    python -m benchmarks.modality_gap --models default,runs/bench-losses/cl-s0 --root runs/mbeir-dev
+    python -m benchmarks.modality_gap --models default,runs/bench-losses/cl-s0              # the phone dev benchmark
+    python -m benchmarks.modality_gap --models default --bench flickr8k-dev                  # the old one
 
 For each query file of an M-BEIR root, against the global (union) pool and for each model:
 
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .common import Col, format_table, header_line, machine_info, make_document, parse_list, save_json
-from .recall import ensure_root, task_label
+from .recall import BENCHES, ensure_root, task_label
 
 MODALITIES = ("image", "text", "image,text")
 
@@ -82,7 +83,8 @@ def gap_rows(results: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.modality_gap", description=__doc__.splitlines()[0])
     p.add_argument("--models", default="default", help="comma-separated models or checkpoint folders")
-    p.add_argument("--root", default="runs/mbeir-dev", help="M-BEIR root (built from the Flickr8k dev split if missing)")
+    p.add_argument("--bench", choices=list(BENCHES), default="phone", help="the dev benchmark (see benchmarks.recall)")
+    p.add_argument("--root", help="M-BEIR root (default: --bench's; built from ../shared/data if missing)")
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", help="write the result JSON here")
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     machine = machine_info()
     print(header_line(machine))
-    root = ensure_root(args.root, log=lambda s: print(s, file=sys.stderr))
+    root = ensure_root(args.root, bench=args.bench, log=lambda s: print(s, file=sys.stderr))
     models = parse_list(args.models)
     results = {m: modality_gap(load_embedder(m), root, split=args.split, batch_size=args.batch_size) for m in models}
     rows = gap_rows(results)

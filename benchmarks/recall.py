@@ -1,6 +1,7 @@
 """`python -m benchmarks.recall`: M-BEIR recall of one model in every deployed form, and GCL vs CL vs pairwise.
 
-    python -m benchmarks.recall --model default --artifacts artifacts/ --root runs/mbeir-dev
+    python -m benchmarks.recall --model default --artifacts artifacts/           # the phone dev benchmark
+    python -m benchmarks.recall --bench flickr8k-dev --forms torch               # the old dev benchmark
     python -m benchmarks.recall --artifacts artifacts/ --forms onnx,qdq            # no PyTorch, no emulation
     python -m benchmarks.recall --losses gcl,cl,pairwise --seeds 0,1,2             # hours: trains 9 models
     python -m benchmarks.recall --losses gcl,cl --seeds 0 --steps 20               # a quick look
@@ -16,7 +17,17 @@ Forms mode. `evaluate_mbeir` (UniIR's protocol, `edge_gcl.eval.mbeir`) runs once
 and the table lists Recall@1/5/10 per task x setting x form, with deltas (points) against the reference
 form (`--reference`, default torch, else onnx). `--artifacts` must come from `--model`'s weights for the
 deltas to mean quantization / compilation error: the harness checks the model ids agree and says so.
-If `--root` does not exist it is built from the shared Flickr8k dev split (`build_mbeir`).
+Beside the table, the headline figures per form: global text->image R@1 and R@5 (a text query looking for a
+photo among photos, notes and photo+note items) beside the global average R@1 and R@5.
+
+The benchmark (`--bench`, M-BEIR layout, `edge_gcl.eval.build`; built into `--root` from ../shared/data when
+that holds no query files):
+
+    phone         the default: 400 photos never trained on (flickr8k dev + the 300 held-out flickr8k-extra
+                  photos), a union pool of about 1/4 photos, 1/4 photo+note items, 1/2 notes;
+                  root runs/mbeir-phone-dev (`build_phone_mbeir`)
+    flickr8k-dev  the 100 flickr8k dev photos, a text-heavy pool (17 photos, 17 photo+note, 216 texts), kept
+                  for comparison with earlier results; root runs/mbeir-dev (`build_mbeir`)
 
 Losses mode (`--losses`). The paper's central claim: GCL's unified softmax beats the CLIP loss and the
 pairwise ablation on mixed-modality retrieval, globally and locally. For each loss and seed, train the default
@@ -61,6 +72,7 @@ WHERE = {"torch": "PyTorch float32, CPU", "onnx": "ORT CPU, float32", "qdq": "OR
 LOSSES = ("gcl", "cl", "pairwise")
 KS = (1, 5, 10)
 SHARED_FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
+BENCHES = {"phone": "runs/mbeir-phone-dev", "flickr8k-dev": "runs/mbeir-dev"}  # --bench -> its default root
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_META = REPO / "edge_gcl" / "weights" / "default" / "edge_gcl.json"
 
@@ -68,22 +80,38 @@ MBEIR = dict[str, dict[str, dict[str, float]]]  # evaluate_mbeir's result: task 
 
 
 # ----------------------------------------------------------------------------- the benchmark root
-def ensure_root(root: str | Path, *, flickr: str | Path = SHARED_FLICKR, split: str = "dev",
-                log: Callable[[str], Any] = print) -> Path:
-    """The M-BEIR root; built from `flickr`'s `split` (splits.json) when it holds no query files."""
+def ensure_root(root: str | Path | None = None, *, bench: str = "phone", flickr: str | Path = SHARED_FLICKR,
+                split: str = "dev", log: Callable[[str], Any] = print) -> Path:
+    """The M-BEIR root (default: `bench`'s); built when it holds no query files. `bench` "phone": from the shared
+    data beside `flickr` (`build_phone_mbeir`'s default sources); "flickr8k-dev": from `flickr`'s `split`."""
     from edge_gcl.data import read_split
-    from edge_gcl.eval.build import build_mbeir
+    from edge_gcl.eval.build import build_mbeir, build_phone_mbeir, phone_sources
 
-    root = Path(root)
+    if bench not in BENCHES:
+        raise ValueError(f"bench {bench!r}: expected one of {', '.join(BENCHES)}")
+    root = Path(root if root is not None else BENCHES[bench])
     if (root / "query").is_dir():
         return root
     flickr = Path(flickr)
+    if bench == "phone":
+        log(f"building {root}: the phone dev benchmark from {flickr.parent}")
+        build_phone_mbeir(phone_sources(flickr.parent), root)
+        return root
     captions, splits = flickr / "captions.txt", flickr / "splits.json"
     if not captions.is_file() or not splits.is_file():
         raise FileNotFoundError(f"{root}: no M-BEIR root, and {flickr} has no captions.txt + splits.json to build one")
     log(f"building {root} from {flickr} ({split} split)")
     build_mbeir(captions, None, root, names=sorted(read_split(splits, split)))
     return root
+
+
+def bench_of(root: str | Path) -> str | None:
+    """Which `BENCHES` layout a root holds, by its query files' dataset name; None when neither."""
+    names = {f.name for f in (Path(root) / "query" / "test").glob("mbeir_*.jsonl")}
+    for bench, dataset in (("phone", "phone"), ("flickr8k-dev", "flickr8k")):
+        if any(n.startswith(f"mbeir_{dataset}_task") for n in names):
+            return bench
+    return None
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -124,6 +152,44 @@ def recall_rows(results: Mapping[str, MBEIR], reference: str | None) -> list[dic
                     ref = results[reference][task][setting][metric] if reference is not None else None
                     row["delta" + metric[len("recall"):]] = None if ref is None else v - ref
                 rows.append(row)
+    return rows
+
+
+HEADLINE = (("text -> image", "recall@1"), ("text -> image", "recall@5"), ("average", "recall@1"),
+            ("average", "recall@5"))  # global setting: `edge_gcl.eval.mbeir.headline`
+
+
+def headline_rows(results: Mapping[str, MBEIR]) -> list[dict[str, Any]]:
+    """One row per form: its headline figures (global text -> image and average R@1 / R@5), keys "<what> <metric>"."""
+    from edge_gcl.eval.mbeir import headline
+
+    rows = []
+    for form, res in results.items():
+        top = headline(res)
+        rows.append({"form": form, **{f"{w} {m}": top.get(w, {}).get(m) for w, m in HEADLINE}})
+    return rows
+
+
+def headline_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per loss: mean +- std over seeds of each headline figure, as "<what> <metric>" (text) and
+    "<what> <metric> mean" / "... std" (numbers)."""
+    from edge_gcl.eval.mbeir import headline
+
+    by_loss: dict[str, dict[str, list[float]]] = {}
+    seeds: dict[str, list[int]] = {}
+    for r in runs:
+        seeds.setdefault(r["loss"], []).append(r["seed"])
+        top = headline(r["results"])
+        for w, m in HEADLINE:
+            if m in top.get(w, {}):
+                by_loss.setdefault(r["loss"], {}).setdefault(f"{w} {m}", []).append(top[w][m])
+    rows = []
+    for loss, figures in by_loss.items():
+        row: dict[str, Any] = {"loss": loss, "seeds": seeds[loss]}
+        for key, vals in figures.items():
+            mean, std = mean_std(vals)
+            row |= {key: f"{mean:.2f} ± {std:.2f}", f"{key} mean": mean, f"{key} std": std}
+        rows.append(row)
     return rows
 
 
@@ -228,8 +294,8 @@ def run_forms(
         note = (f"the PyTorch model ({torch_ids[0]}) and the artifacts ({', '.join(sorted(ids))}) have different "
                 f"weights: deltas vs torch are not export/quantization error")
         log("warning: " + note)
-    out = {"rows": recall_rows(results, reference), "results": results, "forms": info, "reference": reference,
-           "note": note}
+    out = {"rows": recall_rows(results, reference), "headline": headline_rows(results), "results": results,
+           "forms": info, "reference": reference, "note": note}
     if via_index:
         out |= {"via_index": indexed, "index_rows": index_rows(results, indexed), "index_dtype": index_dtype}
     return out
@@ -470,7 +536,8 @@ def run_losses(
             log("  average R@5: " + ", ".join(f"{s} {v['recall@5']:.2f}" for s, v in avg.items()))
             runs.append({"loss": loss, "seed": seed, "checkpoint": str(out), "reused": done, "train_s": train_s,
                          "final_temperature": 1 / model.logit_scale.exp().item(), "results": results})
-    return {"rows": loss_summary(runs), "runs": runs, "recipe": dataclasses.asdict(base), "steps": steps}
+    return {"rows": loss_summary(runs), "headline": headline_summary(runs), "runs": runs,
+            "recipe": dataclasses.asdict(base), "steps": steps}
 
 
 # ----------------------------------------------------------------------------- output
@@ -482,14 +549,26 @@ def form_columns(rows: Sequence[Mapping[str, Any]]) -> list[Col]:
 
 
 LOSS_COLS = [Col("loss"), Col("setting"), Col("metric"), Col("summary", "mean ± std"), Col("seeds")]
+HEADLINE_TITLE = "headline, global pool (%): text -> image R@1 / R@5 beside the average R@1 / R@5"
+
+
+def headline_columns(first: str, fmt: str) -> list[Col]:
+    return [Col(first)] + [Col(f"{w} {m}", f"{'text->image' if w != 'average' else 'avg'} R@{m[len('recall@'):]}", fmt)
+                           for w, m in HEADLINE]
 
 
 def tables(doc: Mapping[str, Any]) -> str:
     if doc["benchmark"] == "recall-losses":
-        return format_table(doc["rows"], LOSS_COLS, title="average M-BEIR recall@5 (%) over seeds, per loss")
+        out = format_table(doc["rows"], LOSS_COLS, title="average M-BEIR recall@5 (%) over seeds, per loss")
+        if doc.get("headline"):
+            out += "\n\n" + format_table(doc["headline"], [*headline_columns("loss", ""), Col("seeds")],
+                                         title=HEADLINE_TITLE + ", mean ± std over seeds")
+        return out
     ref = doc.get("reference")
     title = f"M-BEIR recall (%) per form; Δ = points vs {ref}" if ref else "M-BEIR recall (%) per form"
     out = format_table(doc["rows"], form_columns(doc["rows"]), title=title)
+    if doc.get("headline"):
+        out += "\n\n" + format_table(doc["headline"], headline_columns("form", ".2f"), title=HEADLINE_TITLE)
     out += f"\nnote: {doc['note']}" if doc.get("note") else ""
     if doc.get("index_rows"):
         out += "\n\n" + format_table(doc["index_rows"], index_columns(doc["index_rows"]),
@@ -559,8 +638,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.recall", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default", help="the PyTorch model (torch form)")
     p.add_argument("--artifacts", help="artifacts folder from export.compile (onnx, qdq, ctx forms)")
-    p.add_argument("--root", default="runs/mbeir-dev", help="M-BEIR root (built from the Flickr8k dev split if missing)")
-    p.add_argument("--flickr", default=str(SHARED_FLICKR), help="Flickr-style folder to build --root from")
+    p.add_argument("--bench", choices=list(BENCHES), default="phone",
+                   help="the dev benchmark: phone (default) or flickr8k-dev (the old one, for comparison)")
+    p.add_argument("--root", help="M-BEIR root (default: runs/mbeir-phone-dev or runs/mbeir-dev, per --bench; "
+                   "built from ../shared/data if missing)")
+    p.add_argument("--flickr", default=str(SHARED_FLICKR),
+                   help="the shared flickr8k folder (its parent holds flickr8k-extra) to build --root from")
     p.add_argument("--forms", default=",".join(FORMS))
     p.add_argument("--reference", help="form the deltas are against (default: torch, else onnx)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -582,24 +665,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     machine = machine_info()
     print(header_line(machine))
-    root = ensure_root(args.root, flickr=args.flickr, log=log)
+    root = ensure_root(args.root, bench=args.bench, flickr=args.flickr, log=log)
+    bench = bench_of(root)
     if args.losses:
-        config = {"root": str(root), "losses": parse_list(args.losses), "seeds": parse_list(args.seeds, int),
-                  "steps": args.steps, "temperature": args.temperature,
+        config = {"bench": bench, "root": str(root), "losses": parse_list(args.losses),
+                  "seeds": parse_list(args.seeds, int), "steps": args.steps, "temperature": args.temperature,
                   "temperature_lr_mult": args.temperature_lr_mult, "train_out": args.train_out,
                   "batch_size": args.batch_size}
-        result = run_losses(**config, log=log)
-        doc = make_document("recall-losses", result["rows"], config=config, machine=machine, runs=result["runs"],
-                            recipe=result["recipe"])
+        result = run_losses(**{k: v for k, v in config.items() if k != "bench"}, log=log)
+        doc = make_document("recall-losses", result["rows"], config=config, machine=machine,
+                            headline=result["headline"], runs=result["runs"], recipe=result["recipe"])
         stem = "recall_losses"
     else:
-        config = {"model": args.model, "artifacts": args.artifacts, "root": str(root),
+        config = {"bench": bench, "model": args.model, "artifacts": args.artifacts, "root": str(root),
                   "forms": parse_list(args.forms), "reference": args.reference, "batch_size": args.batch_size}
         if args.via_index:
             config |= {"via_index": True, "index_dtype": args.index_dtype}
-        result = run_forms(**config, progress=args.progress, log=log)
+        result = run_forms(**{k: v for k, v in config.items() if k != "bench"}, progress=args.progress, log=log)
         extra = {k: result[k] for k in ("via_index", "index_rows", "index_dtype") if k in result}
-        doc = make_document("recall", result["rows"], config=config, machine=machine, results=result["results"],
+        doc = make_document("recall", result["rows"], config=config, machine=machine, headline=result["headline"],
+                            results=result["results"],
                             forms=result["forms"], reference=result["reference"], note=result["note"],
                             **extra)
         stem = "recall"

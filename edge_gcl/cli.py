@@ -77,17 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", dest="json_out", help="write the results JSON here")
     m.add_argument("--batch-size", type=int, default=32)
     m.add_argument("--provider", choices=["cpu", "qnn"], default="cpu", help="for artifacts folders")
+    m.add_argument("--allow-missing-positives", action="store_true",
+                   help="count a query with no positive in the pool as a miss (default: an error naming it)")
     m.set_defaults(func=_handler("edge_gcl.eval.cli:cli_eval"))
 
     # --- bench ---------------------------------------------------------------------------
     b = sub.add_parser("bench", help="benchmark data").add_subparsers(dest="bench_command", required=True)
-    bm = b.add_parser("build-mbeir", help="turn a Flickr-style captions folder into a mixed-modality M-BEIR benchmark")
-    bm.add_argument("--captions", required=True, help="captions.txt (image,caption CSV)")
-    m.add_argument("--allow-missing-positives", action="store_true",
-                   help="count a query with no positive in the pool as a miss (default: an error naming it)")
-    bm.add_argument("--images", help="image folder (default: images/ beside captions.txt)")
-    bm.add_argument("--splits", help="splits.json to take the photos from (with --split)")
-    bm.add_argument("--split", default=None, help="e.g. dev")
+    bm = b.add_parser("build-mbeir", help="turn captions folders into a mixed-modality M-BEIR benchmark")
+    bm.add_argument("--layout", choices=["flickr8k-dev", "phone"], default="flickr8k-dev",
+                    help="flickr8k-dev: one folder, text-heavy pool; phone: several folders, pool of about 1/4 "
+                    "photos, 1/4 photo+note, 1/2 notes (edge_gcl/eval/build.py)")
+    bm.add_argument("--captions", help="flickr8k-dev: captions.txt (image,caption CSV)")
+    bm.add_argument("--images", help="flickr8k-dev: image folder (default: images/ beside captions.txt)")
+    bm.add_argument("--splits", help="flickr8k-dev: splits.json to take the photos from (with --split)")
+    bm.add_argument("--split", default=None, help="flickr8k-dev: e.g. dev")
+    bm.add_argument("--source", action="append", metavar="CAPTIONS[:SPLITS_FILE:SPLIT]",
+                    help="phone: a captions.txt and the split of it to use; repeatable (default: flickr8k dev + "
+                    "flickr8k-extra heldout, under --data-root)")
+    bm.add_argument("--data-root", help="phone: where the default sources live (default: ../shared/data)")
     bm.add_argument("--out", required=True, help="output M-BEIR root")
     bm.add_argument("--seed", type=int, default=0)
     bm.set_defaults(func=_handler("edge_gcl.eval.cli:cli_build"))

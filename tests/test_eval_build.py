@@ -1,5 +1,5 @@
 """M-BEIR builders (edge_gcl.eval.build): the flickr8k-dev layout on the shared Flickr8k dev photos, the phone
-layout on a synthetic captions folder, and `edge-gcl bench build-mbeir`."""
+layout on synthetic captions folders (and once on the shared data), and `edge-gcl bench build-mbeir`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import re
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 
 from edge_gcl.cli import main
 from edge_gcl.embedding import l2_normalize
-from edge_gcl.eval.build import build_mbeir
+from edge_gcl.eval.build import Source, build_mbeir, build_phone_mbeir, phone_sources
 from edge_gcl.eval.mbeir import evaluate_mbeir, read_pool, read_qrels, read_queries
 
 FLICKR = Path("/work/shared/data/flickr8k")
@@ -250,3 +251,136 @@ def test_cli_build_mbeir(tmp_path: Path, capsys):
     assert main(["bench", "build-mbeir", "--captions", str(FLICKR / "captions.txt"), "--splits", "splits.json",
                  "--out", str(out)]) == 1
     assert capsys.readouterr().err == "edge-gcl: error: --splits splits.json: give --split too (e.g. --split dev)\n"
+
+
+# --- the phone layout --------------------------------------------------------------------------------
+
+
+def _captions_folder(folder: Path, prefix: str, n: int, *, twins: Sequence[int] = ()) -> list[str]:
+    """A Flickr-style folder of n photos with 5 distinct captions each (photos in `twins` repeat one)."""
+    (folder / "images").mkdir(parents=True)
+    rows, names = [], []
+    for i in range(n):
+        name = f"{prefix}{i:02d}.jpg"
+        caps = [f"{prefix} photo {i} says {c}" for c in range(5)]
+        if i in twins:
+            caps[4] = caps[2].upper()  # the same text, case aside
+        rows += [f"{name},{c}" for c in caps]
+        (folder / "images" / name).write_bytes(b"")
+        names.append(name)
+    (folder / "captions.txt").write_text("image,caption\n" + "\n".join(rows) + "\n")
+    return names
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> list[Source]:
+    """Two synthetic sources: 12 of the 14 photos of folder "alpha" (a split), all 28 of folder "beta"."""
+    names = _captions_folder(tmp_path / "alpha", "a", 14)
+    _captions_folder(tmp_path / "beta", "b", 28)
+    (tmp_path / "alpha" / "splits.json").write_text(json.dumps({"dev": names[:12], "train": names[12:]}))
+    return [Source.parse(f"{tmp_path}/alpha/captions.txt:{tmp_path}/alpha/splits.json:dev"),
+            Source(tmp_path / "beta" / "captions.txt")]
+
+
+def _files(out: Path) -> dict[Path, bytes]:
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.*")) if "images" not in p.parts}
+
+
+def test_phone_layout_proportions_and_invariants(sources: list[Source], tmp_path: Path):
+    out = tmp_path / "phone"
+    stats = build_phone_mbeir(sources, out, seed=0)
+    # 40 photos, each source dealt in quarters (alpha 3 + beta 7 per group): a pool of exactly 1/4 : 1/4 : 1/2.
+    assert stats["photos"] == 40 and stats["skipped"] == {}
+    assert stats["groups"] == {"image": 10, "image,text": 10, "text": 10, "query": 10}
+    assert stats["sources"]["alpha"]["groups"] == {"image": 3, "image,text": 3, "text": 3, "query": 3}
+    assert stats["sources"]["beta"]["groups"] == {"image": 7, "image,text": 7, "text": 7, "query": 7}
+    assert stats["global_pool_by_modality"] == {"image": 10, "image,text": 10, "text": 20}
+    assert stats["global_pool_fractions"] == {"image": 0.25, "image,text": 0.25, "text": 0.5}
+    assert {s: (t["queries"], t["local_pool"]) for s, t in stats["tasks"].items()} == {
+        "mbeir_phone_task0_test": (10 * 5, 10),  # every caption of every A_i photo
+        "mbeir_phone_task1_test": (10 * 4, 20),  # captions 1..4 of A_t; the notes of A_t and B
+        "mbeir_phone_task2_test": (10 * 4, 10),
+        "mbeir_phone_task3_test": (10, 20),
+        "mbeir_phone_task6_test": (10, 20)}
+    photos = _check_built(out, "phone")  # positives in their pools, one form per photo, no text twice
+    a_i, a_t, a_it, b = (photos[t]["queries"] for t in ("0", "1", "2", "3"))
+    assert [len(g) for g in (a_i, a_it, a_t, b)] == [10, 10, 10, 10] and len(a_i | a_it | a_t | b) == 40
+    assert photos["union"]["pool"] == a_i | a_it | a_t | b  # every photo in exactly one candidate form
+    assert photos["6"]["queries"] == b and photos["1"]["pool"] == photos["3"]["pool"] == a_t | b
+    assert not {n for n in a_i | a_it | a_t | b if n.startswith("a")} & {"a12.jpg", "a13.jpg"}  # not in the split
+    # Every query has one positive; B's positive is its note (caption 0), its image+text query caption 1.
+    qsrc, csrc = _src(out)
+    for task in TASKS:
+        for q in _load(out, task, "phone")[0]:
+            assert len(q.pos) == 1
+            if task in (1, 3, 6):
+                assert csrc[q.pos[0]][1] == 0
+    assert {qsrc[q.qid][1] for q in _load(out, 6, "phone")[0]} == {1}
+    # Images resolve through one link per source; src_content names the source.
+    assert (out / "images" / "alpha").resolve() == (tmp_path / "alpha" / "images").resolve()
+    assert (out / "images" / "beta").is_symlink()
+    row = json.loads((out / "query/test/mbeir_phone_task3_test.jsonl").read_text().splitlines()[0])
+    source = json.loads(row["query_src_content"])["source"]
+    assert row["query_img_path"] == f"images/{source}/{json.loads(row['query_src_content'])['image']}"
+
+
+def test_phone_layout_is_deterministic(sources: list[Source], tmp_path: Path):
+    build_phone_mbeir(sources, tmp_path / "one", seed=0)
+    build_phone_mbeir(sources, tmp_path / "two", seed=0)
+    build_phone_mbeir(sources, tmp_path / "other", seed=1)
+    one, two, other = (_files(tmp_path / d) for d in ("one", "two", "other"))
+    assert len(one) == 5 * 3 + 1 and one == two
+    assert one != other
+
+
+def test_phone_layout_oracle_embedder_finds_everything(sources: list[Source], tmp_path: Path):
+    out = tmp_path / "phone"
+    build_phone_mbeir(sources, out)
+    oracle = evaluate_mbeir(_PhotoEmbedder(out, oracle=True), out, progress=False)
+    for task in (t for t in oracle if t != "average"):
+        for setting in ("local", "global"):
+            assert oracle[task][setting]["recall@1"] == 100.0, (task, setting)
+
+
+def test_phone_layout_skips_and_refuses(tmp_path: Path):
+    _captions_folder(tmp_path / "x", "x", 8, twins=(3,))
+    _captions_folder(tmp_path / "y" / "x", "y", 8)  # another folder named "x"
+    stats = build_phone_mbeir([Source(tmp_path / "x" / "captions.txt")], tmp_path / "out")
+    assert stats["skipped"] == {"x/x03.jpg": "two of its captions are the same"}
+    assert sum(stats["groups"].values()) == 7
+    with pytest.raises(ValueError, match="label 'x'.*distinct"):
+        build_phone_mbeir([Source(tmp_path / "x" / "captions.txt"), Source(tmp_path / "y" / "x" / "captions.txt")],
+                          tmp_path / "out2")
+    both = [Source(tmp_path / "x" / "captions.txt"), Source(tmp_path / "y" / "x" / "captions.txt", label="y")]
+    assert build_phone_mbeir(both, tmp_path / "out3")["photos"] == 16
+    with pytest.raises(ValueError, match="nope.jpg"):
+        build_phone_mbeir([Source(tmp_path / "x" / "captions.txt", names=("nope.jpg",))], tmp_path / "out4")
+    with pytest.raises(ValueError, match="expected CAPTIONS or CAPTIONS:SPLITS_FILE:SPLIT"):
+        Source.parse("a:b")
+
+
+def test_cli_build_phone(sources: list[Source], tmp_path: Path, capsys):
+    out = tmp_path / "phone"
+    alpha, beta = (str(s.captions) for s in sources)
+    args = ["bench", "build-mbeir", "--layout", "phone", "--out", str(out),
+            "--source", f"{alpha}:{tmp_path}/alpha/splits.json:dev", "--source", beta]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "(phone layout)" in printed and "40 photos (alpha 12, beta 28)" in printed
+    assert "global pool: 40 candidates (10 image, 10 image,text, 20 text) = 0.250 : 0.250 : 0.500" in printed
+    assert main([*args[:6], "--captions", alpha]) == 1
+    assert capsys.readouterr().err.startswith("edge-gcl: error: --captions: options of --layout flickr8k-dev")
+    assert main([*args, "--source", f"{alpha}:{tmp_path}/alpha/splits.json:test"]) == 1
+    assert "no split 'test'" in capsys.readouterr().err
+
+
+@needs_flickr
+def test_phone_dev_benchmark_from_the_shared_data(tmp_path: Path):
+    """The default sources: the 100 flickr8k dev photos and the 300 held-out flickr8k-extra photos."""
+    stats = build_phone_mbeir(phone_sources(), tmp_path / "phone")
+    assert {label: s["photos"] for label, s in stats["sources"].items()} == {"flickr8k": 100, "flickr8k-extra": 300}
+    assert stats["photos"] == 400 and len(stats["skipped"]) <= 10
+    fractions = stats["global_pool_fractions"]
+    assert abs(fractions["image"] - 0.25) < 0.01 and abs(fractions["image,text"] - 0.25) < 0.01
+    assert abs(fractions["text"] - 0.5) < 0.01
+    _check_built(tmp_path / "phone", "phone")

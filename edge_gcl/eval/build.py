@@ -1,6 +1,6 @@
 """Build mixed-modality M-BEIR benchmarks (UniIR's layout, read by `edge_gcl.eval.mbeir`) from captions folders.
 
-Layouts, each with UniIR's five tasks of the photo app (t->i, t->t, t->it, i->t, it->t) under split
+Two layouts, both with UniIR's five tasks of the photo app (t->i, t->t, t->it, i->t, it->t) under split
 "test", dataset id 10 (M-BEIR uses 0-9), and these rules in common. Every candidate is distinct content, as
 in M-BEIR and in the phone app's index (one item per photo, the photo with its note): each photo appears in
 at most one candidate form, so a query meets one form of its photo and the global setting measures modality
@@ -29,6 +29,29 @@ floor(n/2) % 3 of them (n = 100: A_i 17, A_it 17, A_t 16, B 50):
 The text candidates are A_t's notes and B's captions 1..4, so B's captions are the bulk of the text pool
 (n = 100: 17 images, 17 image+text items, 216 texts). Image paths are `images/<name>`, `images` a symlink to
 the source's image folder.
+
+`build_phone_mbeir`: the phone layout (issue 13), a union pool shaped like a phone library: about 1/4
+photos, 1/4 photo+note items and 1/2 notes, one note per photo that carries text. It takes several sources
+(a captions folder and the photos to use from it); each source's photos are shuffled with `seed` (one
+random stream over the sources in order) and dealt in equal quarters (largest remainder, earlier groups
+first) into A_i, A_it, A_t and B, so every group holds the same mix of sources. The text candidates are the
+notes of the photos that are neither image candidates nor image queries (A_t, queried by their other
+captions) plus the notes of the query photos (B, the positives of the image and image+text queries): one
+note per photo, where the flickr8k-dev layout put four of B's captions in the pool. With 4m photos and no
+skips the union pool is m images, m image+text items and 2m texts, exactly 1/4 : 1/4 : 1/2:
+
+    file stem                   photos  query                 positive candidate      local pool
+    mbeir_phone_task0_test      A_i     each caption          its image               images of A_i
+    mbeir_phone_task1_test      A_t     each caption but c0   its c0 (a text)         all text candidates
+    mbeir_phone_task2_test      A_it    each caption but c0   its image + c0          image+text items of A_it
+    mbeir_phone_task3_test      B       its image             its c0 (a text)         all text candidates
+    mbeir_phone_task6_test      B       its image + c1        its c0 (a text)         all text candidates
+
+Every query has exactly one positive. Image paths are `images/<source>/<name>`: `images/` is a folder of one
+symlink per source, named by the source's label (default: its captions folder's name, e.g. `flickr8k`,
+`flickr8k-extra`); `src_content` records the source, the photo and the caption index. The default sources
+(`PHONE_SOURCES`) are the 100 flickr8k dev photos and the 300 flickr8k-extra photos of the "heldout" split of
+`edge_gcl/recipes/flickr8k-extra-splits.json`, which training leaves out.
 """
 
 from __future__ import annotations
@@ -42,14 +65,19 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from ..data import read_flickr
+from ..data import read_flickr, read_split
 from .mbeir import MBEIR_TASKS, global_pool_path
 
-BUILD_TASKS = (0, 1, 2, 3, 6)  # the tasks every layout writes
+BUILD_TASKS = (0, 1, 2, 3, 6)  # the tasks both layouts write
 BUILD_SPLIT = "test"
 # The photo groups, in dealing order: the candidate form of A_i, A_it, A_t, then B (query photos).
 GROUPS = ("image", "image,text", "text", "query")
 DATASET_ID = 10  # M-BEIR's datasets take ids 0-9
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO.parent / "shared" / "data"  # ../shared/data beside the repository
+EXTRA_SPLITS = REPO / "edge_gcl" / "recipes" / "flickr8k-extra-splits.json"
+
 
 @dataclass(frozen=True)
 class Source:
@@ -64,7 +92,28 @@ class Source:
     def name(self) -> str:
         return self.label or Path(self.captions).parent.name
 
-# --- pieces the layouts share ------------------------------------------------------------------
+    @classmethod
+    def parse(cls, spec: str) -> Source:
+        """"captions.txt" or "captions.txt:splits.json:split" (the photos of that split)."""
+        parts = str(spec).split(":")
+        if len(parts) == 1:
+            return cls(Path(parts[0]))
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"source {spec!r}: expected CAPTIONS or CAPTIONS:SPLITS_FILE:SPLIT")
+        captions, splits, split = Path(parts[0]), Path(parts[1]), parts[2]
+        return cls(captions, names=tuple(sorted(read_split(splits, split))))
+
+
+def phone_sources(data_root: str | Path = SHARED_DATA) -> list[Source]:
+    """The phone benchmark's default sources: flickr8k's dev split and flickr8k-extra's held-out photos."""
+    root = Path(data_root)
+    return [
+        Source(root / "flickr8k" / "captions.txt", names=tuple(sorted(read_split(root / "flickr8k" / "splits.json", "dev")))),
+        Source(root / "flickr8k-extra" / "captions.txt", names=tuple(sorted(read_split(EXTRA_SPLITS, "heldout")))),
+    ]
+
+
+# --- pieces both layouts share ------------------------------------------------------------------
 
 
 def _norm(text: str) -> str:
@@ -241,6 +290,7 @@ def build_mbeir(
     stats_tasks = _write(out, dataset, pool, tasks)
     return {
         "root": str(out),
+        "layout": "flickr8k-dev",
         "split": BUILD_SPLIT,
         "seed": seed,
         "photos": len(chosen),
@@ -251,4 +301,104 @@ def build_mbeir(
         "tasks": stats_tasks,
         "global_pool": len(pool.rows),
         "global_pool_by_modality": _by_modality(pool),
+    }
+
+
+# --- the phone layout ------------------------------------------------------------------------------
+
+
+def _quarters(n: int) -> list[int]:
+    """n split into four sizes within one of each other, the earlier groups larger."""
+    return [n // 4 + (i < n % 4) for i in range(4)]
+
+
+def build_phone_mbeir(
+    sources: Sequence[Source],
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    dataset: str = "phone",
+) -> dict[str, Any]:
+    """Write the phone layout's five tasks built from several captions folders; returns its stats.
+
+    Each source's photos are dealt into A_i, A_it, A_t and B in equal quarters (see the module docstring).
+    Rewrites the files it writes and leaves any others in `out_dir` alone.
+    """
+    _check_dataset(dataset)
+    if not sources:
+        raise ValueError("sources: give at least one captions folder")
+    labels = [s.name for s in sources]
+    for label in labels:
+        if labels.count(label) > 1 or not re.fullmatch(r"[\w.-]+", label):
+            raise ValueError(f"source label {label!r}: labels name folders under images/ and must be distinct "
+                             f"(give Source(label=...))")
+
+    # 1. Photos ("<label>/<name>"), dealt per source in shuffled order into quarters.
+    rng = random.Random(seed)
+    captions_of: dict[str, list[str]] = {}
+    folders: dict[str, Path] = {}
+    order: list[str] = []
+    groups: dict[str, list[str]] = {g: [] for g in GROUPS}
+    per_source: dict[str, dict[str, int]] = {}
+    for source, label in zip(sources, labels, strict=True):
+        folders[label], by_name, chosen = _photos(source)
+        rng.shuffle(chosen)
+        photos = [f"{label}/{n}" for n in chosen]
+        captions_of |= {f"{label}/{n}": by_name[n] for n in chosen}
+        bounds = [0, *accumulate(_quarters(len(photos)))]
+        for i, g in enumerate(GROUPS):
+            groups[g] += photos[bounds[i] : bounds[i + 1]]
+        per_source[label] = dict(zip(GROUPS, _quarters(len(photos)), strict=True))
+        order += photos
+
+    # 2. Photos kept: as in the flickr8k-dev layout (B needs a note and an image+text query caption).
+    skipped = _skip(order, captions_of, {p: g for g, members in groups.items() for p in members})
+    a_i, a_it, a_t, b = ([p for p in groups[g] if p not in skipped] for g in GROUPS)
+
+    # 3. Candidates (pool order: images, image+text items, texts) and queries; one note (c0) per text candidate.
+    def src(photo: str, caption: int | None) -> dict[str, Any]:
+        label, name = photo.split("/", 1)
+        return {"source": label, "image": name, "caption": caption}
+
+    pool = _Pool(captions_of, lambda p: f"images/{p}", src)
+
+    def rest(p: str) -> range:
+        return range(1, len(captions_of[p]))
+
+    image_of = {p: pool.add("image", p, None) for p in a_i}
+    pair_of = {p: pool.add("image,text", p, 0) for p in a_it}
+    note_of = {p: pool.add("text", p, 0) for p in [*a_t, *b]}
+    text_pool = list(note_of.values())
+    tasks: Tasks = {
+        0: ([(p, c, False, [image_of[p]]) for p in a_i for c in range(len(captions_of[p]))], list(image_of.values())),
+        1: ([(p, c, False, [note_of[p]]) for p in a_t for c in rest(p)], text_pool),
+        2: ([(p, c, False, [pair_of[p]]) for p in a_it for c in rest(p)], list(pair_of.values())),
+        3: ([(p, None, True, [note_of[p]]) for p in b], text_pool),
+        6: ([(p, 1, True, [note_of[p]]) for p in b], text_pool),
+    }
+
+    # 4. Files: images/<label> -> each source's image folder.
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "images").is_symlink():
+        raise FileExistsError(f"{out / 'images'}: a symlink (a flickr8k-dev layout root?); the phone layout needs "
+                              f"a folder of links there: choose another output folder")
+    for label, folder in folders.items():
+        _link(out / "images" / label, folder)
+    stats_tasks = _write(out, dataset, pool, tasks)
+    by_modality = _by_modality(pool)
+    return {
+        "root": str(out),
+        "layout": "phone",
+        "split": BUILD_SPLIT,
+        "seed": seed,
+        "sources": {label: {"captions": str(s.captions), "photos": sum(per_source[label].values()),
+                            "groups": per_source[label]} for s, label in zip(sources, labels, strict=True)},
+        "photos": len(order),
+        "groups": {"image": len(a_i), "image,text": len(a_it), "text": len(a_t), "query": len(b)},
+        "skipped": dict(sorted(skipped.items())),
+        "tasks": stats_tasks,
+        "global_pool": len(pool.rows),
+        "global_pool_by_modality": by_modality,
+        "global_pool_fractions": {m: n / len(pool.rows) for m, n in by_modality.items()},
     }

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import read_split
-from .build import build_mbeir
+from .build import SHARED_DATA, Source, build_mbeir, build_phone_mbeir, phone_sources
 from .mbeir import SETTINGS, check_root, evaluate_mbeir, format_table, headline
 
 
@@ -57,6 +57,9 @@ def cli_eval(args: argparse.Namespace) -> int:
     return _run(body)
 
 
+FLICKR_ONLY = ("captions", "images", "splits", "split")  # options of --layout flickr8k-dev
+
+
 def _flickr_names(args: argparse.Namespace) -> list[str] | None:
     """--split picks photos from --splits (default: splits.json beside captions.txt)."""
     captions = Path(args.captions)
@@ -71,12 +74,23 @@ def _flickr_names(args: argparse.Namespace) -> list[str] | None:
 
 
 def cli_build(args: argparse.Namespace) -> int:
-    """`edge-gcl bench build-mbeir`: write a benchmark, print what it holds."""
+    """`edge-gcl bench build-mbeir`: write a benchmark (`--layout flickr8k-dev` or `phone`), print what it holds."""
 
     def body() -> None:
-        if not args.captions:
-            raise ValueError("--captions: give a captions.txt")
-        stats = build_mbeir(args.captions, args.images, args.out, names=_flickr_names(args), seed=args.seed)
+        if args.layout == "phone":
+            given = [f"--{o}" for o in FLICKR_ONLY if getattr(args, o)]
+            if given:
+                raise ValueError(f"{', '.join(given)}: options of --layout flickr8k-dev; the phone layout takes "
+                                 f"--source CAPTIONS:SPLITS_FILE:SPLIT (repeatable)")
+            sources = ([Source.parse(s) for s in args.source] if args.source
+                       else phone_sources(args.data_root or SHARED_DATA))
+            stats = build_phone_mbeir(sources, args.out, seed=args.seed)
+        else:
+            if args.source or args.data_root:
+                raise ValueError("--source, --data-root: options of --layout phone")
+            if not args.captions:
+                raise ValueError("--layout flickr8k-dev needs --captions (a captions.txt)")
+            stats = build_mbeir(args.captions, args.images, args.out, names=_flickr_names(args), seed=args.seed)
         print(summary(stats))
 
     return _run(body)
@@ -85,14 +99,23 @@ def cli_build(args: argparse.Namespace) -> int:
 def summary(stats: dict[str, Any]) -> str:
     """What a builder's stats say, as printed by `edge-gcl bench build-mbeir`."""
     head = f"M-BEIR benchmark in {stats['root']} (split {stats['split']}, seed {stats['seed']}): {stats['photos']} photos"
-    by_group = ", ".join(f"{n} {m}" for m, n in stats["pool_photos_by_modality"].items())
-    head += (f", {stats['pool_photos']} pool-side ({by_group}), {stats['query_photos']} query-side, "
-             f"{len(stats['skipped'])} skipped")
+    if "pool_photos_by_modality" in stats:  # flickr8k-dev layout
+        by_group = ", ".join(f"{n} {m}" for m, n in stats["pool_photos_by_modality"].items())
+        head += (f", {stats['pool_photos']} pool-side ({by_group}), {stats['query_photos']} query-side, "
+                 f"{len(stats['skipped'])} skipped")
+    else:
+        sources = ", ".join(f"{label} {s['photos']}" for label, s in stats["sources"].items())
+        groups = ", ".join(f"{m} {n}" for m, n in stats["groups"].items())
+        head = (head.replace("M-BEIR benchmark", f"M-BEIR benchmark ({stats['layout']} layout)")
+                + f" ({sources}); groups kept: {groups}; {len(stats['skipped'])} skipped")
     lines = [head]
     width = max(len(s) for s in stats["tasks"])
     for stem, t in stats["tasks"].items():
         lines.append(f"  {stem:<{width}}  {t['task']:<20}  {t['queries']:>6} queries  {t['local_pool']:>6} local pool")
     mods = ", ".join(f"{n} {m}" for m, n in stats["global_pool_by_modality"].items())
-    lines.append(f"  global pool: {stats['global_pool']} candidates ({mods})")
+    line = f"  global pool: {stats['global_pool']} candidates ({mods})"
+    if "global_pool_fractions" in stats:
+        line += " = " + " : ".join(f"{f:.3f}" for f in stats["global_pool_fractions"].values())
+    lines.append(line)
     lines += [f"  skipped {name}: {why}" for name, why in stats["skipped"].items()]
     return "\n".join(lines)
