@@ -29,8 +29,10 @@ that holds no query files):
     flickr8k-dev  the 100 flickr8k dev photos, a text-heavy pool (17 photos, 17 photo+note, 216 texts), kept
                   for comparison with earlier results; root runs/mbeir-dev (`build_mbeir`)
 
-Losses mode (`--losses`). The paper's central claim: GCL's unified softmax beats the CLIP loss and the
-pairwise ablation on mixed-modality retrieval, globally and locally. For each loss and seed, train the default
+Losses mode (`--losses`). The paper's central claim: GCL's unified softmax beats the CLIP loss on
+mixed-modality retrieval, globally and locally. `pairwise` (GCL's six modality pairs, one modality per
+denominator) is this project's own ablation, not the paper's: its "+Pairwise" rows mean training on
+image-caption pair data. For each loss and seed, train the default
 recipe with `edge_gcl.train.train` (the "train" record of `edge_gcl/weights/default/edge_gcl.json` when it
 exists, else the README's recipe), changing only the loss and seed (`--steps` shortens every run alike),
 evaluate the PyTorch model on `--root`, and report mean +- std over seeds of the average Recall@5 in the

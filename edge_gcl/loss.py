@@ -1,4 +1,5 @@
-"""Contrastive losses: GCL, and the CL and pairwise baselines it is ablated against.
+"""Contrastive losses: GCL, and the CL and pairwise baselines it is ablated against (pairwise is this
+project's own ablation; the paper's "+Pairwise" rows mean training on image-caption pair data).
 
 Every loss is an `nn.Module` with one call contract:
 
@@ -140,7 +141,9 @@ class CLLoss(nn.Module):
 
 
 class PairwiseLoss(nn.Module):
-    """The GCL ablation with one softmax per modality pair instead of one over all of M.
+    """This project's ablation of GCL: one softmax per modality pair instead of one over all of M.
+
+    Not the paper's "+Pairwise" rows, which mean training on image-caption pair data, not a loss.
 
     For each of the six ordered pairs (a, b) of {i, t, it}, InfoNCE of anchor e_a^j against the
     candidates e_b^1..e_b^N only; the six terms are averaged (each ordered pair weighs 1/6).
