@@ -102,15 +102,25 @@ def _symmetric_infonce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tens
 class GCLLoss(nn.Module):
     """Generalized Contrastive Learning over the modalities M = {i, t, it} (Lee et al., 2025).
 
-    Every embedding e_a^j (3N anchors) is contrasted against all 3N embeddings of the batch in
-    one softmax, with only its own entry (a, j)-(a, j) masked out of the denominator:
+    The paper's loss contrasts every embedding e_a^j (3N anchors) against all 3N embeddings of the
+    batch in one softmax, the anchor itself included (its denominator runs over every m and k):
 
         L = -1/(6N) sum_j sum_{a != b} log( exp(e_a^j . e_b^j / tau)
                                             / sum_{m in M} sum_k exp(e_a^j . e_m^k / tau) )
-                                            over (m, k) != (a, j)
 
-    The positives of anchor (a, j) are the same sample j in the two other modalities. Both
-    share one denominator, so the minimum (perfectly aligned, tau -> 0) is log 2, not 0.
+    The positives of anchor (a, j) are the same sample j in the two other modalities; both share
+    one denominator.
+
+    This implementation makes one change, a choice of ours and not the paper's formula: the
+    anchor's own term (m, k) = (a, j) is masked out of the denominator, so each anchor's softmax
+    runs over the other 3N - 1 embeddings (as SimCLR's NT-Xent masks k = i). Why: that term is
+    always exp(1 / tau), the largest logit in the row (a unit vector against itself), and it carries
+    no information, yet it takes most of the softmax mass (measured on correlated random pairs,
+    N = 256, D = 512: 86% of it at tau = 0.07, 99.9% at 0.02). The gradient on every other logit is
+    its softmax probability, so the push away from the negatives shrinks by the same factor (7x at
+    tau = 0.07, about 800x at 0.02) while the pull between positives does not: with the anchor
+    included, the loss is mostly alignment with little contrast. Masked, the minimum (perfectly
+    aligned, tau -> 0) is log 2, half the mass on each positive; with the anchor it would be log 3.
     """
 
     def forward(

@@ -124,6 +124,32 @@ def test_aligned_features_reach_the_minimum() -> None:
     assert GCLLoss()(image, text.roll(1, 0), scale).item() > math.log(2) + 10
 
 
+def ref_gcl_paper(image: torch.Tensor, text: torch.Tensor, scale: float) -> float:
+    """The paper's formula as printed: the anchor's own term stays in its denominator."""
+    e, n = _ref_embeddings(image, text), image.shape[0]
+    total = 0.0
+    for j in range(n):
+        for a, b in ORDERED_PAIRS:
+            denominator = sum(math.exp(_dot(e[a][j], e[m][k]) * scale) for m in MODALITIES for k in range(n))
+            total += math.log(math.exp(_dot(e[a][j], e[b][j]) * scale) / denominator)
+    return -total / (6 * n)
+
+
+def test_gcl_masks_the_anchor_and_its_docstring_says_it_is_a_choice() -> None:
+    image, text = _features(0, normalized=True)
+    scale = 1 / 0.07
+    got = GCLLoss()(image, text, torch.tensor(scale)).item()
+    assert got == pytest.approx(ref_gcl(image, text, scale), rel=1e-5)  # the anchor masked
+    assert got < ref_gcl_paper(image, text, scale) - 0.1  # not the formula as printed
+    aligned = torch.eye(4, 8)
+    assert ref_gcl_paper(aligned, aligned, 100.0) == pytest.approx(math.log(3), abs=1e-6)
+
+    doc = " ".join(GCLLoss.__doc__.split())
+    assert "the anchor itself included" in doc  # the paper's sum, stated as the paper's
+    assert "a choice of ours and not the paper's formula" in doc and "Why:" in doc
+    assert "3N - 1" in doc and "log 3" in doc
+
+
 def test_gcl_differs_from_cl_and_pairwise() -> None:
     image, text = _features(0, normalized=True)
     scale = torch.tensor(10.0)
