@@ -83,7 +83,7 @@ def gap_rows(results: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.modality_gap", description=__doc__.splitlines()[0])
     p.add_argument("--models", default="default", help="comma-separated models or checkpoint folders")
-    p.add_argument("--bench", choices=list(BENCHES), default="phone", help="the dev benchmark (see benchmarks.recall)")
+    p.add_argument("--bench", choices=list(BENCHES), help="the dev benchmark (default: phone; see benchmarks.recall)")
     p.add_argument("--root", help="M-BEIR root (default: --bench's; built from ../shared/data if missing)")
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=32)

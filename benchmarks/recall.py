@@ -82,13 +82,16 @@ MBEIR = dict[str, dict[str, dict[str, float]]]  # evaluate_mbeir's result: task 
 
 
 # ----------------------------------------------------------------------------- the benchmark root
-def ensure_root(root: str | Path | None = None, *, bench: str = "phone", flickr: str | Path = SHARED_FLICKR,
+def ensure_root(root: str | Path | None = None, *, bench: str | None = None, flickr: str | Path = SHARED_FLICKR,
                 split: str = "dev", log: Callable[[str], Any] = print) -> Path:
     """The M-BEIR root (default: `bench`'s); built when it holds no query files. `bench` "phone": from the shared
-    data beside `flickr` (`build_phone_mbeir`'s default sources); "flickr8k-dev": from `flickr`'s `split`."""
+    data beside `flickr` (`build_phone_mbeir`'s default sources); "flickr8k-dev": from `flickr`'s `split`.
+    `bench` defaults to the one whose default root `root` names (runs/mbeir-dev: flickr8k-dev), else phone."""
     from edge_gcl.data import read_split
     from edge_gcl.eval.build import build_mbeir, build_phone_mbeir, phone_sources
 
+    if bench is None:
+        bench = next((b for b, r in BENCHES.items() if root is not None and Path(root) == Path(r)), "phone")
     if bench not in BENCHES:
         raise ValueError(f"bench {bench!r}: expected one of {', '.join(BENCHES)}")
     root = Path(root if root is not None else BENCHES[bench])
@@ -640,8 +643,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.recall", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default", help="the PyTorch model (torch form)")
     p.add_argument("--artifacts", help="artifacts folder from export.compile (onnx, qdq, ctx forms)")
-    p.add_argument("--bench", choices=list(BENCHES), default="phone",
-                   help="the dev benchmark: phone (default) or flickr8k-dev (the old one, for comparison)")
+    p.add_argument("--bench", choices=list(BENCHES),
+                   help="the dev benchmark: phone (the default) or flickr8k-dev (the old one, for comparison; also "
+                   "the default when --root is runs/mbeir-dev)")
     p.add_argument("--root", help="M-BEIR root (default: runs/mbeir-phone-dev or runs/mbeir-dev, per --bench; "
                    "built from ../shared/data if missing)")
     p.add_argument("--flickr", default=str(SHARED_FLICKR),

@@ -48,7 +48,7 @@ def test_headline_summary_over_seeds():
 
 
 @needs_flickr
-def test_ensure_root_builds_the_chosen_bench(tmp_path: Path):
+def test_ensure_root_builds_the_chosen_bench(tmp_path: Path, monkeypatch):
     logs = []
     phone = ensure_root(tmp_path / "phone", bench="phone", flickr=FLICKR, log=logs.append)
     assert bench_of(phone) == "phone" and "phone dev benchmark" in logs[0]
@@ -57,6 +57,8 @@ def test_ensure_root_builds_the_chosen_bench(tmp_path: Path):
     assert bench_of(old) == "flickr8k-dev"
     assert ensure_root(old, bench="phone", log=logs.append) == old and len(logs) == 2  # an existing root is kept
     assert bench_of(tmp_path) is None
+    monkeypatch.chdir(tmp_path)  # runs/mbeir-dev names the old bench's default root: built as that one
+    assert bench_of(ensure_root("runs/mbeir-dev", flickr=FLICKR, log=logs.append)) == "flickr8k-dev"
     with pytest.raises(ValueError, match="bench 'nope'"):
         ensure_root(tmp_path / "x", bench="nope")
 
