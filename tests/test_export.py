@@ -295,6 +295,20 @@ def test_aihub_without_token_fails_fast(monkeypatch, tmp_path, capsys):
     assert "qai-hub configure" in capsys.readouterr().err
 
 
+def test_aihub_rejected_token_is_one_line_without_the_token(tiny_checkpoint, tmp_path, monkeypatch, capfd):
+    from fake_aihub import FakeAIHub
+
+    secret = "sk-qaihub-REJECTED-3b9e71c2"
+    with FakeAIHub(lifetime_s=60) as hub:
+        monkeypatch.setenv("QAIHUB_CLIENT_INI", str(hub.write_client_ini(tmp_path / "client.ini", token=secret)))
+        code = compile_cli.main(["--model", str(tiny_checkpoint), "--via", "aihub", "--out", str(tmp_path / "hub"),
+                                 "--calibration-size", "2", "--heldout-size", "2"])
+    printed = capfd.readouterr()
+    assert code == 1 and "HTTP 401" in printed.err and "Traceback" not in printed.err
+    assert secret not in printed.out + printed.err
+    assert secret not in (tmp_path / "hub-failed-build.log").read_text()
+
+
 def test_list_chipsets(capsys):
     assert compile_cli.main(["--list-chipsets"]) == 0
     table = capsys.readouterr().out
