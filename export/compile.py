@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import platform
 import shutil
 import sys
 import time
@@ -166,7 +167,7 @@ class FidelityError(RuntimeError):
     def __init__(self, failing: dict[str, float], min_fidelity: float, precision: str, n_heldout: int):
         self.failing, self.min_fidelity, self.precision = failing, min_fidelity, precision
         towers = ", ".join(f"{tower} tower cosine min {cos:.4f}" for tower, cos in failing.items())
-        better = [p for p in PRECISIONS[PRECISIONS.index(precision) + 1 :]]
+        better = PRECISIONS[PRECISIONS.index(precision) + 1 :]
         hint = (f"try --precision {' or '.join(better)}" if better else
                 "fp16 should not lose this much: check the model and the calibration data")
         super().__init__(
@@ -342,7 +343,7 @@ def run(
                     if failing:
                         raise FidelityError(failing, min_fidelity, precision, n_heldout)
                     verification = {"checked": True, "min_fidelity": min_fidelity, "heldout_inputs": n_heldout,
-                                    "on": "QNN HTP emulation (x86)"}
+                                    "on": f"QNN HTP backend, {platform.machine()}"}
 
             say("[6/6] writing the manifest")
             from edge_gcl.models.base import weights_id

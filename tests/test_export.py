@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import stat
 import time
 from pathlib import Path
@@ -176,7 +177,8 @@ def test_fidelity_gate_fails_the_build_naming_the_tower(artifacts, tiny_checkpoi
 
 def test_manifest_says_what_was_verified(artifacts, tiny_checkpoint, tmp_path):
     checked = Manifest.load(artifacts).verification
-    assert checked == {"checked": True, "min_fidelity": 0.98, "heldout_inputs": 8, "on": "QNN HTP emulation (x86)"}
+    assert checked == {"checked": True, "min_fidelity": 0.98, "heldout_inputs": 8,
+                       "on": f"QNN HTP backend, {platform.machine()}"}  # x86_64: the emulator
     result = compile_cli.run(str(tiny_checkpoint), out=tmp_path / "unchecked", n_calibration=2, n_heldout=2,
                              skip_verify=True, log=lambda line: None)
     unchecked = Manifest.load(tmp_path / "unchecked").verification
