@@ -51,7 +51,7 @@ def modality_gap(embedder: Any, root: str | Path, *, split: str = "test", batch_
         queries = read_queries(qf, root=root)
         if not queries:
             raise ValueError(f"{qf}: no queries")
-        positives = query_positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt")
+        positives = query_positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt", query_file=qf)
         absent = sorted({d for pos in positives for d in pos} - row_of.keys())
         if absent:
             raise ValueError(f"{qf}: {len(absent)} positives are not in the union pool (e.g. {absent[0]})")

@@ -409,7 +409,7 @@ def index_recall(
             queries = read_queries(qf, root=root)
             if not queries:
                 raise ValueError(f"{qf}: no queries")
-            positives = query_positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt")
+            positives = query_positives(queries, root / "qrels" / split / f"{qf.stem}_qrels.txt", query_file=qf)
             ranked = np.full((len(queries), k_max), "", dtype=object)  # (nq, k) dids, "" past the last hit
             for i, q in enumerate(queries):
                 hits = index.search(text=q.txt, image=str(q.img_path) if q.img_path is not None else None,

@@ -21,6 +21,7 @@ from edge_gcl.eval.mbeir import (
     embed_items,
     evaluate_mbeir,
     format_table,
+    query_positives,
     read_pool,
     read_qrels,
     read_queries,
@@ -260,6 +261,15 @@ def test_readers_name_the_bad_input(tmp_path: Path):
         read_qrels(qrels)
     qrels.write_text("1:1 0 1:2 1\n1:1 0 1:3 0 0\n")
     assert read_qrels(qrels) == {"1:1": {"1:2"}}
+
+
+def test_query_positives_names_the_query(tmp_path: Path):
+    queries = [Query("1:1", "text", "a", None, ("1:2",), line=1), Query("1:2", "text", "b", None, (), line=2)]
+    with pytest.raises(MBEIRFormatError, match=r"^q\.jsonl:2: query 1:2 has no positive in its pos_cand_list"):
+        query_positives(queries, tmp_path / "none.txt", query_file=Path("q.jsonl"))
+    with pytest.raises(MBEIRFormatError, match=r"^query 1:2 has no positive in its pos_cand_list \(there is no "):
+        query_positives(queries, tmp_path / "none.txt")
+    assert query_positives(queries, tmp_path / "none.txt", allow_missing=True) == [{"1:2"}, set()]
 
 
 # --- command line -------------------------------------------------------------------------------

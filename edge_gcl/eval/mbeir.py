@@ -307,7 +307,10 @@ def global_pool_path(root: str | Path, split: str) -> Path:
 
 
 def _where(query_file: Path | None, q: Query) -> str:
-    return f"{query_file}:{q.line}" if query_file is not None and q.line is not None else str(query_file or "")
+    """The "FILE:LINE: " prefix of a message about query `q` ("FILE: " without its line, "" without a file)."""
+    if query_file is None:
+        return ""
+    return f"{query_file}:{q.line}: " if q.line is not None else f"{query_file}: "
 
 
 def query_positives(
@@ -327,7 +330,7 @@ def query_positives(
     empty = [q for q, pos in zip(queries, positives, strict=True) if not pos]
     if empty and not allow_missing:
         more = f" (and {len(empty) - 1} more queries)" if len(empty) > 1 else ""
-        raise MBEIRFormatError(f"{_where(query_file, empty[0])}: query {empty[0].qid} has no positive in {source}{more}")
+        raise MBEIRFormatError(f"{_where(query_file, empty[0])}query {empty[0].qid} has no positive in {source}{more}")
     return positives
 
 
@@ -398,7 +401,7 @@ def evaluate_mbeir(
             if missing and not allow_missing_positives:
                 q = queries[missing[0]]
                 more = f"; {len(missing) - 1} more queries of this file have none there" if len(missing) > 1 else ""
-                raise MBEIRFormatError(f"{_where(qf, q)}: query {q.qid} has no positive in {path} "
+                raise MBEIRFormatError(f"{_where(qf, q)}query {q.qid} has no positive in {path} "
                                        f"(positives: {', '.join(sorted(positives[missing[0]])) or 'none'}){more}")
             if missing:
                 print(f"{qf}: {len(missing)} of {len(queries)} queries have no positive in {path}; "
