@@ -1,0 +1,131 @@
+"""`python -m benchmarks.recipe_trials`: train recipe variants and score them on the phone dev benchmark.
+
+    python -m benchmarks.recipe_trials --trials f8k,f8k+extra,default --seeds 0
+    python -m benchmarks.recipe_trials --collect          # table of the runs already in the results
+
+Each trial is `edge-gcl train --recipe default` plus the flags below (the recipe's held-out lists
+always apply), trained into `runs/trials/<trial>-s<seed>` and evaluated with `edge-gcl eval mbeir
+--root <phone root> --model <run>`. One process at a time (2 cores). Every finished trial is
+appended to `benchmarks/results/recipe_trials.json` at once, with its commands, the wall time of
+training (stem caching included when it happened in that run), the data it saw and the figures:
+local / global average R@1 / R@5 and global text→image R@1 / R@5. Losing trials stay in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import Col, format_table, machine_info, make_document, parse_list, save_json
+
+RESULTS = Path(__file__).parent / "results" / "recipe_trials.json"
+F8K, EXTRA = "${data}/flickr8k", "${data}/flickr8k-extra"
+SPLITS = str(Path(__file__).resolve().parents[1] / "edge_gcl" / "recipes" / "flickr8k-extra-splits.json")
+
+# trial -> flags after `edge-gcl train --recipe default` (${data} is --data-root)
+TRIALS: dict[str, list[str]] = {
+    "f8k": ["--data", f"{F8K}/captions.txt", "--split", f"{F8K}/splits.json:train"],
+    "f8k+extra": ["--data", f"{F8K}/captions.txt", "--split", f"{F8K}/splits.json:train",
+                  "--data", f"{EXTRA}/captions.txt", "--split", f"{SPLITS}:train"],
+    "default": [],  # flickr8k train + flickr8k-extra train + web-captions
+    "lite2": ["--model", "lite2"],
+    "lite2-f8k+extra": ["--model", "lite2", "--data", f"{F8K}/captions.txt", "--split", f"{F8K}/splits.json:train",
+                        "--data", f"{EXTRA}/captions.txt", "--split", f"{SPLITS}:train"],
+}
+
+
+def trial_commands(trial: str, seed: int, *, root: str, data_root: str) -> tuple[list[str], list[str], Path]:
+    """(train command, eval command, run folder) of one trial."""
+    out = Path("runs/trials") / f"{trial}-s{seed}"
+    flags = [f.replace("${data}", data_root) for f in TRIALS[trial]]
+    train = ["edge-gcl", "train", "--recipe", "default", "--data-root", data_root, *flags, "--seed", str(seed),
+             "--out", str(out)]
+    evaluate = ["edge-gcl", "eval", "mbeir", "--root", root, "--model", str(out), "--json", str(out / "phone_dev.json")]
+    return train, evaluate, out
+
+
+def summarize(eval_json: dict[str, Any]) -> dict[str, float]:
+    """The figures a trial is judged by, from `edge-gcl eval mbeir --json`."""
+    avg, head = eval_json["average"], eval_json["headline"]["text -> image"]
+    return {"local_r1": avg["local"]["recall@1"], "local_r5": avg["local"]["recall@5"],
+            "global_r1": avg["global"]["recall@1"], "global_r5": avg["global"]["recall@5"],
+            "t2i_r1": head["recall@1"], "t2i_r5": head["recall@5"]}
+
+
+def run_trial(trial: str, seed: int, *, root: str, data_root: str, log=print) -> dict[str, Any]:
+    train, evaluate, out = trial_commands(trial, seed, root=root, data_root=data_root)
+    out.mkdir(parents=True, exist_ok=True)
+    log("$ " + " ".join(train))
+    load_before = round(os.getloadavg()[0], 2)  # other work on the machine slows training down
+    t0 = time.time()
+    with open(out / "train.out", "w") as f:
+        subprocess.run(train, stdout=f, stderr=subprocess.STDOUT, check=True)
+    train_s = time.time() - t0
+    log("$ " + " ".join(evaluate))
+    subprocess.run(evaluate, stdout=subprocess.DEVNULL, check=True)
+    meta = json.loads((out / "edge_gcl.json").read_text())
+    text = (out / "train.out").read_text(errors="replace")
+    steps_s = re.search(r"done: \d+ steps in (\d+) s", text)
+    return {"trial": trial, "seed": seed, "model": meta["model"]["name"],
+            "image_backbone": meta["model"]["lite"]["image_backbone"], "photos": meta["data"]["photos"],
+            "captions": meta["data"]["captions"], "steps": meta["step"], "train_s": round(train_s),
+            "steps_s": int(steps_s.group(1)) if steps_s else None,
+            "temperature": 1 / math.exp(_logit_scale(out)), "load_1m_before": load_before,
+            **summarize(json.loads((out / "phone_dev.json").read_text())),
+            "train_command": " ".join(train), "eval_command": " ".join(evaluate)}
+
+
+def _logit_scale(out: Path) -> float:
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        return float(f.get_tensor("logit_scale"))
+
+
+COLUMNS = [Col("trial"), Col("seed"), Col("image_backbone", "image tower"), Col("photos"), Col("steps"),
+           Col("train_s", "train s"), Col("local_r1", "local R@1", ".2f"), Col("local_r5", "local R@5", ".2f"),
+           Col("global_r1", "global R@1", ".2f"), Col("global_r5", "global R@5", ".2f"),
+           Col("t2i_r1", "t→i R@1", ".2f"), Col("t2i_r5", "t→i R@5", ".2f"), Col("temperature", "τ", ".3f")]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.recipe_trials", description=__doc__.splitlines()[0])
+    p.add_argument("--trials", default="", help=f"comma-separated, of: {', '.join(TRIALS)}")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--root", default="runs/mbeir-phone-dev", help="the phone dev benchmark's M-BEIR root "
+                   "(edge-gcl bench build-mbeir --layout phone --out ...)")
+    p.add_argument("--data-root", default="../shared/data")
+    p.add_argument("--json", default=str(RESULTS))
+    p.add_argument("--collect", action="store_true", help="only print the table of the saved trials")
+    args = p.parse_args(argv)
+    path = Path(args.json)
+    doc = json.loads(path.read_text()) if path.is_file() else None
+    rows = list(doc["rows"]) if doc else []
+    if not args.collect:
+        if not (Path(args.root) / "query").is_dir():
+            p.error(f"{args.root}: no phone benchmark there; build it with edge-gcl bench build-mbeir --layout phone")
+        for trial in parse_list(args.trials):
+            if trial not in TRIALS:
+                p.error(f"unknown trial {trial!r}: expected one of {', '.join(TRIALS)}")
+            for seed in parse_list(args.seeds, int):
+                row = run_trial(trial, seed, root=args.root, data_root=args.data_root)
+                rows = [r for r in rows if (r["trial"], r["seed"]) != (trial, seed)] + [row]
+                save_json(path, make_document("recipe-trials", rows, config={"root": args.root,
+                                                                             "data_root": args.data_root},
+                                              machine=machine_info()))
+                print(format_table([row], COLUMNS), flush=True)
+    print(format_table(rows, COLUMNS, title=f"phone dev benchmark ({path})"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
