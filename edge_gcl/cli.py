@@ -5,6 +5,7 @@
     edge-gcl bench build-mbeir ...        edge_gcl/eval/cli.py
     edge-gcl index add|sync|note|remove|stats ...   edge_gcl/index/cli.py
     edge-gcl search "query" ...           edge_gcl/index/cli.py
+    edge-gcl app --photos DIR             edge_gcl/app/server.py
 
 Handlers are imported only when their command runs, so `edge-gcl search` never imports torch.
 """
@@ -15,8 +16,6 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-
-DEFAULT_INDEX = "edge-gcl-index"
 
 
 def _handler(target: str):
@@ -100,10 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     bm.set_defaults(func=_handler("edge_gcl.eval.cli:cli_build"))
 
     # --- index / search ------------------------------------------------------------------
-    def index_options(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default: ./{DEFAULT_INDEX}/)")
-        q.add_argument("--model", default="default", help="model name, checkpoint folder or artifacts folder")
-        q.add_argument("--provider", choices=["cpu", "qnn"], default="cpu")
+    def index_options(q: argparse.ArgumentParser, *, model: bool = True) -> None:
+        q.add_argument("--index", help="index folder (default: $EDGE_GCL_INDEX, else index/ in edge-gcl's "
+                       "user data folder)")
+        if not model:
+            return
+        q.add_argument("--model", help="artifacts folder (default: $EDGE_GCL_MODEL, else the one "
+                       "`python -m export.compile` last built, else ./artifacts); or, with torch installed, "
+                       "a PyTorch model: default, lite, a checkpoint folder")
+        q.add_argument("--provider", choices=["cpu", "qnn"], default="cpu",
+                       help="cpu: ONNX Runtime on the CPU; qnn: the Hexagon NPU (default: cpu)")
+        q.add_argument("--form", choices=["float", "qdq", "ctx"],
+                       help="which graphs of the artifacts folder run (default: float on cpu, ctx on qnn)")
 
     ix = sub.add_parser("index", help="the on-device photo and notes index").add_subparsers(
         dest="index_command", required=True
@@ -125,11 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     n.set_defaults(func=_handler("edge_gcl.index.cli:cli_note"))
     r = ix.add_parser("remove", help="remove items by id")
     r.add_argument("ids", nargs="+")
-    index_options(r)
+    index_options(r, model=False)
     r.set_defaults(func=_handler("edge_gcl.index.cli:cli_remove"))
     st = ix.add_parser("stats", help="what the index holds")
-    index_options(st)
+    index_options(st, model=False)
     st.set_defaults(func=_handler("edge_gcl.index.cli:cli_stats"))
+
+    ap = sub.add_parser("app", help="index a photo folder and search it in the browser (127.0.0.1)")
+    ap.add_argument("--photos", required=True, metavar="DIR", help="folder of photos (searched recursively)")
+    index_options(ap)
+    ap.add_argument("--reindex", action="store_true",
+                    help="if the index was built with another model, re-embed it with this one (notes kept)")
+    ap.add_argument("--port", type=int, default=8765,
+                    help="port on 127.0.0.1, 0: any free port (default: 8765)")
+    ap.set_defaults(func=_handler("edge_gcl.app.server:cli_app"))
 
     q = sub.add_parser("search", help="search the index with text, a photo, or both")
     q.add_argument("query", nargs="?", help="query text")

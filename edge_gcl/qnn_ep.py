@@ -30,9 +30,11 @@ Pitfalls found on onnxruntime 1.31 + onnxruntime-qnn 2.7.0 (QNN 2.51):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,31 @@ _UNAVAILABLE = "QNN execution provider not available"
 
 class QnnUnavailableError(RuntimeError):
     """onnxruntime-qnn is not installed, or this onnxruntime cannot load plugin EPs."""
+
+
+@contextlib.contextmanager
+def native_stdout_to_stderr() -> Iterator[None]:
+    """Send what native code writes to file descriptor 1 to 2 meanwhile.
+
+    The QNN libraries print a banner (" # LIBNATIVE: No alternate configuration ...") on stdout
+    when they load; that would corrupt a command's JSON output. Python-level prints are flushed
+    first and keep going to sys.stdout's buffer.
+    """
+    try:
+        stdout_fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+    except (AttributeError, OSError, ValueError):  # no real stdout (embedded interpreter, pytest capture)
+        yield
+        return
+    for stream in (sys.stdout, sys.__stdout__):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = os.dup(stdout_fd)
+    try:
+        os.dup2(2, stdout_fd)
+        yield
+    finally:
+        os.dup2(saved, stdout_fd)
+        os.close(saved)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -106,7 +133,8 @@ def register_qnn_ep() -> list[ort.OrtEpDevice]:
         if not devices:
             libs = find_qnn_libraries()
             try:
-                ort.register_execution_provider_library(EP_NAME, str(libs.plugin))
+                with native_stdout_to_stderr():
+                    ort.register_execution_provider_library(EP_NAME, str(libs.plugin))
             except Exception as error:  # ORT raises its own Fail/RuntimeException types
                 raise QnnUnavailableError(
                     f"{_UNAVAILABLE}: cannot register {libs.plugin} ({error})"
@@ -116,6 +144,30 @@ def register_qnn_ep() -> list[ort.OrtEpDevice]:
         raise QnnUnavailableError(f"{_UNAVAILABLE}: {EP_NAME} registered but exposes no device")
     npus = [d for d in devices if d.device.type == ort.OrtHardwareDeviceType.NPU]
     return npus or devices
+
+
+def device_htp_arch() -> int | None:
+    """The Hexagon arch (75 for v75) of the NPU the QNN EP reports, or None where it reports none.
+
+    A Snapdragon's QNN EP exposes an NPU device whose metadata may name its HTP arch; the x86 HTP
+    emulator exposes a CPU-typed device with none (it emulates whatever arch a model targets).
+    ``$EDGE_GCL_HTP_ARCH`` (``v79`` or ``79``) states it where the device does not, and lets tests
+    play a device.
+    """
+    env = os.environ.get("EDGE_GCL_HTP_ARCH")
+    if env:
+        try:
+            return int(env.strip().lower().removeprefix("v"))
+        except ValueError:
+            raise ValueError(f"$EDGE_GCL_HTP_ARCH {env!r}: expected an arch such as v75") from None
+    for device in register_qnn_ep():
+        if device.device.type != ort.OrtHardwareDeviceType.NPU:
+            continue
+        for key, value in {**dict(device.device.metadata), **dict(device.ep_metadata)}.items():
+            digits = "".join(ch for ch in str(value) if ch.isdigit())
+            if "arch" in key.lower() and digits:
+                return int(digits)
+    return None
 
 
 def qnn_available() -> bool:
@@ -220,6 +272,7 @@ def qnn_session(
         soc_model=soc_model, htp_arch=htp_arch, fp16=fp16, extra_config=extra_config, threads=threads
     )
     try:
-        return ort.InferenceSession(str(path), options)
+        with native_stdout_to_stderr():
+            return ort.InferenceSession(str(path), options)
     except Exception as error:  # ORT raises its own Fail/EPFail types
         raise RuntimeError(f"{path}: the QNN execution provider cannot run this graph ({error})") from error

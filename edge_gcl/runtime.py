@@ -16,12 +16,26 @@ alone on ready tensors, what a latency benchmark times) + L2 normalisation.
 
 `load_embedder(spec)` turns whatever a user names (artifacts folder, model name, checkpoint
 folder) into an `Embedder`; only the non-artifacts case imports torch.
+
+Forms and providers (`OnnxEmbedder(folder, provider=..., form=...)`):
+
+    provider  default form   runs
+    cpu       float          the float32 graphs on ONNX Runtime's CPU EP (fastest and exact on a CPU)
+    cpu       qdq            the quantized graphs on the CPU (what the NPU computes, emulated)
+    qnn       ctx            the EPContext graphs compiled for the manifest's chip, on the Hexagon NPU
+    qnn       qdq            the quantized graphs, compiled for the manifest's chip at session start
+
+Any other combination, or a form the folder lacks, is a `RuntimeConfigError` saying what to run or
+rebuild; nothing falls back to the CPU silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import importlib.util
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -38,6 +52,31 @@ if TYPE_CHECKING:
 
 Provider = Literal["cpu", "qnn"]
 Form = Literal["float", "qdq", "ctx"]
+PROVIDERS: tuple[Provider, ...] = ("cpu", "qnn")
+FORMS: tuple[Form, ...] = ("float", "qdq", "ctx")
+DEFAULT_FORM: dict[Provider, Form] = {"cpu": "float", "qnn": "ctx"}
+_FORM_TEXT = {"float": "float32", "qdq": "quantized (QDQ)", "ctx": "compiled (EPContext)"}
+DECODE_THREADS = min(4, os.cpu_count() or 1)  # photos decoded while the image tower runs
+# Rows per image-tower call: ONNX Runtime's arena keeps the peak activations of the largest batch
+# it ran (Lite0 float: process peak 620 MB at 32 rows, 367 MB at 8; benchmarks/ingest.py), and
+# photos/s is flat above a few rows.
+IMAGE_ROWS = 8
+
+
+class RuntimeConfigError(ValueError):
+    """A provider/form/artifacts combination that cannot run; the message says what to do."""
+
+
+def rebuild_hint(folder: Path, manifest: Manifest, *, chip: str | None = None) -> str:
+    """The command that rebuilds `folder` (for `chip`, else the manifest's own)."""
+    chip = chip or (manifest.chipset or {}).get("name")
+    chip_flag = f' --chipset "{chip}"' if chip else ""
+    return f"rebuild with `python -m export.compile --target snapdragon{chip_flag} --out {folder}`"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
@@ -46,27 +85,42 @@ class OnnxEmbedder:
     """`Embedder` over the image and text towers of an artifacts folder, run by ONNX Runtime.
 
     `form` picks the graph files the manifest lists: "float" (dynamic batch, the CPU reference),
-    "qdq" (quantized, static batch 1) or "ctx" (EPContext for the NPU; needs provider="qnn").
+    "qdq" (quantized, static batch 1) or "ctx" (EPContext for the NPU; needs provider="qnn");
+    None takes the provider's default (`DEFAULT_FORM`: cpu -> float, qnn -> ctx).
     Graphs with a fixed batch size are fed that many rows at a time (the last chunk padded), by
     `embed_*` and `encode_*` alike.
-    `threads` sets ONNX Runtime's intra-op threads (0: its default).
+    `threads` sets ONNX Runtime's intra-op threads (0: its default); `decode_threads` how many
+    photos are decoded at once, overlapping the image tower (0: decode in the calling thread).
+    Raises `RuntimeConfigError` (what to run or rebuild) for a combination that cannot run,
+    `edge_gcl.qnn_ep.QnnUnavailableError` where the QNN EP cannot be loaded.
     """
 
     def __init__(
-        self, folder: str | Path, *, provider: Provider = "cpu", form: Form = "float", threads: int = 0
+        self,
+        folder: str | Path,
+        *,
+        provider: Provider = "cpu",
+        form: Form | None = None,
+        threads: int = 0,
+        decode_threads: int = DECODE_THREADS,
     ) -> None:
-        if provider not in ("cpu", "qnn"):
-            raise ValueError(f"provider {provider!r}: expected 'cpu' or 'qnn'")
+        if provider not in PROVIDERS:
+            raise RuntimeConfigError(f"provider {provider!r}: expected one of {', '.join(PROVIDERS)}")
+        form = form or DEFAULT_FORM[provider]
+        if form not in FORMS:
+            raise RuntimeConfigError(f"form {form!r}: expected one of {', '.join(FORMS)}")
         self.folder = Path(folder)
         self.manifest = Manifest.load(self.folder)
         self.model_id = self.manifest.model_id
         self.embed_dim = self.manifest.embed_dim
         self.provider = provider
         self.form = form
+        self._check_combination()
+        self.decode_threads = decode_threads
         text_cfg = dataclasses.replace(self.manifest.text, tokenizer_file=TOKENIZER_NAME)
         self.tokenizer = Tokenizer.from_config(text_cfg, self.folder)
         self._image = _Tower(
-            self._session("image", threads), self.manifest.towers["image"].spec, self.embed_dim
+            self._session("image", threads), self.manifest.towers["image"].spec, self.embed_dim, max_rows=IMAGE_ROWS
         )
         self._text = _Tower(self._session("text", threads), self.manifest.towers["text"].spec, self.embed_dim)
         s, length = self.manifest.image.size, self.tokenizer.context_length
@@ -76,34 +130,114 @@ class OnnxEmbedder:
     def __repr__(self) -> str:
         return f"OnnxEmbedder({str(self.folder)!r}, provider={self.provider!r}, form={self.form!r})"
 
-    def _session(self, tower: str, threads: int) -> ort.InferenceSession:
-        if tower not in self.manifest.towers:
-            raise ValueError(f"{self.folder}: the manifest has no {tower} tower")
-        files = self.manifest.towers[tower].files
-        if self.form not in files:
-            raise ValueError(
-                f"{self.folder}: no {self.form!r} file for the {tower} tower (the manifest lists {sorted(files)})"
-            )
-        path = self.folder / files[self.form]
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: {tower} tower named by the manifest is missing")
+    def describe(self) -> str:
+        """One line for a user: which model, which form, where it runs."""
+        m = self.manifest
+        where = "ONNX Runtime CPU"
         if self.provider == "qnn":
-            from .qnn_ep import qnn_session  # imports onnxruntime-qnn's registration code only when asked
+            chip = m.chipset or {}
+            where = f"Hexagon NPU (QNN HTP {chip.get('htp_arch', '?')}, built for {chip.get('name', 'an unnamed chip')})"
+        precision = "" if self.form == "float" else f" {m.precision}"
+        return (
+            f"model {m.model_name} ({self.folder}, {self.embed_dim}-d), "
+            f"{_FORM_TEXT[self.form]}{precision} towers on {where}"
+        )
 
-            return qnn_session(path, threads=threads, **_qnn_target(self.manifest.chipset))
+    def _check_combination(self) -> None:
+        if self.provider == "cpu" and self.form == "ctx":
+            raise RuntimeConfigError(
+                f"{self.folder}: form 'ctx' (EPContext) runs only on the NPU: use --provider qnn, "
+                "or --form float / qdq on the CPU"
+            )
+        if self.provider == "qnn" and self.form == "float":
+            raise RuntimeConfigError(
+                f"{self.folder}: the float graphs are not an NPU target: use --form ctx (compiled) "
+                "or qdq with --provider qnn, or --provider cpu for float"
+            )
+        hint = rebuild_hint(self.folder, self.manifest)
+        for tower in ("image", "text"):
+            if tower not in self.manifest.towers:
+                raise RuntimeConfigError(f"{self.folder}: the manifest has no {tower} tower; {hint}")
+            files = self.manifest.towers[tower].files
+            if self.form not in files:
+                raise RuntimeConfigError(
+                    f"{self.folder}: no {self.form!r} {tower} tower (the manifest lists "
+                    f"{', '.join(sorted(files))}); {hint}"
+                )
+            if not (self.folder / files[self.form]).is_file():
+                raise RuntimeConfigError(
+                    f"{self.folder / files[self.form]}: the {tower} tower's {self.form!r} file named by "
+                    f"the manifest is missing; {hint}"
+                )
+
+    def _session(self, tower: str, threads: int) -> ort.InferenceSession:
+        path = self.folder / self.manifest.towers[tower].files[self.form]
+        if self.provider == "qnn":
+            # imports onnxruntime-qnn's registration code only when asked
+            from .qnn_ep import QnnUnavailableError, device_htp_arch, qnn_session
+
+            target = _qnn_target(self.manifest.chipset)
+            device_arch = device_htp_arch()
+            if device_arch is not None and target["htp_arch"] is not None and device_arch != target["htp_arch"]:
+                chip = (self.manifest.chipset or {}).get("name")
+                raise RuntimeConfigError(
+                    f"{self.folder}: built for {chip} (HTP v{target['htp_arch']}), but this NPU is an "
+                    f"HTP v{device_arch}: "
+                    f"{rebuild_hint(self.folder, self.manifest, chip=f'a chip with HTP v{device_arch}')} "
+                    "(`python -m export.compile --list-chipsets` names them)"
+                )
+            try:
+                return qnn_session(path, threads=threads, **target)
+            except QnnUnavailableError:
+                raise
+            except RuntimeError as error:
+                if self.form != "ctx":
+                    raise  # names the graph and what the HTP rejected
+                chip = self.manifest.chipset or {}
+                raise RuntimeConfigError(
+                    f"{_first_line(error)}; {self.folder} was compiled for {chip.get('name')} "
+                    f"(HTP {chip.get('htp_arch')}): for another Snapdragon, "
+                    f"{rebuild_hint(self.folder, self.manifest, chip='YOUR CHIP')} "
+                    "(`python -m export.compile --list-chipsets` names them)"
+                ) from error
         return _cpu_session(path, threads=threads)
 
     def embed_images(
         self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False
     ) -> np.ndarray:
-        """(N, D) float32, rows L2-normalised. Raises ImageDecodeError naming a bad input."""
+        """(N, D) float32, rows L2-normalised. Raises ImageDecodeError naming a bad input.
+
+        The next batch's photos are decoded (JPEG at reduced DCT scale, `transform.load_image`) in
+        `decode_threads` threads while the image tower runs on the current one."""
         out = np.zeros((len(images), self.embed_dim), np.float32)
         step = self._image.batch_step(batch_size)
-        for start in tqdm(range(0, len(images), step), desc="images", disable=not progress):
-            batch = images[start : start + step]
-            pixels = np.stack([preprocess(x, self.manifest.image) for x in batch])  # (B, 3, S, S)
-            out[start : start + len(batch)] = self.encode_images(pixels)
+        bar = tqdm(total=len(images), desc="images", unit="photo", disable=not progress)
+        for start, pixels in self._pixel_batches(images, max(step, batch_size)):
+            out[start : start + len(pixels)] = self.encode_images(pixels)
+            bar.update(len(pixels))
+        bar.close()
         return l2_normalize(out)
+
+    def _pixel_batches(self, images: Sequence[ImageInput], step: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, (B, 3, S, S) float32) per batch of `step` photos, decoded one batch ahead."""
+        cfg = self.manifest.image
+        if self.decode_threads < 1 or len(images) <= 1:
+            for start in range(0, len(images), step):
+                yield start, np.stack([preprocess(x, cfg) for x in images[start : start + step]])
+            return
+        with ThreadPoolExecutor(self.decode_threads, thread_name_prefix="edge-gcl-decode") as pool:
+
+            def submit(start: int) -> list[Future[np.ndarray]]:
+                return [pool.submit(preprocess, x, cfg) for x in images[start : start + step]]
+
+            pending = submit(0)
+            try:
+                for start in range(0, len(images), step):
+                    current, pending = pending, submit(start + step)
+                    yield start, np.stack([f.result() for f in current])
+            finally:
+                for f in pending:
+                    f.cancel()
 
     def embed_texts(
         self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
@@ -146,8 +280,11 @@ class OnnxEmbedder:
 class _Tower:
     """One ONNX Runtime session checked against its manifest contract."""
 
-    def __init__(self, session: ort.InferenceSession, spec: TowerSpec, embed_dim: int) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, spec: TowerSpec, embed_dim: int, *, max_rows: int | None = None
+    ) -> None:
         self.session = session
+        self.max_rows = max_rows  # rows per run of a dynamic-batch graph (None: all at once)
         self.path = getattr(session, "_model_path", None) or "<onnx graph>"  # set by InferenceSession
         inputs = {i.name: i for i in session.get_inputs()}
         self.input_names = [t.name for t in spec.inputs]
@@ -184,10 +321,10 @@ class _Tower:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Feeds of n rows -> (n, D) float32. A fixed-batch graph gets that many rows per call, the
-        last chunk padded with zero rows (dropped from the output)."""
+        last chunk padded with zero rows (dropped from the output); a dynamic one `max_rows`."""
         feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in feeds.items()}
         n = len(next(iter(feeds.values())))
-        step = self.fixed_batch or max(n, 1)
+        step = self.fixed_batch or min(max(n, 1), self.max_rows or max(n, 1))
         outs = [self._run_chunk({k: v[s : s + step] for k, v in feeds.items()}) for s in range(0, n, step)]
         if len(outs) == 1:
             return outs[0]
@@ -237,22 +374,42 @@ def _qnn_target(chipset: dict | None) -> dict[str, int | None]:
     }
 
 
-def load_embedder(spec: str | Path | Embedder, *, provider: Provider = "cpu") -> Embedder:
+def load_embedder(
+    spec: str | Path | Embedder, *, provider: Provider = "cpu", form: Form | None = None
+) -> Embedder:
     """An `Embedder` from what a user names.
 
     - an `Embedder`: returned as is;
-    - an artifacts folder (holds `manifest.json`): `OnnxEmbedder(spec, provider=provider)`;
+    - an artifacts folder (holds `manifest.json`): `OnnxEmbedder(spec, provider=provider, form=form)`;
     - anything else (a preset name like "default", a checkpoint folder, ...): the PyTorch model,
-      `TorchEmbedder(load_model(spec))` from `edge_gcl.models` (imports torch; CPU only).
+      `TorchEmbedder(load_model(spec))` from `edge_gcl.models` (imports torch; CPU only). Without
+      torch installed that is a `RuntimeConfigError` saying how to get either.
     """
     if isinstance(spec, Embedder):
         return spec
     if is_artifacts_folder(spec):
-        return OnnxEmbedder(spec, provider=provider)
-    if provider != "cpu":
-        raise ValueError(
-            f"{spec}: provider={provider!r} needs an artifacts folder (manifest.json), not a model"
+        return OnnxEmbedder(spec, provider=provider, form=form)
+    if provider != "cpu" or form is not None:
+        raise RuntimeConfigError(
+            f"{spec}: --provider {provider} / --form {form} need an artifacts folder (manifest.json) "
+            f"from `python -m export.compile`, not a PyTorch model"
+        )
+    if importlib.util.find_spec("torch") is None:
+        raise RuntimeConfigError(
+            f"{spec}: not an artifacts folder, and running a PyTorch model needs torch "
+            "(pip install 'edge-gcl[train]'); on a device, pass the artifacts folder that "
+            "`python -m export.compile` built"
         )
     from .models import TorchEmbedder, load_model
 
     return TorchEmbedder(load_model(str(spec)))
+
+
+def describe(embedder: Embedder) -> str:
+    """One line naming the model and where it runs, for the CLI and the app."""
+    own = getattr(embedder, "describe", None)
+    if callable(own):
+        return own()
+    name = getattr(getattr(embedder, "model", None), "config", None)
+    name = getattr(name, "name", None) or type(embedder).__name__
+    return f"model {name} ({embedder.embed_dim}-d), PyTorch float32 on the CPU"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,10 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FLICKR = SHARED_DATA / "flickr8k"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+# edge-gcl's user data folder (default index, recorded artifacts): never the real user's in tests
+os.environ["EDGE_GCL_HOME"] = tempfile.mkdtemp(prefix="edge-gcl-test-home-")
+for _name in ("EDGE_GCL_INDEX", "EDGE_GCL_MODEL", "EDGE_GCL_HTP_ARCH"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

@@ -501,10 +501,10 @@ def test_cli_end_to_end_with_onnx_artifacts(tmp_path: Path, capsys: pytest.Captu
     assert [h["id"] for h in hits] == [photo_id(photos[2])] and hits[0]["modality"] == "photo+note"
     assert main(["search", "sunny", *common]) == 0
     assert "photo+note" in capsys.readouterr().out
-    assert main(["index", "stats", *common]) == 0
+    assert main(["index", "stats", "--index", idx]) == 0  # no model needed
     stats = json.loads(capsys.readouterr().out)
     assert stats["items"] == 5 and stats["model_id"] == "tiny-onnx@seed0"
-    assert main(["index", "remove", nid, *common]) == 0
+    assert main(["index", "remove", nid, "--index", idx]) == 0
     assert "removed 1" in capsys.readouterr().out
     # errors: one line, status 1
     assert main(["search", *common]) == 1

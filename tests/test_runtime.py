@@ -23,7 +23,7 @@ from edge_gcl.config import ImagePreprocess, ModelConfig, TextPreprocess
 from edge_gcl.embedding import Embedder
 from edge_gcl.manifest import Manifest, TowerArtifacts, tower_specs
 from edge_gcl.qnn_ep import QnnUnavailableError, qnn_available, qnn_session
-from edge_gcl.runtime import OnnxEmbedder, load_embedder
+from edge_gcl.runtime import OnnxEmbedder, RuntimeConfigError, load_embedder
 from edge_gcl.tokenizer import Tokenizer, minilm_tokenizer_path
 from edge_gcl.transform import ImageDecodeError, preprocess
 
@@ -256,8 +256,14 @@ def test_bad_inputs_raise_errors_naming_them(artifacts: Path, photos: list[Path]
 def test_bad_artifacts_folders_are_named(artifacts: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no manifest"):
         OnnxEmbedder(tmp_path)
-    with pytest.raises(ValueError, match=r"no 'ctx' file for the image tower"):
+    with pytest.raises(RuntimeConfigError, match=r"form 'ctx' \(EPContext\) runs only on the NPU: use --provider qnn"):
         OnnxEmbedder(artifacts, form="ctx")
+    with pytest.raises(RuntimeConfigError, match=r"no 'ctx' image tower \(the manifest lists float, qdq\); rebuild with"):
+        OnnxEmbedder(artifacts, provider="qnn")  # ctx: the NPU's default form
+    with pytest.raises(RuntimeConfigError, match=r"the float graphs are not an NPU target: use --form ctx"):
+        OnnxEmbedder(artifacts, provider="qnn", form="float")
+    with pytest.raises(RuntimeConfigError, match=r"form 'int4': expected one of float, qdq, ctx"):
+        OnnxEmbedder(artifacts, form="int4")  # type: ignore[arg-type]
     broken = tmp_path / "broken"
     shutil.copytree(artifacts, broken)
     w_image, _ = _weights()
@@ -269,7 +275,7 @@ def test_bad_artifacts_folders_are_named(artifacts: Path, tmp_path: Path) -> Non
         OnnxEmbedder(broken)
     (broken / "image_tower.onnx").unlink()
     with pytest.raises(
-        FileNotFoundError, match="image_tower.onnx: image tower named by the manifest is missing"
+        RuntimeConfigError, match="image_tower.onnx: the image tower's 'float' file named by the manifest is missing"
     ):
         OnnxEmbedder(broken)
 
@@ -291,8 +297,19 @@ def test_load_embedder_sends_other_specs_to_the_torch_models(
     monkeypatch.setitem(sys.modules, "edge_gcl.models", fake)
     assert load_embedder("default") == ("embedder", ("model", "default"))
     assert load_embedder(tmp_path) == ("embedder", ("model", str(tmp_path)))  # a checkpoint folder
-    with pytest.raises(ValueError, match="provider='qnn' needs an artifacts folder"):
+    with pytest.raises(RuntimeConfigError, match="--provider qnn / --form None need an artifacts folder"):
         load_embedder("default", provider="qnn")
+    with pytest.raises(RuntimeConfigError, match="--provider cpu / --form ctx need an artifacts folder"):
+        load_embedder("default", form="ctx")
+
+
+def test_without_torch_a_model_name_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(RuntimeConfigError, match=r"needs torch \(pip install 'edge-gcl\[train\]'\)"):
+        load_embedder("default")
 
 
 # --- provider="qnn": edge_gcl.qnn_ep on the HTP (emulated on x86) -----------------------------
@@ -359,7 +376,7 @@ def test_qnn_provider_targets_the_manifest_chipset(
         ("text_tower_w8a16.onnx", {"threads": 1, "soc_model": 57, "htp_arch": 75}),
     ]
     calls.clear()
-    OnnxEmbedder(artifacts, provider="qnn")  # no chipset in the manifest: the backend's default target
+    OnnxEmbedder(artifacts, provider="qnn", form="qdq")  # no chipset in the manifest: the backend's default target
     assert [options for _, options in calls] == [{"threads": 0, "soc_model": None, "htp_arch": None}] * 2
 
 
@@ -370,7 +387,7 @@ def test_qnn_without_the_plugin_is_a_clear_error(artifacts: Path, monkeypatch: p
     ):
         qnn_session(artifacts / "image_tower_b1.onnx")
     with pytest.raises(RuntimeError, match="QNN execution provider not available"):
-        OnnxEmbedder(artifacts, provider="qnn")
+        OnnxEmbedder(artifacts, provider="qnn", form="qdq")
 
 
 def test_qnn_on_an_onnxruntime_without_plugin_eps_is_a_clear_error(
@@ -380,7 +397,7 @@ def test_qnn_on_an_onnxruntime_without_plugin_eps_is_a_clear_error(
 
     monkeypatch.delattr(ort, "register_execution_provider_library", raising=False)
     with pytest.raises(QnnUnavailableError, match=r"onnxruntime \S+ cannot load plugin execution providers"):
-        OnnxEmbedder(artifacts, provider="qnn")
+        OnnxEmbedder(artifacts, provider="qnn", form="qdq")
 
 
 @needs_qnn

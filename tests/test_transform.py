@@ -7,6 +7,8 @@ from PIL import Image
 from edge_gcl.config import ImagePreprocess
 from edge_gcl.transform import ImageDecodeError, load_image, preprocess
 
+pytestmark = pytest.mark.runtime  # runs in the torch-free install too (tests/test_runtime_install.py)
+
 CFG = ImagePreprocess(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 

@@ -1,9 +1,11 @@
 """Handlers of `edge-gcl index add|sync|note|remove|stats` and `edge-gcl search` (parsers: edge_gcl/cli.py).
 
 `--index` is a folder holding `index.sqlite` (created by the first `index add` / `index note`),
-`--model` what `edge_gcl.runtime.load_embedder` accepts. Bad inputs during an ingest are listed
-on stderr and do not fail the command; a bad query, a missing index or a model mismatch does
-(exit status 1, one line on stderr).
+`--model` what `edge_gcl.runtime.load_embedder` accepts; both default as `edge_gcl.locations`
+says (the compiled model the main job built, an index in the user's data folder). Commands that
+embed print the model and form they run on stderr. Bad inputs during an ingest are listed on
+stderr and do not fail the command; a bad query, a missing index or model, a provider/form that
+cannot run, or a model mismatch does (exit status 1, one line on stderr).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..locations import default_index, default_model
 from ..transform import ImageDecodeError
 from .index import Index, IngestReport
 from .store import ModelMismatchError
@@ -40,7 +43,21 @@ def _run(body: Callable[[], int | None]) -> int:
 
 
 def _open(args: argparse.Namespace, *, model: bool = True, create: bool = False) -> Index:
-    return Index.open(args.index, model=args.model if model else None, create=create, provider=args.provider)
+    folder = args.index or default_index()
+    if not model or not create:  # a missing index fails before the model loads
+        index = Index.open(folder, model=None, create=create)
+        if not model:
+            return index
+        index.close()
+    from ..runtime import describe, load_embedder
+
+    choice = default_model(args.model)
+    if create:
+        print(f"index: {folder}", file=sys.stderr)
+    print(f"loading {choice.spec} ({choice.source})...", file=sys.stderr, flush=True)
+    embedder = load_embedder(choice.spec, provider=args.provider, form=args.form)
+    print(describe(embedder), file=sys.stderr, flush=True)
+    return Index.open(folder, model=embedder, create=create)
 
 
 def parse_pairs(pairs: list[str], *, flag: str) -> dict[str, Any]:

@@ -150,6 +150,7 @@ class Index:
         create: bool = True,
         dtype: VectorDType = "float16",
         provider: str = "cpu",
+        form: str | None = None,
         timeout_s: float = 30.0,
     ) -> Index:
         """Open the index at `path` (a folder holding index.sqlite, or a `.sqlite` file).
@@ -158,8 +159,9 @@ class Index:
         folder, model name, checkpoint folder). It must be the model the index was built with
         (`ModelMismatchError` otherwise; migrate with `reindex`). `model=None` opens without one:
         len / in / [] / remove / stats / reindex and `search(vector=...)` work, ingest and text or
-        image search do not. `dtype` ("float16", "int8" with a per-vector scale, or "float32")
-        applies when creating.
+        image search do not. `provider` and `form` choose how an artifacts folder runs
+        (`edge_gcl.runtime.OnnxEmbedder`). `dtype` ("float16", "int8" with a per-vector scale, or
+        "float32") applies when creating.
         """
         path = Path(path)
         file = path if path.suffix in (".sqlite", ".db") else path / INDEX_FILE
@@ -171,7 +173,7 @@ class Index:
         if model is not None:
             from ..runtime import load_embedder
 
-            embedder = load_embedder(model, provider=provider)  # type: ignore[arg-type]
+            embedder = load_embedder(model, provider=provider, form=form)  # type: ignore[arg-type]
         store = Store.open(
             file,
             create=create,
@@ -712,6 +714,7 @@ class Index:
         model: Embedder | str | Path,
         *,
         provider: str = "cpu",
+        form: str | None = None,
         batch_size: int = 32,
         progress: bool = True,
     ) -> IngestReport:
@@ -724,7 +727,7 @@ class Index:
         """
         from ..runtime import load_embedder
 
-        new = load_embedder(model, provider=provider)  # type: ignore[arg-type]
+        new = load_embedder(model, provider=provider, form=form)  # type: ignore[arg-type]
         report = IngestReport()
         with self.store.write() as conn:
             conn.execute("DROP TABLE IF EXISTS reindex_staging")

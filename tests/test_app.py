@@ -1,4 +1,4 @@
-"""The photo search example app (examples/photo_search/app.py): its HTTP API and its page in a real browser.
+"""The photo app (edge_gcl/app, `edge-gcl app`): its HTTP API and its page in a real browser.
 
 `ColorEmbedder` (deterministic, torch-free) stands in for a model so results can be predicted: a
 photo is its mean colour, a text is the colours it names plus one hashed dimension per word. So
@@ -13,7 +13,6 @@ import http.client
 import io
 import json
 import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -25,16 +24,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from edge_gcl.app.server import THUMB_PX, build_index, create_server
 from edge_gcl.embedding import Embedder, l2_normalize
 from edge_gcl.index import Index, note_id, photo_id
 from edge_gcl.tokenizer import check_text
 from edge_gcl.transform import load_image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `pytest` run without `python -m` does not put the repo on the path
-    sys.path.insert(0, str(ROOT))
-
-from examples.photo_search.app import THUMB_PX, build_index, create_server  # noqa: E402
+pytestmark = pytest.mark.runtime  # runs in the torch-free install too (tests/test_runtime_install.py)
 
 CHROMIUM = Path("/usr/bin/chromium")
 COLORS = {"red": (220, 40, 40), "green": (40, 160, 70), "blue": (40, 70, 220), "yellow": (240, 205, 40)}
@@ -355,16 +351,17 @@ def test_page_is_self_contained(library) -> None:
     assert call(server, "GET", "/favicon.ico")[0] == 204  # browsers ask for it: no error, no 404 noise
 
 
-def test_main_indexes_serves_and_migrates_its_cache(
+def test_main_indexes_serves_and_shares_the_cli_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import examples.photo_search.app as app
+    import edge_gcl.app.server as app
 
     photos = tmp_path / "photos"
     make_library(photos)
     models = {"colors": ColorEmbedder()}
-    monkeypatch.setattr(app, "load_embedder", lambda spec, provider="cpu": models[spec])
-    monkeypatch.setattr(app, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(app, "load_embedder", lambda spec, provider="cpu", form=None: models[spec])
+    monkeypatch.setenv("EDGE_GCL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EDGE_GCL_INDEX", raising=False)
 
     def press_ctrl_c(self) -> None:
         raise KeyboardInterrupt
@@ -373,36 +370,51 @@ def test_main_indexes_serves_and_migrates_its_cache(
     argv = ["--photos", str(photos), "--model", "colors", "--port", "0"]
     assert app.main(argv) == 0
     out, err = capsys.readouterr()
+    assert f"index: {tmp_path / 'home' / 'index'}" in out  # the CLI's default index
     assert "added 4, updated 0, unchanged 0, removed 0, skipped 2" in out
     assert "open http://127.0.0.1:" in out and out.rstrip().endswith("stopped")
     assert f"skipped {photos / 'broken.jpg'}: corrupt or truncated image" in err
     assert f"skipped {photos / 'empty.png'}: empty file (0 bytes)" in err
-    cache = app.default_index_dir(photos, "colors")
-    with Index.open(cache, model=models["colors"]) as index:
+    shared = tmp_path / "home" / "index"
+    with Index.open(shared, model=models["colors"]) as index:
         index.add_note(PASSPORT)
 
-    # the same --model name now means other weights (a retrained default): the cache is migrated
+    # other weights under the same name: refused with a hint, nothing changed ...
     models["colors"] = ColorEmbedder()
     models["colors"].model_id = "fake-color@2"
-    assert app.main(argv) == 0
+    assert app.main(argv) == 1
+    assert "built with model 'fake-color@1'" in capsys.readouterr().err
+    with Index.open(shared) as index:
+        assert index.model_id == "fake-color@1" and len(index) == 5
+    # ... and migrated, notes kept, when asked
+    assert app.main([*argv, "--reindex"]) == 0
     out, _ = capsys.readouterr()
-    assert "re-embedding it with fake-color@2 (notes are kept)" in out and "unchanged 4" in out
-    with Index.open(cache) as index:
+    assert "re-embedding the index with fake-color@2 (notes are kept)" in out and "unchanged 4" in out
+    with Index.open(shared) as index:
         assert index.model_id == "fake-color@2" and note_id(PASSPORT) in index and len(index) == 5
-
-    # an index the user named is theirs: not migrated behind their back
-    models["other"] = ColorEmbedder()
-    models["other"].model_id = "fake-color@3"
-    assert app.main([*argv[:2], "--model", "other", "--index", str(cache)]) == 1
-    assert "built with model 'fake-color@2'" in capsys.readouterr().err
 
 
 def test_main_refuses_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from examples.photo_search.app import main
+    from edge_gcl.app.server import main
 
     assert main(["--photos", str(tmp_path / "nope"), "--index", str(tmp_path / "idx")]) == 1
     assert "not a folder" in capsys.readouterr().err
     assert not (tmp_path / "idx").exists()
+
+
+def test_main_without_a_model_says_how_to_build_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_gcl.app.server import main
+
+    monkeypatch.setenv("EDGE_GCL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EDGE_GCL_MODEL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    assert main(["--photos", str(tmp_path / "photos")]) == 1
+    err = capsys.readouterr().err
+    assert "no compiled model found" in err and "python -m export.compile --target snapdragon" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 # --- the page in a real browser ------------------------------------------------------------------
@@ -484,7 +496,7 @@ def test_page_in_headless_chromium(library, tmp_path: Path) -> None:
 # Appended to the page for the next test: works the page as a person would (note form, photo upload
 # through the file input, "Similar"), noting what it saw in data-* attributes of <body>. Virtual time
 # does not advance while fetches are pending, so the waits are deterministic.
-DRIVER = """<script>
+DRIVER = """
 window.addEventListener("load", async () => {
   const until = async (ok) => { for (let i = 0; i < 200 && !ok(); i++) await new Promise((r) => setTimeout(r, 25)); };
   const card = (id) => document.querySelector(`.card[data-id="${id}"]`);
@@ -510,7 +522,7 @@ window.addEventListener("load", async () => {
   document.body.dataset.like = `${first()} ${location.search}`;
   document.body.dataset.driver = "done";
 });
-</script>"""
+"""
 
 
 @pytest.mark.slow
@@ -520,12 +532,14 @@ window.addEventListener("load", async () => {
 def test_page_note_upload_and_similar_in_headless_chromium(
     fresh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import examples.photo_search.app as app
+    import edge_gcl.app.server as app
 
     server, index, photos = fresh
     red, blue, yellow = (photo_id(photos[c]) for c in ("red", "blue", "yellow"))
-    driver = DRIVER.replace("RED", red).replace("BLUE", blue).replace("YELLOW", yellow)
-    monkeypatch.setattr(app, "PAGE", app.PAGE.replace("</body>", driver + "</body>"))
+    driver = DRIVER.replace("RED", red).replace("BLUE", blue).replace("YELLOW", yellow).encode()
+    page = app.static_file
+    # the page's CSP runs only its own files: the driver rides at the end of app.js
+    monkeypatch.setattr(app, "static_file", lambda name: page(name) + (driver if name == "app.js" else b""))
     dom = run_chromium(tmp_path / "profile", "--dump-dom", f"{server.url}?q=red")
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-driver="done"' in dom.stdout, dom.stdout[-3000:]

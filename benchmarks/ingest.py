@@ -1,0 +1,183 @@
+"""Photo ingest speed and memory: `Index.add_photos` (what `edge-gcl index add` runs) end to end.
+
+Two photo sets:
+- `small`: the shared Flickr8k photos as they are (short side 256 px, a few tens of KB);
+- `12mp`: phone-sized photos, the same photos upscaled to 4032x3024 and re-encoded as JPEG at
+  quality 90, written once into ~/.cache/edge-gcl/bench/ (the shared data is never copied into the
+  project).
+
+Each path runs in a fresh process (`--one`), so its peak RSS is the whole process's high-water
+mark (`VmHWM`): the figure a phone or laptop sees, imports and model included. Rows: the default
+path (the compiled artifacts' float towers on ONNX Runtime's CPU EP, photos decoded one batch
+ahead in threads, JPEG at reduced DCT scale), the same without the decode threads, and the
+PyTorch model (`--model default`).
+
+    python -m benchmarks.ingest --artifacts artifacts            # table, benchmarks/results/ingest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    RESULTS_DIR,
+    Col,
+    _status_kb,
+    format_table,
+    header_line,
+    machine_info,
+    make_document,
+    save_json,
+)
+
+SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k" / "images"
+CACHE = Path.home() / ".cache" / "edge-gcl" / "bench"
+PHONE_SIZE = (4032, 3024)  # a 12 MP phone photo, landscape
+
+
+def phone_photos(n: int, *, source: Path = SHARED_PHOTOS, cache: Path = CACHE, quality: int = 90) -> Path:
+    """A folder of `n` 12 MP JPEGs made from the shared photos (built once, then reused)."""
+    from PIL import Image, ImageOps
+
+    folder = cache / f"phone-12mp-q{quality}-{n}"
+    if len(list(folder.glob("*.jpg"))) == n:
+        return folder
+    sources = sorted(source.glob("*.jpg"))[:n]
+    if len(sources) < n:
+        raise FileNotFoundError(f"{source}: {len(sources)} photos, {n} wanted")
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in sources:
+        with Image.open(src) as img:
+            img = img.convert("RGB")
+            size = PHONE_SIZE if img.width >= img.height else PHONE_SIZE[::-1]
+            big = ImageOps.fit(img, size, Image.Resampling.BICUBIC)
+            tmp = folder / f".{src.name}"
+            big.save(tmp, "JPEG", quality=quality)
+            tmp.rename(folder / src.name)
+    return folder
+
+
+def small_photos(n: int, *, source: Path = SHARED_PHOTOS, cache: Path = CACHE) -> Path:
+    """A folder of links to `n` shared photos as they are."""
+    folder = cache / f"small-{n}"
+    sources = sorted(source.glob("*.jpg"))[:n]
+    if len(sources) < n:
+        raise FileNotFoundError(f"{source}: {len(sources)} photos, {n} wanted")
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in sources:
+        link = folder / src.name
+        if not link.exists():
+            link.symlink_to(src)
+    return folder
+
+
+def measure_one(model: str, photos: Path, *, form: str | None, decode_threads: int | None) -> dict[str, Any]:
+    """In this process: load the model, ingest `photos` into a fresh index; times and peak RSS."""
+    from edge_gcl.index import Index
+    from edge_gcl.runtime import OnnxEmbedder, load_embedder
+
+    t0 = time.perf_counter()
+    embedder = load_embedder(model, form=form)
+    if decode_threads is not None and isinstance(embedder, OnnxEmbedder):
+        embedder.decode_threads = decode_threads
+    load_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as folder, Index.open(folder, model=embedder) as index:
+        t0 = time.perf_counter()
+        report = index.add_photos([photos], progress=False)
+        ingest_s = time.perf_counter() - t0
+    n = len(report.added)
+    if report.skipped or n == 0:
+        raise RuntimeError(f"{photos}: added {n}, skipped {[(s.input, s.reason) for s in report.skipped][:3]}")
+    peak_kb = _status_kb("VmHWM")
+    return {"photos": n, "load_s": load_s, "ingest_s": ingest_s, "photos_per_s": n / ingest_s,
+            "peak_rss_mb": peak_kb / 1024 if peak_kb else None,
+            "decode_threads": getattr(embedder, "decode_threads", None)}
+
+
+def run_one(model: str, photos: Path, *, form: str | None = None, decode_threads: int | None = None) -> dict:
+    """`measure_one` in a fresh interpreter."""
+    cmd = [sys.executable, "-m", "benchmarks.ingest", "--one", "--model", model, "--photos-dir", str(photos)]
+    if form:
+        cmd += ["--form", form]
+    if decode_threads is not None:
+        cmd += ["--decode-threads", str(decode_threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+COLS = [
+    Col("path", "path"),
+    Col("set", "photos"),
+    Col("photos", "n", "d"),
+    Col("photos_per_s", "photos/s", ".1f"),
+    Col("peak_rss_mb", "peak RSS MB", ".0f"),
+    Col("load_s", "model load s", ".2f"),
+]
+
+
+def run(artifacts: str, *, n: int, sets: Sequence[str], torch_model: str | None, log=print) -> list[dict]:
+    folders = {}
+    for name in sets:
+        log(f"preparing {n} {name} photos...")
+        folders[name] = phone_photos(n) if name == "12mp" else small_photos(n)
+    paths = [("default: artifacts float, ORT CPU", artifacts, None, None),
+             ("artifacts float, no decode threads", artifacts, None, 0)]
+    if torch_model:
+        paths.append((f"PyTorch ({torch_model}), CPU", torch_model, None, None))
+    rows = []
+    for name, folder in folders.items():
+        for label, model, form, threads in paths:
+            log(f"{label} on {name}...")
+            row = run_one(model, folder, form=form, decode_threads=threads)
+            rows.append({"path": label, "set": name, "model": model, **row})
+            log(f"  {row['photos_per_s']:.1f} photos/s, peak RSS {row['peak_rss_mb']:.0f} MB")
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__.splitlines()[0])
+    p.add_argument("--artifacts", default="artifacts", help="artifacts folder of the default path")
+    p.add_argument("--torch-model", default="default", help="PyTorch model shown beside it ('' to skip)")
+    p.add_argument("--photos", type=int, default=200, help="photos per set")
+    p.add_argument("--sets", default="small,12mp")
+    p.add_argument("--json", default=str(RESULTS_DIR / "ingest.json"))
+    # one measurement in this process (used by run_one)
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--photos-dir", help=argparse.SUPPRESS)
+    p.add_argument("--form", help=argparse.SUPPRESS)
+    p.add_argument("--decode-threads", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        row = measure_one(args.model, Path(args.photos_dir), form=args.form, decode_threads=args.decode_threads)
+        print(json.dumps(row))
+        return 0
+    if not os.path.exists(os.path.join(args.artifacts, "manifest.json")):
+        print(f"benchmarks.ingest: error: {args.artifacts}: no manifest.json (build it with "
+              "`python -m export.compile --target snapdragon`)", file=sys.stderr)
+        return 1
+    machine = machine_info()
+    print(header_line(machine))
+    config = {"artifacts": args.artifacts, "torch_model": args.torch_model or None, "photos": args.photos,
+              "sets": args.sets.split(","), "phone_size": list(PHONE_SIZE), "jpeg_quality": 90}
+    rows = run(args.artifacts, n=args.photos, sets=config["sets"], torch_model=config["torch_model"],
+               log=lambda s: print(s, file=sys.stderr))
+    print(format_table(rows, COLS, title="Photo ingest (Index.add_photos, fresh process per row)"))
+    if args.json:
+        print(f"wrote {save_json(args.json, make_document('ingest', rows, config=config, machine=machine))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
