@@ -36,6 +36,8 @@ from .common import (
     header_line,
     machine_info,
     make_document,
+    pyplot,
+    save_figure,
     save_json,
 )
 
@@ -145,6 +147,41 @@ def run(artifacts: str, *, n: int, sets: Sequence[str], torch_model: str | None,
     return rows
 
 
+def plot(doc: dict[str, Any], path: str | Path) -> Path:
+    """Photos/s and peak RSS per path, one bar group per photo set."""
+    plt = pyplot()
+    rows = doc["rows"]
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    paths = list(dict.fromkeys(r["path"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    width = 0.8 / max(len(paths), 1)
+    for i, label in enumerate(paths):
+        for ax, key in zip(axes, ("photos_per_s", "peak_rss_mb"), strict=True):
+            values = [next((r[key] or 0 for r in rows if r["path"] == label and r["set"] == s), 0) for s in sets]
+            ax.bar([j + i * width for j in range(len(sets))], values, width, label=label)
+    for ax, title in zip(axes, ("photos/s (higher is better)", "peak RSS, MB (whole process)"), strict=True):
+        ax.set_xticks([j + width * (len(paths) - 1) / 2 for j in range(len(sets))], sets)
+        ax.set_title(title)
+    axes[0].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The README section: the table and what was measured."""
+    from .common import markdown_table
+
+    c = doc["config"]
+    return "\n".join([
+        f"`Index.add_photos` (what `edge-gcl index add` runs) on {c['photos']} photos per set, each row in a "
+        "fresh process: photos/s over the ingest (decode, embed, store), peak RSS of the whole process "
+        f"(imports and model included). `small`: the shared Flickr8k photos (short side 256 px); `12mp`: "
+        f"the same photos upscaled to {c['phone_size'][0]}x{c['phone_size'][1]} and re-encoded as JPEG at "
+        f"quality {c['jpeg_quality']}" + (f" ({c['mean_12mp_mb']:.1f} MB on average; real phone photos, "
+                                          "with more detail, are larger and decode slower)"
+                                          if c.get("mean_12mp_mb") else "") + ".",
+        "", markdown_table(doc["rows"], COLS)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", default="artifacts", help="artifacts folder of the default path")
@@ -152,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--photos", type=int, default=200, help="photos per set")
     p.add_argument("--sets", default="small,12mp")
     p.add_argument("--json", default=str(RESULTS_DIR / "ingest.json"))
+    p.add_argument("--plot", default=str(RESULTS_DIR / "ingest.png"))
     # one measurement in this process (used by run_one)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -173,9 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
               "sets": args.sets.split(","), "phone_size": list(PHONE_SIZE), "jpeg_quality": 90}
     rows = run(args.artifacts, n=args.photos, sets=config["sets"], torch_model=config["torch_model"],
                log=lambda s: print(s, file=sys.stderr))
+    if "12mp" in config["sets"]:
+        files = list(phone_photos(args.photos).glob("*.jpg"))
+        config["mean_12mp_mb"] = sum(f.stat().st_size for f in files) / len(files) / 1e6
     print(format_table(rows, COLS, title="Photo ingest (Index.add_photos, fresh process per row)"))
+    doc = make_document("ingest", rows, config=config, machine=machine)
     if args.json:
-        print(f"wrote {save_json(args.json, make_document('ingest', rows, config=config, machine=machine))}")
+        print(f"wrote {save_json(args.json, doc)}")
+    if args.plot:
+        print(f"wrote {plot(doc, args.plot)}")
     return 0
 
 

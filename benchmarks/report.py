@@ -10,7 +10,8 @@ Steps:
    `export.compile.run(--model)` (float, QDQ w8a16, EPContext for the default chip, verified in emulation).
    An `aihub_profile.json` in it (from `--via aihub`) adds device rows to the latency table.
 2. The M-BEIR root (`--root`, default runs/mbeir-dev): built from the shared Flickr8k dev split if missing.
-3. `benchmarks.recall` (torch, onnx, qdq, ctx), `benchmarks.latency`, `benchmarks.index` with their defaults,
+3. `benchmarks.recall` (torch, onnx, qdq, ctx), `benchmarks.latency`, `benchmarks.index`, `benchmarks.ingest`
+   with their defaults,
    each writing <name>.json and <name>.png into benchmarks/results/.
 4. Rewrite README.md between `<!-- results:start -->` and `<!-- results:end -->`: machine, versions and
    date, then tables generated from the JSON files found in benchmarks/results/ (including
@@ -35,7 +36,7 @@ from .common import RESULTS_DIR, Col, dumps, header_line, load_json, machine_inf
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-HARNESSES = ("recall", "latency", "index")
+HARNESSES = ("recall", "latency", "index", "ingest")
 
 
 # ----------------------------------------------------------------------------- README markers
@@ -225,6 +226,12 @@ def index_markdown(doc: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def ingest_markdown(doc: Mapping[str, Any]) -> str:
+    from .ingest import markdown
+
+    return markdown(dict(doc))
+
+
 # README sections: (JSON name in the results folder, title, markdown), in order; rendered when the file exists.
 SECTIONS = [("recall", "Recall per deployed form", recall_markdown),
             ("recall_losses", "GCL vs CL vs pairwise, each learning its temperature", losses_markdown),
@@ -233,6 +240,7 @@ SECTIONS = [("recall", "Recall per deployed form", recall_markdown),
             ("modality_gap", "Modality gap in the union pool", gap_markdown),
             ("latency", "Latency", latency_markdown),
             ("index", "Index search", index_markdown),
+            ("ingest", "Photo ingest", ingest_markdown),
             ("index_million", "Index search at a million vectors", index_markdown)]
 # The commands that write the JSON files this command does not (see the module docstring).
 COMMANDS = {
@@ -333,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_artifacts(args.model, artifacts, log=log)
         timings["export"] = time.perf_counter() - t0
         profile = artifacts / "aihub_profile.json"
-        from . import index, latency, recall
+        from . import index, ingest, latency, recall
 
         aihub = ["--aihub-profile", str(profile)] if profile.is_file() else []
         jobs = {
@@ -341,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "latency": (latency.main, ["--model", args.model, "--artifacts", str(artifacts), "--runs", "20",
                                        "--budget-s", "10", *aihub]),
             "index": (index.main, ["--artifacts", str(artifacts)]),
+            "ingest": (ingest.main, ["--artifacts", str(artifacts), "--torch-model", args.model]),
         }
         if args.smoke:
             jobs["recall"][1].extend(["--forms", "onnx,qdq"])
@@ -348,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        "--index-size", "1000"])
             jobs["index"][1].extend(["--sizes", "1000,10000", "--dims", "256", "--queries", "10", "--photos", "8",
                                      "--bandwidth-mb", "64"])
+            jobs["ingest"][1].extend(["--photos", "8", "--torch-model", ""])
         for name in only:
             fn, argv_ = jobs[name]
             log(f"== {name}")

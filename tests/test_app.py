@@ -551,3 +551,28 @@ def test_page_note_upload_and_similar_in_headless_chromium(
     parser = _Cards()
     parser.feed(dom.stdout)
     assert parser.cards[0][:2] == [yellow, "photo"] and "1.000" in parser.cards[0][2]
+
+
+def test_main_on_the_npu_runs_the_compiled_form_or_says_what_to_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--provider qnn reaches the runtime as the ctx form: artifacts without ctx towers are refused
+    with the command that builds them, never run on the CPU instead."""
+    from edge_gcl.app.server import main
+
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "manifest.json").write_text(json.dumps({"format_version": 1}))
+    seen = {}
+
+    def fake_load(spec, provider="cpu", form=None):
+        seen.update(spec=spec, provider=provider, form=form)
+        raise ValueError(f"{spec}: no 'ctx' image tower; rebuild with `python -m export.compile --target snapdragon`")
+
+    monkeypatch.setattr("edge_gcl.app.server.load_embedder", fake_load)
+    monkeypatch.setenv("EDGE_GCL_HOME", str(tmp_path / "home"))
+    (tmp_path / "photos").mkdir()
+    argv = ["--photos", str(tmp_path / "photos"), "--model", str(tmp_path / "artifacts"), "--provider", "qnn"]
+    assert main(argv) == 1
+    assert seen == {"spec": str(tmp_path / "artifacts"), "provider": "qnn", "form": None}
+    assert "rebuild with `python -m export.compile" in capsys.readouterr().err
+    assert main([*argv, "--form", "qdq"]) == 1 and seen["form"] == "qdq"
