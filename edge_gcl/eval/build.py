@@ -47,11 +47,13 @@ skips the union pool is m images, m image+text items and 2m texts, exactly 1/4 :
     mbeir_phone_task3_test      B       its image             its c0 (a text)         all text candidates
     mbeir_phone_task6_test      B       its image + c1        its c0 (a text)         all text candidates
 
-Every query has exactly one positive. Image paths are `images/<source>/<name>`: `images/` is a folder of one
+Every query has exactly one positive, and every photo is in the pool in exactly one form (B's as its
+note). Image paths are `images/<source>/<name>`: `images/` is a folder of one
 symlink per source, named by the source's label (default: its captions folder's name, e.g. `flickr8k`,
 `flickr8k-extra`); `src_content` records the source, the photo and the caption index. The default sources
-(`PHONE_SOURCES`) are the 100 flickr8k dev photos and the 300 flickr8k-extra photos of the "heldout" split of
-`edge_gcl/recipes/flickr8k-extra-splits.json`, which training leaves out.
+(`phone_sources()`) are the 100 flickr8k dev photos and the 300 flickr8k-extra photos of the "heldout" split
+of `edge_gcl/recipes/flickr8k-extra-splits.json`, which training leaves out: with seed 0, 5 of them are
+skipped (repeated captions) and the union pool is 99 images, 98 image+text items and 198 texts.
 """
 
 from __future__ import annotations
