@@ -75,7 +75,7 @@ class Tokenizer:
 
 
 def check_text(text: object, *, name: str = "text") -> str:
-    """A usable note: a non-empty str (bytes must be UTF-8). Raises ValueError naming it."""
+    """A usable text: a non-empty str of valid Unicode (bytes must be UTF-8). Raises ValueError naming it."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -83,6 +83,10 @@ def check_text(text: object, *, name: str = "text") -> str:
             raise ValueError(f"{name}: not valid UTF-8 ({e})") from None
     if not isinstance(text, str):
         raise TypeError(f"{name}: expected str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # lone surrogates, e.g. a file name decoded with surrogateescape
+        raise ValueError(f"{name}: holds characters that are not valid Unicode (at {e.start})") from None
     if not text.strip():
         raise ValueError(f"{name}: empty text")
     return text

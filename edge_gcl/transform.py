@@ -7,6 +7,8 @@ tensor in training, in evaluation and in the app.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -25,24 +27,30 @@ class ImageDecodeError(ValueError):
     """A photo that cannot be used; the message starts with the input's name."""
 
 
-def load_image(source: str | Path | bytes | Image.Image, *, draft_size: int | None = None) -> Image.Image:
+def load_image(
+    source: str | Path | bytes | Image.Image, *, draft_size: int | None = None, max_pixels: int = 0
+) -> Image.Image:
     """Open a photo as an upright RGB image, or raise ImageDecodeError naming it.
 
     Handles EXIF rotation, palette/alpha/CMYK/16-bit modes (alpha is composited on white), and
-    refuses truncated files and decompression bombs. `draft_size` lets JPEG decode at a reduced
+    refuses truncated files, decompression bombs (over `max_pixels`, default MAX_IMAGE_PIXELS) and
+    what is not a regular file (a FIFO would block). `draft_size` lets JPEG decode at a reduced
     scale that still covers that many pixels on each side (much faster for camera photos).
     """
+    max_pixels = max_pixels or MAX_IMAGE_PIXELS
     if isinstance(source, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(source) or source)
     name = "<bytes>" if isinstance(source, bytes) else str(source)
+    if not isinstance(source, bytes):
+        _check_regular_file(source, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
             with fp:
                 img = Image.open(fp)
-                if img.width * img.height > MAX_IMAGE_PIXELS:
-                    raise ImageDecodeError(f"{name}: {img.width}x{img.height} is over {MAX_IMAGE_PIXELS} pixels")
+                if img.width * img.height > max_pixels:
+                    raise ImageDecodeError(f"{name}: {img.width}x{img.height} is over {max_pixels:,} pixels")
                 if draft_size and img.format == "JPEG":
                     img.draft("RGB", (draft_size, draft_size))
                 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -66,6 +74,23 @@ def load_image(source: str | Path | bytes | Image.Image, *, draft_size: int | No
     except Exception:  # a broken EXIF block should not lose the photo
         pass
     return _to_rgb(img)
+
+
+def _check_regular_file(path: str | Path, name: str) -> None:
+    """Refuse what is not a regular file before opening it: reading a FIFO or a device would block
+    or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{name}: no such file") from None
+    except PermissionError:
+        raise ImageDecodeError(f"{name}: permission denied") from None
+    except OSError as e:
+        raise ImageDecodeError(f"{name}: cannot read ({e.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ImageDecodeError(f"{name}: is a directory")
+    if not stat.S_ISREG(mode):
+        raise ImageDecodeError(f"{name}: not a regular file (a pipe, socket or device)")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -65,7 +65,12 @@ MODALITY_FILTERS: dict[str, list[str] | None] = {
 DEFAULT_K = 24
 MAX_K = 200
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # a query photo (camera JPEGs are a few MB)
-MAX_JSON_BYTES = 1024 * 1024  # a note request
+MAX_JSON_BYTES = 1024 * 1024  # a note request (its text: at most MAX_NOTE_CHARS characters)
+# A query photo's pixel limit, under ingest's 100 MP (transform.MAX_IMAGE_PIXELS): a 48 MP camera
+# photo passes; an 81 MP PNG (no reduced-scale decoding) would cost ~630 MB per request. JPEGs decode
+# at a reduced DCT scale that still covers QUERY_DRAFT_PX.
+QUERY_MAX_PIXELS = 50_000_000
+QUERY_DRAFT_PX = 512
 THUMB_PX = 320  # longest side of a thumbnail
 THUMB_CACHE_ITEMS = 2000  # ~20 KB each: ~40 MB at most
 STATIC = {  # route -> (file in static/, content type)
@@ -128,6 +133,7 @@ class PhotoSearchApp:
     def __init__(self, index: Index, *, thumb_cache_items: int = THUMB_CACHE_ITEMS) -> None:
         self.index = index
         self._model_lock = threading.Lock()
+        self._decode_lock = threading.Lock()
         self._thumbs: OrderedDict[tuple[str, str | None], bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
         self._thumb_cache_items = thumb_cache_items
@@ -155,7 +161,8 @@ class PhotoSearchApp:
         image: Any = self._photo(like).path if like is not None else None
         if photo is not None:
             try:
-                image = load_image(photo)
+                with self._decode_lock:  # one upload decoded at a time: memory stays bounded
+                    image = load_image(photo, draft_size=QUERY_DRAFT_PX, max_pixels=QUERY_MAX_PIXELS)
             except ImageDecodeError as e:
                 raise HTTPError(
                     HTTPStatus.BAD_REQUEST, f"uploaded photo: {str(e).removeprefix('<bytes>: ')}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 from ..locations import default_index, default_model
 from ..transform import ImageDecodeError
 from .index import Index, IngestReport
+from .sources import MAX_NOTE_CHARS
 from .store import ModelMismatchError
 
 _ERRORS = (
@@ -97,11 +99,33 @@ def cli_sync(args: argparse.Namespace) -> int:
     return _run(body)
 
 
+def read_note(text: str | None, file: str | None) -> str | bytes:
+    """The note of `index note`: the argument, standard input (`-`) or `--file` (bytes: UTF-8 is
+    checked with the rest). Reads no more than a note may be."""
+    if (text is None) == (file is None):
+        raise ValueError("index note: give the note's text, - for standard input, or --file PATH (one of them)")
+    limit = 4 * MAX_NOTE_CHARS  # bytes: UTF-8 takes at most 4 a character
+    if file is None and text != "-":
+        return text
+    name = f"--file {file}" if file is not None else "standard input"
+    if file is not None:
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{name}: not a regular file")
+        with open(file, "rb") as f:
+            data = f.read(limit + 1)
+    else:
+        data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{name}: over {limit:,} bytes, longer than a note may be ({MAX_NOTE_CHARS:,} characters)")
+    return data
+
+
 def cli_note(args: argparse.Namespace) -> int:
     def body() -> None:
         meta = parse_pairs(args.meta, flag="--meta") or None
+        text = read_note(args.text, args.file)
         with _open(args, create=True) as index:
-            print(index.add_note(args.text, photo=args.photo, meta=meta))
+            print(index.add_note(text, photo=args.photo, meta=meta))
 
     return _run(body)
 

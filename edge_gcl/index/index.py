@@ -13,14 +13,17 @@ an input that cannot be used is listed in the report with a reason and never sto
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import sys
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -29,6 +32,7 @@ from ..tokenizer import check_text
 from ..transform import ImageDecodeError
 from .sources import (
     abspath,
+    check_note,
     chunk_note,
     list_photos,
     note_id,
@@ -307,8 +311,26 @@ class Index:
             dump_meta(meta)  # fail before any work
         files, problems = list_photos(paths, recursive=recursive)
         report = IngestReport(skipped=[Skip(*p) for p in problems])
-        self._ingest(files, report, meta=meta, batch_size=batch_size, progress=progress)
+        with self._ingest_lock(progress):
+            self._ingest(files, report, meta=meta, batch_size=batch_size, progress=progress)
         return report
+
+    @contextlib.contextmanager
+    def _ingest_lock(self, progress: bool) -> Iterator[None]:
+        """One ingest (add, sync, reindex) at a time per index, across processes: a second one waits,
+        then finds the photos the first embedded unchanged, so no photo is embedded twice and each
+        run's report says what that run did. An advisory lock file beside index.sqlite."""
+        lock = filelock.FileLock(f"{self.store.path}.ingest-lock")
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            if progress:
+                print(f"waiting for another ingest into {self.store.path} to finish...", file=sys.stderr, flush=True)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def sync(self, folder: str | Path, *, batch_size: int = 32, progress: bool = True) -> IngestReport:
         """Mirror a folder: add new photos, re-embed changed ones, drop those whose file is gone.
@@ -319,6 +341,10 @@ class Index:
         root = Path(abspath(folder))
         if not root.is_dir():
             raise NotADirectoryError(f"{folder}: not a folder")
+        with self._ingest_lock(progress):
+            return self._sync(root, batch_size=batch_size, progress=progress)
+
+    def _sync(self, root: Path, *, batch_size: int, progress: bool) -> IngestReport:
         files, problems = list_photos(root)
         report = IngestReport(skipped=[Skip(*p) for p in problems])
         self._ingest(files, report, meta=None, batch_size=batch_size, progress=progress)
@@ -355,7 +381,7 @@ class Index:
         Raises ValueError naming an empty or non-UTF-8 note, ImageDecodeError naming a bad photo.
         Adding a note that is already there keeps it (and updates `meta` if given).
         """
-        text = check_text(text, name="note")
+        text = check_note(text, name="note")
         if meta is not None:
             dump_meta(meta)
         if photo is None:
@@ -386,7 +412,8 @@ class Index:
         batch_size: int = 64,
         progress: bool = False,
     ) -> IngestReport:
-        """Bulk-add notes (e.g. an import); bad ones (empty, not UTF-8) are skipped with a reason.
+        """Bulk-add notes (e.g. an import); bad ones (empty, not valid Unicode, over MAX_NOTE_CHARS)
+        are skipped with a reason, the others kept.
 
         `metas[i]` is note i's metadata. A note already in the index is left alone (its
         metadata replaced if `metas[i]` is given).
@@ -400,7 +427,7 @@ class Index:
         for i, raw in enumerate(texts):
             meta = metas[i] if metas is not None else None
             try:
-                text = check_text(raw, name=f"note[{i}]")
+                text = check_note(raw, name=f"note[{i}]")
                 if meta is not None:
                     dump_meta(meta)
             except (TypeError, ValueError) as e:
@@ -725,6 +752,12 @@ class Index:
         swapped in with the new model id in one transaction. A photo whose file is gone or no
         longer decodes is removed (photo+note: keeps its note as a "note"); see `report.skipped`.
         """
+        with self._ingest_lock(progress):
+            return self._reindex(model, provider=provider, form=form, batch_size=batch_size, progress=progress)
+
+    def _reindex(
+        self, model: Embedder | str | Path, *, provider: str, form: str | None, batch_size: int, progress: bool
+    ) -> IngestReport:
         from ..runtime import load_embedder
 
         new = load_embedder(model, provider=provider, form=form)  # type: ignore[arg-type]

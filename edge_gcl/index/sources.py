@@ -22,10 +22,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..tokenizer import check_text
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 )
 FALLBACK_CHUNK_WORDS = 20  # chunk size when the embedder exposes no tokenizer
+# A note's length limit. A note is stored as one vector per chunk of the text tower's context
+# (~45 chunks per 10,000 characters with MiniLM's 128 tokens); 1 MB of text took 8,696 vectors and
+# 5 minutes. Longer texts are refused with a message; split them into several notes.
+MAX_NOTE_CHARS = 20_000
 CHUNK_OVERLAP = 0.25
 
 
@@ -41,6 +47,17 @@ def note_id(text: str) -> str:
 def abspath(path: str | Path) -> str:
     """Absolute and normalised, symlinks kept (a photo's identity is the path it was added by)."""
     return os.path.abspath(os.fspath(path))
+
+
+def check_note(text: object, *, name: str = "note") -> str:
+    """`tokenizer.check_text` plus the MAX_NOTE_CHARS limit; raises ValueError naming the note."""
+    text = check_text(text, name=name)
+    if len(text) > MAX_NOTE_CHARS:
+        raise ValueError(
+            f"{name}: {len(text):,} characters, over the {MAX_NOTE_CHARS:,}-character limit of a note "
+            "(split it into several notes)"
+        )
+    return text
 
 
 def chunk_note(text: str, tokenizer: Any | None = None, *, overlap: float = CHUNK_OVERLAP) -> list[str]:
