@@ -2,6 +2,7 @@
 
     edge-gcl train ...                    edge_gcl/train.py
     edge-gcl eval mbeir ...               edge_gcl/eval/cli.py
+    edge-gcl eval mmeb|covr ...           edge_gcl/eval/cli.py
     edge-gcl bench build-mbeir ...        edge_gcl/eval/cli.py
     edge-gcl index add|sync|note|remove|stats ...   edge_gcl/index/cli.py
     edge-gcl search "query" ...           edge_gcl/index/cli.py
@@ -79,6 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--allow-missing-positives", action="store_true",
                    help="count a query with no positive in the pool as a miss (default: an error naming it)")
     m.set_defaults(func=_handler("edge_gcl.eval.cli:cli_eval"))
+    mm = e.add_parser("mmeb", help="hit@1 on MMEB's retrieval tasks (TIGER-Lab/MMEB-eval files)")
+    mm.add_argument("--root", required=True, help="MMEB-eval folder (<Task>/test-*.parquet per task)")
+    mm.add_argument("--images", help="images.zip unzipped (default: <root>/eval_images if present, else <root>)")
+    mm.add_argument("--model", default="default", help="model name, checkpoint folder or artifacts folder")
+    mm.add_argument("--tasks", nargs="+", help="task folders (default: MMEB's 12 retrieval tasks present)")
+    mm.add_argument("--k", type=int, nargs="+", default=[5, 10], help="local recall@k besides hit@1")
+    mm.add_argument("--json", dest="json_out", help="write the results JSON here")
+    mm.add_argument("--batch-size", type=int, default=32)
+    mm.add_argument("--provider", choices=["cpu", "qnn"], default="cpu", help="for artifacts folders")
+    mm.set_defaults(func=_handler("edge_gcl.eval.cli:cli_eval_mmeb"))
+    cv = e.add_parser("covr", help="composed video retrieval recall on CoVR (WebVid-CoVR test csv + videos)")
+    cv.add_argument("--root", required=True, help="CoVR work folder (annotation/, datasets/WebVid/8M/train/)")
+    cv.add_argument("--annotation", help="test csv (default: <root>/annotation/webvid-covr/webvid8m-covr_test.csv)")
+    cv.add_argument("--videos", help="folder of <pth>.mp4 or <pth>/ frame folders "
+                    "(default: <root>/datasets/WebVid/8M/train)")
+    cv.add_argument("--model", default="default", help="model name, checkpoint folder or artifacts folder")
+    cv.add_argument("--frames", type=int, default=8, help="frames averaged per target video")
+    cv.add_argument("--k", type=int, nargs="+", default=[1, 5, 10, 50])
+    cv.add_argument("--json", dest="json_out", help="write the results JSON here")
+    cv.add_argument("--batch-size", type=int, default=32)
+    cv.add_argument("--provider", choices=["cpu", "qnn"], default="cpu", help="for artifacts folders")
+    cv.set_defaults(func=_handler("edge_gcl.eval.cli:cli_eval_covr"))
 
     # --- bench ---------------------------------------------------------------------------
     b = sub.add_parser("bench", help="benchmark data").add_subparsers(dest="bench_command", required=True)

@@ -1,6 +1,6 @@
-"""Handlers of `edge-gcl eval mbeir` and `edge-gcl bench build-mbeir` (parsers: edge_gcl/cli.py).
+"""Handlers of `edge-gcl eval mbeir|mmeb|covr` and `edge-gcl bench build-mbeir` (parsers: edge_gcl/cli.py).
 
-Thin: arguments in, one library call (`edge_gcl.eval.mbeir`, `edge_gcl.eval.build`), tables out. Bad input
+Thin: arguments in, one library call (`edge_gcl.eval.mbeir`, `.mmeb`, `.covr`, `edge_gcl.eval.build`), tables out. Bad input
 (a malformed or missing file, an unknown photo, a bad option value) is one line on stderr,
 `edge-gcl: error: FILE[:LINE]: what is wrong`, and exit status 1.
 """
@@ -119,3 +119,48 @@ def summary(stats: dict[str, Any]) -> str:
     lines.append(line)
     lines += [f"  skipped {name}: {why}" for name, why in stats["skipped"].items()]
     return "\n".join(lines)
+
+
+def _write_json(path: str | None, results: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def cli_eval_mmeb(args: argparse.Namespace) -> int:
+    """`edge-gcl eval mmeb`: every task file is read and checked before the model loads."""
+
+    def body() -> None:
+        from ..runtime import load_embedder
+        from . import mmeb
+
+        data = mmeb.read_mmeb(args.root, tasks=args.tasks, images=args.images)  # bad input fails before the model loads
+        embedder = load_embedder(args.model, provider=args.provider)
+        results = mmeb.evaluate_mmeb(embedder, data, ks=tuple(args.k), batch_size=args.batch_size)
+        print(mmeb.format_table(results))
+        _write_json(args.json_out, results)
+
+    return _run(body)
+
+
+def cli_eval_covr(args: argparse.Namespace) -> int:
+    """`edge-gcl eval covr`: the CSV, the videos' presence and the decoder are checked before the model loads."""
+
+    def body() -> None:
+        from ..runtime import load_embedder
+        from . import covr
+
+        root = Path(args.root)
+        check_root(root)
+        annotation = Path(args.annotation) if args.annotation else root / covr.ANNOTATION
+        videos = Path(args.videos) if args.videos else root / covr.VIDEOS
+        triplets = covr.read_annotation(annotation)
+        check_root(videos)
+        covr.check_decoder(covr.resolve_videos(triplets, videos, annotation))
+        embedder = load_embedder(args.model, provider=args.provider)
+        result = covr.evaluate_covr(embedder, root, annotation=annotation, videos=videos, frames=args.frames,
+                                    ks=tuple(args.k), batch_size=args.batch_size)
+        print(covr.format_table(result))
+        _write_json(args.json_out, result)
+
+    return _run(body)
