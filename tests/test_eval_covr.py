@@ -1,0 +1,274 @@
+"""`edge-gcl eval covr` (edge_gcl.eval.covr): CoVR's test layout, frame sampling, recall by hand, bad input.
+
+CoVR cannot be downloaded here: the fixture is a small root in its layout (annotation/webvid-covr/
+webvid8m-covr_test.csv; datasets/WebVid/8M/train/<pth>.mp4), with solid-colour clips the tests write with
+PyAV (one video as a folder of frames instead). The CSV carries the columns CoVR's loader reads (pth1, pth2,
+edit, scores) and the caption columns txt1, txt2. A colour embedder makes every ranking computable by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_gcl.cli import main
+from edge_gcl.eval.covr import (
+    ANNOTATION,
+    VIDEOS,
+    Video,
+    evaluate_covr,
+    frame_indices,
+    read_annotation,
+    read_frames,
+)
+
+av = pytest.importorskip("av")
+
+SIZE, N_FRAMES = 32, 10
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+YELLOW, CYAN, ORANGE = (255, 255, 0), (0, 255, 255), (255, 64, 0)
+
+
+def write_video(path: Path, colours: list[tuple[int, int, int]], *, fps: int = 10) -> Path:
+    """A SIZE x SIZE MPEG-4 clip, one solid colour per frame (PyAV; the codec is FFmpeg's own)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        for rgb in colours:
+            frame = av.VideoFrame.from_ndarray(np.full((SIZE, SIZE, 3), rgb, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_frames(folder: Path, colours: list[tuple[int, int, int]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, rgb in enumerate(colours):
+        Image.new("RGB", (SIZE, SIZE), rgb).save(folder / f"{i + 1:04d}.png")
+    return folder
+
+
+def _mean_rgb(image) -> np.ndarray:
+    img = image if isinstance(image, Image.Image) else Image.open(image)
+    return np.asarray(img.convert("RGB"), np.float32).reshape(-1, 3).mean(axis=0)
+
+
+class ColourEmbedder:
+    """An image -> its mean RGB, normalised; a text -> the colour it names. Records the frames it was given."""
+
+    model_id = "colour"
+    embed_dim = 3
+    TEXTS = {"add green": (0, 1, 0), "add blue": (0, 0, 1), "add red": (1, 0, 0), "keep it": (1, 1, 0)}
+
+    def __init__(self):
+        self.seen: list[np.ndarray] = []
+
+    def embed_images(self, images, *, batch_size=32, progress=False):
+        rgb = [_mean_rgb(im) for im in images]
+        self.seen += rgb
+        return np.stack([v / np.linalg.norm(v) for v in rgb]).astype(np.float32)
+
+    def embed_texts(self, texts, *, batch_size=32, progress=False):
+        v = np.array([self.TEXTS[t] for t in texts], np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+# Hand-worked (cosines of unit colour vectors; orange = (1, .25, 0) normalised):
+# row 2: red + "add green" = yellow (1,1,0)/√2 -> yellow 1.00, orange .86, cyan .50, green .71: hit
+# row 3: green + "add blue" = cyan             -> cyan 1.00 first: hit
+# row 4: blue + "add red" = magenta (1,0,1)/√2 -> orange .69, yellow .50, cyan .50, green 0: 4th
+# row 5: yellow + "keep it" = yellow           -> yellow is the query's own video, removed; orange .86: hit
+# R@1 = 3/4, R@5 = R@10 = R@50 = 4/4. Without the self-removal row 5 misses; without fusion rows 2-4 do.
+ROWS = [("001/1", "add green", "101/1"), ("001/2", "add blue", "101/2"), ("001/3", "add red", "101/3"),
+        ("101/1", "keep it", "101/4")]
+SOLID = {"001/1": RED, "001/2": GREEN, "001/3": BLUE, "101/1": YELLOW, "101/3": GREEN, "101/4": ORANGE}
+HEADER = ["txt1", "txt2", "edit", "scores", "pth1", "pth2"]
+
+
+def _csv(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return path
+
+
+def _rows(triplets=ROWS) -> list[list[str]]:
+    return [[f"caption of {a}", f"caption of {b}", edit, "[0.1, 0.2]", a, b] for a, edit, b in triplets]
+
+
+@pytest.fixture(scope="module")
+def covr_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("covr") / "CoVR"
+    for pth, rgb in SOLID.items():
+        write_video(root / VIDEOS / f"{pth}.mp4", [rgb] * N_FRAMES)
+    write_frames(root / VIDEOS / "101" / "2", [CYAN] * N_FRAMES)  # a video given as extracted frames
+    write_video(root / VIDEOS / "200" / "split.mp4", [RED] * 5 + [BLUE] * 5)
+    _csv(root / ANNOTATION, _rows())
+    return root
+
+
+def test_recall_matches_the_hand_worked_ranks(covr_root: Path):
+    result = evaluate_covr(ColourEmbedder(), covr_root, progress=False)
+    assert (result["queries"], result["pool"], result["frames"]) == (4, 4, 8)
+    assert result["recall@1"] == 75.0
+    assert [result[f"recall@{k}"] for k in (5, 10, 50)] == [100.0, 100.0, 100.0]
+
+
+def test_a_query_never_retrieves_its_own_video(covr_root: Path, tmp_path: Path):
+    """Only row 5 (yellow + "keep it" -> orange), whose own yellow video is in the pool: a hit."""
+    ann = _csv(tmp_path / "one.csv", _rows([ROWS[0], ROWS[3]]))
+    result = evaluate_covr(ColourEmbedder(), covr_root, annotation=ann, ks=(1,), progress=False)
+    assert result["recall@1"] == 100.0  # row 2 hits yellow; row 5 skips yellow (its own) and hits orange
+
+
+def test_frame_indices_follow_covr_sample_frames():
+    assert frame_indices(10, 4) == [0, 3, 5, 8]
+    assert frame_indices(9, 3) == [1, 4, 7]
+    assert frame_indices(3, 8) == [0, 1, 2]  # fewer frames than asked: every frame once
+    assert frame_indices(10, 1) == [4]
+    with pytest.raises(ValueError):
+        frame_indices(0, 1)
+
+
+def test_decoded_frames_are_the_ones_asked_for(tmp_path: Path):
+    grey = [(v, v, v) for v in range(0, 250, 25)]  # frame i has level 25 i
+    video = Video("x", write_video(tmp_path / "grey.mp4", grey))
+    frames = read_frames(video, [0, 5, 9])
+    assert [round(float(_mean_rgb(f)[0]) / 25) for f in frames] == [0, 5, 9]
+
+
+def test_query_is_the_middle_frame_and_targets_average_spread_frames(covr_root: Path, tmp_path: Path):
+    """The split clip (frames 0-4 red, 5-9 blue) is row 1's query and row 2's target. Its frames are decoded
+    first, each once, in order: the query's middle frame 5 (blue) and, with frames=2, frames 2 (red) and 7
+    (blue): red, blue, blue; with frames=1, frame 4 (red) and the query's 5: red, blue."""
+    ann = _csv(tmp_path / "split.csv", _rows([("200/split", "add red", "101/1"), ("001/1", "add blue", "200/split")]))
+    for frames, expected in ((2, [RED, BLUE, BLUE]), (1, [RED, BLUE])):
+        emb = ColourEmbedder()
+        evaluate_covr(emb, covr_root, annotation=ann, frames=frames, progress=False)
+        got = [tuple(int(round(c / 255)) * 255 for c in rgb) for rgb in emb.seen]
+        assert got == [*expected, RED, *[YELLOW] * frames], got  # then 001/1's middle frame, 101/1's frames
+
+
+def test_frames_folder_needs_no_decoder(covr_root: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)
+    root = tmp_path / "r"
+    write_frames(root / VIDEOS / "001" / "1", [RED] * 3)
+    write_frames(root / VIDEOS / "101" / "1", [YELLOW] * 3)
+    write_frames(root / VIDEOS / "101" / "2", [CYAN] * 3)
+    _csv(root / ANNOTATION, _rows([("001/1", "add green", "101/1"), ("101/1", "add blue", "101/2")]))
+    result = evaluate_covr(ColourEmbedder(), root, progress=False)
+    # row 1: red + green = yellow -> yellow 1.0, cyan .5: hit. row 2: yellow + blue = (.5, .5, .71): yellow is
+    # its own video, so cyan (.85) is first: hit.
+    assert result["recall@1"] == 100.0
+
+
+# --- the command line and bad input ------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_runtime(monkeypatch):
+    monkeypatch.setitem(sys.modules, "edge_gcl.runtime",
+                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu": ColourEmbedder()))
+
+
+def _run(root: Path, *extra: str) -> int:
+    return main(["eval", "covr", "--root", str(root), "--model", "fake", *extra])
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("edge-gcl: error: "), err
+    return lines[0][len("edge-gcl: error: "):]
+
+
+def test_command_line_prints_and_saves(covr_root: Path, fake_runtime, tmp_path: Path, capsys):
+    out = tmp_path / "covr.json"
+    assert _run(covr_root, "--json", str(out)) == 0
+    assert re.search(r"75\.00\s+100\.00\s+100\.00\s+100\.00", capsys.readouterr().out)
+    assert '"recall@1": 75.0' in out.read_text()
+
+
+def _copy_root(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+CSV_CASES = {
+    "missing column": (lambda p: _csv(p, [r[:2] + r[3:] for r in _rows()], [h for h in HEADER if h != "edit"]),
+                       r"ANN:1: no column edit \(header: txt1,txt2,scores,pth1,pth2\)"),
+    "empty edit": (lambda p: _csv(p, _rows()[:2] + [_rows()[2][:2] + [" "] + _rows()[2][3:]]), r"ANN:4: empty edit"),
+    "short row": (lambda p: _csv(p, _rows()[:1] + [_rows()[1][:5]]), r"ANN:3: 5 fields, the header has 6"),
+    "missing video": (lambda p: _csv(p, _rows() + _rows([("001/9", "add red", "101/3")])),
+                      r"ANN:6: video not found: .*001/9\.mp4 \(nor a frames folder .*001/9\)"),
+    "same video": (lambda p: _csv(p, _rows([("001/1", "add red", "001/1")])),
+                   r"ANN:2: pth1 and pth2 are the same video \(001/1\)"),
+    "not UTF-8": (lambda p: p.write_bytes(p.read_bytes() + b"a,b,caf\xe9,[],001/1,101/1\n"), r"ANN:6: not UTF-8 \(byte 0xe9\)"),
+    "header only": (lambda p: _csv(p, []), r"ANN: no triplets"),
+    "empty file": (lambda p: p.write_bytes(b""), r"ANN: empty file \(expected a header line with pth1, edit, pth2\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(CSV_CASES))
+def test_bad_csv_is_one_line_naming_file_and_line(covr_root: Path, tmp_path: Path, fake_runtime, case, capsys):
+    root = _copy_root(covr_root, tmp_path / "r")
+    breaks, pattern = CSV_CASES[case]
+    breaks(root / ANNOTATION)
+    assert _run(root) == 1
+    line = _error_line(capsys)
+    assert re.fullmatch(pattern.replace("ANN", re.escape(str(root / ANNOTATION))), line), line
+
+
+def test_undecodable_video_names_the_file(covr_root: Path, tmp_path: Path, fake_runtime, capsys):
+    root = _copy_root(covr_root, tmp_path / "r")
+    (root / VIDEOS / "101" / "3.mp4").write_bytes(b"\x00" * 100)
+    assert _run(root) == 1
+    assert _error_line(capsys).startswith(f"{root / VIDEOS / '101' / '3.mp4'}: not a decodable video")
+
+
+def test_empty_frames_folder(covr_root: Path, tmp_path: Path, fake_runtime, capsys):
+    root = _copy_root(covr_root, tmp_path / "r")
+    for f in (root / VIDEOS / "101" / "2").iterdir():
+        f.unlink()
+    assert _run(root) == 1
+    assert re.fullmatch(rf"{re.escape(str(root / ANNOTATION))}:3: .*101/2: a frames folder with no \*\.jpg.*",
+                        _error_line(capsys))
+
+
+def test_missing_pyav_names_the_extra(covr_root: Path, fake_runtime, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "av", None)
+    assert _run(covr_root) == 1
+    assert _error_line(capsys) == ("decoding videos needs PyAV, the optional extra [video]: "
+                                   "pip install 'edge-gcl[video]'")
+
+
+@pytest.mark.parametrize("what", ["root", "annotation", "videos"])
+def test_missing_paths(covr_root: Path, tmp_path: Path, fake_runtime, what: str, capsys):
+    extra = {"root": (), "annotation": ("--annotation", str(tmp_path / "no.csv")),
+             "videos": ("--videos", str(tmp_path / "novids"))}[what]
+    root = tmp_path / "nowhere" if what == "root" else covr_root
+    assert _run(root, *extra) == 1
+    expected = {"root": f"{tmp_path / 'nowhere'}: no such folder", "annotation": f"{tmp_path / 'no.csv'}: no such file",
+                "videos": f"{tmp_path / 'novids'}: no such folder"}[what]
+    assert _error_line(capsys) == expected
+
+
+def test_read_annotation_keeps_line_numbers_of_quoted_multiline_fields(tmp_path: Path):
+    path = tmp_path / "a.csv"
+    path.write_text('pth1,edit,pth2\n1/1,"two\nlines",2/2\n1/2,one,2/3\n')
+    assert [(t.query, t.edit, t.line) for t in read_annotation(path)] == [("1/1", "two\nlines", 2), ("1/2", "one", 4)]
