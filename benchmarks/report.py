@@ -4,6 +4,8 @@
     python -m benchmarks.report --only index           # one harness (the others' last results stay in the README)
     python -m benchmarks.report --render-only          # rebuild the README section from the saved JSON
     python -m benchmarks.report --smoke                # minutes: the whole pipeline, tiny settings, no README
+    python -m benchmarks.report --only mmeb --mmeb-root DIR   # MMEB retrieval on a root in MMEB-eval's layout
+    python -m benchmarks.report --only covr --covr-root DIR   # CoVR on a root in CoVR's layout (needs [video])
 
 Steps:
 1. Artifacts: reuse `--artifacts` (default runs/bench-artifacts) when it holds a manifest, else build it with
@@ -12,7 +14,9 @@ Steps:
 2. The M-BEIR root (`--root`, default runs/mbeir-dev): built from the shared Flickr8k dev split if missing.
 3. `benchmarks.recall` (torch, onnx, qdq, ctx), `benchmarks.latency`, `benchmarks.index`, `benchmarks.ingest`
    with their defaults,
-   each writing <name>.json and <name>.png into benchmarks/results/.
+   each writing <name>.json and <name>.png into benchmarks/results/. With `--mmeb-root` / `--covr-root`,
+   also `edge_gcl.eval.mmeb` / `edge_gcl.eval.covr` on that root with the artifacts' float towers, writing
+   mmeb.json / covr.json (nothing is written for a benchmark whose root is not given).
 4. Rewrite README.md between `<!-- results:start -->` and `<!-- results:end -->`: machine, versions and
    date, then tables generated from the JSON files found in benchmarks/results/ (including
    recall_losses*.json, modality_gap.json and index_million.json, which this command does not produce:
@@ -31,12 +35,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import RESULTS_DIR, Col, dumps, header_line, load_json, machine_info, markdown_table, parse_list
+from .common import (
+    RESULTS_DIR,
+    Col,
+    dumps,
+    header_line,
+    load_json,
+    machine_info,
+    make_document,
+    markdown_table,
+    parse_list,
+    save_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 HARNESSES = ("recall", "latency", "index", "ingest")
+ROOT_HARNESSES = ("mmeb", "covr")  # run when their root is given (--mmeb-root, --covr-root)
 
 
 # ----------------------------------------------------------------------------- README markers
@@ -232,6 +248,35 @@ def ingest_markdown(doc: Mapping[str, Any]) -> str:
     return markdown(dict(doc))
 
 
+def mmeb_markdown(doc: Mapping[str, Any]) -> str:
+    """hit@1 and local recall@k per MMEB task, then the average."""
+    rows = doc["rows"]
+    metrics = [k for k in rows[0] if k == "hit@1" or k.startswith("recall@")]
+    cols = [Col("task")] + [Col(m, m, ".1f") for m in metrics] + [Col("queries")]
+    missing = doc["config"].get("tasks_missing") or []
+    parts = [f"MMEB retrieval on `{doc['config'].get('root')}` ({doc['config'].get('model')}): hit@1 (%) over each "
+             "query's own candidate list, positive first, as VLM2Vec scores it (the average over the twelve "
+             "retrieval tasks is the leaderboard's Retrieval column), and local recall@k for comparison; MMEB's "
+             "instructions kept verbatim, image+text items fused (`edge_gcl/eval/mmeb.py`).",
+             "", markdown_table(rows, cols)]
+    if missing:
+        parts += ["", f"Not in the root: {', '.join(missing)}; the average covers the tasks above only."]
+    return "\n".join(parts)
+
+
+def covr_markdown(doc: Mapping[str, Any]) -> str:
+    """CoVR recall@k in one row."""
+    rows = doc["rows"]
+    metrics = [k for k in rows[0] if k.startswith("recall@")]
+    cols = ([Col("annotation"), Col("queries"), Col("pool", "target videos")]
+            + [Col(m, f"R@{m.split('@')[1]}", ".1f") for m in metrics])
+    return "\n".join([
+        f"CoVR composed video retrieval on `{doc['config'].get('root')}` ({doc['config'].get('model')}): a query is "
+        f"its video's middle frame fused with the edit text, a target the mean of {doc['config'].get('frames')} "
+        "frame embeddings; recall (%) against the pool of target videos, a query's own video removed "
+        "(`edge_gcl/eval/covr.py`).", "", markdown_table(rows, cols)])
+
+
 # README sections: (JSON name in the results folder, title, markdown), in order; rendered when the file exists.
 SECTIONS = [("recall", "Recall per deployed form", recall_markdown),
             ("recall_losses", "GCL vs CL vs pairwise, each learning its temperature", losses_markdown),
@@ -241,7 +286,9 @@ SECTIONS = [("recall", "Recall per deployed form", recall_markdown),
             ("latency", "Latency", latency_markdown),
             ("index", "Index search", index_markdown),
             ("ingest", "Photo ingest", ingest_markdown),
-            ("index_million", "Index search at a million vectors", index_markdown)]
+            ("index_million", "Index search at a million vectors", index_markdown),
+            ("mmeb", "MMEB retrieval", mmeb_markdown),
+            ("covr", "CoVR composed video retrieval", covr_markdown)]
 # The commands that write the JSON files this command does not (see the module docstring).
 COMMANDS = {
     "recall_losses": "python -m benchmarks.recall --losses gcl,cl,pairwise --seeds 0,1,2 --temperature-lr-mult 50",
@@ -256,6 +303,8 @@ COMMANDS = {
                     "--json benchmarks/results/modality_gap.json",
     "index_million": "python -m benchmarks.index --dims 512 --sizes 1000000 --photos 0 "
                      "--json benchmarks/results/index_million.json --plot runs/index_million.png",
+    "mmeb": "python -m benchmarks.report --only mmeb --mmeb-root DIR",
+    "covr": "python -m benchmarks.report --only covr --covr-root DIR",
 }
 
 
@@ -308,6 +357,40 @@ def ensure_artifacts(model: str, artifacts: Path, *, log=print) -> Path:
     return artifacts
 
 
+def run_mmeb(artifacts: Path, root: str, out: Path, *, images: str | None = None) -> Path:
+    """`edge_gcl.eval.mmeb` on `root` with the artifacts' float towers; writes <out>/mmeb.json."""
+    from edge_gcl.eval.mmeb import NOT_TASKS, evaluate_mmeb, read_mmeb
+    from edge_gcl.runtime import load_embedder
+
+    data = read_mmeb(root, images=images)  # bad input fails before the model loads
+    results = evaluate_mmeb(load_embedder(str(artifacts)), data)
+    rows = [{"task": t, **v} for t, v in results.items() if t not in NOT_TASKS]
+    rows.append({"task": "average", **results["average"]})
+    config = {"root": root, "model": str(artifacts), "tasks_missing": results.get("tasks_missing", [])}
+    return save_json(out / "mmeb.json", make_document("mmeb", rows, config=config))
+
+
+def run_covr(artifacts: Path, root: str, out: Path, *, frames: int = 8) -> Path:
+    """`edge_gcl.eval.covr` on `root` (CoVR's default paths) with the artifacts' float towers; <out>/covr.json."""
+    from edge_gcl.eval.covr import (
+        ANNOTATION,
+        VIDEOS,
+        check_decoder,
+        evaluate_covr,
+        read_annotation,
+        resolve_videos,
+    )
+    from edge_gcl.runtime import load_embedder
+
+    annotation = Path(root) / ANNOTATION
+    check_decoder(resolve_videos(read_annotation(annotation), Path(root) / VIDEOS, annotation))
+    result = evaluate_covr(load_embedder(str(artifacts)), root, frames=frames)
+    row = {"annotation": Path(result["annotation"]).name, "queries": result["queries"], "pool": result["pool"]}
+    row |= {k: v for k, v in result.items() if k.startswith("recall@")}
+    config = {"root": root, "model": str(artifacts), "frames": frames}
+    return save_json(out / "covr.json", make_document("covr", [row], config=config))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default")
@@ -315,7 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--root", default="runs/mbeir-dev", help="M-BEIR root (built from the Flickr8k dev split if missing)")
     p.add_argument("--out", default=str(RESULTS_DIR), help="where the JSON and PNG files go")
     p.add_argument("--readme", default=str(README))
-    p.add_argument("--only", default=",".join(HARNESSES), help="harnesses to run")
+    p.add_argument("--only", default=",".join(HARNESSES), help="harnesses to run (mmeb, covr: with their root)")
+    p.add_argument("--mmeb-root", help="also run MMEB retrieval on this MMEB-eval folder (edge-gcl eval mmeb)")
+    p.add_argument("--mmeb-images", help="its images.zip unzipped (default: <root>/eval_images, else <root>)")
+    p.add_argument("--covr-root", help="also run CoVR on this CoVR work folder (edge-gcl eval covr)")
     p.add_argument("--render-only", action="store_true", help="only rewrite the README from the saved JSON")
     p.add_argument("--no-readme", action="store_true", help="do not touch the README")
     p.add_argument("--smoke", action="store_true",
@@ -332,9 +418,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_all = time.perf_counter()
     if not args.render_only:
         only = parse_list(args.only)
-        bad = [h for h in only if h not in HARNESSES]
+        bad = [h for h in only if h not in HARNESSES + ROOT_HARNESSES]
         if bad:
-            p.error(f"--only: unknown harnesses {bad} (choose from {', '.join(HARNESSES)})")
+            p.error(f"--only: unknown harnesses {bad} (choose from {', '.join(HARNESSES + ROOT_HARNESSES)})")
+        roots = {"mmeb": args.mmeb_root, "covr": args.covr_root}
+        for name in ROOT_HARNESSES:
+            if name in only and not roots[name]:
+                p.error(f"--only {name}: give --{name}-root")
+            if roots[name] and name not in only:
+                only.append(name)
         print(header_line(machine_info()))
         artifacts = Path(args.artifacts)
         t0 = time.perf_counter()
@@ -351,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "index": (index.main, ["--artifacts", str(artifacts)]),
             "ingest": (ingest.main, ["--artifacts", str(artifacts), "--torch-model", args.model]),
         }
+        root_jobs = {"mmeb": lambda: run_mmeb(artifacts, args.mmeb_root, out, images=args.mmeb_images),
+                     "covr": lambda: run_covr(artifacts, args.covr_root, out)}
         if args.smoke:
             jobs["recall"][1].extend(["--forms", "onnx,qdq"])
             jobs["latency"][1].extend(["--forms", "onnx,qdq", "--batches", "1,4", "--warmup", "1", "--runs", "3",
@@ -359,15 +453,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "--bandwidth-mb", "64"])
             jobs["ingest"][1].extend(["--photos", "8", "--torch-model", ""])
         for name in only:
-            fn, argv_ = jobs[name]
             log(f"== {name}")
             t0 = time.perf_counter()
-            fn([*argv_, "--json", str(out / f"{name}.json"), "--plot", str(out / f"{name}.png")])
+            if name in root_jobs:
+                root_jobs[name]()
+            else:
+                fn, argv_ = jobs[name]
+                fn([*argv_, "--json", str(out / f"{name}.json"), "--plot", str(out / f"{name}.png")])
             timings[name] = time.perf_counter() - t0
             log(f"== {name}: {timings[name] / 60:.1f} min")
         timings["total"] = time.perf_counter() - t_all
         log("time per step: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
-        if set(only) == set(HARNESSES):  # the README quotes the time of a whole run, not of a part
+        if set(only) >= set(HARNESSES):  # the README quotes the time of a whole run, not of a part
             (out / "report_timings.json").write_text(dumps({"seconds": timings, "date": machine_info()["date"],
                                                             "smoke": args.smoke}))
     if not args.no_readme:

@@ -272,3 +272,24 @@ def test_read_annotation_keeps_line_numbers_of_quoted_multiline_fields(tmp_path:
     path = tmp_path / "a.csv"
     path.write_text('pth1,edit,pth2\n1/1,"two\nlines",2/2\n1/2,one,2/3\n')
     assert [(t.query, t.edit, t.line) for t in read_annotation(path)] == [("1/1", "two\nlines", 2), ("1/2", "one", 4)]
+
+
+# --- benchmarks.report: a section when --covr-root is given ------------------------------------
+
+
+def test_report_runs_covr_only_when_its_root_is_given(covr_root: Path, tmp_path: Path, monkeypatch):
+    pytest.importorskip("onnx")
+    from benchmarks.report import main as report
+    from benchmarks.report import render
+    from tests.test_runtime import make_artifacts
+
+    artifacts = make_artifacts(tmp_path / "art")  # reused as is (it holds a manifest); the towers are stood in for
+    monkeypatch.setitem(sys.modules, "edge_gcl.runtime",
+                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu": ColourEmbedder()))
+    out = tmp_path / "results"
+    assert report(["--only", "covr", "--covr-root", str(covr_root), "--artifacts", str(artifacts),
+                   "--out", str(out), "--no-readme"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["covr.json"]
+    md = render(out, readme_dir=tmp_path)
+    assert "### CoVR composed video retrieval" in md
+    assert "| webvid8m-covr_test.csv | 4 | 4 | 75.0 | 100.0 | 100.0 | 100.0 |" in md

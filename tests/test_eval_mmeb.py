@@ -366,3 +366,27 @@ def test_convert_branch_layout_is_read(worked_root: Path):
     src.rename(worked_root / "MSCOCO_t2i" / "test" / "0000.parquet")
     assert task_files(worked_root, "MSCOCO_t2i") == [worked_root / "MSCOCO_t2i" / "test" / "0000.parquet"]
     assert evaluate_mmeb(AngleEmbedder(ANGLES), worked_root, progress=False)["MSCOCO_t2i"]["queries"] == 3
+
+
+# --- benchmarks.report: a section when --mmeb-root is given ------------------------------------
+
+
+def test_report_runs_mmeb_only_when_its_root_is_given(worked_root: Path, tmp_path: Path, monkeypatch):
+    pytest.importorskip("onnx")
+    from benchmarks.report import main as report
+    from benchmarks.report import render
+    from tests.test_runtime import make_artifacts
+
+    artifacts = make_artifacts(tmp_path / "art")  # reused as is (it holds a manifest); the towers are stood in for
+    monkeypatch.setitem(sys.modules, "edge_gcl.runtime",
+                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu": AngleEmbedder(ANGLES)))
+    out = tmp_path / "results"
+    argv = ["--artifacts", str(artifacts), "--out", str(out), "--no-readme"]
+    assert report(["--only", "mmeb", "--mmeb-root", str(worked_root), *argv]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["mmeb.json"]
+    md = render(out, readme_dir=tmp_path)
+    assert "### MMEB retrieval" in md
+    assert "| MSCOCO_t2i | 33.3 | 66.7 | 100.0 | 3 |" in md
+    assert "Not in the root: VisDial, CIRR" in md
+    with pytest.raises(SystemExit):  # --only mmeb without its root
+        report(["--only", "mmeb", *argv])
