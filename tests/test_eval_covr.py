@@ -293,3 +293,11 @@ def test_report_runs_covr_only_when_its_root_is_given(covr_root: Path, tmp_path:
     md = render(out, readme_dir=tmp_path)
     assert "### CoVR composed video retrieval" in md
     assert "| webvid8m-covr_test.csv | 4 | 4 | 75.0 | 100.0 | 100.0 | 100.0 |" in md
+
+
+@pytest.mark.parametrize("extra, message", [(("--frames", "0"), "--frames: must be >= 1, got 0"),
+                                            (("--k", "1", "0"), "--k: must be positive integers, got 1 0")])
+def test_bad_options_fail_before_anything_loads(covr_root: Path, monkeypatch, extra, message, capsys):
+    monkeypatch.setitem(sys.modules, "edge_gcl.runtime", types.SimpleNamespace(load_embedder=None))  # never called
+    assert _run(covr_root, *extra) == 1
+    assert _error_line(capsys) == message

@@ -390,3 +390,9 @@ def test_report_runs_mmeb_only_when_its_root_is_given(worked_root: Path, tmp_pat
     assert "Not in the root: VisDial, CIRR" in md
     with pytest.raises(SystemExit):  # --only mmeb without its root
         report(["--only", "mmeb", *argv])
+
+
+def test_bad_k_fails_before_anything_loads(worked_root: Path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "edge_gcl.runtime", types.SimpleNamespace(load_embedder=None))  # never called
+    assert _run(worked_root, "--k", "5", "0") == 1
+    assert _error_line(capsys) == "--k: must be positive integers, got 5 0"

@@ -127,6 +127,16 @@ def _write_json(path: str | None, results: dict[str, Any]) -> None:
         Path(path).write_text(json.dumps(results, indent=2) + "\n")
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """--k (and --frames, --batch-size) before anything is read or loaded."""
+    bad = [k for k in args.k if k < 1]
+    if bad:
+        raise ValueError(f"--k: must be positive integers, got {' '.join(map(str, args.k))}")
+    for name in ("frames", "batch_size"):
+        if getattr(args, name, 1) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+
+
 def cli_eval_mmeb(args: argparse.Namespace) -> int:
     """`edge-gcl eval mmeb`: every task file is read and checked before the model loads."""
 
@@ -134,6 +144,7 @@ def cli_eval_mmeb(args: argparse.Namespace) -> int:
         from ..runtime import load_embedder
         from . import mmeb
 
+        _check_options(args)
         data = mmeb.read_mmeb(args.root, tasks=args.tasks, images=args.images)  # bad input fails before the model loads
         embedder = load_embedder(args.model, provider=args.provider)
         results = mmeb.evaluate_mmeb(embedder, data, ks=tuple(args.k), batch_size=args.batch_size)
@@ -150,6 +161,7 @@ def cli_eval_covr(args: argparse.Namespace) -> int:
         from ..runtime import load_embedder
         from . import covr
 
+        _check_options(args)
         root = Path(args.root)
         check_root(root)
         annotation = Path(args.annotation) if args.annotation else root / covr.ANNOTATION
