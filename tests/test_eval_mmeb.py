@@ -143,9 +143,23 @@ def test_instructions_are_kept_verbatim(tmp_path: Path):
 
 def test_score_rows_by_hand():
     q = np.array([[1, 0], [0, 1]], np.float32)  # (2, 2)
-    c = np.array([[0, 1], [1, 0], [0, 1], [1, 0], [0, 1]], np.float32)  # row 1: 2 candidates, row 2: 3
-    out = score_rows(q, c, [2, 3], ks=(2,))
-    assert out == {"hit@1": 50.0, "recall@2": 100.0}  # row 1's positive [0, 1] ranks 2nd; row 2's ties first
+    c = np.array([[0, 1], [1, 0]], np.float32)  # distinct candidates
+    rows = [np.array([0, 1]), np.array([0, 1, 0])]  # row 1: [0, 1] then [1, 0]; row 2: [0, 1], [1, 0], [0, 1]
+    out = score_rows(q, c, rows, ks=(2,))
+    assert out == {"hit@1": 50.0, "recall@2": 100.0}  # row 1's positive ranks 2nd; row 2's ties first: a hit
+
+
+def test_distinct_candidates_are_embedded_once(worked_root: Path):
+    class Counting(AngleEmbedder):
+        calls: list[int] = []
+
+        def embed_images(self, images, **kw):
+            self.calls.append(len(images))
+            return super().embed_images(images, **kw)
+
+    emb = Counting(ANGLES)
+    evaluate_mmeb(emb, worked_root, progress=False)
+    assert emb.calls == [12]  # 14 candidates, p20.png and p150.png twice each
 
 
 # --- the shared photos, in the published layout ------------------------------------------------

@@ -29,7 +29,7 @@ text is an instruction becomes image+text, its image fused with the same instruc
 image candidate of the task.
 
 Scoring, as VLM2Vec's `eval.py` (`evaluation/eval_utils.get_pred`):
-1. Embed each distinct image and text once per run (VLM2Vec embeds each distinct (text, image) pair once).
+1. Embed each distinct item of a task once (VLM2Vec embeds each distinct (text, image) pair once).
 2. For each row, score the query against its own candidates by inner product (rows are L2-normalised, so
    this is VLM2Vec's cosine); the row is a hit when candidate 0 ranks first. Ties go to the earlier
    candidate (`np.argmax` there, `edge_gcl.metrics.topk` here), so a positive tied with a negative is a hit.
@@ -184,22 +184,42 @@ def find_tasks(root: str | Path) -> list[str]:
 # --- evaluation -------------------------------------------------------------------------------
 
 
-def score_rows(q_emb: np.ndarray, c_emb: np.ndarray, sizes: Sequence[int], ks: Sequence[int]) -> dict[str, float]:
-    """hit@1 and recall@k (%) of rows whose candidates are the consecutive `sizes` blocks of `c_emb`.
+def score_rows(q_emb: np.ndarray, c_emb: np.ndarray, rows: Sequence[np.ndarray], ks: Sequence[int]) -> dict[str, float]:
+    """hit@1 and recall@k (%) of queries ranked against their own candidates.
 
-    q_emb: (nq, D); c_emb: (sum(sizes), D); each row's positive is its block's first candidate.
+    q_emb: (nq, D); c_emb: (N, D) distinct candidates; rows[i]: (n_i,) rows of c_emb that are query i's
+    candidates, its positive first.
     """
     kmax = max(1, *ks)
-    ranked = np.full((len(sizes), kmax), -1, np.int64)  # (nq, kmax) candidate indices within each row, -1 padding
-    start = 0
-    for i, n in enumerate(sizes):
-        idx, _ = topk(q_emb[i : i + 1] @ c_emb[start : start + n].T, kmax)  # (1, min(kmax, n))
-        ranked[i, : idx.shape[1]] = idx[0]
-        start += n
-    positives = [(0,)] * len(sizes)
+    ranked = np.full((len(rows), kmax), -1, np.int64)  # (nq, kmax) positions in each candidate list, -1 padding
+    for i, idx in enumerate(rows):
+        top, _ = topk(q_emb[i : i + 1] @ c_emb[idx].T, kmax)  # (1, min(kmax, n_i))
+        ranked[i, : top.shape[1]] = top[0]
+    positives = [(0,)] * len(rows)
     out = {"hit@1": 100.0 * recall_at_k(ranked, positives, 1)}
     out |= {f"recall@{k}": 100.0 * recall_at_k(ranked, positives, k) for k in ks}
     return out
+
+
+def distinct_candidates(rows: Sequence[Row]) -> tuple[list[Candidate], list[np.ndarray]]:
+    """The distinct candidate items of `rows` and, per row, the indices of its candidates among them.
+
+    MMEB's candidate lists overlap heavily (1,000 rows of 1,000 candidates drawn from one pool), so each
+    distinct item is embedded and stored once, as VLM2Vec does.
+    """
+    index: dict[tuple[str, str | None, str | None], int] = {}
+    items: list[Candidate] = []
+    per_row = []
+    for r in rows:
+        idx = []
+        for c in r.candidates:
+            key = (c.modality, c.txt, None if c.img_path is None else str(c.img_path))
+            if key not in index:
+                index[key] = len(items)
+                items.append(c)
+            idx.append(index[key])
+        per_row.append(np.array(idx, np.int64))
+    return items, per_row
 
 
 @dataclass(frozen=True)
@@ -250,17 +270,17 @@ def evaluate_mmeb(
     if any(not isinstance(k, int) or k < 1 for k in ks):
         raise ValueError(f"ks: expected positive integers, got {ks}")
     data = root if isinstance(root, MMEBData) else read_mmeb(root, tasks=tasks, images=images)
-    # Embed (each distinct image and text once per run) and score each row against its own candidates.
-    cache: dict[tuple[str, str], np.ndarray] = {}
+    # Embed each distinct image and text of a task once, and score each row against its own candidates.
     results: dict[str, Any] = {}
     for task, rows in data.tasks.items():
-        cands = [c for r in rows for c in r.candidates]
+        items, per_row = distinct_candidates(rows)
         if progress:
-            print(f"embedding MMEB {task} ({len(rows)} queries, {len(cands)} candidates)", file=sys.stderr)
+            print(f"embedding MMEB {task} ({len(rows)} queries, {len(items)} distinct candidates)", file=sys.stderr)
+        cache: dict[tuple[str, str], np.ndarray] = {}  # per task: MMEB's tasks share no images
         q_emb = embed_items(embedder, [r.query for r in rows], batch_size=batch_size, progress=progress, cache=cache)
-        c_emb = embed_items(embedder, cands, batch_size=batch_size, progress=progress, cache=cache)
-        results[task] = score_rows(q_emb, c_emb, [len(r.candidates) for r in rows], ks)
-        results[task] |= {"queries": len(rows), "candidates": len(cands)}
+        c_emb = embed_items(embedder, items, batch_size=batch_size, progress=progress, cache=cache)  # (N, D)
+        results[task] = score_rows(q_emb, c_emb, per_row, ks)
+        results[task] |= {"queries": len(rows), "candidates": sum(len(r.candidates) for r in rows)}
     metrics = ["hit@1", *(f"recall@{k}" for k in ks)]
     results["average"] = {m: float(np.mean([results[t][m] for t in data.tasks])) for m in metrics}
     if data.missing:
