@@ -126,15 +126,18 @@ def _text(value: Any, key: str, where: str) -> str | None:
 
 
 def _item(did: str, text: Any, img: Any, keys: tuple[str, str], where: str, images: Path,
-          check_images: bool) -> Candidate:
+          checked: set[Path] | None) -> Candidate:
+    """An item of a row; `checked` (None: no check) collects the image paths already found on disk."""
     txt = _text(text, keys[0], where)
     if img is None:
         img = ""
     if not isinstance(img, str):
         raise MMEBFormatError(f"{where}: {keys[1]} must be a string, got {type(img).__name__}")
     path = images / img if img.strip() else None
-    if path is not None and check_images and not path.is_file():
-        raise FileNotFoundError(f"{where}: image not found: {path}")
+    if path is not None and checked is not None and path not in checked:
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: image not found: {path}")
+        checked.add(path)
     if txt is None and path is None:
         raise MMEBFormatError(f"{where}: {keys[0]} and {keys[1]} are both empty")
     modality = "image,text" if txt and path else "text" if txt else "image"
@@ -144,6 +147,7 @@ def _item(did: str, text: Any, img: Any, keys: tuple[str, str], where: str, imag
 def read_task(path: str | Path, images: str | Path, *, check_images: bool = True) -> list[Row]:
     """The rows of one MMEB task file (parquet or JSON lines), image paths resolved against `images`."""
     path, images = Path(path), Path(images)
+    checked: set[Path] | None = set() if check_images else None  # each image stat()ed once, not once per row
     rows = []
     for lineno, row in (_parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)):
         where = f"{path}:{lineno}"
@@ -161,8 +165,8 @@ def read_task(path: str | Path, images: str | Path, *, check_images: bool = True
         if not texts:
             raise MMEBFormatError(f"{where}: no candidates")
         query = _item("q", row["qry_text"], row["qry_img_path"], ("qry_text", "qry_img_path"), where, images,
-                      check_images)
-        cands = tuple(_item(f"c{i}", t, p, (f"tgt_text[{i}]", f"tgt_img_path[{i}]"), where, images, check_images)
+                      checked)
+        cands = tuple(_item(f"c{i}", t, p, (f"tgt_text[{i}]", f"tgt_img_path[{i}]"), where, images, checked)
                       for i, (t, p) in enumerate(zip(texts, imgs, strict=True)))
         rows.append(Row(query, cands, where))
     if not rows:
