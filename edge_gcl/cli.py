@@ -4,7 +4,7 @@
     edge-gcl eval mbeir ...               edge_gcl/eval/cli.py
     edge-gcl eval mmeb|covr ...           edge_gcl/eval/cli.py
     edge-gcl bench build-mbeir ...        edge_gcl/eval/cli.py
-    edge-gcl index add|sync|note|remove|stats ...   edge_gcl/index/cli.py
+    edge-gcl index add|sync|note|list|remove|reindex|stats ...   edge_gcl/index/cli.py
     edge-gcl search "query" ...           edge_gcl/index/cli.py
     edge-gcl app --photos DIR             edge_gcl/app/server.py
 
@@ -27,9 +27,35 @@ def _handler(target: str):
     return run
 
 
+MODALITY_CHOICES = ["all", "photo", "note", "photo+note"]  # the app's modality= takes the same
+USER_HELP = """Search your photos and notes by words, by a photo, or both. Everything runs on this
+device: nothing is uploaded."""
+USER_EPILOG = """getting started:
+  edge-gcl index add ~/Pictures          index a folder of photos (JPEG, PNG, HEIC, ...)
+  edge-gcl search "dog on the beach"     search it (-k 20, --after 2024-06, --sort date, --all)
+  edge-gcl index note "passport renewal receipt"
+  edge-gcl index list                    what is indexed, newest first
+  edge-gcl app --photos ~/Pictures       the same in your browser
+
+`edge-gcl COMMAND --help` lists a command's options. Training and evaluation: train, eval, bench."""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("edge-gcl")
+    except (ImportError, PackageNotFoundError):
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-gcl", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="edge-gcl", description=USER_HELP, epilog=USER_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"edge-gcl {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # --- train ---------------------------------------------------------------------------
     t = sub.add_parser("train", help="fine-tune a model with GCL (or the CL / pairwise baselines)")
@@ -123,11 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- index / search ------------------------------------------------------------------
     def index_options(q: argparse.ArgumentParser, *, model: bool = True) -> None:
-        q.add_argument("--index", help="index folder (default: $EDGE_GCL_INDEX, else index/ in edge-gcl's "
-                       "user data folder)")
+        q.add_argument("--index", metavar="DIR", help="the index folder (default: $EDGE_GCL_INDEX, else index/ in "
+                       "edge-gcl's user data folder, e.g. ~/.local/share/edge-gcl/index)")
         if not model:
             return
-        q.add_argument("--model", help="artifacts folder (default: $EDGE_GCL_MODEL, else the one "
+        q.add_argument("--model", metavar="MODEL", help="artifacts folder (default: $EDGE_GCL_MODEL, else the one "
                        "`python -m export.compile` last built, else ./artifacts); or, with torch installed, "
                        "a PyTorch model: default, lite, a checkpoint folder")
         q.add_argument("--provider", choices=["cpu", "qnn"], default="cpu",
@@ -135,49 +161,85 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--form", choices=["float", "qdq", "ctx"],
                        help="which graphs of the artifacts folder run (default: float on cpu, ctx on qnn)")
 
-    ix = sub.add_parser("index", help="the on-device photo and notes index").add_subparsers(
-        dest="index_command", required=True
+    def modality_option(q: argparse.ArgumentParser) -> None:
+        q.add_argument("-m", "--modality", action="append", choices=MODALITY_CHOICES, metavar="M",
+                       help="only this kind of item: all, photo, note or photo+note; repeatable (default: all)")
+
+    def date_options(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--after", metavar="DATE", help="only photos taken on or after DATE: 2024, 2024-07, "
+                       "2024-07-31 or 2024-07-31T18:30, local time (default: no limit)")
+        q.add_argument("--before", metavar="DATE", help="only photos taken before DATE, same forms "
+                       "(default: no limit; --after 2024 --before 2025 is the year 2024)")
+
+    ix = sub.add_parser("index", help="add, sync, list and remove the photos and notes you search",
+                        description="The index: your photos and notes, embedded on this device.").add_subparsers(
+        dest="index_command", required=True, metavar="COMMAND"
     )
-    a = ix.add_parser("add", help="add photos (files or folders)")
-    a.add_argument("paths", nargs="+")
-    a.add_argument("--no-recursive", dest="recursive", action="store_false")
+    a = ix.add_parser("add", help="add photos (files or folders; JPEG, PNG, HEIC, ...)")
+    a.add_argument("paths", nargs="+", metavar="PATH", help="photo files and folders (folders: searched recursively)")
+    a.add_argument("--no-recursive", dest="recursive", action="store_false",
+                   help="only the photos directly in each folder (default: also subfolders)")
     index_options(a)
     a.set_defaults(func=_handler("edge_gcl.index.cli:cli_add"))
     s = ix.add_parser("sync", help="mirror a folder: add new photos, re-embed changed ones, drop deleted ones")
-    s.add_argument("dir")
+    s.add_argument("dir", metavar="DIR", help="the photo folder to mirror")
     index_options(s)
     s.set_defaults(func=_handler("edge_gcl.index.cli:cli_sync"))
     n = ix.add_parser("note", help="add a note, optionally attached to a photo")
     n.add_argument("text", nargs="?", help="the note's text; - reads it from standard input")
-    n.add_argument("--file", help="read the note from this UTF-8 text file")
-    n.add_argument("--photo")
-    n.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    n.add_argument("--file", help="read the note from this UTF-8 text file (default: the text argument)")
+    n.add_argument("--photo", metavar="PATH", help="attach the note to this photo, replacing its note "
+                   "(default: a note on its own)")
+    n.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="metadata to store with the note (search --where filters on it); repeatable (default: none)")
     index_options(n)
     n.set_defaults(func=_handler("edge_gcl.index.cli:cli_note"))
-    r = ix.add_parser("remove", help="remove items by id")
-    r.add_argument("ids", nargs="+")
+    ls = ix.add_parser("list", help="list what the index holds, newest first, with when each photo was taken")
+    modality_option(ls)
+    date_options(ls)
+    ls.add_argument("-n", "--limit", type=int, metavar="N", help="show the N newest only (default: all)")
+    ls.add_argument("--json", action="store_true", help="print the items as JSON (default: one line each)")
+    index_options(ls, model=False)
+    ls.set_defaults(func=_handler("edge_gcl.index.cli:cli_list"))
+    r = ix.add_parser("remove", help="remove items by id or photo path (the files are not touched)")
+    r.add_argument("ids", nargs="+", metavar="ID|PATH", help="an item id (see index list) or a photo's path")
     index_options(r, model=False)
     r.set_defaults(func=_handler("edge_gcl.index.cli:cli_remove"))
-    st = ix.add_parser("stats", help="what the index holds")
+    ri = ix.add_parser("reindex", help="re-embed every item with another model (notes and dates kept)")
+    index_options(ri)
+    ri.set_defaults(func=_handler("edge_gcl.index.cli:cli_reindex"))
+    st = ix.add_parser("stats", help="what the index holds, as JSON")
     index_options(st, model=False)
     st.set_defaults(func=_handler("edge_gcl.index.cli:cli_stats"))
 
-    ap = sub.add_parser("app", help="index a photo folder and search it in the browser (127.0.0.1)")
+    ap = sub.add_parser("app", help="search your photos in the browser (on this machine, 127.0.0.1)")
     ap.add_argument("--photos", required=True, metavar="DIR", help="folder of photos (searched recursively)")
     index_options(ap)
     ap.add_argument("--reindex", action="store_true",
-                    help="if the index was built with another model, re-embed it with this one (notes kept)")
+                    help="if the index was built with another model, re-embed it with this one, notes kept "
+                    "(default: refuse)")
     ap.add_argument("--port", type=int, default=8765,
                     help="port on 127.0.0.1, 0: any free port (default: 8765)")
+    ap.add_argument("--poll", type=float, default=10.0, metavar="SECONDS",
+                    help="look for new, changed and deleted photos in --photos this often, 0: never "
+                    "(default: 10)")
     ap.set_defaults(func=_handler("edge_gcl.app.server:cli_app"))
 
-    q = sub.add_parser("search", help="search the index with text, a photo, or both")
-    q.add_argument("query", nargs="?", help="query text")
-    q.add_argument("--image", help="query photo")
-    q.add_argument("--k", type=int, default=10)
-    q.add_argument("--modality", action="append", choices=["photo", "note", "photo+note"])
-    q.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="metadata filter")
-    q.add_argument("--json", action="store_true", help="print hits as JSON")
+    q = sub.add_parser("search", help="search the index with words, a photo, or both")
+    q.add_argument("query", nargs="?", help="what to look for, in words")
+    q.add_argument("-i", "--image", metavar="PATH", help="a photo to search with (default: none; with words: both)")
+    q.add_argument("-k", "--k", type=int, default=10, metavar="K", help="how many results at most (default: 10)")
+    modality_option(q)
+    date_options(q)
+    q.add_argument("--sort", choices=["score", "date"], default="score",
+                   help="score: best match first; date: newest first, of those above the cut-off (default: score)")
+    q.add_argument("--min-score", type=float, metavar="S",
+                   help="hide results scoring below S, a cosine from -1 to 1 (default: the model's calibrated "
+                   "cut-off, recorded in its manifest; none if it has none)")
+    q.add_argument("-a", "--all", action="store_true", help="show every result, none hidden (default: apply the cut-off)")
+    q.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only items whose metadata has this value; repeatable (default: no filter)")
+    q.add_argument("--json", action="store_true", help="print hits as JSON (default: one line each)")
     index_options(q)
     q.set_defaults(func=_handler("edge_gcl.index.cli:cli_search"))
     return p

@@ -17,6 +17,15 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .config import ImagePreprocess
 
+try:  # HEIC / HEIF (the iPhone's default, common on Android): decoded by libheif through pillow-heif
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_SUPPORT = True
+except ImportError:  # a base dependency; a trimmed install says what is missing (load_image)
+    HEIF_SUPPORT = False
+HEIF_EXTENSIONS = (".heic", ".heif")
+
 # Photos above this many pixels are refused (decompression bombs); 100 MP covers real cameras.
 MAX_IMAGE_PIXELS = 100_000_000
 
@@ -32,7 +41,8 @@ def load_image(
 ) -> Image.Image:
     """Open a photo as an upright RGB image, or raise ImageDecodeError naming it.
 
-    Handles EXIF rotation, palette/alpha/CMYK/16-bit modes (alpha is composited on white), and
+    Reads what Pillow reads plus HEIC/HEIF (pillow-heif; libheif applies the file's rotation and
+    mirroring, and reports orientation 1 so it is not applied twice). Handles EXIF rotation, palette/alpha/CMYK/16-bit modes (alpha is composited on white), and
     refuses truncated files, decompression bombs (over `max_pixels`, default MAX_IMAGE_PIXELS) and
     what is not a regular file (a FIFO would block). `draft_size` lets JPEG decode at a reduced
     scale that still covers that many pixels on each side (much faster for camera photos).
@@ -64,6 +74,8 @@ def load_image(
     except PermissionError:
         raise ImageDecodeError(f"{name}: permission denied") from None
     except UnidentifiedImageError:
+        if not HEIF_SUPPORT and name.lower().endswith(HEIF_EXTENSIONS):
+            raise ImageDecodeError(f"{name}: HEIC/HEIF needs pillow-heif (pip install pillow-heif)") from None
         raise ImageDecodeError(f"{name}: not a supported image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"{name}: refused as a decompression bomb ({e})") from None

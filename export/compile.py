@@ -362,6 +362,7 @@ def run(
                 verification=verification,
                 tools=_tool_versions(),
                 extra={"onnx_parity_max_abs_error": parity, "source_model": _model_name(model_spec),
+                       **_min_score(model_spec, weights_id(model)),
                        **({"aihub": aihub_summary} if aihub_summary else {})},
             )
             manifest.save(stage)
@@ -382,6 +383,15 @@ def _cosine(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text}: a cosine threshold in [0, 1]")
     return value
+
+
+def _min_score(model_spec: str, model_id: str) -> dict[str, float]:
+    """{"min_score": cosine} when the model's folder holds a cutoff.json calibrated for these very weights
+    (benchmarks/cutoff.py; the index's default relevance cut-off, `edge_gcl.index.default_min_score`)."""
+    from edge_gcl.index.index import calibrated_cutoff
+
+    value = calibrated_cutoff(model_id, model_spec)
+    return {"min_score": value} if value is not None else {}
 
 
 def _model_name(model_spec: str) -> str:

@@ -513,7 +513,9 @@ def test_cli_end_to_end_with_onnx_artifacts(tmp_path: Path, capsys: pytest.Captu
     assert "no index here" in capsys.readouterr().err
     other = make_artifacts(tmp_path / "other", seed=1)
     assert main(["search", "x", "--index", idx, "--model", str(other)]) == 1
-    assert "built with model 'tiny-onnx@seed0'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "built with model 'tiny-onnx' (tiny-onnx@seed0, " in err
+    assert f"`edge-gcl index reindex --index {idx} --model {other}`" in err
     assert main(["index", "sync", str(tmp_path / "photos"), *common]) == 0
     assert "unchanged 4" in capsys.readouterr().out
 

@@ -6,6 +6,8 @@
         index.add_photos("~/DCIM")                       # -> IngestReport
         index.add_note("passport renewal receipt", meta={"tags": ["admin"]})
         hits = index.search("beach at sunset", k=5, where={"album": "Trip"})
+        hits = index.search("beach", after="2024-07", before="2024-08", min_score=0.38, sort="date")
+        recent = index.items(modalities=["photo"], limit=20)  # newest first, by when taken
 
 Files: `store.py` (the SQLite file: schema, transactions, vector codec), `vectors.py` (exact
 in-memory matrix and the usearch approximate index), `index.py` (the `Index` API),
@@ -22,7 +24,9 @@ from .index import (
     IngestReport,
     Skip,
     chunk_note,
+    default_min_score,
     note_id,
+    parse_date,
     photo_id,
 )
 from .store import FORMAT_VERSION, Item, ModelMismatchError
@@ -38,6 +42,8 @@ __all__ = [
     "ModelMismatchError",
     "Skip",
     "chunk_note",
+    "default_min_score",
     "note_id",
+    "parse_date",
     "photo_id",
 ]

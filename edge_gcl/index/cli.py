@@ -1,11 +1,16 @@
-"""Handlers of `edge-gcl index add|sync|note|remove|stats` and `edge-gcl search` (parsers: edge_gcl/cli.py).
+"""Handlers of `edge-gcl index add|sync|note|list|remove|reindex|stats` and `edge-gcl search` (parsers: edge_gcl/cli.py).
 
 `--index` is a folder holding `index.sqlite` (created by the first `index add` / `index note`),
 `--model` what `edge_gcl.runtime.load_embedder` accepts; both default as `edge_gcl.locations`
 says (the compiled model the main job built, an index in the user's data folder). Commands that
 embed print the model and form they run on stderr. Bad inputs during an ingest are listed on
 stderr and do not fail the command; a bad query, a missing index or model, a provider/form that
-cannot run, or a model mismatch does (exit status 1, one line on stderr).
+cannot run, or a model mismatch does (exit status 1, one line on stderr; a mismatch names both
+models and the `edge-gcl index reindex` command that migrates the index).
+
+`search` hides results below the model's relevance cut-off (`--min-score`, default
+`default_min_score`: calibrated on the model's dev benchmark, recorded in its manifest) and says
+so on stderr; `--all` shows everything.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from typing import Any
 
 from ..locations import default_index, default_model
 from ..transform import ImageDecodeError
-from .index import Index, IngestReport
-from .sources import MAX_NOTE_CHARS
-from .store import ModelMismatchError
+from .index import Index, IngestReport, default_min_score
+from .sources import MAX_NOTE_CHARS, photo_id
+from .store import Item, ModelMismatchError
 
 _ERRORS = (
     FileNotFoundError,
@@ -59,7 +64,11 @@ def _open(args: argparse.Namespace, *, model: bool = True, create: bool = False)
     print(f"loading {choice.spec} ({choice.source})...", file=sys.stderr, flush=True)
     embedder = load_embedder(choice.spec, provider=args.provider, form=args.form)
     print(describe(embedder), file=sys.stderr, flush=True)
-    return Index.open(folder, model=embedder, create=create)
+    try:
+        return Index.open(folder, model=embedder, create=create)
+    except ModelMismatchError as e:  # the exact command: this index, this model
+        command = f"edge-gcl index reindex --index {folder}"
+        raise ModelMismatchError(str(e).replace(f"`{command}`", f"`{command} --model {choice.spec}`")) from None
 
 
 def parse_pairs(pairs: list[str], *, flag: str) -> dict[str, Any]:
@@ -133,12 +142,78 @@ def cli_note(args: argparse.Namespace) -> int:
 def cli_remove(args: argparse.Namespace) -> int:
     def body() -> int:
         with _open(args, model=False) as index:
-            missing = [i for i in args.ids if i not in index]
-            removed = index.remove(args.ids)
+            ids, missing = [], []
+            for given in args.ids:  # an id, else a photo's path (the file may be gone already)
+                item_id = given if given in index else photo_id(given)
+                (ids if item_id in index else missing).append(item_id if item_id in index else given)
+            removed = index.remove(ids)
         for i in missing:
             print(f"not in the index: {i}", file=sys.stderr)
         print(f"removed {removed}")
         return 1 if missing else 0
+
+    return _run(body)
+
+
+def cli_reindex(args: argparse.Namespace) -> int:
+    def body() -> None:
+        from ..runtime import describe, load_embedder
+
+        folder = args.index or default_index()
+        with Index.open(folder, model=None, create=False) as index:
+            choice = default_model(args.model)
+            print(f"index: {folder} (model {index.model_name}, {len(index)} items)", file=sys.stderr)
+            print(f"loading {choice.spec} ({choice.source})...", file=sys.stderr, flush=True)
+            embedder = load_embedder(choice.spec, provider=args.provider, form=args.form)
+            print(describe(embedder), file=sys.stderr, flush=True)
+            _print_report(index.reindex(embedder, progress=True))
+
+    return _run(body)
+
+
+def modalities(values: list[str] | None) -> list[str] | None:
+    """--modality values -> Index filters: none given or "all" among them: no filter."""
+    return None if not values or "all" in values else list(dict.fromkeys(values))
+
+
+def item_to_dict(item: Item) -> dict[str, Any]:
+    """An item as `index list --json` prints it (the fields a search hit has, without a score)."""
+    d: dict[str, Any] = {"id": item.id, "modality": item.modality}
+    if item.path is not None:
+        d["path"] = item.path
+    if item.taken is not None:
+        d["taken"], d["taken_from"] = item.taken, item.taken_from
+    if item.text is not None:
+        d["text"] = item.text
+    if item.meta:
+        d["meta"] = item.meta
+    return d
+
+
+def _line(what_path: str | None, text: str | None) -> str:
+    what = what_path if what_path is not None else ""
+    if text is not None:
+        snippet = " ".join(text.split())
+        what = f"{what}  {snippet[:80]}{'...' if len(snippet) > 80 else ''}".strip()
+    return what
+
+
+def _when(taken: str | None) -> str:
+    return taken[:16].replace("T", " ") if taken else "-"
+
+
+def cli_list(args: argparse.Namespace) -> int:
+    def body() -> None:
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit {args.limit}: expected a positive number")
+        with _open(args, model=False) as index:
+            items = index.items(modalities=modalities(args.modality), after=args.after, before=args.before,
+                                limit=args.limit)  # fmt: skip
+        if args.json:
+            print(json.dumps([item_to_dict(it) for it in items], ensure_ascii=False, indent=2))
+            return
+        for it in items:
+            print(f"{it.id}  {it.modality:<10}  {_when(it.taken):<16}  {_line(it.path, it.text)}")
 
     return _run(body)
 
@@ -155,17 +230,29 @@ def cli_search(args: argparse.Namespace) -> int:
     def body() -> None:
         if args.query is None and args.image is None:
             raise ValueError("search: give a query text, --image, or both")
+        if args.all and args.min_score is not None:
+            raise ValueError("search: give --all or --min-score, not both")
         where = parse_pairs(args.where, flag="--where") or None
         with _open(args) as index:
-            hits = index.search(args.query, args.image, k=args.k, modalities=args.modality, where=where)
+            cutoff = None if args.all else args.min_score
+            if cutoff is None and not args.all:
+                cutoff = default_min_score(index.embedder)
+            options: dict[str, Any] = dict(
+                k=args.k, modalities=modalities(args.modality), where=where, after=args.after,
+                before=args.before, sort=args.sort,
+            )  # fmt: skip
+            vector = index.query_vector(args.query, args.image)  # embedded once, searched twice at most
+            hits = index.search(vector=vector, min_score=cutoff, **options)
+            hidden = 0
+            if cutoff is not None and len(hits) < args.k:  # how many the cut-off hid, of the k shown without it
+                hidden = len(index.search(vector=vector, **options)) - len(hits)
+        if hidden:
+            print(f"{hidden} result{'s' if hidden > 1 else ''} below the cut-off {cutoff:.3f} hidden "
+                  "(--all shows them, --min-score S sets another)", file=sys.stderr)  # fmt: skip
         if args.json:
             print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
             return
         for h in hits:
-            what = h.path if h.path is not None else ""
-            if h.text is not None:
-                snippet = " ".join(h.text.split())
-                what = f"{what}  {snippet[:80]}{'...' if len(snippet) > 80 else ''}".strip()
-            print(f"{h.score:7.4f}  {h.modality:<10}  {h.id}  {what}")
+            print(f"{h.score:7.4f}  {h.modality:<10}  {_when(h.taken):<16}  {h.id}  {_line(h.path, h.text)}")
 
     return _run(body)

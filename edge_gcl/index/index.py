@@ -9,19 +9,24 @@ A long note is stored as one vector per chunk; an item's score is the max over i
 Photos are re-embedded only when their content changed: size and mtime first, then SHA-256.
 Ingest commits every `batch_size` photos, so a killed process loses at most the current batch;
 an input that cannot be used is listed in the report with a reason and never stops the ingest.
+Each photo keeps when it was taken (`Item.taken`: EXIF DateTimeOriginal, else the file's mtime),
+which `search(after=, before=, sort="date")` and `items()` use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import sqlite3
 import sys
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import filelock
 import numpy as np
@@ -32,6 +37,7 @@ from ..tokenizer import check_text
 from ..transform import ImageDecodeError
 from .sources import (
     abspath,
+    capture_time,
     check_note,
     chunk_note,
     list_photos,
@@ -53,6 +59,68 @@ APPROXIMATE_FILE = "index.usearch"
 APPROXIMATE_MIN_VECTORS = 100_000
 
 
+_DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?)?)?)?")
+
+
+def parse_date(value: str | date, *, name: str = "date") -> str:
+    """A date bound -> 'YYYY-MM-DDTHH:MM:SS', the start of the period it names: "2024" (2024-01-01),
+    "2024-07", "2024-07-31", "2024-07-31T18:30[:00]" (or a space for the T), a date or a datetime.
+    Times are local wall-clock time, like the stored capture times."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None).strftime("%Y-%m-%dT%H:%M:%S")
+    if isinstance(value, date):
+        return value.strftime("%Y-%m-%dT00:00:00")
+    m = _DATE.fullmatch(value.strip()) if isinstance(value, str) else None
+    try:
+        if m is None:
+            raise ValueError
+        y, mo, d, h, mi, sec = (int(g) if g else None for g in m.groups())
+        when = datetime(y, mo or 1, d or 1, h or 0, mi or 0, sec or 0)  # type: ignore[arg-type]
+    except ValueError:
+        raise ValueError(
+            f"{name} {value!r}: expected a date like 2024-07-31, 2024-07 or 2024 (or 2024-07-31T18:30)"
+        ) from None
+    return when.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def model_name(embedder: Embedder) -> str:
+    """A model's name for people: the model an artifacts folder was built from (`default`), else its
+    config name, else its id."""
+    manifest = getattr(embedder, "manifest", None)
+    extra = getattr(manifest, "extra", None) or {}
+    name = extra.get("source_model") or getattr(manifest, "model_name", None) or getattr(embedder, "model_name", None)
+    return str(name or embedder.model_id)
+
+
+def default_min_score(embedder: Embedder | None) -> float | None:
+    """The model's relevance cut-off: the cosine calibrated on its dev benchmark (benchmarks/cutoff.py),
+    as `export.compile` records it in the manifest (`extra["min_score"]`); for a PyTorch model, its
+    folder's cutoff.json (`calibrated_cutoff`). None when the model has none."""
+    if embedder is None:
+        return None
+    manifest = getattr(embedder, "manifest", None)
+    value = (getattr(manifest, "extra", None) or {}).get("min_score", getattr(embedder, "min_score", None))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return calibrated_cutoff(embedder.model_id) if manifest is None else None
+
+
+CUTOFF_FILE = "cutoff.json"  # beside a model's weights: {"model_id", "min_score", how it was calibrated}
+
+
+def calibrated_cutoff(model_id: str, model_spec: str | Path = "default") -> float | None:
+    """`min_score` of the cutoff.json in the model's folder (`model_spec`: a checkpoint folder or a
+    model shipped in edge_gcl/weights/), if it was calibrated for `model_id` (the same weights)."""
+    shipped = Path(__file__).resolve().parents[1] / "weights"
+    folder = Path(model_spec) if Path(model_spec).is_dir() else shipped / str(model_spec)
+    try:
+        record = json.loads((folder / CUTOFF_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = record.get("min_score") if isinstance(record, dict) and record.get("model_id") == model_id else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 @dataclass(frozen=True)
 class Hit:
     id: str
@@ -62,11 +130,14 @@ class Hit:
     text: str | None
     meta: dict[str, Any]
     chunk: int = 0  # which chunk of a long note matched best
+    taken: str | None = None  # photos: 'YYYY-MM-DDTHH:MM:SS', when it was taken (local time)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "score": round(self.score, 6), "modality": self.modality}
         if self.path is not None:
             d["path"] = self.path
+        if self.taken is not None:
+            d["taken"] = self.taken
         if self.text is not None:
             d["text"] = self.text
         if self.meta:
@@ -183,6 +254,7 @@ class Index:
             create=create,
             model_id=embedder.model_id if embedder else None,
             embed_dim=embedder.embed_dim if embedder else None,
+            model_name=model_name(embedder) if embedder else None,
             dtype=dtype,
             timeout_s=timeout_s,
         )
@@ -234,13 +306,24 @@ class Index:
         assert self.store.info is not None
         return self.store.info
 
+    @property
+    def model_name(self) -> str:
+        """The name of the model the index was built with (`default`, `lite`, an artifacts folder's
+        model_name), as recorded at creation or reindex; the model id when none was."""
+        return self.store.model_name() or self.model_id
+
     def _check_model(self, embedder: Embedder) -> None:
         info = self._info()
         if embedder.model_id != info.model_id or embedder.embed_dim != info.embed_dim:
+            def named(name: str | None, model_id: str, dim: int) -> str:
+                return f"{name!r} ({model_id}, {dim} dims)" if name and name != model_id else f"{model_id!r} ({dim} dims)"
+
             raise ModelMismatchError(
-                f"{self.store.path}: built with model {info.model_id!r} ({info.embed_dim} dims), "
-                f"not {embedder.model_id!r} ({embedder.embed_dim} dims); open it with that model, or "
-                f"migrate: Index.open(path).reindex(new_model)"
+                f"{self.store.path}: built with model {named(self.store.model_name(), info.model_id, info.embed_dim)}, "
+                f"not {named(model_name(embedder), embedder.model_id, embedder.embed_dim)}; "
+                f"open it with that model, or re-embed it with this one "
+                f"(notes kept): `edge-gcl index reindex --index {self.folder}` (CLI), "
+                f"Index.open(path).reindex(new_model) (Python)"
             )
 
     def __len__(self) -> int:
@@ -399,7 +482,7 @@ class Index:
         with self.store.write() as conn:
             key = self.store.upsert(
                 conn, item_id=item_id, modality="photo+note", path=path, text=text, meta=meta,
-                size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+                size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha, taken=capture_time(path, st.st_mtime_ns),
             )  # fmt: skip
             self.store.set_vectors(conn, key, vectors)
         return item_id
@@ -506,8 +589,8 @@ class Index:
                 has_photo = existing is not None and existing.modality != "note"
                 meta_changed = meta is not None and existing is not None and dict(meta) != existing.meta
                 if has_photo and (existing.size_bytes, existing.mtime_ns) == (st.st_size, st.st_mtime_ns):
-                    if meta_changed:
-                        touch.append((path, st, existing, True))
+                    if meta_changed or existing.taken is None:  # no date yet: indexed by an older edge-gcl
+                        touch.append((path, st, existing, meta_changed))
                     else:
                         report.unchanged.append(existing.id)
                     continue
@@ -535,16 +618,21 @@ class Index:
                     key = self.store.upsert(
                         conn, item_id=photo_id(path), modality="photo+note" if text else "photo", path=path,
                         text=text, meta=meta, size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+                        taken=capture_time(path, st.st_mtime_ns),
                     )  # fmt: skip
                     self.store.set_vectors(conn, key, v)
                     done.append((report.updated if existing is not None else report.added, photo_id(path)))
-                for _path, st, existing, meta_changed in touch:
+                for path, st, existing, meta_changed in touch:
+                    taken, taken_from = capture_time(path, st.st_mtime_ns)  # the content changed, or no date yet
                     conn.execute(
-                        "UPDATE items SET size_bytes = ?, mtime_ns = ?, meta = coalesce(?, meta) WHERE key = ?",
+                        "UPDATE items SET size_bytes = ?, mtime_ns = ?, meta = coalesce(?, meta), taken = ?, "
+                        "taken_from = ? WHERE key = ?",
                         (
                             st.st_size,
                             st.st_mtime_ns,
                             dump_meta(meta) if meta_changed and meta is not None else None,
+                            taken,
+                            taken_from,
                             existing.key,
                         ),
                     )
@@ -603,6 +691,10 @@ class Index:
         modalities: Iterable[Modality] | None = None,
         where: Mapping[str, Any] | None = None,
         approximate: bool | None = None,
+        min_score: float | None = None,
+        after: str | date | None = None,
+        before: str | date | None = None,
+        sort: Literal["score", "date"] = "score",
     ) -> list[Hit]:
         """The `k` best items for a text, a photo (path or PIL image), or both (fused), best first.
 
@@ -612,9 +704,20 @@ class Index:
         keeps items whose metadata value equals each given value, or (for a list) contains it; a
         list of values means any of them. `approximate` uses the usearch index (default: only
         above APPROXIMATE_MIN_VECTORS vectors); scores are always exact cosines.
+
+        `min_score` drops hits scoring below it (the relevance cut-off; `default_min_score(embedder)`
+        is the model's calibrated one). `after` <= taken < `before` keeps photos by when they were
+        taken (`parse_date`: "2024", "2024-07", "2024-07-31", datetimes; notes have no date and
+        drop out). `sort="date"`: the `k` newest of the items above `min_score`, newest first.
         """
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k {k!r}: must be a positive int")
+        if sort not in ("score", "date"):
+            raise ValueError(f"sort {sort!r}: expected 'score' or 'date'")
+        if min_score is not None and not (isinstance(min_score, (int, float)) and np.isfinite(min_score)):
+            raise ValueError(f"min_score {min_score!r}: expected a finite number (a cosine, -1 to 1)")
+        after = parse_date(after, name="after") if after is not None else None
+        before = parse_date(before, name="before") if before is not None else None
         if modalities is not None:
             modalities = list(modalities)
             bad = [m for m in modalities if m not in MODALITIES]
@@ -632,19 +735,54 @@ class Index:
             if not len(vectors):
                 return []
             mask = None
-            if modalities is not None or where:
-                mask = np.isin(vectors.items, self.store.filter_keys(modalities, where))
+            if modalities is not None or where or after is not None or before is not None:
+                keys = self.store.filter_keys(modalities, where, after=after, before=before)
+                mask = np.isin(vectors.items, keys)
             use_approximate = len(vectors) >= APPROXIMATE_MIN_VECTORS if approximate is None else approximate
+            wanted = k if sort == "score" else len(self)  # by date: every item above the cut-off, then k
             if use_approximate:
-                ranked = self._search_approximate(query, k, mask)
+                ranked = self._search_approximate(query, wanted, mask)
             else:
-                ranked = self._search_exact(query, k, mask)
+                ranked = self._search_exact(query, wanted, mask)
+            if min_score is not None:
+                ranked = [r for r in ranked if r[1] >= min_score]
             items = self.store.items_by_key([key for key, _, _ in ranked])
-        return [
-            Hit(it.id, score, it.modality, it.path, it.text, it.meta, chunk)
+        hits = [
+            Hit(it.id, score, it.modality, it.path, it.text, it.meta, chunk, it.taken)
             for key, score, chunk in ranked
             if (it := items.get(key)) is not None
         ]
+        if sort == "date":  # newest first, undated (notes) last, ties by score
+            hits.sort(key=lambda h: h.score, reverse=True)
+            hits.sort(key=lambda h: h.taken or "", reverse=True)
+        return hits[:k]
+
+    def items(
+        self,
+        *,
+        modalities: Iterable[Modality] | None = None,
+        after: str | date | None = None,
+        before: str | date | None = None,
+        limit: int | None = None,
+    ) -> list[Item]:
+        """The items, newest first (photos by when taken, then notes by when added), filtered like
+        `search`; `limit` keeps the first that many."""
+        if modalities is not None:
+            modalities = list(modalities)
+            bad = [m for m in modalities if m not in MODALITIES]
+            if bad:
+                raise ValueError(f"modalities {bad}: expected any of {list(MODALITIES)}")
+        return self.store.list_items(
+            modalities,  # type: ignore[arg-type]
+            after=parse_date(after, name="after") if after is not None else None,
+            before=parse_date(before, name="before") if before is not None else None,
+            limit=limit,
+        )
+
+    def query_vector(self, text: str | None = None, image: Any = None) -> np.ndarray:
+        """The (D,) unit query vector `search(text, image)` would use: embed once, then
+        `search(vector=...)` as often as needed (other filters, with and without a cut-off)."""
+        return self._query(text, image, None)
 
     def _query(self, text: str | None, image: Any, vector: Any) -> np.ndarray:
         """The query as a unit (D,) float32 vector: every kind of query is checked and normalised here."""
@@ -790,7 +928,7 @@ class Index:
                     else:
                         conn.execute(
                             "UPDATE items SET modality = 'note', path = NULL, size_bytes = NULL, mtime_ns = NULL, "
-                            "sha256 = NULL WHERE key = ?",
+                            "sha256 = NULL, taken = NULL, taken_from = NULL WHERE key = ?",
                             (key,),
                         )
                 conn.execute("DELETE FROM embeddings")
@@ -805,6 +943,9 @@ class Index:
                         (str(new.embed_dim), "embed_dim"),
                         (uuid.uuid4().hex, "db_uuid"),
                     ],
+                )
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('model_name', ?)", (model_name(new),)
                 )
                 conn.execute("DROP TABLE reindex_staging")
                 report.updated = [r[0] for r in conn.execute("SELECT id FROM items ORDER BY key")]

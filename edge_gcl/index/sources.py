@@ -10,6 +10,9 @@
 Long notes are split into word windows that fit the text tower's context (measured with the
 tokenizer's `count_tokens`), overlapping by a quarter so a phrase across a boundary is whole in
 one of them.
+
+A photo's capture time (`capture_time`) is its EXIF DateTimeOriginal, else the file's mtime, as
+local wall-clock time 'YYYY-MM-DDTHH:MM:SS' (what the camera shows; EXIF has no time zone).
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ import hashlib
 import os
 import stat
 import unicodedata
+import warnings
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from .. import transform  # noqa: F401  # registers the HEIC / HEIF opener with Pillow
 from ..tokenizer import check_text
 
 IMAGE_EXTENSIONS = frozenset(
@@ -158,6 +166,29 @@ def stat_photo(path: str) -> os.stat_result | str:
     if st.st_size == 0:
         return "empty file (0 bytes)"
     return st
+
+
+EXIF_IFD = 0x8769
+EXIF_DATETIME_ORIGINAL = 0x9003
+TAKEN_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def capture_time(path: str, mtime_ns: int) -> tuple[str, str]:
+    """(when the photo was taken as 'YYYY-MM-DDTHH:MM:SS', 'exif' | 'mtime'): EXIF DateTimeOriginal
+    when the file has a valid one, else `mtime_ns` in local time. Reads the header only."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a large photo's DecompressionBombWarning: decoding is not ours
+            with Image.open(path) as img:
+                value = img.getexif().get_ifd(EXIF_IFD).get(EXIF_DATETIME_ORIGINAL)
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        if isinstance(value, str):
+            taken = datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+            return taken.strftime(TAKEN_FORMAT), "exif"
+    except Exception:  # noqa: BLE001 - no EXIF, a broken one, not an image Pillow opens: the file's date
+        pass
+    return datetime.fromtimestamp(mtime_ns / 1e9).strftime(TAKEN_FORMAT), "mtime"
 
 
 def sha256_file(path: str) -> str:

@@ -1,11 +1,12 @@
 """The index's single SQLite file: schema, connection settings, transactions, vector codec.
 
 SQLite is the source of truth; everything else (the in-memory matrix, the usearch file) is
-rebuilt from it. Schema, format 1::
+rebuilt from it. Schema, format 2::
 
     meta        key TEXT PRIMARY KEY, value TEXT
                 format_version, model_id, embed_dim, dtype ("float16" | "int8" | "float32"),
-                created (ISO 8601 UTC), db_uuid (new on creation and on every reindex)
+                created (ISO 8601 UTC), db_uuid (new on creation and on every reindex),
+                model_name (optional: the model's name for messages, e.g. "default")
     items       key INTEGER PRIMARY KEY          internal; embeddings point here
                 id TEXT UNIQUE                   public, stable ("p_..." photos, "n_..." notes)
                 modality TEXT                    'photo' | 'note' | 'photo+note'
@@ -13,6 +14,9 @@ rebuilt from it. Schema, format 1::
                 text TEXT                        the note (NULL for photos)
                 meta TEXT                        user metadata, a JSON object ({} if none)
                 size_bytes, mtime_ns, sha256     the photo file when it was embedded
+                taken TEXT                       photos: when it was taken, local wall-clock time
+                                                 'YYYY-MM-DDTHH:MM:SS' (NULL for notes)
+                taken_from TEXT                  'exif' (DateTimeOriginal) | 'mtime' (the file's)
                 created, updated REAL            unix seconds
     embeddings  vid INTEGER PRIMARY KEY AUTOINCREMENT   never reused: a vid's vector never changes
                 item INTEGER -> items(key) ON DELETE CASCADE
@@ -23,6 +27,9 @@ rebuilt from it. Schema, format 1::
 Connections use WAL (readers never block the writer), `synchronous=FULL` (a committed batch
 survives power loss), `foreign_keys=ON` and a busy timeout; every write is one
 `BEGIN IMMEDIATE` transaction.
+
+Format 1 (before capture dates) is migrated in place on open: the two columns are added empty
+and the next `add_photos` / `sync` fills them, without re-embedding anything.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 VectorDType = Literal["float16", "int8", "float32"]
 Modality = Literal["photo", "note", "photo+note"]
@@ -62,6 +69,8 @@ _SCHEMA = [
         sha256 TEXT,
         created REAL NOT NULL,
         updated REAL NOT NULL,
+        taken TEXT,
+        taken_from TEXT,
         CHECK ((modality = 'note') = (path IS NULL)),
         CHECK ((modality = 'photo') = (text IS NULL))
     )""",
@@ -73,7 +82,16 @@ _SCHEMA = [
         scale REAL,
         UNIQUE (item, chunk)
     )""",
+    "CREATE INDEX IF NOT EXISTS items_taken ON items (taken)",
 ]
+# format_version -> the statements that bring it to the next version
+_MIGRATIONS = {
+    1: [
+        "ALTER TABLE items ADD COLUMN taken TEXT",
+        "ALTER TABLE items ADD COLUMN taken_from TEXT",
+        "CREATE INDEX IF NOT EXISTS items_taken ON items (taken)",
+    ],
+}
 
 
 class ModelMismatchError(ValueError):
@@ -104,10 +122,14 @@ class Item:
     size_bytes: int | None = None  # photos: the file when it was embedded
     mtime_ns: int | None = None
     sha256: str | None = None
+    taken: str | None = None  # photos: 'YYYY-MM-DDTHH:MM:SS', local time it was taken
+    taken_from: str | None = None  # 'exif' (DateTimeOriginal) or 'mtime' (the file's)
     key: int = -1  # internal row key
 
 
-_ITEM_COLUMNS = "id, modality, path, text, meta, created, updated, size_bytes, mtime_ns, sha256, key"
+_ITEM_COLUMNS = (
+    "id, modality, path, text, meta, created, updated, size_bytes, mtime_ns, sha256, taken, taken_from, key"
+)
 
 
 def _item(row: Sequence[Any]) -> Item:
@@ -144,6 +166,7 @@ class Store:
         create: bool = True,
         model_id: str | None = None,
         embed_dim: int | None = None,
+        model_name: str | None = None,
         dtype: VectorDType = "float16",
         timeout_s: float = 30.0,
     ) -> Store:
@@ -177,7 +200,11 @@ class Store:
                         "created": created,
                         "db_uuid": uuid.uuid4().hex,
                     }
+                    if model_name:
+                        rows["model_name"] = model_name
                     conn.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
+                else:
+                    _migrate(conn, path)
             store.info = store.read_info()
         except BaseException:
             store.close()
@@ -198,6 +225,12 @@ class Store:
         return StoreInfo(
             version, meta["model_id"], int(meta["embed_dim"]), meta["dtype"], meta["created"], meta["db_uuid"]
         )
+
+    def model_name(self) -> str | None:
+        """The model name recorded at creation or reindex (None for indexes that predate it)."""
+        with self.lock:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'model_name'").fetchone()
+        return row[0] if row else None
 
     def close(self) -> None:
         with self.lock:
@@ -325,32 +358,39 @@ class Store:
         size_bytes: int | None = None,
         mtime_ns: int | None = None,
         sha256: str | None = None,
+        taken: tuple[str, str] | None = None,
     ) -> int:
-        """Insert or update an item by id; `meta=None` keeps the stored metadata. Returns its key."""
+        """Insert or update an item by id; `meta=None` keeps the stored metadata; `taken` is a photo's
+        (time, 'exif' | 'mtime') from `sources.capture_time`. Returns its key."""
         now = time.time()
         meta_json = dump_meta(meta) if meta is not None else None
+        when, source = taken if taken is not None else (None, None)
         row = conn.execute(
-            """INSERT INTO items (id, modality, path, text, meta, size_bytes, mtime_ns, sha256, created, updated)
-               VALUES (?, ?, ?, ?, coalesce(?, '{}'), ?, ?, ?, ?, ?)
+            """INSERT INTO items (id, modality, path, text, meta, size_bytes, mtime_ns, sha256, taken, taken_from,
+                                 created, updated)
+               VALUES (?, ?, ?, ?, coalesce(?, '{}'), ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (id) DO UPDATE SET
                    modality = excluded.modality, path = excluded.path, text = excluded.text,
                    meta = coalesce(?, items.meta), size_bytes = excluded.size_bytes,
-                   mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, updated = excluded.updated
+                   mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, taken = excluded.taken,
+                   taken_from = excluded.taken_from, updated = excluded.updated
                RETURNING key""",
-            (item_id, modality, path, text, meta_json, size_bytes, mtime_ns, sha256, now, now, meta_json),
+            (item_id, modality, path, text, meta_json, size_bytes, mtime_ns, sha256, when, source, now, now,
+             meta_json),
         ).fetchone()
         return int(row[0])
 
     # --- reading the vectors for the in-memory matrix ---------------------------------------
 
     def vectors_after(
-        self, conn: sqlite3.Connection, vid: int
+        self, conn: sqlite3.Connection, vid: int, *, limit: int = -1
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """vids > vid, in vid order: (vids (n,), item keys (n,), chunk numbers (n,), vectors (n, D) as
-        stored (float16 / int8 / float32), scales (n,) float32: value = stored * scale, 1 unless int8)."""
+        """vids > vid, in vid order, at most `limit` (-1: all): (vids (n,), item keys (n,), chunk numbers (n,),
+        vectors (n, D) as stored (float16 / int8 / float32), scales (n,) float32: value = stored * scale, 1
+        unless int8)."""
         assert self.info is not None
         rows = conn.execute(
-            "SELECT vid, item, chunk, vector, scale FROM embeddings WHERE vid > ? ORDER BY vid", (vid,)
+            "SELECT vid, item, chunk, vector, scale FROM embeddings WHERE vid > ? ORDER BY vid LIMIT ?", (vid, limit)
         ).fetchall()
         n, d = len(rows), self.info.embed_dim
         vids = np.fromiter((r[0] for r in rows), np.int64, n)
@@ -360,10 +400,56 @@ class Store:
         scales = np.fromiter((1.0 if r[4] is None else r[4] for r in rows), np.float32, n)
         return vids, items, chunks, stored, scales
 
-    def filter_keys(self, modalities: Sequence[str] | None, where: Mapping[str, Any] | None) -> np.ndarray:
-        """Item keys that pass a modality and metadata filter (see `Index.search`)."""
+    def filter_keys(
+        self,
+        modalities: Sequence[str] | None,
+        where: Mapping[str, Any] | None,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> np.ndarray:
+        """Item keys that pass a modality, metadata and date filter (see `Index.search`)."""
+        sql, params = self._filter(modalities, where, after=after, before=before)
+        with self.lock:
+            rows = self.conn.execute("SELECT key FROM items" + sql, params).fetchall()
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows))
+
+    def list_items(
+        self,
+        modalities: Sequence[str] | None = None,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> list[Item]:
+        """Items that pass the filters, newest first: by when taken (photos), then by when added."""
+        sql, params = self._filter(modalities, None, after=after, before=before)
+        sql += " ORDER BY taken IS NULL, taken DESC, created DESC, key DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self.lock:
+            rows = self.conn.execute(f"SELECT {_ITEM_COLUMNS} FROM items" + sql, params).fetchall()
+        return [_item(r) for r in rows]
+
+    def _filter(
+        self,
+        modalities: Sequence[str] | None,
+        where: Mapping[str, Any] | None,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> tuple[str, list[Any]]:
+        """(" WHERE ..." or "", params): `modalities`, `where` as in `Index.search`; `after` <= taken <
+        `before`, as 'YYYY-MM-DDTHH:MM:SS' strings (items with no date never pass either)."""
         clauses: list[str] = []
         params: list[Any] = []
+        if after is not None:
+            clauses.append("taken >= ?")
+            params.append(after)
+        if before is not None:
+            clauses.append("taken < ?")
+            params.append(before)
         if modalities is not None:
             clauses.append(f"modality IN ({','.join('?' * len(modalities))})")
             params += list(modalities)
@@ -380,16 +466,25 @@ class Store:
                 f"AND EXISTS (SELECT 1 FROM json_each(meta, ?) AS j WHERE j.value IN ({marks}))"
             )
             params += [path, path, *values]
-        sql = "SELECT key FROM items" + (
-            " WHERE " + " AND ".join(f"({c})" for c in clauses) if clauses else ""
-        )
-        with self.lock:
-            rows = self.conn.execute(sql, params).fetchall()
-        return np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        return (" WHERE " + " AND ".join(f"({c})" for c in clauses) if clauses else ""), params
 
     def integrity_check(self) -> str:
         with self.lock:
             return "; ".join(r[0] for r in self.conn.execute("PRAGMA integrity_check").fetchall())
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring an index written by an older edge-gcl to FORMAT_VERSION, in the open transaction."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
+    try:
+        version = int(row[0]) if row else -1
+    except ValueError:
+        version = -1
+    while version in _MIGRATIONS:
+        for statement in _MIGRATIONS[version]:
+            conn.execute(statement)
+        version += 1
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (str(version),))
 
 
 def json_path(name: str) -> str:
