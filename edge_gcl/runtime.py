@@ -57,10 +57,11 @@ FORMS: tuple[Form, ...] = ("float", "qdq", "ctx")
 DEFAULT_FORM: dict[Provider, Form] = {"cpu": "float", "qnn": "ctx"}
 _FORM_TEXT = {"float": "float32", "qdq": "quantized (QDQ)", "ctx": "compiled (EPContext)"}
 DECODE_THREADS = min(4, os.cpu_count() or 1)  # photos decoded while the image tower runs
-# Rows per image-tower call: ONNX Runtime's arena keeps the peak activations of the largest batch
-# it ran (Lite0 float: process peak 620 MB at 32 rows, 367 MB at 8; benchmarks/ingest.py), and
-# photos/s is flat above a few rows.
-IMAGE_ROWS = 8
+# Rows per image-tower run. ONNX Runtime's arena keeps the activations of the largest batch it ran,
+# and small batches cost no more CPU: Lite0 float on 128 photos, 2 cores, per photo and process
+# peak: 1 row 16 ms, 2 rows 12.5 ms / 250 MB, 4 rows 12.5 ms / 285 MB, 8 rows 13.6 ms / 335 MB,
+# 32 rows 15.7 ms / 665 MB (CPU time, so a loaded machine still compares them).
+IMAGE_ROWS = 4
 
 
 class RuntimeConfigError(ValueError):
