@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import io
 import json
+import os
 import subprocess
 import threading
 import time
@@ -149,7 +150,7 @@ def test_build_index_skips_bad_files(library) -> None:
 
 
 def test_search_by_text_returns_json_hits(library) -> None:
-    server, _, photos, _ = library
+    server, index, photos, _ = library
     status, data = call_json(server, "GET", "/api/search?q=red")
     assert status == 200 and data["query"] == {
         "q": "red",
@@ -163,8 +164,9 @@ def test_search_by_text_returns_json_hits(library) -> None:
     red = photo_id(photos["red"])
     assert hits[0] == {
         "id": red, "score": hits[0]["score"], "modality": "photo", "path": str(photos["red"]),
-        "name": "red.png", "thumb": f"/thumb/{red}",
+        "name": "red.png", "thumb": f"/thumb/{red}", "taken": index[red].taken,
     }  # fmt: skip
+    assert index[red].taken_from == "mtime" and len(hits[0]["taken"]) == 19  # no EXIF: the file's date
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0.5
 
@@ -551,6 +553,231 @@ def test_page_note_upload_and_similar_in_headless_chromium(
     parser = _Cards()
     parser.feed(dom.stdout)
     assert parser.cards[0][:2] == [yellow, "photo"] and "1.000" in parser.cards[0][2]
+
+
+# --- the photo library: dates, gallery, cut-off, delete, sync (issue 15) ------------------------------
+
+DAYS = {"red": "2021-03-05", "green": "2022-06-01", "blue": "2023-01-15", "yellow": "2024-08-20"}
+
+
+def heic_bytes(color: str, taken: str) -> bytes:
+    """A real HEIC (pillow-heif) of `color` with EXIF DateTimeOriginal `taken` ('YYYY:MM:DD HH:MM:SS')."""
+    pytest.importorskip("pillow_heif")
+    exif = Image.Exif()
+    exif[0x8769] = {0x9003: taken}
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(photo_bytes(color))).save(buf, format="HEIF", exif=exif.tobytes(), quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def dated_app(tmp_path: Path):
+    """(server, index, photos by colour): the colour photos, each from another day (file times), one
+    HEIC (purple, EXIF date 2024-12-24), a note; served with the folder to sync and no polling."""
+    photos = make_library(tmp_path / "photos")
+    for color, day in DAYS.items():
+        when = time.mktime(time.strptime(day + " 12:00:00", "%Y-%m-%d %H:%M:%S"))
+        os.utime(photos[color], (when, when))
+    photos["purple"] = tmp_path / "photos" / "IMG_0042.HEIC"
+    photos["purple"].write_bytes(heic_bytes("blue", "2024:12:24 18:00:00"))
+    index, _ = build_index(tmp_path / "photos", tmp_path / "index", model=ColorEmbedder(), progress=False)
+    index.add_note(PASSPORT)
+    server = create_server(index, "127.0.0.1", 0, photos=tmp_path / "photos")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, index, photos
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        index.close()
+
+
+def test_heic_photos_are_indexed_and_served(dated_app) -> None:
+    server, index, photos = dated_app
+    heic = photo_id(photos["purple"])
+    assert index[heic].taken == "2024-12-24T18:00:00" and index[heic].taken_from == "exif"
+    status, content_type, data = call(server, "GET", f"/thumb/{heic}")
+    assert status == 200 and content_type == "image/jpeg" and Image.open(io.BytesIO(data)).format == "JPEG"
+    _, found = call_json(server, "GET", f"/api/search?like={heic}&k=2")
+    assert {h["id"] for h in found["hits"]} == {heic, photo_id(photos["blue"])}  # the same colour
+
+
+def test_gallery_lists_recent_photos_and_filters_by_date(dated_app) -> None:
+    server, index, photos = dated_app
+    status, data = call_json(server, "GET", "/api/items?modality=photo,photo%2Bnote")
+    assert status == 200 and data["total"] == 6
+    order = ["purple", "yellow", "blue", "green", "red"]
+    assert [it["id"] for it in data["items"]] == [photo_id(photos[c]) for c in order]
+    first = data["items"][0]
+    assert first == {"id": photo_id(photos["purple"]), "modality": "photo", "path": str(photos["purple"]),
+                     "name": "IMG_0042.HEIC", "thumb": f"/thumb/{photo_id(photos['purple'])}",
+                     "taken": "2024-12-24T18:00:00"}  # fmt: skip
+    _, everything = call_json(server, "GET", "/api/items")
+    assert everything["items"][-1]["id"] == note_id(PASSPORT)  # notes (no date) last
+    _, in_2022 = call_json(server, "GET", "/api/items?after=2022&before=2023")
+    assert [it["id"] for it in in_2022["items"]] == [photo_id(photos["green"])]
+    _, two = call_json(server, "GET", "/api/items?limit=2")
+    assert len(two["items"]) == 2
+    for path, message in [
+        ("/api/items?limit=0", "limit '0'"),
+        ("/api/items?modality=video", "modality 'video'"),
+        ("/api/items?after=yesterday", "after 'yesterday': expected a date"),
+    ]:
+        status, data = call_json(server, "GET", path)
+        assert status == 400 and message in data["error"], path
+
+
+def test_search_filters_by_date_sorts_by_date_and_applies_the_cut_off(dated_app, monkeypatch) -> None:
+    import edge_gcl.app.server as app
+
+    server, index, photos = dated_app
+    _, data = call_json(server, "GET", "/api/search?q=red&after=2023-01-01&before=2024-01-01")
+    assert [h["id"] for h in data["hits"]] == [photo_id(photos["blue"])]
+    assert data["query"]["after"] == "2023-01-01T00:00:00" and data["query"]["before"] == "2024-01-01T00:00:00"
+    _, data = call_json(server, "GET", "/api/search?q=red&sort=date&modality=photo")
+    assert [h["id"] for h in data["hits"]] == [photo_id(photos[c]) for c in ("purple", "yellow", "blue", "green", "red")]
+    assert data["hidden"] == 0 and data["min_score"] is None  # the colour model has no cut-off
+    _, data = call_json(server, "GET", "/api/search?q=red&min_score=0.5")
+    assert [h["id"] for h in data["hits"]] == [photo_id(photos["red"])] and data["hidden"] == 5
+    monkeypatch.setattr(app, "default_min_score", lambda embedder: 0.5)  # a model with a calibrated cut-off
+    _, data = call_json(server, "GET", "/api/search?q=red")
+    assert len(data["hits"]) == 1 and data["min_score"] == 0.5 and data["hidden"] == 5
+    _, data = call_json(server, "GET", "/api/search?q=red&min_score=-1")
+    assert len(data["hits"]) == 6 and data["hidden"] == 0
+    _, stats = call_json(server, "GET", "/api/stats")
+    assert stats["default_min_score"] == 0.5 and stats["model_name"] == "fake-color@1"
+    for path, message in [
+        ("/api/search?q=red&min_score=2", "min_score '2'"),
+        ("/api/search?q=red&min_score=high", "min_score 'high'"),
+        ("/api/search?q=red&sort=size", "sort 'size'"),
+        ("/api/search?q=red&before=2024-13", "before '2024-13'"),
+    ]:
+        status, data = call_json(server, "GET", path)
+        assert status == 400 and message in data["error"], path
+
+
+def test_delete_removes_from_the_index_not_the_file(dated_app) -> None:
+    server, index, photos = dated_app
+    red = photo_id(photos["red"])
+    assert call(server, "GET", f"/thumb/{red}")[0] == 200  # cached
+    status, data = call_json(server, "DELETE", f"/api/items/{red}")
+    assert status == 200 and data == {"removed": red}
+    assert red not in index and photos["red"].exists()
+    assert call(server, "GET", f"/thumb/{red}")[0] == 404
+    status, data = call_json(server, "DELETE", f"/api/items/{red}")
+    assert status == 404 and "no such item" in data["error"]
+    status, data = call_json(server, "DELETE", f"/api/items/{note_id(PASSPORT)}",
+                             headers={"Origin": "http://evil.example"})  # fmt: skip
+    assert status == 403 and note_id(PASSPORT) in index
+    assert call_json(server, "DELETE", f"/api/items/{note_id(PASSPORT)}")[0] == 200
+    assert call_json(server, "DELETE", "/api/stats")[0] == 405
+
+
+def test_sync_on_demand(dated_app) -> None:
+    server, index, photos = dated_app
+    new = photos["red"].parent / "new.png"
+    new.write_bytes(photo_bytes("yellow"))
+    photos["green"].unlink()
+    status, data = call_json(server, "POST", "/api/sync")
+    assert status == 200 and data["trigger"] == "button"
+    assert {k: data["report"][k] for k in ("added", "removed", "skipped")} == {"added": 1, "removed": 1, "skipped": 2}
+    assert photo_id(new) in index and photo_id(photos["green"]) not in index
+    _, stats = call_json(server, "GET", "/api/stats")
+    assert stats["last_sync"]["report"]["added"] == 1 and stats["photo_folder"] == str(new.parent)
+
+
+def test_the_folder_is_watched(tmp_path: Path) -> None:
+    photos = make_library(tmp_path / "photos")
+    index, _ = build_index(tmp_path / "photos", tmp_path / "index", model=ColorEmbedder(), progress=False)
+    server = create_server(index, "127.0.0.1", 0, photos=tmp_path / "photos", poll_s=0.1)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        assert server.app.last_sync is None  # nothing changed: nothing done
+        new = tmp_path / "photos" / "sub" / "new.png"
+        new.parent.mkdir()
+        new.write_bytes(photo_bytes("red"))
+        photos["blue"].unlink()
+        deadline = time.monotonic() + 10
+        def synced() -> bool:  # last_sync is set once a sync is done (one, or two if it saw half the changes)
+            sync = server.app.last_sync
+            return sync is not None and photo_id(new) in index and photo_id(photos["blue"]) not in index
+
+        while not synced() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert photo_id(new) in index and photo_id(photos["blue"]) not in index
+        assert server.app.last_sync["trigger"] == "poll"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        index.close()
+
+
+# Appended to app.js for the next test: the gallery before any search (its dates), "Similar photos",
+# Remove (two clicks), the date filter and Sync, noting what it saw in data-* attributes of <body>.
+GALLERY_DRIVER = """
+window.addEventListener("load", async () => {
+  const until = async (ok) => { for (let i = 0; i < 200 && !ok(); i++) await new Promise((r) => setTimeout(r, 25)); };
+  const ids = () => [...document.querySelectorAll(".card")].map((c) => c.dataset.id).join(" ");
+  const card = (id) => document.querySelector(`.card[data-id="${id}"]`);
+  await until(() => document.querySelectorAll(".card").length);
+  document.body.dataset.gallery = `${document.querySelector("#view-title").textContent}|${ids()}|` +
+    document.querySelector(".card .date").textContent;
+  card("YELLOW").querySelector(".remove").click();
+  card("YELLOW").querySelector(".remove").click();
+  await until(() => !card("YELLOW"));
+  document.body.dataset.removed = document.querySelector("#status").textContent;
+  document.querySelector("#from").value = "2022-01-01";
+  document.querySelector("#to").value = "2022-12-31";
+  document.querySelector("#from").dispatchEvent(new Event("change"));
+  await until(() => ids() === "GREEN");
+  document.body.dataset.dated = `${ids()} ${location.search}`;
+  document.querySelector("#from").value = "";
+  document.querySelector("#to").value = "";
+  document.querySelector("#sync").click();
+  await until(() => document.querySelector("#status").textContent.startsWith("Synced"));
+  document.body.dataset.synced = `${document.querySelector("#status").textContent}|${ids()}`;
+  card("BLUE").querySelector(".actions button:last-child").click();  // Similar photos
+  await until(() => document.querySelector("#view-title").textContent.startsWith("Similar"));
+  document.body.dataset.similar = `${document.querySelector("#view-title").textContent}|${ids().split(" ")[0]}`;
+  document.body.dataset.driver = "done";
+});
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian: apt-get install -y chromium)"
+)
+def test_page_gallery_remove_dates_sync_and_similar_in_headless_chromium(
+    dated_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edge_gcl.app.server as app
+
+    server, index, photos = dated_app
+    ids = {c: photo_id(p) for c, p in photos.items()}
+    driver = GALLERY_DRIVER
+    for color in ("YELLOW", "GREEN", "BLUE"):
+        driver = driver.replace(color, ids[color.lower()])
+    page = app.static_file
+    monkeypatch.setattr(app, "static_file", lambda name: page(name) + (driver.encode() if name == "app.js" else b""))
+    new = photos["red"].parent / "new.png"  # appears in the folder while the app runs: Sync finds it
+    new.write_bytes(photo_bytes("red"))
+    dom = run_chromium(tmp_path / "profile", "--dump-dom", server.url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'data-driver="done"' in dom.stdout, dom.stdout[-3000:]
+    newest = " ".join(ids[c] for c in ("purple", "yellow", "blue", "green", "red"))
+    assert f'data-gallery="Recent photos|{newest}|2024-12-24 18:00"' in dom.stdout  # before any search
+    assert ids["yellow"] not in index and photos["yellow"].exists()
+    assert 'data-removed="Removed yellow.png from the index (the file is kept)."' in dom.stdout
+    assert f'data-dated="{ids["green"]} ?from=2022-01-01&amp;to=2022-12-31"' in dom.stdout
+    assert 'data-synced="Synced: 1 added, 0 updated, 0 removed, 2 skipped.|' in dom.stdout
+    assert photo_id(new) in index
+    assert f'data-similar="Similar photos: blue.jpg|{ids["blue"]}"' in dom.stdout
 
 
 def test_main_on_the_npu_runs_the_compiled_form_or_says_what_to_rebuild(

@@ -364,3 +364,16 @@ def test_cli_version_short_flags_and_help() -> None:
                 continue
             assert action.help, (name, action.option_strings)
             assert action.required or "default" in action.help, (name, action.option_strings)
+
+
+def test_a_removed_photo_stays_out_of_syncs_until_added_by_name(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    photos = [write_photo(folder / f"{i}.jpg", seed=i) for i in range(3)]
+    with Index.open(tmp_path / "idx", model=FakeEmbedder()) as index:
+        index.add_photos(folder, progress=False)
+        assert index.remove([photo_id(photos[0])]) == 1 and photos[0].exists()  # the file is kept
+        report = index.sync(folder, progress=False)
+        assert photo_id(photos[0]) not in index and report.added == [] and report.skipped == []
+        assert index.add_photos(folder, progress=False).added == []  # a folder add skips it too
+        assert index.add_photos(photos[0], progress=False).added == [photo_id(photos[0])]  # by name: back
+        assert index.sync(folder, progress=False).unchanged == [photo_id(p) for p in photos]

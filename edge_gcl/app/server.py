@@ -8,20 +8,30 @@ compiled model the main job built, the user's index, so `edge-gcl search` sees w
 indexed and nothing is embedded twice), (2) mirror the folder into it (`Index.sync`: new photos
 embedded, changed ones re-embedded, deleted ones dropped, unusable files skipped and listed),
 (3) serve the page (`static/`) and its JSON API with the standard library's `ThreadingHTTPServer`
-until Ctrl+C. Nothing leaves the machine: the page loads nothing but its own files (its
+until Ctrl+C, (4) meanwhile look for changes in the folder every `--poll` seconds and sync them
+(a cheap listing of names, sizes and times first; the model runs only when something changed). Nothing leaves the machine: the page loads nothing but its own files (its
 Content-Security-Policy forbids anything else, inline code included) and the server only answers
 on the loopback interface.
 
 HTTP API (JSON in and out; errors are 4xx with {"error": "..."}):
 
-    GET  /                  the page (static/index.html, app.js, app.css); reads ?q=, ?like= and
-                            ?modality= on load and searches
+    GET  /                  the page (static/index.html, app.js, app.css); reads ?q=, ?like=,
+                            ?modality=, ?after=, ?before=, ?sort= on load and searches; else shows
+                            the gallery of recent photos
     GET  /api/search?q=words[&like=<photo id>][&modality=all|photo|note|photo+note][&k=24]
-                            words, an indexed photo (like=: "more like this"), or both
+                    [&after=DATE][&before=DATE][&sort=score|date][&min_score=S]
+                            words, an indexed photo (like=: "similar photos"), or both; hits below
+                            min_score (default: the model's calibrated cut-off) are left out and
+                            counted in "hidden"; dates as `edge-gcl search --after/--before` takes them
     POST /api/search?...    the same, with a query photo as the raw request body (photo, or photo + q)
+    GET  /api/items?[modality=...][&after=DATE][&before=DATE][&limit=60]
+                            items newest first (by when taken): the gallery before any search
+    DELETE /api/items/<id>  removes an item from the index (the photo file is not touched)
     POST /api/note          {"text": "...", "photo": "<photo id>" (optional), "meta": {...} (optional)}
                             -> 201 {"id", "modality"}; a photo's note replaces the one it had
-    GET  /api/stats         what the index holds (`IndexStats`)
+    POST /api/sync          mirrors the photo folder now -> the `IngestReport` counts
+    GET  /api/stats         what the index holds (`IndexStats`), the model's default_min_score, the
+                            photo_folder and the last sync
     GET  /thumb/<id>        JPEG thumbnail of an indexed photo (only ids in the index are served)
 
 `create_server(index, host, port)` returns the server without starting it (port 0: any free port),
@@ -50,7 +60,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..embedding import Embedder
-from ..index import Hit, Index, IngestReport, Item, ModelMismatchError
+from ..index import Hit, Index, IngestReport, Item, ModelMismatchError, default_min_score, parse_date
+from ..index.sources import list_photos
 from ..locations import default_index, default_model
 from ..runtime import describe, load_embedder
 from ..transform import ImageDecodeError, load_image
@@ -64,6 +75,9 @@ MODALITY_FILTERS: dict[str, list[str] | None] = {
 }
 DEFAULT_K = 24
 MAX_K = 200
+GALLERY_ITEMS = 60  # photos on the page before any search (/api/items's default limit)
+MAX_ITEMS = 1000
+POLL_S = 10.0  # how often the app looks for new, changed and deleted photos (edge-gcl app --poll)
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # a query photo (camera JPEGs are a few MB)
 MAX_JSON_BYTES = 1024 * 1024  # a note request (its text: at most MAX_NOTE_CHARS characters)
 # A query photo's pixel limit, under ingest's 100 MP (transform.MAX_IMAGE_PIXELS): a 48 MP camera
@@ -130,8 +144,13 @@ class PhotoSearchApp:
     """The endpoints over one open `Index`. Search and note calls run one at a time (they embed
     with the model); thumbnails are served concurrently from an in-memory LRU cache."""
 
-    def __init__(self, index: Index, *, thumb_cache_items: int = THUMB_CACHE_ITEMS) -> None:
+    def __init__(
+        self, index: Index, *, photos: str | Path | None = None, thumb_cache_items: int = THUMB_CACHE_ITEMS
+    ) -> None:
         self.index = index
+        self.photos = Path(photos).expanduser() if photos is not None else None
+        self.last_sync: dict[str, Any] | None = None  # {"at", "trigger", "report"} of the last sync
+        self._signature: int | None = None  # of the folder as last synced (names, sizes, times)
         self._model_lock = threading.Lock()
         self._decode_lock = threading.Lock()
         self._thumbs: OrderedDict[tuple[str, str | None], bytes] = OrderedDict()
@@ -144,13 +163,22 @@ class PhotoSearchApp:
         The query is the words, the photo (uploaded, or the indexed photo `like` names), or both."""
         q = params.get("q", "").strip() or None
         like = params.get("like", "").strip() or None
-        # a "+" typed in a URL decodes to a space: accept "photo note" for "photo+note"
-        modality = params.get("modality", "all").strip().replace(" ", "+") or "all"
-        if modality not in MODALITY_FILTERS:
-            raise HTTPError(
-                HTTPStatus.BAD_REQUEST, f"modality {modality!r}: expected one of {list(MODALITY_FILTERS)}"
-            )
+        modality = _parse_modality(params)
         k = _parse_k(params.get("k", ""))
+        filters = _parse_filters(params)
+        sort = params.get("sort", "score").strip() or "score"
+        if sort not in ("score", "date"):
+            raise HTTPError(HTTPStatus.BAD_REQUEST, f"sort {sort!r}: expected score or date")
+        min_score = self.default_min_score()
+        if params.get("min_score", "").strip():
+            try:
+                min_score = float(params["min_score"])
+            except ValueError:
+                min_score = float("nan")
+            if not -1.0 <= min_score <= 1.0:
+                raise HTTPError(
+                    HTTPStatus.BAD_REQUEST, f"min_score {params['min_score']!r}: expected a number from -1 to 1"
+                )
         if q is None and photo is None and like is None:
             raise HTTPError(
                 HTTPStatus.BAD_REQUEST,
@@ -168,16 +196,86 @@ class PhotoSearchApp:
                     HTTPStatus.BAD_REQUEST, f"uploaded photo: {str(e).removeprefix('<bytes>: ')}"
                 ) from None
         started = time.perf_counter()
+        options: dict[str, Any] = dict(k=k, modalities=MODALITY_FILTERS[modality], sort=sort, **filters)
         try:
             with self._model_lock:
-                hits = self.index.search(q, image, k=k, modalities=MODALITY_FILTERS[modality])
+                vector = self.index.query_vector(q, image)
+            hits = self.index.search(vector=vector, min_score=min_score, **options)
+            hidden = 0
+            if min_score is not None and len(hits) < k:  # what the cut-off left out of the k
+                hidden = len(self.index.search(vector=vector, **options)) - len(hits)
         except (ValueError, TypeError) as e:  # a text the tokenizer refuses, a like= photo now unreadable
             raise HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
+        query = {"q": q, "photo": photo is not None, "like": like, "modality": modality, "k": k}
+        if filters or sort != "score":
+            query.update(sort=sort, **filters)
         return {
-            "query": {"q": q, "photo": photo is not None, "like": like, "modality": modality, "k": k},
+            "query": query,
             "hits": [hit_to_json(h) for h in hits],
+            "min_score": min_score,
+            "hidden": hidden,
             "took_ms": round((time.perf_counter() - started) * 1000, 1),
         }
+
+    def default_min_score(self) -> float | None:
+        """The model's calibrated relevance cut-off (None: the model has none, nothing is hidden)."""
+        return default_min_score(self.index._embedder)  # noqa: SLF001 - None when opened without a model
+
+    def items(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """The gallery: items newest first (photos by when taken), filtered like a search; `modality`
+        may list several values with commas (the page's gallery: photo,photo+note)."""
+        wanted = [_parse_modality({"modality": m}) for m in params.get("modality", "all").split(",")]
+        modalities = None if "all" in wanted else list(dict.fromkeys(m for w in wanted for m in MODALITY_FILTERS[w] or []))
+        limit_text = params.get("limit", "").strip()
+        try:
+            limit = int(limit_text) if limit_text else GALLERY_ITEMS
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_ITEMS:
+            raise HTTPError(HTTPStatus.BAD_REQUEST, f"limit {limit_text!r}: expected a whole number from 1 to {MAX_ITEMS}")
+        items = self.index.items(modalities=modalities, limit=limit, **_parse_filters(params))
+        return {"items": [item_to_json(it) for it in items], "total": len(self.index)}
+
+    def remove(self, item_id: str) -> dict[str, Any]:
+        """Remove an item from the index (never the photo file); 404 when it is not there."""
+        if not self.index.remove([item_id]):
+            raise HTTPError(HTTPStatus.NOT_FOUND, f"{item_id!r}: no such item in the index")
+        with self._thumbs_lock:
+            for key in [key for key in self._thumbs if key[0] == item_id]:
+                del self._thumbs[key]
+        return {"removed": item_id}
+
+    def sync(self, *, trigger: str = "button", only_if_changed: bool = False) -> dict[str, Any] | None:
+        """Mirror the photo folder into the index (`Index.sync`); with `only_if_changed`, first compare
+        a listing of the folder (names, sizes, modification times) with the last one and do nothing
+        when it is the same. Returns the report's counts, or None when nothing was done."""
+        if self.photos is None:
+            raise HTTPError(HTTPStatus.CONFLICT, "this app was started without a photo folder to sync")
+        signature = folder_signature(self.photos)
+        if only_if_changed and signature == self._signature:
+            return None
+        with self._model_lock:
+            report = self.index.sync(self.photos, progress=False)
+        self._signature = signature
+        counts = {name: len(ids) for name, ids in report.to_dict().items()}
+        self.last_sync = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "trigger": trigger, "report": counts,
+                          "skipped": [{"input": s.input, "reason": s.reason} for s in report.skipped[:20]]}
+        return self.last_sync
+
+    def watch(self, poll_s: float, stop: threading.Event) -> None:
+        """Until `stop` is set: every `poll_s` seconds, sync the folder if it changed (the thread
+        `create_server(..., poll_s=...)` starts). A failure is printed and the watch goes on."""
+        if self._signature is None and self.photos is not None:
+            self._signature = folder_signature(self.photos)
+        while not stop.wait(poll_s):
+            try:
+                done = self.sync(trigger="poll", only_if_changed=True)
+            except Exception as e:  # noqa: BLE001 - the folder went away for a moment, a locked file...
+                print(f"edge-gcl app: sync of {self.photos} failed: {e}", file=sys.stderr, flush=True)
+                continue
+            if done is not None:
+                report = ", ".join(f"{k} {v}" for k, v in done["report"].items())
+                print(f"{self.photos} changed: {report}", flush=True)
 
     def add_note(self, body: object) -> dict[str, Any]:
         """`body`: {"text": str, "photo": photo id | None, "meta": dict | None}."""
@@ -198,7 +296,13 @@ class PhotoSearchApp:
         return {"id": item_id, "modality": self.index[item_id].modality}
 
     def stats(self) -> dict[str, Any]:
-        return self.index.stats().to_dict()
+        return {
+            **self.index.stats().to_dict(),
+            "model_name": self.index.model_name,
+            "default_min_score": self.default_min_score(),
+            "photo_folder": str(self.photos) if self.photos is not None else None,
+            "last_sync": self.last_sync,
+        }
 
     def thumbnail(self, item_id: str) -> bytes:
         """JPEG bytes, longest side THUMB_PX, of a photo in the index (cached by id and content hash).
@@ -234,6 +338,53 @@ class PhotoSearchApp:
         return item
 
 
+def folder_signature(folder: Path) -> int:
+    """A hash of the photo files under `folder` (paths, sizes, modification times): changes when a
+    photo is added, changed or deleted. Stats files only, never opens them."""
+    files, _ = list_photos(folder)
+    entries = []
+    for path in files:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        entries.append((path, st.st_size, st.st_mtime_ns))
+    return hash(tuple(entries))
+
+
+def item_to_json(item: Item) -> dict[str, Any]:
+    """An item as the gallery shows it: what a search hit has, without a score."""
+    d: dict[str, Any] = {"id": item.id, "modality": item.modality}
+    if item.path is not None:
+        d.update(path=item.path, name=os.path.basename(item.path), thumb=f"/thumb/{item.id}")
+    if item.taken is not None:
+        d["taken"] = item.taken
+    if item.text is not None:
+        d["text"] = item.text
+    return d
+
+
+def _parse_modality(params: Mapping[str, str]) -> str:
+    # a "+" typed in a URL decodes to a space: accept "photo note" for "photo+note"
+    modality = params.get("modality", "all").strip().replace(" ", "+") or "all"
+    if modality not in MODALITY_FILTERS:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, f"modality {modality!r}: expected one of {list(MODALITY_FILTERS)}")
+    return modality
+
+
+def _parse_filters(params: Mapping[str, str]) -> dict[str, str]:
+    """after= and before= as `Index.search` takes them (checked here: a bad date is a 400)."""
+    out = {}
+    for name in ("after", "before"):
+        value = params.get(name, "").strip()
+        if value:
+            try:
+                out[name] = parse_date(value, name=name)
+            except ValueError as e:
+                raise HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
+    return out
+
+
 def hit_to_json(hit: Hit) -> dict[str, Any]:
     """A search hit as the page uses it: `Hit.to_dict()` plus a display name and thumbnail URL."""
     d = hit.to_dict()
@@ -261,13 +412,30 @@ def _parse_k(value: str) -> int:
 class PhotoSearchServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, app: PhotoSearchApp, address: tuple[str, int]) -> None:
+    def __init__(self, app: PhotoSearchApp, address: tuple[str, int], *, poll_s: float = 0.0) -> None:
         self.app = app
+        self._stop_watch = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if poll_s > 0 and app.photos is not None:
+            app._signature = folder_signature(app.photos)  # noqa: SLF001 - the folder as synced before serving
+            self._watcher = threading.Thread(
+                target=app.watch, args=(poll_s, self._stop_watch), name="edge-gcl-watch", daemon=True
+            )
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
         port = self.server_address[1]
         # Host headers a request may carry: anything else is a DNS-rebinding page, refused
         self.allowed_hosts = {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]")}
+
+    def service_actions(self) -> None:  # serve_forever's loop: start watching once serving
+        if self._watcher is not None and not self._watcher.is_alive() and not self._stop_watch.is_set():
+            self._watcher.start()
+
+    def server_close(self) -> None:
+        self._stop_watch.set()
+        if self._watcher is not None and self._watcher.is_alive():
+            self._watcher.join(timeout=30)
+        super().server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):  # a browser went away
@@ -279,8 +447,18 @@ class PhotoSearchServer(ThreadingHTTPServer):
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
 
-def create_server(index: Index, host: str = "127.0.0.1", port: int = 8765) -> PhotoSearchServer:
+def create_server(
+    index: Index,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    photos: str | Path | None = None,
+    poll_s: float = 0.0,
+) -> PhotoSearchServer:
     """The app's HTTP server bound to `host:port` (port 0: any free port), not yet serving.
+
+    `photos`: the folder the index mirrors (POST /api/sync, the page's Sync button); with `poll_s`
+    > 0 a thread syncs it whenever its listing changes, checking every `poll_s` seconds.
 
     Run it with `server.serve_forever()` (in a thread if need be), stop it with `server.shutdown()`
     and `server.server_close()`. `host` must be a loopback address: the app serves the photos of
@@ -288,7 +466,7 @@ def create_server(index: Index, host: str = "127.0.0.1", port: int = 8765) -> Ph
     """
     if host not in LOOPBACK_HOSTS:
         raise ValueError(f"host {host!r}: the app serves local photos without a login, bind it to 127.0.0.1")
-    return PhotoSearchServer(PhotoSearchApp(index), (host, port))
+    return PhotoSearchServer(PhotoSearchApp(index, photos=photos), (host, port), poll_s=poll_s)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -301,9 +479,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self._handle("POST")
 
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")
+
     def _handle(self, method: str) -> None:
         try:
-            body = self._read_body() if method == "POST" else b""
+            body = self._read_body() if method in ("POST", "DELETE") else b""
             self._check_origin(method)
             self._route(method, body)
         except HTTPError as e:
@@ -339,12 +520,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.CREATED, app.add_note(note))
         elif route == "/api/stats" and method == "GET":
             self._send_json(HTTPStatus.OK, app.stats())
+        elif route == "/api/items" and method == "GET":
+            self._send_json(HTTPStatus.OK, app.items(params))
+        elif route.startswith("/api/items/") and method == "DELETE":
+            self._send_json(HTTPStatus.OK, app.remove(unquote(route.removeprefix("/api/items/"))))
+        elif route == "/api/sync" and method == "POST":
+            self._send_json(HTTPStatus.OK, app.sync(trigger="button"))
         elif route.startswith("/thumb/") and method == "GET":
             data = app.thumbnail(unquote(route.removeprefix("/thumb/")))
             self._send(HTTPStatus.OK, data, "image/jpeg", {"Cache-Control": "private, max-age=600"})
         elif route == "/favicon.ico":
             self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
-        elif route in (*STATIC, "/api/search", "/api/note", "/api/stats") or route.startswith("/thumb/"):
+        elif route in (*STATIC, "/api/search", "/api/note", "/api/stats", "/api/items", "/api/sync") or (
+            route.startswith(("/thumb/", "/api/items/"))
+        ):
             raise HTTPError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} {route}: method not allowed")
         else:
             raise HTTPError(HTTPStatus.NOT_FOUND, f"{route}: not found")
@@ -374,7 +563,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
         origin = self.headers.get("Origin")
         if (
-            method == "POST"
+            method in ("POST", "DELETE")
             and origin
             and origin.removeprefix("http://").lower() not in self.server.allowed_hosts
         ):
@@ -446,7 +635,7 @@ def cli_app(args: argparse.Namespace) -> int:
             print(f"skipped {skip.input}: {skip.reason}", file=sys.stderr)
         print(f"{args.photos}: {report}; the index holds {len(index)} items")
         try:
-            server = create_server(index, "127.0.0.1", args.port)
+            server = create_server(index, "127.0.0.1", args.port, photos=photos, poll_s=args.poll)
         except OSError as e:
             print(f"edge-gcl app: error: port {args.port}: {e.strerror} (try --port 0)", file=sys.stderr)
             return 1

@@ -21,6 +21,7 @@ import os
 import re
 import sqlite3
 import sys
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -392,7 +393,9 @@ class Index:
         """
         if meta is not None:
             dump_meta(meta)  # fail before any work
-        files, problems = list_photos(paths, recursive=recursive)
+        named = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        files, problems = list_photos(named, recursive=recursive)
+        files = self._not_excluded(files, named)
         report = IngestReport(skipped=[Skip(*p) for p in problems])
         with self._ingest_lock(progress):
             self._ingest(files, report, meta=meta, batch_size=batch_size, progress=progress)
@@ -429,6 +432,7 @@ class Index:
 
     def _sync(self, root: Path, *, batch_size: int, progress: bool) -> IngestReport:
         files, problems = list_photos(root)
+        files = self._not_excluded(files)
         report = IngestReport(skipped=[Skip(*p) for p in problems])
         self._ingest(files, report, meta=None, batch_size=batch_size, progress=progress)
         prefix = os.path.join(str(root), "")
@@ -480,6 +484,7 @@ class Index:
             raise ImageDecodeError(f"{photo}: {vectors}")
         item_id = photo_id(path)
         with self.store.write() as conn:
+            conn.execute("DELETE FROM excluded WHERE path = ?", (path,))  # named: taken back if removed
             key = self.store.upsert(
                 conn, item_id=item_id, modality="photo+note", path=path, text=text, meta=meta,
                 size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha, taken=capture_time(path, st.st_mtime_ns),
@@ -558,10 +563,35 @@ class Index:
                 raise KeyError(item_id)
 
     def remove(self, ids: str | Iterable[str]) -> int:
-        """Remove items by id (with their vectors); returns how many were there."""
+        """Remove items by id (with their vectors); returns how many were there.
+
+        A removed photo stays out: later syncs and folder adds skip its file (the photo is still in
+        the folder, but it was taken out by hand) until it is added again by name
+        (`add_photos(path)`). The file itself is never touched."""
         ids = [ids] if isinstance(ids, str) else list(ids)
+        now = time.time()
         with self.store.write() as conn:
-            return sum(conn.execute("DELETE FROM items WHERE id = ?", (i,)).rowcount for i in ids)
+            removed = 0
+            for i in ids:
+                row = conn.execute("DELETE FROM items WHERE id = ? RETURNING path", (i,)).fetchone()
+                if row is None:
+                    continue
+                removed += 1
+                if row[0] is not None:
+                    conn.execute("INSERT OR REPLACE INTO excluded VALUES (?, ?)", (row[0], now))
+            return removed
+
+    def _not_excluded(self, files: list[str], named: Iterable[str | Path] = ()) -> list[str]:
+        """`files` without the photos removed by hand, except those `named` (given by file name,
+        which takes them back: their exclusion is dropped)."""
+        excluded = self.store.excluded(files)
+        if not excluded:
+            return files
+        back = excluded & {abspath(p) for p in named if not os.path.isdir(p)}
+        if back:
+            with self.store.write() as conn:
+                conn.executemany("DELETE FROM excluded WHERE path = ?", [(p,) for p in back])
+        return [f for f in files if f not in excluded or f in back]
 
     def _ingest(
         self,

@@ -23,6 +23,8 @@ rebuilt from it. Schema, format 2::
                 chunk INTEGER                    0.. (long notes have several)
                 vector BLOB                      embed_dim little-endian float16 / int8 / float32
                 scale REAL                       int8 only: value = int8 * scale (NULL otherwise)
+    excluded    path TEXT PRIMARY KEY, removed REAL   photos removed by hand: folder adds and syncs
+                                                 skip them until the file is added by name
 
 Connections use WAL (readers never block the writer), `synchronous=FULL` (a committed batch
 survives power loss), `foreign_keys=ON` and a busy timeout; every write is one
@@ -84,6 +86,8 @@ _SCHEMA = [
     )""",
     "CREATE INDEX IF NOT EXISTS items_taken ON items (taken)",
 ]
+# created on every open when missing (added within format 2: no version change needed)
+_EXCLUDED = "CREATE TABLE IF NOT EXISTS excluded (path TEXT PRIMARY KEY, removed REAL NOT NULL) WITHOUT ROWID"
 # format_version -> the statements that bring it to the next version
 _MIGRATIONS = {
     1: [
@@ -205,6 +209,7 @@ class Store:
                     conn.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
                 else:
                     _migrate(conn, path)
+                conn.execute(_EXCLUDED)
             store.info = store.read_info()
         except BaseException:
             store.close()
@@ -413,6 +418,16 @@ class Store:
         with self.lock:
             rows = self.conn.execute("SELECT key FROM items" + sql, params).fetchall()
         return np.fromiter((r[0] for r in rows), np.int64, len(rows))
+
+    def excluded(self, paths: Sequence[str]) -> set[str]:
+        """Those of `paths` that were removed by hand (see `Index.remove`)."""
+        out: set[str] = set()
+        with self.lock:
+            for start in range(0, len(paths), 500):
+                part = list(paths[start : start + 500])
+                marks = ",".join("?" * len(part))
+                out.update(r[0] for r in self.conn.execute(f"SELECT path FROM excluded WHERE path IN ({marks})", part))
+        return out
 
     def list_items(
         self,

@@ -1,8 +1,9 @@
 "use strict";
 const $ = (selector) => document.querySelector(selector);
 const LABELS = {"photo": "photo", "note": "note", "photo+note": "photo + note"};
+const POLL_MS = 10000;  // how often the page asks whether the folder was synced (the server watches it)
 // the query photo is an upload (photo: File) or an indexed photo (like: {id, name}), never both
-const state = {photo: null, photoUrl: null, like: null, attach: null, searched: false};
+const state = {photo: null, photoUrl: null, like: null, attach: null, searched: false, lastSync: null};
 
 function el(tag, props, ...children) {
   const node = document.createElement(tag);
@@ -22,17 +23,52 @@ async function api(url, options) {
   return body;
 }
 
-function setStatus(node, text, isError) {
-  node.textContent = text;
+function setStatus(node, text, isError, ...extra) {
+  node.replaceChildren(text, ...extra);
   node.classList.toggle("error", Boolean(isError));
+}
+
+function shownDate(taken) {  // "2023-07-04T18:30:00" -> "2023-07-04 18:30" (local time, as taken)
+  return taken ? taken.slice(0, 16).replace("T", " ") : "";
+}
+
+function dayAfter(day) {  // the "To" date is inclusive; the API's before= is not
+  const next = new Date(day + "T00:00:00Z");
+  next.setUTCDate(next.getUTCDate() + 1);
+  return next.toISOString().slice(0, 10);
 }
 
 async function loadStats() {
   try {
     const s = await api("/api/stats");
     $("#stats").textContent =
-      `${s.photos + s.photo_notes} photos · ${s.notes + s.photo_notes} notes · model ${s.model_id}`;
-  } catch (error) { $("#stats").textContent = error.message; }
+      `${s.photos + s.photo_notes} photos · ${s.notes + s.photo_notes} notes · model ${s.model_name}`;
+    if (s.default_min_score !== null && s.default_min_score !== undefined) {
+      $("#min-score").placeholder = s.default_min_score.toFixed(2);
+    }
+    $("#sync").hidden = !s.photo_folder;
+    return s;
+  } catch (error) { $("#stats").textContent = error.message; return null; }
+}
+
+function filterParams() {
+  const params = new URLSearchParams();
+  if ($("#from").value) params.set("after", $("#from").value);
+  if ($("#to").value) params.set("before", dayAfter($("#to").value));
+  return params;
+}
+
+function remember() {  // the page's own URL: reload or share it to see the same view
+  const shown = new URLSearchParams();
+  const q = $("#q").value.trim();
+  if (q) shown.set("q", q);
+  if (state.like) shown.set("like", state.like.id);
+  if ($("#modality").value !== "all") shown.set("modality", $("#modality").value);
+  if ($("#from").value) shown.set("from", $("#from").value);
+  if ($("#to").value) shown.set("to", $("#to").value);
+  if ($("#sort").value !== "score") shown.set("sort", $("#sort").value);
+  if ($("#min-score").value !== "") shown.set("min_score", $("#min-score").value);
+  history.replaceState(null, "", shown.toString() ? "?" + shown : location.pathname);
 }
 
 async function search(event) {
@@ -40,16 +76,17 @@ async function search(event) {
   const q = $("#q").value.trim();
   const modality = $("#modality").value;
   if (!q && !state.photo && !state.like) {
+    if ($("#from").value || $("#to").value) { remember(); gallery(); return; }  // browsing by date
     setStatus($("#status"), "Type a few words, add a photo, or both.", true);
     return;
   }
-  const shown = new URLSearchParams();
-  if (q) shown.set("q", q);
-  if (state.like) shown.set("like", state.like.id);
-  if (modality !== "all") shown.set("modality", modality);
-  history.replaceState(null, "", shown.toString() ? "?" + shown : location.pathname);
-  const params = new URLSearchParams(shown);
+  remember();
+  const params = filterParams();
+  if (q) params.set("q", q);
+  if (state.like) params.set("like", state.like.id);
   params.set("modality", modality);
+  if ($("#sort").value !== "score") params.set("sort", $("#sort").value);
+  if ($("#min-score").value !== "") params.set("min_score", $("#min-score").value);
   setStatus($("#status"), "Searching…");
   try {
     const data = state.photo
@@ -62,17 +99,47 @@ async function search(event) {
     if (same) { state.like.name = same.name; showQueryPhoto(); }
     const what = [q && `“${q}”`, state.photo && "your photo", state.like && `photos like ${state.like.name}`]
       .filter(Boolean).join(" + ");
+    $("#view-title").textContent = state.like && !q && !state.photo ? `Similar photos: ${state.like.name}` : "";
     const n = data.hits.length;
-    setStatus($("#status"), `${n} result${n === 1 ? "" : "s"} for ${what} · ${data.took_ms} ms`);
+    const text = `${n} result${n === 1 ? "" : "s"} for ${what} · ${data.took_ms} ms`;
+    if (data.hidden) {
+      const weaker = `${data.hidden} weaker match${data.hidden === 1 ? "" : "es"} hidden (under ${data.min_score.toFixed(2)})`;
+      setStatus($("#status"), `${text} · ${weaker}`, false,
+        el("button", {type: "button", className: "link", id: "show-all", textContent: "Show all",
+                      onclick: () => { $("#min-score").value = "-1"; search(); }}));
+    } else {
+      setStatus($("#status"), text);
+    }
   } catch (error) {
     render([]);
     setStatus($("#status"), error.message, true);
   }
 }
 
-function render(hits) {
+async function gallery() {  // before any search: the most recent photos (filtered by the dates, if any)
+  state.searched = false;
+  const params = filterParams();
+  const modality = $("#modality").value;
+  params.set("modality", modality === "all" ? "photo,photo+note" : modality);
+  try {
+    const data = await api("/api/items?" + params);
+    $("#view-title").textContent = params.has("after") || params.has("before") ? "Photos taken then" : "Recent photos";
+    render(data.items, "No photos yet: add some to the folder, then Sync.");
+    const n = data.items.length;
+    setStatus($("#status"), n
+      ? `${n} newest, by date taken. Search by words, by a photo, or both. Everything runs on this machine.`
+      : "Search by words, by a photo, or both. Everything runs on this machine.");
+  } catch (error) { setStatus($("#status"), error.message, true); }
+}
+
+function refresh() { return state.searched ? search() : gallery(); }
+
+function render(hits, empty) {
   const grid = $("#results");
-  if (!hits.length) { grid.replaceChildren(el("p", {className: "empty", textContent: "Nothing found."})); return; }
+  if (!hits.length) {
+    grid.replaceChildren(el("p", {className: "empty", textContent: empty || "Nothing found."}));
+    return;
+  }
   grid.replaceChildren(...hits.map(card));
 }
 
@@ -82,19 +149,63 @@ function card(hit) {
     ? el("img", {className: "thumb", src: hit.thumb, alt: hit.name, loading: "lazy"})
     : el("div", {className: "thumb note-thumb", textContent: hit.text});
   const badge = {"photo": "badge", "note": "badge note", "photo+note": "badge photo-note"}[hit.modality];
+  const hasScore = typeof hit.score === "number";
   return el("article", {className: "card", "data-id": hit.id, "data-modality": hit.modality},
     visual,
     el("div", {className: "body"},
       el("div", {className: "row"},
         el("span", {className: badge, textContent: LABELS[hit.modality] || hit.modality}),
-        el("span", {className: "score", title: "cosine similarity", textContent: hit.score.toFixed(3)})),
+        hasScore && el("span", {className: "score", title: "cosine similarity", textContent: hit.score.toFixed(3)})),
       isPhoto && el("div", {className: "name", title: hit.path, textContent: hit.name}),
+      hit.taken && el("div", {className: "date", title: "taken (local time)", textContent: shownDate(hit.taken)}),
       isPhoto && hit.text && el("p", {className: "note-text", textContent: hit.text}),
-      isPhoto && el("div", {className: "actions"},
-        el("button", {type: "button", className: "link", textContent: hit.text ? "Edit note" : "Add note",
-                      onclick: () => attachTo(hit)}),
-        el("button", {type: "button", className: "link", textContent: "Similar",
-                      onclick: () => searchLike(hit)}))));
+      el("div", {className: "actions"},
+        isPhoto && el("button", {type: "button", className: "link", textContent: hit.text ? "Edit note" : "Add note",
+                                 onclick: () => attachTo(hit)}),
+        el("button", {type: "button", className: "link danger remove", textContent: "Remove",
+                      title: "Remove from the index (the file is kept)",
+                      onclick: (event) => removeItem(hit, event.currentTarget)}),
+        isPhoto && el("button", {type: "button", className: "link", textContent: "Similar",
+                                 title: "Similar photos", onclick: () => searchLike(hit)}))));
+}
+
+async function removeItem(hit, button) {
+  if (!button.dataset.armed) {  // a second click confirms (no dialog)
+    button.dataset.armed = "1";
+    button.textContent = "Click again to remove";
+    setTimeout(() => { delete button.dataset.armed; button.textContent = "Remove"; }, 4000);
+    return;
+  }
+  try {
+    await api("/api/items/" + encodeURIComponent(hit.id), {method: "DELETE"});
+    const node = document.querySelector(`.card[data-id="${hit.id}"]`);
+    if (node) node.remove();
+    setStatus($("#status"), `Removed ${hit.name || "the note"} from the index (the file is kept).`);
+    loadStats();
+  } catch (error) { setStatus($("#status"), error.message, true); }
+}
+
+async function syncNow() {
+  setStatus($("#status"), "Syncing the folder…");
+  try {
+    const done = await api("/api/sync", {method: "POST"});
+    state.lastSync = done.at;
+    const r = done.report;
+    await refresh();
+    setStatus($("#status"), `Synced: ${r.added} added, ${r.updated} updated, ${r.removed} removed, ` +
+                            `${r.skipped} skipped.`);
+    loadStats();
+  } catch (error) { setStatus($("#status"), error.message, true); }
+}
+
+async function watch() {  // the server syncs the folder when it changes: show what it found
+  const s = await loadStats();
+  const at = s && s.last_sync && s.last_sync.at;
+  if (at && at !== state.lastSync) {
+    const first = state.lastSync === null;
+    state.lastSync = at;
+    if (!first && !state.searched) gallery();
+  }
 }
 
 function setQueryPhoto(file, like) {
@@ -166,12 +277,20 @@ $("#photo").addEventListener("change", () => {
 $("#query-photo-clear").addEventListener("click", () => setQueryPhoto(null, null));
 $("#attach-clear").addEventListener("click", detach);
 $("#note-form").addEventListener("submit", saveNote);
+$("#sync").addEventListener("click", syncNow);
+for (const id of ["#from", "#to", "#sort"]) $(id).addEventListener("change", () => search());
 
 const initial = new URLSearchParams(location.search);
 $("#q").value = initial.get("q") || "";
-const wanted = initial.get("modality");
-if (wanted && [...$("#modality").options].some((o) => o.value === wanted)) $("#modality").value = wanted;
+for (const [name, id] of [["modality", "#modality"], ["sort", "#sort"]]) {
+  const wanted = initial.get(name);
+  if (wanted && [...$(id).options].some((o) => o.value === wanted)) $(id).value = wanted;
+}
+for (const [name, id] of [["from", "#from"], ["to", "#to"], ["min_score", "#min-score"]]) {
+  if (initial.get(name)) $(id).value = initial.get(name);
+}
 if (initial.get("like")) setQueryPhoto(null, {id: initial.get("like"), name: "this photo"});
-loadStats();
+watch();
+setInterval(watch, POLL_MS);
 if ($("#q").value.trim() || state.like) search();
-else setStatus($("#status"), "Search by words, by a photo, or both. Everything runs on this machine.");
+else gallery();
