@@ -421,6 +421,7 @@ class Store:
 
     def excluded(self, paths: Sequence[str]) -> set[str]:
         """Those of `paths` that were removed by hand (see `Index.remove`)."""
+        paths = [p for p in paths if _storable(p)]  # a name that is not UTF-8 was never stored
         out: set[str] = set()
         with self.lock:
             for start in range(0, len(paths), 500):
@@ -500,6 +501,14 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute(statement)
         version += 1
         conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (str(version),))
+
+
+def _storable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def json_path(name: str) -> str:
