@@ -320,7 +320,7 @@ def test_cli_search_dates_sort_and_the_cut_off(cli) -> None:
     assert status == 1 and "--all or --min-score" in err
 
 
-def test_cli_reindex_and_the_mismatch_message(tmp_path: Path, cli) -> None:
+def test_cli_reindex_and_the_mismatch_message(tmp_path: Path, cli, capsys: pytest.CaptureFixture[str]) -> None:
     from test_runtime import make_artifacts
 
     run, photos, artifacts = cli
@@ -331,6 +331,10 @@ def test_cli_reindex_and_the_mismatch_message(tmp_path: Path, cli) -> None:
     assert "built with model 'tiny-onnx' (tiny-onnx@seed0, " in message and "not 'tiny-onnx' (tiny-onnx@seed1" in message
     command = f"edge-gcl index reindex --index {tmp_path / 'idx'} --model {other}"
     assert f"`{command}`" in message
+    from edge_gcl.cli import main
+
+    assert main(["search", "x", "--index", f"{tmp_path / 'idx'}/", "--model", str(other)]) == 1  # a trailing /
+    assert f"`{command}`" in capsys.readouterr().err
     status, out, err = run("index", "reindex", "--model", str(other), model=False)
     assert status == 0 and "updated 4" in out
     assert run("search", "x", "--all", "--model", str(other), model=False)[0] == 0

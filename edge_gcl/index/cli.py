@@ -21,6 +21,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..locations import default_index, default_model
@@ -67,7 +68,7 @@ def _open(args: argparse.Namespace, *, model: bool = True, create: bool = False)
     try:
         return Index.open(folder, model=embedder, create=create)
     except ModelMismatchError as e:  # the exact command: this index, this model
-        command = f"edge-gcl index reindex --index {folder}"
+        command = f"edge-gcl index reindex --index {Path(folder)}"  # as Index.open names it
         raise ModelMismatchError(str(e).replace(f"`{command}`", f"`{command} --model {choice.spec}`")) from None
 
 
