@@ -45,7 +45,9 @@ def load_image(
     mirroring, and reports orientation 1 so it is not applied twice). Handles EXIF rotation, palette/alpha/CMYK/16-bit modes (alpha is composited on white), and
     refuses truncated files, decompression bombs (over `max_pixels`, default MAX_IMAGE_PIXELS) and
     what is not a regular file (a FIFO would block). `draft_size` lets JPEG decode at a reduced
-    scale that still covers that many pixels on each side (much faster for camera photos).
+    scale that still covers that many pixels on each side (much faster for camera photos), and a
+    HEIC use its embedded thumbnail when one covers them (a phone's HEIC usually has one; pillow-heif
+    takes it only when it is a scaled copy: same aspect, crop, rotation and colour profile).
     """
     max_pixels = max_pixels or MAX_IMAGE_PIXELS
     if isinstance(source, Image.Image):
@@ -61,7 +63,7 @@ def load_image(
                 img = Image.open(fp)
                 if img.width * img.height > max_pixels:
                     raise ImageDecodeError(f"{name}: {img.width}x{img.height} is over {max_pixels:,} pixels")
-                if draft_size and img.format == "JPEG":
+                if draft_size and img.format in ("JPEG", "HEIF"):  # HEIF: an embedded thumbnail that covers it
                     img.draft("RGB", (draft_size, draft_size))
                 ImageFile.LOAD_TRUNCATED_IMAGES = False
                 img.load()

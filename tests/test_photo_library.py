@@ -381,3 +381,25 @@ def test_a_removed_photo_stays_out_of_syncs_until_added_by_name(tmp_path: Path) 
         assert index.add_photos(folder, progress=False).added == []  # a folder add skips it too
         assert index.add_photos(photos[0], progress=False).added == [photo_id(photos[0])]  # by name: back
         assert index.sync(folder, progress=False).unchanged == [photo_id(p) for p in photos]
+
+
+@pytest.mark.runtime
+def test_a_heic_with_a_thumbnail_decodes_it_when_it_covers_the_model_input(tmp_path: Path) -> None:
+    """libheif has no reduced-scale decoding; a phone's HEIC carries a thumbnail, used like JPEG's draft."""
+    from edge_gcl.config import ImagePreprocess
+    from edge_gcl.transform import preprocess
+
+    img = two_tone(2048, 1536)
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    path = tmp_path / "IMG_0002.HEIC"
+    img.save(path, quality=90, thumbnails=[512], exif=exif.tobytes())
+    full, small = load_image(path), load_image(path, draft_size=224)
+    assert full.size == (1536, 2048) and small.size == (384, 512)  # the thumbnail, upright like the image
+    assert load_image(path, draft_size=400).size == (1536, 2048)  # a thumbnail too small: the image
+    top = np.asarray(small, np.float32)[:100].mean((0, 1))
+    assert top[0] > 150 and top[2] < 100  # red on top, as in the full decode
+    cfg = ImagePreprocess(size=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    x = preprocess(path, cfg)  # (3, 64, 64) from the thumbnail, close to the same from the full image
+    y = preprocess(full, cfg)
+    assert np.abs(x - y).mean() < 0.05
