@@ -604,6 +604,21 @@ def test_heic_photos_are_indexed_and_served(dated_app) -> None:
     assert {h["id"] for h in found["hits"]} == {heic, photo_id(photos["blue"])}  # the same colour
 
 
+def test_heic_thumbnails_come_from_the_embedded_thumbnail(dated_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pillow_heif.as_plugin import HeifImageFile
+
+    server, index, photos = dated_app
+    path = photos["red"].parent / "IMG_0043.HEIC"  # a phone's: 12 MP... here 1280 x 960, with a 320 x 240 thumbnail
+    Image.new("RGB", (1280, 960), COLORS["green"]).save(path, quality=80, thumbnails=[320])
+    index.add_photos(path, progress=False)
+    drafts = []
+    draft = HeifImageFile.draft
+    monkeypatch.setattr(HeifImageFile, "draft", lambda self, mode, size: drafts.append(draft(self, mode, size)) or drafts[-1])
+    status, _, data = call(server, "GET", f"/thumb/{photo_id(path)}")
+    assert status == 200 and Image.open(io.BytesIO(data)).size == (320, 240)
+    assert drafts == [("RGB", (0, 0, 320, 240))]  # the embedded thumbnail, not the full image
+
+
 def test_gallery_lists_recent_photos_and_filters_by_date(dated_app) -> None:
     server, index, photos = dated_app
     status, data = call_json(server, "GET", "/api/items?modality=photo,photo%2Bnote")
