@@ -3,7 +3,7 @@ memory-bandwidth floor; photo ingest throughput with a real model.
 
     python -m benchmarks.index                                   # 1k, 10k, 100k; 256-d and 512-d; a few minutes
     python -m benchmarks.index --sizes 1000,10000 --dims 256 --photos 0
-    python -m benchmarks.index --million                         # adds 1M vectors (needs ~8 GB of RAM)
+    python -m benchmarks.index --million                         # 100k and 1M, cached indexes: index_million.json
 
 What runs, for every dimension, collection size N and vector dtype:
 
@@ -22,7 +22,16 @@ one query per call (the on-device case); the table gives the median and p90 per 
 
 Memory: `rss_mb` is the resident memory a method added while building/loading (RSS after minus before;
 for the index: opening it and its first search, which loads the stored vectors into memory); `disk_mb` the SQLite
-file. The floor: `bytes_scanned` (what an exact method reads per query, N x D x bytes per element; for the
+file. `open_s` / `open_rss_mb` (index-exact rows): `Index.open` plus a first exact search in a fresh process once
+the index was closed (so its vectors file exists and is memory-mapped), and that process's peak RSS, Python and
+imports included; `vectors_mb` the vectors file. `build_s` (index-approx, usearch-hnsw): building the HNSW.
+
+--million runs N = 100k and 1M, D = 256 and 512, float16 and int8 (approximate: int8 at 512; the plain usearch
+comparison only at 100k, its 1M build alone takes a quarter of an hour here), 100k-file sync, into
+index_million.json. Its indexes are built once into --cache (default runs/bench-index-cache) and reused by later
+runs, with their build times as recorded when built (`cached` says which). `--sync-files N` times
+`Index.sync` of an unchanged folder of N synthetic photo files (a few bytes each; the embedder hashes the path,
+so nothing is decoded) after adding them. The floor: `bytes_scanned` (what an exact method reads per query, N x D x bytes per element; for the
 index `IndexStats.search_memory_bytes`, with `scan_dtype` its `search_dtype`) over the machine's memory
 bandwidth, measured here as the best of a large array copy (2 x bytes / time) and a large array read
 (a sum), on one core and split over all cores like the scan; `x_floor` = median / floor, so 1.0 would
@@ -36,6 +45,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
+import json
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -194,6 +208,7 @@ class IndexBench:
     rows: list[dict[str, Any]] = field(default_factory=list)
     ingest: list[dict[str, Any]] = field(default_factory=list)
     photo_ingest: list[dict[str, Any]] = field(default_factory=list)
+    sync: list[dict[str, Any]] = field(default_factory=list)
     threads: dict[str, int] = field(default_factory=dict)
     bandwidth: dict[str, float] = field(default_factory=dict)
     ids: dict[tuple[str, int, int, str], np.ndarray] = field(default_factory=dict)  # (method, dim, n, dtype)
@@ -246,40 +261,104 @@ def _faiss_rows(bench: IndexBench, xb: np.ndarray, xq: np.ndarray, n: int, dtype
 
 
 def _usearch_rows(bench: IndexBench, xb: np.ndarray, xq: np.ndarray, n: int, dtypes: Sequence[str],
-                  k: int, warmup: int) -> None:
+                  k: int, warmup: int, cache: Path | None = None, seed: int = 0) -> None:
     from usearch.index import Index as HNSW
 
     dim = xb.shape[1]
     for dtype in dtypes:
+        file = cache / f"usearch-d{dim}-{dtype}-n{n}-s{seed}.usearch" if cache else None
+        record = _read_record(file.with_suffix(".json")) if file else None
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            hnsw = HNSW(ndim=dim, metric="ip", dtype=_USEARCH_DTYPE[dtype])
-            hnsw.add(np.arange(n, dtype=np.uint64), xb[:n])
-            build_s = time.perf_counter() - t0
+            if file and record and file.is_file():
+                hnsw = HNSW.restore(str(file))
+                build_s, cached = record["build_s"], True
+            else:
+                hnsw = HNSW(ndim=dim, metric="ip", dtype=_USEARCH_DTYPE[dtype])
+                hnsw.add(np.arange(n, dtype=np.uint64), xb[:n])
+                build_s, cached = time.perf_counter() - t0, False
+                if file:
+                    hnsw.save(str(file))
+                    _write_record(file.with_suffix(".json"), {"n": n, "build_s": build_s})
         timing, ids = time_queries(lambda i, h=hnsw: np.asarray(h.search(xq[i], k).keys, np.int64), len(xq), k,
                                    warmup=warmup)
         _row("usearch-hnsw", dim, n, dtype, timing, ids, bench.truth[(dim, n)], bench, rss_mb=mem.delta_mb,
-             build_s=build_s, structure_mb=hnsw.memory_usage / 2**20)
+             build_s=build_s, structure_mb=hnsw.memory_usage / 2**20, cached=cached)
         hnsw.reset()
 
 
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+_OPEN_SCRIPT = """
+import json, sys, time
+import numpy as np
+from edge_gcl.index import Index
+def kb(field):  # this process's own figures (ru_maxrss would count the parent's pages at fork)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+base = kb("VmRSS")
+t0 = time.perf_counter()
+ix = Index.open(sys.argv[1], create=False)
+t1 = time.perf_counter()
+ix.search(vector=np.ones(ix.embed_dim, np.float32), k=10, approximate=False)
+t2 = time.perf_counter()
+print(json.dumps({"open_s": t1 - t0, "first_search_s": t2 - t1, "from_cache": ix._vectors.from_cache,
+                  "peak_rss_mb": kb("VmHWM") / 1024, "imports_rss_mb": base / 1024}))
+"""
+
+
+def open_fresh(folder: str | Path) -> dict[str, Any]:
+    """`Index.open` (no model) and a first exact search in a new Python process: seconds, that process's peak RSS
+    in MB (VmHWM: imports included; `imports_rss_mb` is the RSS before opening). Rows come from the vectors file
+    when it matches (`from_cache`). Linux only (/proc)."""
+    out = subprocess.run([sys.executable, "-c", _OPEN_SCRIPT, str(folder)], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _built_index(folder: Path, embedder: TableEmbedder, n: int, dtype: str, seed: int) -> dict[str, Any]:
+    """An index of the notes v0..v{n-1} at `folder`, built once: its record ({"n", "ingest_s", ...}, "cached")."""
+    from edge_gcl.index import Index
+
+    record = _read_record(folder / "bench-build.json")
+    if record and (record.get("n"), record.get("dtype"), record.get("seed")) == (n, dtype, seed):
+        return {**record, "cached": True}
+    shutil.rmtree(folder, ignore_errors=True)
+    with Index.open(folder, model=embedder, dtype=dtype) as ix:  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        ix.add_notes([f"v{i}" for i in range(n)], batch_size=2048, progress=False)
+        ingest_s = time.perf_counter() - t0
+    record = {"n": n, "dtype": dtype, "seed": seed, "ingest_s": ingest_s}
+    _write_record(folder / "bench-build.json", record)
+    return {**record, "cached": False}
+
+
 def _index_rows(bench: IndexBench, xb: np.ndarray, xq: np.ndarray, sizes: Sequence[int], dtype: str,
-                approximate: bool, exact: bool, k: int, warmup: int, workdir: Path, log: Callable[[str], Any]) -> None:
-    """One project index per (dim, dtype), grown through `sizes`; reopened cold at each size."""
+                approximate: bool, exact: bool, k: int, warmup: int, workdir: Path, log: Callable[[str], Any],
+                seed: int = 0) -> None:
+    """One project index per (dim, dtype, N) under `workdir` (kept and reused if built there before); timed
+    after a cold open, then closed (writing its vectors file) and opened again in a fresh process."""
     from edge_gcl.index import Index
 
     dim = xb.shape[1]
-    folder = workdir / f"index-d{dim}-{dtype}"
     embedder = TableEmbedder(xb, model_id=f"synthetic-d{dim}")
-    have = 0
     for n in sizes:
-        with Index.open(folder, model=embedder, dtype=dtype) as ix:  # type: ignore[arg-type]
-            t0 = time.perf_counter()
-            ix.add_notes([f"v{i}" for i in range(have, n)], batch_size=2048, progress=False)
-            ingest_s = time.perf_counter() - t0
-        bench.ingest.append({"method": "index.add_notes", "dim": dim, "dtype": dtype, "n": n, "added": n - have,
-                             "seconds": ingest_s, "items_per_s": (n - have) / ingest_s if ingest_s else None})
-        have = n
+        folder = workdir / f"index-d{dim}-{dtype}-n{n}-s{seed}"
+        built = _built_index(folder, embedder, n, dtype, seed)
+        ingest_s = built["ingest_s"]
+        bench.ingest.append({"method": "index.add_notes", "dim": dim, "dtype": dtype, "n": n, "added": n,
+                             "seconds": ingest_s, "items_per_s": n / ingest_s if ingest_s else None,
+                             "cached": built["cached"]})
         gc.collect()
 
         def ids_of(hits: list) -> np.ndarray:
@@ -288,8 +367,9 @@ def _index_rows(bench: IndexBench, xb: np.ndarray, xq: np.ndarray, sizes: Sequen
         with PeakRSS() as mem:
             t0 = time.perf_counter()
             ix = Index.open(folder, model=embedder)  # type: ignore[arg-type]
-            ix.search(vector=xq[0], k=k, approximate=False)  # decodes every stored vector into memory
+            ix.search(vector=xq[0], k=k, approximate=False)  # maps the vectors file, or reads SQLite without one
             open_s = time.perf_counter() - t0
+        exact_row: dict[str, Any] | None = None
         try:
             stats = ix.stats()
             disk_mb = stats.size_bytes / 2**20
@@ -297,21 +377,76 @@ def _index_rows(bench: IndexBench, xb: np.ndarray, xq: np.ndarray, sizes: Sequen
             if exact:
                 timing, ids = time_queries(lambda i, ix=ix: ids_of(ix.search(vector=xq[i], k=k, approximate=False)),
                                            len(xq), k, warmup=warmup)
-                _row("index-exact", dim, n, dtype, timing, ids, truth, bench, rss_mb=mem.delta_mb, disk_mb=disk_mb,
-                     open_s=open_s, bytes_scanned=stats.search_memory_bytes, scan_dtype=stats.search_dtype)
+                exact_row = _row("index-exact", dim, n, dtype, timing, ids, truth, bench, rss_mb=mem.delta_mb,
+                                 disk_mb=disk_mb, open_first_s=open_s, bytes_scanned=stats.search_memory_bytes,
+                                 scan_dtype=stats.search_dtype, cached=built["cached"])
             if approximate:
+                had_graph = "hnsw_build_s" in built and (folder / "index.usearch").is_file()
                 with PeakRSS() as amem:
                     t0 = time.perf_counter()
                     ix.search(vector=xq[0], k=k, approximate=True)  # loads or builds the HNSW
-                    build_s = time.perf_counter() - t0
+                    first_s = time.perf_counter() - t0
                 timing, ids = time_queries(lambda i, ix=ix: ids_of(ix.search(vector=xq[i], k=k, approximate=True)),
                                            len(xq), k, warmup=warmup)
+                build_s = built["hnsw_build_s"] if had_graph else first_s
                 _row("index-approx", dim, n, dtype, timing, ids, truth, bench, rss_mb=mem.delta_mb + amem.delta_mb,
-                     disk_mb=disk_mb, build_s=build_s)
+                     disk_mb=disk_mb, build_s=build_s, load_s=first_s if had_graph else None, cached=had_graph)
+                if not had_graph:
+                    built = {**built, "hnsw_build_s": first_s}
+                    _write_record(folder / "bench-build.json", {k_: v for k_, v in built.items() if k_ != "cached"})
         finally:
-            ix.close()
+            ix.close()  # writes index.vectors (and index.usearch)
             gc.collect()
-        log(f"  index {dtype} d={dim} n={n}: ingest {ingest_s:.1f} s, open {open_s:.2f} s")
+        if exact_row is not None:
+            fresh = open_fresh(folder)
+            exact_row.update(open_s=fresh["open_s"] + fresh["first_search_s"], open_rss_mb=fresh["peak_rss_mb"],
+                             open_imports_rss_mb=fresh["imports_rss_mb"], open_from_file=fresh["from_cache"],
+                             vectors_mb=os.path.getsize(folder / "index.vectors") / 2**20)
+        log(f"  index {dtype} d={dim} n={n}: ingest {ingest_s:.1f} s{' (cached)' if built['cached'] else ''}, "
+            f"first open {open_s:.2f} s" + (f", fresh open {exact_row['open_s']:.2f} s, "
+                                            f"{exact_row['open_rss_mb']:.0f} MB" if exact_row else ""))
+
+
+class PathEmbedder:
+    """An `Embedder` whose photo vectors hash the path: nothing is read or decoded (the sync benchmark)."""
+
+    def __init__(self, dim: int = 64) -> None:
+        self.model_id, self.embed_dim, self.tokenizer = f"path-hash-d{dim}", dim, None
+
+    def embed_images(self, images: Sequence[Any], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        rows = [np.random.default_rng(int.from_bytes(hashlib.sha256(str(p).encode()).digest()[:8], "little"))
+                .standard_normal(self.embed_dim) for p in images]
+        x = np.asarray(rows, np.float32).reshape(len(rows), self.embed_dim)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def embed_texts(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        raise TypeError("PathEmbedder: photos only")
+
+
+def sync_folder(n: int, *, workdir: Path, per_folder: int = 1000) -> dict[str, Any]:
+    """Seconds of `Index.sync` over an unchanged folder of `n` synthetic photo files (16 bytes each, in
+    subfolders of `per_folder`), after `add_photos` added them; the sync must find them all unchanged."""
+    from edge_gcl.index import Index
+
+    root = workdir / "sync-photos"
+    t0 = time.perf_counter()
+    for i in range(n):
+        sub = root / f"{i // per_folder:04d}"
+        if i % per_folder == 0:
+            sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"IMG_{i:07d}.jpg").write_bytes(i.to_bytes(16, "little"))
+    create_s = time.perf_counter() - t0
+    with Index.open(workdir / "sync-index", model=PathEmbedder()) as ix:  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        added = ix.add_photos(root, batch_size=256, progress=False)
+        add_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        report = ix.sync(root, batch_size=256, progress=False)
+        sync_s = time.perf_counter() - t0
+    if len(report.unchanged) != n or report.added or report.updated or report.removed:
+        raise RuntimeError(f"sync of an unchanged folder changed something: {report}")
+    return {"method": "index.sync", "files": n, "create_s": create_s, "add_s": add_s, "added": len(added.added),
+            "sync_s": sync_s, "unchanged": len(report.unchanged), "files_per_s": n / sync_s}
 
 
 def ingest_photos(model: str, artifacts: str | Path | None, photos: Sequence[Path], *, workdir: Path,
@@ -356,11 +491,18 @@ def run(
     artifacts: str | Path | None = None,
     threads: int | None = None,
     workdir: str | Path | None = None,
+    cache: str | Path | None = None,
+    approx_dims: Sequence[int] | None = None,
+    usearch_max_n: int | None = None,
+    sync_files: int = 0,
     log: Callable[[str], Any] = print,
 ) -> IndexBench:
-    """Run the whole sweep; see the module docstring. Sizes ascend; each index grows through them.
+    """Run the whole sweep; see the module docstring. Sizes ascend.
 
-    `threads` caps numpy's BLAS and faiss's OpenMP pools (None: their defaults, all cores)."""
+    `threads` caps numpy's BLAS and faiss's OpenMP pools (None: their defaults, all cores). `cache`: a folder
+    where the indexes are kept and reused across runs (default: a temporary folder, removed). `approx_dims`:
+    the dimensions that get approximate rows (None: all); `usearch_max_n`: the largest N the plain usearch
+    comparison runs at (None: all); `sync_files`: files for the sync benchmark (0: none)."""
     sizes = sorted(set(int(s) for s in sizes))
     bad = [d for d in [*dtypes, *approx_dtypes] if d not in DTYPES] + [m for m in methods if m not in METHODS]
     if bad:
@@ -370,7 +512,8 @@ def run(
     bench = IndexBench()
     with limit_threads(threads):
         _sweep(bench, sizes, dims, dtypes, approx_dtypes, methods, queries, k, warmup, seed, bandwidth_mb,
-               photos, photos_dir, model, artifacts, workdir, log)
+               photos, photos_dir, model, artifacts, workdir, log, cache=cache, approx_dims=approx_dims,
+               usearch_max_n=usearch_max_n, sync_files=sync_files)
     order = {m: i for i, m in enumerate(METHODS)}
     bench.rows.sort(key=lambda r: (r["dim"], r["n"], DTYPES.index(r["dtype"]), order[r["method"]]))
     return bench
@@ -379,7 +522,8 @@ def run(
 def _sweep(bench: IndexBench, sizes: Sequence[int], dims: Sequence[int], dtypes: Sequence[str],
            approx_dtypes: Sequence[str], methods: Sequence[str], queries: int, k: int, warmup: int, seed: int,
            bandwidth_mb: int, photos: int, photos_dir: str | Path, model: str, artifacts: str | Path | None,
-           workdir: str | Path | None, log: Callable[[str], Any]) -> None:
+           workdir: str | Path | None, log: Callable[[str], Any], *, cache: str | Path | None = None,
+           approx_dims: Sequence[int] | None = None, usearch_max_n: int | None = None, sync_files: int = 0) -> None:
     import faiss
 
     bench.threads = {"faiss_omp": faiss.omp_get_max_threads()}
@@ -388,20 +532,31 @@ def _sweep(bench: IndexBench, sizes: Sequence[int], dims: Sequence[int], dtypes:
     log("  copy {copy_gbps:.1f} GB/s, read {read_gbps:.1f} GB/s".format(**bench.bandwidth))
     with tempfile.TemporaryDirectory(prefix="bench-index-", dir=workdir) as tmp:
         tmp_path = Path(tmp)
+        keep = Path(cache) if cache else None
+        if keep:
+            keep.mkdir(parents=True, exist_ok=True)
         for dim in dims:
+            t0 = time.perf_counter()
             xb, xq = synthetic(sizes[-1], queries, dim, seed=seed)
+            log(f"d={dim}: {sizes[-1]:,} synthetic vectors in {time.perf_counter() - t0:.1f} s")
+            approx_here = approx_dims is None or dim in approx_dims
             for n in sizes:
                 log(f"d={dim} n={n}: faiss, usearch")
                 _faiss_rows(bench, xb, xq, n, dtypes, methods, k, warmup)
-                if "usearch-hnsw" in methods:
-                    _usearch_rows(bench, xb, xq, n, approx_dtypes, k, warmup)
+                if "usearch-hnsw" in methods and approx_here and (usearch_max_n is None or n <= usearch_max_n):
+                    _usearch_rows(bench, xb, xq, n, approx_dtypes, k, warmup, keep, seed)
             for dtype in dtypes:
                 want_exact = "index-exact" in methods
-                want_approx = "index-approx" in methods and dtype in approx_dtypes
+                want_approx = "index-approx" in methods and dtype in approx_dtypes and approx_here
                 if want_exact or want_approx:
-                    _index_rows(bench, xb, xq, sizes, dtype, want_approx, want_exact, k, warmup, tmp_path, log)
+                    _index_rows(bench, xb, xq, sizes, dtype, want_approx, want_exact, k, warmup, keep or tmp_path,
+                                log, seed)
             del xb, xq
             gc.collect()
+        if sync_files > 0:
+            log(f"sync: {sync_files:,} synthetic photo files")
+            bench.sync.append(sync_folder(sync_files, workdir=tmp_path))
+            log("  add {add_s:.1f} s, sync {sync_s:.2f} s".format(**bench.sync[-1]))
         if photos > 0:
             files = sorted(p for p in Path(photos_dir).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
             if not files:
@@ -417,6 +572,11 @@ SEARCH_COLS = [
     Col("recall@10", "recall@10", ".3f"), Col("same_top10", "same top10", ".2f"),
     Col("floor_ms", "floor ms", ".3f"), Col("x_floor", "x floor", ".1f"), Col("x_copy_floor", "x copy", ".1f"),
     Col("rss_mb", "RSS MB", ".1f"), Col("disk_mb", "disk MB", ".1f"), Col("build_s", "build s", ".2f"),
+    Col("open_s", "open s", ".2f"), Col("open_rss_mb", "open RSS MB", ".0f"),
+]
+SYNC_COLS = [
+    Col("method"), Col("files", "files", ","), Col("add_s", "add s", ".1f"), Col("sync_s", "sync s", ".2f"),
+    Col("files_per_s", "files/s", ",.0f"),
 ]
 INGEST_COLS = [
     Col("method"), Col("dim", "D"), Col("dtype"), Col("n", "N", ","), Col("added", "added", ","),
@@ -439,6 +599,8 @@ def tables(doc: dict[str, Any]) -> str:
         parts.append(format_table(doc["ingest"], INGEST_COLS, title="note ingest (synthetic vectors, no model)"))
     if doc.get("photo_ingest"):
         parts.append(format_table(doc["photo_ingest"], PHOTO_COLS, title="photo ingest (real model)"))
+    if doc.get("sync"):
+        parts.append(format_table(doc["sync"], SYNC_COLS, title="sync of an unchanged folder (synthetic files)"))
     return "\n\n".join(p for p in parts if p)
 
 
@@ -471,13 +633,29 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
 
 def document(bench: IndexBench, config: dict[str, Any]) -> dict[str, Any]:
     return make_document("index", bench.rows, config=config, ingest=bench.ingest, photo_ingest=bench.photo_ingest,
-                         bandwidth=bench.bandwidth, threads=bench.threads)
+                         sync=bench.sync, bandwidth=bench.bandwidth, threads=bench.threads)
+
+
+# --million: the scale run's settings (issue 17): what each goal needs, in under 30 minutes on 2 cores
+MILLION: dict[str, Any] = {
+    "sizes": "100000,1000000", "dims": "256,512", "dtypes": "float16,int8", "approx_dtypes": "int8",
+    "approx_dims": "512", "usearch_max_n": 100_000, "photos": 0, "sync_files": 100_000,
+    "cache": "runs/bench-index-cache", "json": str(RESULTS_DIR / "index_million.json"),
+    "plot": str(RESULTS_DIR / "index_million.png"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.index", description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1000,10000,100000", help="collection sizes (comma-separated)")
-    p.add_argument("--million", action="store_true", help="add a 1,000,000-vector collection")
+    p.add_argument("--million", action="store_true",
+                   help="the scale run: 100k and 1M, cached indexes, 100k-file sync, index_million.json "
+                        "(flags given explicitly still apply)")
+    p.add_argument("--cache", help="keep the built indexes here and reuse them (default: temporary; "
+                                    "--million: runs/bench-index-cache)")
+    p.add_argument("--approx-dims", help="dimensions with approximate rows (default: all)")
+    p.add_argument("--usearch-max-n", type=int, help="largest N for the plain usearch comparison")
+    p.add_argument("--sync-files", type=int, default=0, help="files for the unchanged-folder sync benchmark")
     p.add_argument("--dims", default="256,512")
     p.add_argument("--dtypes", default=",".join(DTYPES), help="store dtypes for the exact search")
     p.add_argument("--approx-dtypes", default="float16", help="store dtypes for the approximate methods")
@@ -495,16 +673,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", default=str(RESULTS_DIR / "index.json"))
     p.add_argument("--plot", default=str(RESULTS_DIR / "index.png"))
     args = p.parse_args(argv)
-    sizes = parse_list(args.sizes, int) + ([1_000_000] if args.million else [])
+    if args.million:  # defaults of the scale run, for the flags left at their defaults
+        for name, value in MILLION.items():
+            if getattr(args, name) == p.get_default(name):
+                setattr(args, name, value)
+    sizes = parse_list(args.sizes, int)
     config = {"sizes": sorted(set(sizes)), "dims": parse_list(args.dims, int), "dtypes": parse_list(args.dtypes),
               "approx_dtypes": parse_list(args.approx_dtypes), "methods": parse_list(args.methods),
               "queries": args.queries, "k": 10, "warmup": args.warmup, "seed": args.seed,
               "bandwidth_mb": args.bandwidth_mb, "photos": args.photos, "photos_dir": args.photos_dir,
-              "model": args.model, "artifacts": args.artifacts, "threads": args.threads}
+              "model": args.model, "artifacts": args.artifacts, "threads": args.threads, "cache": args.cache,
+              "approx_dims": parse_list(args.approx_dims, int) if args.approx_dims else None,
+              "usearch_max_n": args.usearch_max_n, "sync_files": args.sync_files, "million": args.million}
+    t_run = time.perf_counter()
     machine = machine_info()
     print(header_line(machine))
-    bench = run(**{k: v for k, v in config.items() if k != "k"}, workdir=args.workdir,
-                log=lambda s: print(s, file=sys.stderr))
+    bench = run(**{k: v for k, v in config.items() if k not in ("k", "million")}, workdir=args.workdir,
+                log=lambda s: print(s, file=sys.stderr, flush=True))
+    config["run_s"] = time.perf_counter() - t_run
     doc = document(bench, config)
     doc["machine"] = machine
     print(tables(doc))

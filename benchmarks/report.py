@@ -203,6 +203,11 @@ def latency_markdown(doc: Mapping[str, Any]) -> str:
         f"Peak RSS while loading and running each form, over the process before it: {mem}." if mem else ""])
 
 
+# index rows' scale figures, shown at the largest N when a run recorded them: key -> (format, column title)
+SCALE_COLS = {"build_s": (".1f", "build s"), "open_s": (".2f", "open s"), "open_rss_mb": (".0f", "open RSS MB"),
+              "disk_mb": (".0f", "disk MB")}
+
+
 def index_markdown(doc: Mapping[str, Any]) -> str:
     """Median ms per query vs N, a row per (D, dtype, method); recall and distance to the floor at the largest N."""
     rows = doc["rows"]
@@ -219,10 +224,13 @@ def index_markdown(doc: Mapping[str, Any]) -> str:
                     line["floor"] = _fmt(r.get("x_floor"), ".1f")
                     line["copy"] = _fmt(r.get("x_copy_floor"), ".1f")
                     line["rss"] = _fmt(r.get("rss_mb"), ".0f")
+                    line.update({name: _fmt(r.get(name), fmt) for name, (fmt, _) in SCALE_COLS.items()})
         table.append(line)
     cols = ([Col("D"), Col("dtype"), Col("method")] + [Col(f"n{n}", f"{n:,}") for n in sizes]
             + [Col("recall", f"recall@10 @{big:,}"), Col("floor", f"x floor @{big:,}"),
-               Col("copy", f"x copy floor @{big:,}"), Col("rss", f"RSS MB @{big:,}")])
+               Col("copy", f"x copy floor @{big:,}"), Col("rss", f"RSS MB @{big:,}")]
+            + [Col(name, f"{title} @{big:,}") for name, (_, title) in SCALE_COLS.items()
+               if any(r.get(name) is not None and r["n"] == big for r in rows)])
     bw = doc.get("bandwidth", {})
     parts = [
         "Search time per query (median ms, one query per call) vs collection size N. `index-*` is "
@@ -232,13 +240,24 @@ def index_markdown(doc: Mapping[str, Any]) -> str:
         "the same at the copy bandwidth"
         + (f" (copy {bw['copy_gbps']:.1f} GB/s, read {bw['read_gbps']:.1f} GB/s)" if bw else "") + ".",
         "", markdown_table(table, cols)]
+    approx = [r for r in rows if not r["exact"]]
+    if doc.get("config", {}).get("million") and approx:  # the scale run: each approximate row at every N
+        cols_a = [Col("dim", "D"), Col("n", "N", ","), Col("dtype"), Col("method"), Col("median_ms", "median ms", ".3f"),
+                  Col("p90_ms", "p90 ms", ".3f"), Col("recall@10", "recall@10", ".3f"), Col("build_s", "build s", ".1f")]
+        parts += ["", "Approximate search at each N (recall@10 against faiss-flat; `index-approx` re-scores its "
+                  "candidates exactly, build: the HNSW):", "", markdown_table(approx, cols_a)]
     for r in doc.get("photo_ingest", []):
         parts += ["", f"Photo ingest (`Index.add_photos`, {r['embedder']}): {r['added']} photos in "
                   f"{r['seconds']:.1f} s, {r['items_per_s']:.1f} photos/s."]
     notes = [r for r in doc.get("ingest", []) if r["n"] == big]
     if notes:
         rate = sum(r["items_per_s"] for r in notes) / len(notes)
-        parts += ["", f"Note ingest without a model (`Index.add_notes`, synthetic vectors): {rate:,.0f} notes/s."]
+        slowest = max(notes, key=lambda r: r["seconds"])
+        parts += ["", f"Note ingest without a model (`Index.add_notes`, synthetic vectors): {rate:,.0f} notes/s; "
+                  f"{big:,} notes in {slowest['seconds']:.0f} s at the slowest ({slowest['dim']}-d {slowest['dtype']})."]
+    for r in doc.get("sync", []):
+        parts += ["", f"`Index.sync` of an unchanged folder of {r['files']:,} photo files (synthetic, nothing "
+                  f"decoded): {r['sync_s']:.1f} s ({r['files_per_s']:,.0f} files/s)."]
     return "\n".join(parts)
 
 
@@ -301,8 +320,7 @@ COMMANDS = {
     "modality_gap": "python -m benchmarks.modality_gap --models default,runs/bench-losses/cl-s0-tlr50,"
                     "runs/bench-losses/gcl-s0-t0.02,runs/bench-losses/cl-s0-t0.02 "
                     "--json benchmarks/results/modality_gap.json",
-    "index_million": "python -m benchmarks.index --dims 512 --sizes 1000000 --photos 0 "
-                     "--json benchmarks/results/index_million.json --plot runs/index_million.png",
+    "index_million": "python -m benchmarks.index --million",
     "mmeb": "python -m benchmarks.report --only mmeb --mmeb-root DIR",
     "covr": "python -m benchmarks.report --only covr --covr-root DIR",
 }

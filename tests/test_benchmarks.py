@@ -415,7 +415,54 @@ def test_index_main_writes_json_plot_and_the_report_renders_it(tmp_path: Path, c
     (out / "index_million.json").write_text((out / "index.json").read_text())
     md = render(out, readme_dir=tmp_path)
     assert md.index("### Index search\n") < md.index("### Index search at a million vectors")
-    assert "--sizes 1000000" in md
+    assert "`python -m benchmarks.index --million`" in md
+
+
+def test_index_cache_is_built_once_and_reused_with_its_recorded_build_times(tmp_path: Path):
+    cache = tmp_path / "cache"
+
+    def once() -> bindex.IndexBench:
+        return bindex.run(sizes=[1500], dims=[24], dtypes=["int8"], approx_dtypes=["int8"], queries=5, warmup=1,
+                          bandwidth_mb=8, photos=0, workdir=tmp_path, cache=cache, log=lambda s: None)
+
+    first, second = once(), once()
+    folder = cache / "index-d24-int8-n1500-s0"
+    assert {p.name for p in folder.iterdir()} >= {"index.sqlite", "index.vectors", "index.usearch", "bench-build.json"}
+    assert (cache / "usearch-d24-int8-n1500-s0.usearch").is_file()
+    for bench, cached in ((first, False), (second, True)):
+        rows = {r["method"]: r for r in bench.rows if r["method"].startswith(("index", "usearch"))}
+        assert {r["cached"] for r in rows.values()} == {cached} and bench.ingest[0]["cached"] is cached
+        exact = rows["index-exact"]
+        assert exact["open_from_file"] == 1500 and 0 < exact["open_imports_rss_mb"] <= exact["open_rss_mb"]
+        assert exact["vectors_mb"] * 2**20 == 4096 + 1500 * (24 + 24)
+    for method in ("index-approx", "usearch-hnsw"):  # reused: the build time recorded when it was built
+        build = [next(r["build_s"] for r in b.rows if r["method"] == method) for b in (first, second)]
+        assert build[0] == build[1] > 0
+    assert first.ingest[0]["seconds"] == second.ingest[0]["seconds"]
+    np.testing.assert_array_equal(first.ids[("index-exact", 24, 1500, "int8")],
+                                  second.ids[("index-exact", 24, 1500, "int8")])
+
+
+def test_sync_benchmark_finds_every_synthetic_file_unchanged(tmp_path: Path):
+    row = bindex.sync_folder(120, workdir=tmp_path, per_folder=50)
+    assert (row["files"], row["added"], row["unchanged"]) == (120, 120, 120)
+    assert sorted(p.name for p in (tmp_path / "sync-photos").iterdir()) == ["0000", "0001", "0002"]
+    assert row["sync_s"] > 0 and row["files_per_s"] == pytest.approx(120 / row["sync_s"])
+
+
+def test_million_preset_fills_only_the_flags_left_at_their_defaults(monkeypatch):
+    seen = {}
+
+    def fake_run(**kw):
+        seen.update(kw)
+        return bindex.IndexBench()
+
+    monkeypatch.setattr(bindex, "run", fake_run)
+    bindex.main(["--million", "--dims", "64", "--json", "", "--plot", ""])
+    assert seen["sizes"] == [100_000, 1_000_000] and seen["dims"] == [64]  # --dims given: kept
+    assert (seen["dtypes"], seen["approx_dtypes"], seen["approx_dims"]) == (["float16", "int8"], ["int8"], [512])
+    assert (seen["usearch_max_n"], seen["sync_files"], seen["photos"]) == (100_000, 100_000, 0)
+    assert seen["cache"] == "runs/bench-index-cache"
 
 
 def test_gap_markdown_lists_each_task_and_model():

@@ -54,9 +54,10 @@ from .vectors import ApproximateIndex, VectorMatrix, scan_bytes, top_rows
 
 INDEX_FILE = "index.sqlite"
 APPROXIMATE_FILE = "index.usearch"
-# Above this many stored vectors, search() uses the usearch HNSW unless told otherwise; below it
-# exact search is one scan of the in-memory (V, D) matrix in the stored dtype (V x D x 1, 2 or 4
-# bytes: 25-100 MB and a few ms per query at 100k x 256; see vectors.py).
+VECTORS_FILE = "index.vectors"  # the stored vectors packed for a memory-mapped scan (vectors.VectorCache)
+# Above this many stored vectors, search() uses the usearch HNSW unless told otherwise (approximate=True
+# or False forces either); below it exact search is one scan of the memory-mapped (V, D) matrix in the
+# stored dtype (V x D x 1, 2 or 4 bytes: 25-100 MB and a few ms per query at 100k x 256; see vectors.py).
 APPROXIMATE_MIN_VECTORS = 100_000
 
 
@@ -211,7 +212,7 @@ class Index:
         self.store = store
         self.folder = folder
         self._embedder = embedder
-        self._vectors = VectorMatrix(store)
+        self._vectors = VectorMatrix(store, cache=folder / VECTORS_FILE)
         self._approximate = ApproximateIndex(folder / APPROXIMATE_FILE)
         self._lock = store.lock
 
@@ -272,6 +273,7 @@ class Index:
         with self._lock:
             try:
                 self._approximate.save()
+                self._vectors.save()
             finally:
                 self.store.close()
 
