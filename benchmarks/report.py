@@ -203,14 +203,15 @@ def latency_markdown(doc: Mapping[str, Any]) -> str:
         f"Peak RSS while loading and running each form, over the process before it: {mem}." if mem else ""])
 
 
-# index rows' scale figures, shown at the largest N when a run recorded them: key -> (format, column title)
+# the scale run's (--million) figures at the largest N: key -> (format, column title)
 SCALE_COLS = {"build_s": (".1f", "build s"), "open_s": (".2f", "open s"), "open_rss_mb": (".0f", "open RSS MB"),
-              "disk_mb": (".0f", "disk MB")}
+              "disk_mb": (".0f", "SQLite MB"), "vectors_mb": (".0f", "vectors file MB")}
 
 
 def index_markdown(doc: Mapping[str, Any]) -> str:
     """Median ms per query vs N, a row per (D, dtype, method); recall and distance to the floor at the largest N."""
     rows = doc["rows"]
+    scale = bool(doc.get("config", {}).get("million"))
     sizes = sorted({r["n"] for r in rows})
     big = sizes[-1]
     table = []
@@ -230,7 +231,7 @@ def index_markdown(doc: Mapping[str, Any]) -> str:
             + [Col("recall", f"recall@10 @{big:,}"), Col("floor", f"x floor @{big:,}"),
                Col("copy", f"x copy floor @{big:,}"), Col("rss", f"RSS MB @{big:,}")]
             + [Col(name, f"{title} @{big:,}") for name, (_, title) in SCALE_COLS.items()
-               if any(r.get(name) is not None and r["n"] == big for r in rows)])
+               if scale and any(r.get(name) is not None and r["n"] == big for r in rows)])
     bw = doc.get("bandwidth", {})
     parts = [
         "Search time per query (median ms, one query per call) vs collection size N. `index-*` is "
@@ -241,11 +242,16 @@ def index_markdown(doc: Mapping[str, Any]) -> str:
         + (f" (copy {bw['copy_gbps']:.1f} GB/s, read {bw['read_gbps']:.1f} GB/s)" if bw else "") + ".",
         "", markdown_table(table, cols)]
     approx = [r for r in rows if not r["exact"]]
-    if doc.get("config", {}).get("million") and approx:  # the scale run: each approximate row at every N
+    if scale:
+        parts += ["", "`open s`: `Index.open` and a first exact search in a fresh process, the index closed before "
+                  "(its vectors file memory-mapped); `open RSS MB` that process's peak RSS, Python and imports "
+                  "included; `SQLite MB` the database, `vectors file MB` index.vectors beside it."]
+    if scale and approx:  # each approximate row at every N
         cols_a = [Col("dim", "D"), Col("n", "N", ","), Col("dtype"), Col("method"), Col("median_ms", "median ms", ".3f"),
-                  Col("p90_ms", "p90 ms", ".3f"), Col("recall@10", "recall@10", ".3f"), Col("build_s", "build s", ".1f")]
+                  Col("p90_ms", "p90 ms", ".3f"), Col("recall@10", "recall@10", ".3f"), Col("build_s", "build s", ".1f"),
+                  Col("load_s", "load s", ".1f")]
         parts += ["", "Approximate search at each N (recall@10 against faiss-flat; `index-approx` re-scores its "
-                  "candidates exactly, build: the HNSW):", "", markdown_table(approx, cols_a)]
+                  "candidates exactly; build: the HNSW, load: reading a saved one):", "", markdown_table(approx, cols_a)]
     for r in doc.get("photo_ingest", []):
         parts += ["", f"Photo ingest (`Index.add_photos`, {r['embedder']}): {r['added']} photos in "
                   f"{r['seconds']:.1f} s, {r['items_per_s']:.1f} photos/s."]
@@ -258,6 +264,12 @@ def index_markdown(doc: Mapping[str, Any]) -> str:
     for r in doc.get("sync", []):
         parts += ["", f"`Index.sync` of an unchanged folder of {r['files']:,} photo files (synthetic, nothing "
                   f"decoded): {r['sync_s']:.1f} s ({r['files_per_s']:,.0f} files/s)."]
+    run_s = doc.get("config", {}).get("run_s")
+    if scale and run_s:
+        built = sum(not r.get("cached", False) for r in [*rows, *doc.get("ingest", [])] if "cached" in r)
+        parts += ["", f"This run: {run_s / 60:.1f} min, "
+                  + (f"{built} of its indexes and graphs built in it." if built else
+                     "every index and graph read from `--cache` (the times above are those recorded when built).")]
     return "\n".join(parts)
 
 
