@@ -423,18 +423,24 @@ class PathEmbedder:
         raise TypeError("PathEmbedder: photos only")
 
 
-def sync_folder(n: int, *, workdir: Path, per_folder: int = 1000) -> dict[str, Any]:
+def sync_folder(n: int, *, workdir: Path, per_folder: int = 1000, files: Path | None = None) -> dict[str, Any]:
     """Seconds of `Index.sync` over an unchanged folder of `n` synthetic photo files (16 bytes each, in
-    subfolders of `per_folder`), after `add_photos` added them; the sync must find them all unchanged."""
+    subfolders of `per_folder`), after `add_photos` added them into a new index under `workdir`; the sync must
+    find them all unchanged. The files go to `files` (default workdir/sync-photos), kept there for the next
+    run when it is given (writing and deleting 100k files takes minutes on a busy machine)."""
     from edge_gcl.index import Index
 
-    root = workdir / "sync-photos"
+    root = files or workdir / "sync-photos"
+    done = root / ".complete"  # hidden: list_photos skips it
     t0 = time.perf_counter()
-    for i in range(n):
-        sub = root / f"{i // per_folder:04d}"
-        if i % per_folder == 0:
-            sub.mkdir(parents=True, exist_ok=True)
-        (sub / f"IMG_{i:07d}.jpg").write_bytes(i.to_bytes(16, "little"))
+    if not (done.is_file() and done.read_text() == f"{n} {per_folder}"):
+        shutil.rmtree(root, ignore_errors=True)
+        for i in range(n):
+            sub = root / f"{i // per_folder:04d}"
+            if i % per_folder == 0:
+                sub.mkdir(parents=True, exist_ok=True)
+            (sub / f"IMG_{i:07d}.jpg").write_bytes(i.to_bytes(16, "little"))
+        done.write_text(f"{n} {per_folder}")
     create_s = time.perf_counter() - t0
     with Index.open(workdir / "sync-index", model=PathEmbedder()) as ix:  # type: ignore[arg-type]
         t0 = time.perf_counter()
@@ -555,7 +561,8 @@ def _sweep(bench: IndexBench, sizes: Sequence[int], dims: Sequence[int], dtypes:
             gc.collect()
         if sync_files > 0:
             log(f"sync: {sync_files:,} synthetic photo files")
-            bench.sync.append(sync_folder(sync_files, workdir=tmp_path))
+            bench.sync.append(sync_folder(sync_files, workdir=tmp_path,
+                                          files=keep / f"sync-photos-n{sync_files}" if keep else None))
             log("  add {add_s:.1f} s, sync {sync_s:.2f} s".format(**bench.sync[-1]))
         if photos > 0:
             files = sorted(p for p in Path(photos_dir).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))

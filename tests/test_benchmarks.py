@@ -446,8 +446,13 @@ def test_index_cache_is_built_once_and_reused_with_its_recorded_build_times(tmp_
 def test_sync_benchmark_finds_every_synthetic_file_unchanged(tmp_path: Path):
     row = bindex.sync_folder(120, workdir=tmp_path, per_folder=50)
     assert (row["files"], row["added"], row["unchanged"]) == (120, 120, 120)
-    assert sorted(p.name for p in (tmp_path / "sync-photos").iterdir()) == ["0000", "0001", "0002"]
+    assert sorted(p.name for p in (tmp_path / "sync-photos").iterdir()) == [".complete", "0000", "0001", "0002"]
     assert row["sync_s"] > 0 and row["files_per_s"] == pytest.approx(120 / row["sync_s"])
+    kept = tmp_path / "kept"
+    bindex.sync_folder(30, workdir=tmp_path / "a", per_folder=50, files=kept)
+    before = {p: p.stat().st_mtime_ns for p in kept.rglob("*.jpg")}
+    again = bindex.sync_folder(30, workdir=tmp_path / "b", per_folder=50, files=kept)  # the files are reused
+    assert again["added"] == again["unchanged"] == 30 and {p: p.stat().st_mtime_ns for p in before} == before
 
 
 def test_million_preset_fills_only_the_flags_left_at_their_defaults(monkeypatch):
