@@ -8,12 +8,13 @@ matrix the same way and keeps a file beside the database; a stale, foreign or br
 patched or rebuilt from the matrix.
 
 The matrix itself is cached beside the database too (`index.vectors`, `VectorCache`): the stored
-bytes packed row after row, written on close (temp file + rename) and memory-mapped on open, so
-opening a 1M x 256 int8 index reads a 4 KB header instead of a million SQLite rows, and the exact
+bytes packed row after row, written on close (temp file, fsync, rename) and memory-mapped on open,
+so opening a 1M x 256 int8 index reads a 4 KB header instead of a million SQLite rows, and the exact
 scan reads the file's pages directly (the OS keeps them, not a float copy in the heap). The file
 names the database it mirrors (db_uuid) and its last vid; anything else (another database, a
 reindex, a wrong size, garbage) is ignored and rebuilt, and rows added or removed since it was
-written are caught up from SQLite as above.
+written are caught up from SQLite as above. The first such change copies the arrays into memory
+(numpy cannot grow a map); the next close writes the whole file again.
 
 The exact scan reads the vectors as stored: float32 (4 bytes per element), float16 (2) or int8 (1,
 with a per-vector scale), so an exact search moves V x D x that many bytes and a smaller type is a
