@@ -266,10 +266,11 @@ def index_markdown(doc: Mapping[str, Any]) -> str:
                   f"decoded): {r['sync_s']:.1f} s ({r['files_per_s']:,.0f} files/s)."]
     run_s = doc.get("config", {}).get("run_s")
     if scale and run_s:
-        built = sum(not r.get("cached", False) for r in [*rows, *doc.get("ingest", [])] if "cached" in r)
-        parts += ["", f"This run: {run_s / 60:.1f} min, "
-                  + (f"{built} of its indexes and graphs built in it." if built else
-                     "every index and graph read from `--cache` (the times above are those recorded when built).")]
+        cached = {r["cached"] for r in [*rows, *doc.get("ingest", [])] if "cached" in r}
+        parts += ["", f"This run: {run_s / 60:.1f} min, " + (
+            "every index and graph built in it." if cached == {False} else
+            "every index and graph read from `--cache` (the build times are those recorded when built)."
+            if cached == {True} else "some indexes read from `--cache` (their build times recorded when built).")]
     return "\n".join(parts)
 
 
