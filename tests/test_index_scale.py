@@ -15,7 +15,7 @@ import pytest
 import edge_gcl.index.index as index_module
 from benchmarks.index import synthetic
 from edge_gcl.index import Index, note_id
-from edge_gcl.index.vectors import VectorCache
+from edge_gcl.index.vectors import VectorCache, remove_stale_temps
 
 DIM = 48
 
@@ -198,3 +198,22 @@ def test_exact_and_approximate_agree_and_the_switch_forces_either(tmp_path: Path
         assert calls == [1]  # above the threshold: approximate by default
         index.search(vector=table.queries[0], k=10, approximate=False)
         assert calls == [1]  # ... unless told otherwise
+
+
+def test_temp_files_of_writers_that_died_are_removed_by_the_next_write(tmp_path: Path, table: TableEmbedder):
+    import subprocess
+    import sys
+
+    path = tmp_path / "idx"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited
+    (path).mkdir()
+    stale = [path / f".index.vectors.{pid}.77.tmp", path / f".index.usearch.{pid}.tmp"]
+    alive = path / f".index.vectors.{os.getppid()}.1.tmp"  # a running process: maybe writing now
+    other = path / ".notes.txt.123.tmp"
+    for f in [*stale, alive, other]:
+        f.write_bytes(b"half a file")
+    with build(path, table, "int8", range(300)) as index:
+        index.search(vector=table.queries[0], k=3, approximate=True)  # both files are written on close
+    assert not any(f.exists() for f in stale) and alive.exists() and other.exists()
+    assert remove_stale_temps(path / "index.vectors") == 0

@@ -80,6 +80,29 @@ def top_rows(scores: np.ndarray, top: int) -> np.ndarray:
     return np.argpartition(scores, n - top)[n - top :]
 
 
+def remove_stale_temps(path: Path) -> int:
+    """Delete `.{path.name}.{pid}[.*].tmp` files beside `path` left by writers that died mid-write (their pid no
+    longer runs): each can be as large as the file. Returns how many went."""
+    removed = 0
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or not ours to signal): maybe writing now
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            tmp.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 _warned: set[str] = set()
 
 
@@ -139,6 +162,7 @@ class VectorCache:
         head = json.dumps({"format": self.FORMAT, "version": self.VERSION, "db_uuid": db_uuid,
                            "dtype": v.matrix.dtype.name, "dim": int(v.matrix.shape[1]), "count": len(v),
                            "last_vid": int(v.vids[-1]) if len(v) else 0}).encode()
+        remove_stale_temps(self.path)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             with open(tmp, "wb") as f:
@@ -336,6 +360,7 @@ class ApproximateIndex:
         """Write the HNSW (temp file + rename) and its sidecar; a crash leaves the old pair."""
         if self._index is None or not self.dirty:
             return
+        remove_stale_temps(self.path)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self._index.save(str(tmp))
         os.replace(tmp, self.path)
