@@ -240,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only items whose metadata has this value; repeatable (default: no filter)")
     q.add_argument("--json", action="store_true", help="print hits as JSON (default: one line each)")
+    how = q.add_mutually_exclusive_group()
+    how.add_argument("--exact", dest="approximate", action="store_const", const=False,
+                     help="scan every stored vector (default: exact below 100,000 vectors, approximate above)")
+    how.add_argument("--approximate", dest="approximate", action="store_const", const=True,
+                     help="the HNSW graph, candidates re-scored exactly (default: from 100,000 vectors on)")
     index_options(q)
     q.set_defaults(func=_handler("edge_gcl.index.cli:cli_search"))
     return p

@@ -185,3 +185,24 @@ def test_npu_ingest_and_search_agree_with_the_cpu_form(
             results[name] = [h["id"] for h in json.loads(capsys.readouterr().out)]
         overlaps.append(len(set(results["cpu"]) & set(results["npu"])))
     assert sum(overlaps) / len(overlaps) >= 4, overlaps
+
+
+def test_search_can_force_exact_or_approximate(home: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    from edge_gcl.index import Index
+
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    photos = make_photos(tmp_path / "photos", 4)
+    common = ["--model", str(artifacts), "--json", "-a"]
+    assert main(["index", "add", str(tmp_path / "photos"), "--model", str(artifacts)]) == 0
+    calls = []
+    real = Index._search_approximate
+    monkeypatch.setattr(Index, "_search_approximate", lambda self, *a: calls.append(1) or real(self, *a))
+    found = {}
+    for flag in ("--exact", "--approximate"):
+        capsys.readouterr()
+        assert main(["search", "--image", str(photos[2]), flag, *common]) == 0
+        found[flag] = [h["id"] for h in json.loads(capsys.readouterr().out)]
+    assert len(calls) == 1  # only --approximate went through the HNSW (4 vectors: exact by default)
+    assert found["--exact"][0] == found["--approximate"][0]
+    with pytest.raises(SystemExit):  # argparse: not both
+        main(["search", "x", "--exact", "--approximate", *common])

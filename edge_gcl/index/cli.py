@@ -240,7 +240,7 @@ def cli_search(args: argparse.Namespace) -> int:
                 cutoff = default_min_score(index.embedder)
             options: dict[str, Any] = dict(
                 k=args.k, modalities=modalities(args.modality), where=where, after=args.after,
-                before=args.before, sort=args.sort,
+                before=args.before, sort=args.sort, approximate=args.approximate,
             )  # fmt: skip
             vector = index.query_vector(args.query, args.image)  # embedded once, searched twice at most
             hits = index.search(vector=vector, min_score=cutoff, **options)
