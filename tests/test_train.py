@@ -258,9 +258,9 @@ def test_recipe_resolves_and_flags_override_it(two_sources, tmp_path):
         resolve_config(build_parser().parse_args(["train", "--recipe", "nope"]))
 
 
-def test_default_recipe_trains_without_any_dev_photo(flickr):
-    """`edge-gcl train --recipe default`: flickr8k train and flickr8k-extra minus its held-out photos; none of
-    the phone-library dev benchmark's photos (flickr8k dev + flickr8k-extra heldout)."""
+def test_default_recipe_trains_on_the_three_sources_without_any_dev_photo(flickr):
+    """`edge-gcl train --recipe default`: flickr8k train, flickr8k-extra minus its held-out photos, web-captions;
+    none of the phone-library dev benchmark's photos (flickr8k dev + flickr8k-extra heldout)."""
     import json
 
     from edge_gcl.data import read_split
@@ -269,7 +269,7 @@ def test_default_recipe_trains_without_any_dev_photo(flickr):
     root = flickr.parent
     cfg = load_recipe("default", data_root=root)
     assert cfg.model == "lite" and cfg.loss == "gcl" and cfg.recipe == "default"
-    assert cfg.data == [f"{root}/flickr8k/captions.txt", f"{root}/flickr8k-extra/captions.txt"]
+    assert cfg.data == [f"{root}/flickr8k/captions.txt", f"{root}/flickr8k-extra/captions.txt", f"{root}/web-captions/captions.txt"]
     assert (cfg.batch_size, cfg.lr, cfg.warmup, cfg.temperature_lr_mult, cfg.seed) == (256, 3e-4, 30, 50.0, 0)
     base = {k: v for k, v in vars(TrainConfig()).items() if k not in {"model", "loss", "data", "split", "exclude",
             "batch_size", "epochs", "lr", "warmup", "temperature_lr_mult", "out", "recipe", "steps", "seed"}}
@@ -280,7 +280,7 @@ def test_default_recipe_trains_without_any_dev_photo(flickr):
     splits = json.loads((RECIPE_DIR / "flickr8k-extra-splits.json").read_text())
     assert len(dev) == 100 and len(splits["heldout"]) == 300
     assert not (dev | set(splits["heldout"])) & set().union(*names)
-    assert [len(n) for n in names] == [700, 7091 - 300]
+    assert [len(n) for n in names] == [700, 7091 - 300, 8000]
 
 
 # ----------------------------------------------------------------------------- corrupt photos (issue 14 item 6)
