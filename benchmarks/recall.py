@@ -479,11 +479,21 @@ def same_recipe(record: Mapping[str, Any], cfg: Any) -> bool:
     unset = dataclasses.asdict(type(cfg)())  # a field newer than the run: the run had its default
     have = {k: record.get(k, unset[k]) for k in want}
 
+    def split(value: str) -> str:  # "FILE:SPLIT" with FILE resolved; "all" as it is
+        file, sep, name = value.rpartition(":")
+        return f"{Path(file).resolve()}:{name}" if sep else value
+
+    def splits(value: Any) -> Any:  # one "FILE:SPLIT" (older runs) or one per source (train's lists)
+        if not value:
+            return None
+        return split(value) if isinstance(value, str) else [split(v) for v in value]
+
     def norm(d: Mapping[str, Any]) -> dict[str, Any]:
         paths = {"data": [str(Path(x).resolve()) for x in d["data"] or []],
                  "images": [str(Path(x).resolve()) for x in d["images"] or []],
-                 "split": str(Path(d["split"].rpartition(":")[0]).resolve()) + ":" + d["split"].rpartition(":")[2]
-                 if d["split"] else None}
+                 "split": splits(d["split"])}
+        if "exclude" in d:
+            paths["exclude"] = splits(d["exclude"])
         return {**d, **paths}
 
     return norm(have) == norm(want)

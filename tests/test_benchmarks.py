@@ -305,6 +305,13 @@ def test_same_recipe_reuses_only_a_run_of_the_asked_recipe(tmp_path: Path, monke
     assert not same_recipe({"loss": "cl"}, cfg)  # an old record without the recipe
     old = {k: v for k, v in record.items() if k != "temperature_lr_mult"}  # a run older than the option
     assert same_recipe(old, cfg) and not same_recipe(old, dataclasses.replace(cfg, temperature_lr_mult=50.0))
+    # per-source split lists and held-out exclusions (train's --split per --data, --exclude)
+    listed = dataclasses.replace(cfg, split=[f"{tmp_path / 'd' / 'splits.json'}:train", "all"],
+                                 exclude=[f"{tmp_path / 'h.json'}:heldout"])
+    rec = dataclasses.asdict(dataclasses.replace(listed, out="elsewhere"))
+    rec.update(split=["d/splits.json:train", "all"], exclude=["h.json:heldout"])
+    assert same_recipe(rec, listed)
+    assert not same_recipe({**rec, "exclude": []}, listed) and not same_recipe({**rec, "split": ["all", "all"]}, listed)
 
 
 # ----------------------------------------------------------------------------- latency pieces
