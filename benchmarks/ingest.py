@@ -201,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = measure_one(args.model, Path(args.photos_dir), form=args.form, decode_threads=args.decode_threads)
         print(json.dumps(row))
         return 0
+    if args.photos < 1:
+        p.error(f"--photos {args.photos}: at least 1")
     if not os.path.exists(os.path.join(args.artifacts, "manifest.json")):
         print(f"benchmarks.ingest: error: {args.artifacts}: no manifest.json (build it with "
               "`python -m export.compile --target snapdragon`)", file=sys.stderr)

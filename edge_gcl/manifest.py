@@ -136,7 +136,11 @@ class Manifest:
         path = Path(folder) / MANIFEST_NAME
         if not path.exists():
             raise FileNotFoundError(f"{path}: no manifest (not an artifacts folder made by `python -m export.compile`)")
-        manifest = cls.from_dict(json.loads(path.read_text()))
+        try:
+            manifest = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError) as e:  # JSON, a missing field, a field of the wrong kind
+            detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
+            raise ValueError(f"{path}: not a valid edge-gcl manifest ({detail}); rebuild with export.compile") from None
         if verify:
             for name, info in manifest.files.items():
                 got = file_digest(Path(folder) / name)["sha256"]

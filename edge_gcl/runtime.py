@@ -327,7 +327,7 @@ class _Tower:
         last chunk padded with zero rows (dropped from the output); a dynamic one `max_rows`."""
         feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in feeds.items()}
         n = len(next(iter(feeds.values())))
-        step = self.fixed_batch or min(max(n, 1), self.max_rows or max(n, 1))
+        step = self.fixed_batch or self.max_rows or max(n, 1)
         outs = [self._run_chunk({k: v[s : s + step] for k, v in feeds.items()}) for s in range(0, n, step)]
         if len(outs) == 1:
             return outs[0]

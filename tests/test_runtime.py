@@ -256,6 +256,12 @@ def test_bad_inputs_raise_errors_naming_them(artifacts: Path, photos: list[Path]
 def test_bad_artifacts_folders_are_named(artifacts: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no manifest"):
         OnnxEmbedder(tmp_path)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for text, why in (("{", "Expecting property name"), ('{"format_version": 1}', "missing 'towers'")):
+        (corrupt / "manifest.json").write_text(text)
+        with pytest.raises(ValueError, match=rf"corrupt/manifest.json: not a valid edge-gcl manifest \({why}"):
+            OnnxEmbedder(corrupt)
     with pytest.raises(RuntimeConfigError, match=r"form 'ctx' \(EPContext\) runs only on the NPU: use --provider qnn"):
         OnnxEmbedder(artifacts, form="ctx")
     with pytest.raises(RuntimeConfigError, match=r"no 'ctx' image tower \(the manifest lists float, qdq\); rebuild with"):
