@@ -62,7 +62,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # the project as it is now; plain `pip install .`, what a device does (pytest only to run tests)
     build = tmp_path_factory.mktemp("src") / "edge-gcl"
     shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__",
-                                                                "runs", "artifacts", "benchmarks/results"))
+                                                                "runs", "artifacts", "results"))
     sh(venv / "bin" / "python", "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", build)
     sh(venv / "bin" / "python", "-m", "pip", "install", "-q", build, "pytest")
     return venv
