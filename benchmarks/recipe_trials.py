@@ -5,7 +5,8 @@
 
 Each trial is `edge-gcl train --recipe default` plus the flags below (the recipe's held-out lists
 always apply), trained into `runs/trials/<trial>-s<seed>` and evaluated with `edge-gcl eval mbeir
---root <phone root> --model <run>`. One process at a time (2 cores). Every finished trial is
+--root <phone root> --model <run>`. Trials may run side by side (each saves under a file lock),
+but they share 2 cores: compare train times only between trials run alike. Every finished trial is
 appended to `benchmarks/results/recipe_trials.json` at once, with its commands, the wall time of
 training (stem caching included when it happened in that run), the data it saw and the figures:
 local / global average R@1 / R@5 and global text→image R@1 / R@5. Losing trials stay in the file.
@@ -25,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from benchmarks.common import Col, format_table, machine_info, make_document, parse_list, save_json
 
 RESULTS = Path(__file__).parent / "results" / "recipe_trials.json"
@@ -42,6 +45,8 @@ TRIALS: dict[str, list[str]] = {
     # As run at commit a1c1e92, when the default recipe held all three sources (flickr8k-extra and web-captions
     # at 5 epochs: the step budget of f8k+extra's 10, 300 vs 290 steps).
     "default-5ep": ["--epochs", "5"],
+    "b512": ["--batch-size", "512"],  # the recipe with twice the in-batch negatives (same epochs: half the steps)
+    "hardneg32": ["--hard-negatives", "32"],  # batches of whole groups of ~32 photos with alike captions
     "lite2": ["--model", "lite2"],
     "lite2-f8k+extra": ["--model", "lite2", "--data", f"{F8K}/captions.txt", "--split", f"{F8K}/splits.json:train",
                         "--data", f"{EXTRA}/captions.txt", "--split", f"{SPLITS}:train"],
@@ -123,10 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p.error(f"unknown trial {trial!r}: expected one of {', '.join(TRIALS)}")
             for seed in parse_list(args.seeds, int):
                 row = run_trial(trial, seed, root=args.root, data_root=args.data_root)
-                rows = [r for r in rows if (r["trial"], r["seed"]) != (trial, seed)] + [row]
-                save_json(path, make_document("recipe-trials", rows, config={"root": args.root,
+                with FileLock(str(path) + ".lock"):  # trials may run side by side: merge with what they saved
+                    doc = json.loads(path.read_text()) if path.is_file() else None
+                    rows = [r for r in (doc["rows"] if doc else []) if (r["trial"], r["seed"]) != (trial, seed)] + [row]
+                    save_json(path, make_document("recipe-trials", rows, config={"root": args.root,
                                                                              "data_root": args.data_root},
-                                              machine=machine_info()))
+                                                  machine=machine_info()))
                 print(format_table([row], COLUMNS), flush=True)
     print(format_table(rows, COLUMNS, title=f"phone dev benchmark ({path})"))
     return 0

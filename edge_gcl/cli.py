@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, help="data loader workers")
     t.add_argument("--image-views", type=int, help="lite: cached views per photo (centre + augmented)")
     t.add_argument("--cache-dir", help="lite: where stem features are cached (default ~/.cache/edge-gcl)")
+    t.add_argument("--hard-negatives", type=int, metavar="GROUP",
+                   help="lite: build batches from whole groups of about GROUP photos with alike captions "
+                        "(default 0: random batches)")
     t.set_defaults(func=_handler("edge_gcl.train:cli_train"))
 
     # --- eval ----------------------------------------------------------------------------

@@ -83,6 +83,9 @@ class TrainConfig:
     resume: bool = False
     workers: int = 2
     image_views: int = 3  # cached lite stems: centre view + (image_views - 1) augmented views
+    # >0: batches are built from whole groups of about this many photos whose captions read alike
+    # (k-means on the cached text-stem features), so in-batch negatives share the query's words.
+    hard_negatives: int = 0
     cache_dir: str = str(CACHE_DIR)
     recipe: str | None = None  # the recipe these options came from (a record; flags may have changed them)
 
@@ -171,12 +174,42 @@ def load_recipe(name: str | Path, *, data_root: str | Path = DEFAULT_DATA_ROOT) 
     return dataclasses.replace(TrainConfig(), **options, recipe=str(name))
 
 
-def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """The photos of step `step`: a slice of the seeded permutation of its epoch."""
+def batch_indices(n: int, batch_size: int, seed: int, step: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """The photos of step `step`: a slice of the seeded permutation of its epoch. With `groups` (a
+    group label per photo), the permutation keeps each group's photos side by side, the groups in
+    a random order: a batch then holds a few whole groups, each photo still once per epoch."""
     per_epoch = max(1, n // batch_size)
     epoch, b = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if groups is not None:
+        group_rank = rng.permutation(int(groups.max()) + 1)[groups[order]]  # (n,) each photo's group's place
+        order = order[np.argsort(group_rank, kind="stable")]
     return order[b * batch_size : (b + 1) * batch_size]
+
+
+def caption_groups(features: np.ndarray, group_size: int, seed: int, iterations: int = 15) -> np.ndarray:
+    """Spherical k-means labels (n,) of per-photo caption features (n, d) into about n / `group_size`
+    groups. Seeded, so every rank of a distributed run computes the same groups."""
+    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    n, k = len(x), max(1, round(len(x) / group_size))
+    rng = np.random.default_rng([seed, 4])
+    centres = np.empty((k, x.shape[1]), x.dtype)  # k-means++ seeding: far-apart starts, no topic split in two
+    centres[0] = x[rng.integers(n)]
+    dist = 1 - x @ centres[0]
+    for j in range(1, k):
+        p = np.maximum(dist, 0) ** 2
+        centres[j] = x[rng.choice(n, p=p / p.sum()) if p.sum() > 0 else rng.integers(n)]
+        dist = np.minimum(dist, 1 - x @ centres[j])
+    for _ in range(iterations):
+        labels = np.argmax(x @ centres.T, axis=1)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, x)
+        empty = np.bincount(labels, minlength=k) == 0
+        sums[empty] = x[rng.choice(n, int(empty.sum()), replace=False)]  # an empty group restarts at a photo
+        centres = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    _, labels = np.unique(np.argmax(x @ centres.T, axis=1), return_inverse=True)  # labels 0..groups-1
+    return labels
 
 
 def caption_choice(n_captions: np.ndarray, seed: int, step: int) -> np.ndarray:
@@ -234,6 +267,15 @@ class StemCache:
         caches = [c for c, _ in parts]
         cat = {n: np.concatenate([getattr(c, n) for c in caches]) for n in ("images", "hidden", "masks")}
         return cls(cat["images"], cat["hidden"], cat["masks"], _caption_rows(kept)), kept
+
+
+    def caption_features(self, chunk: int = 4096) -> np.ndarray:
+        """(photos, W) float32: each photo's captions, mean-pooled over tokens and then over captions."""
+        pooled = np.zeros((len(self.hidden), self.hidden.shape[-1]), np.float32)
+        for start in range(0, len(self.hidden), chunk):
+            h, m = self.hidden[start : start + chunk].astype(np.float32), self.masks[start : start + chunk]
+            pooled[start : start + chunk] = (h * m[:, :, None]).sum(1) / np.maximum(m.sum(1, keepdims=True), 1)
+        return np.stack([pooled[rows].mean(0) for rows in self.caption_rows])
 
 
 def _caption_rows(pairs: Pairs) -> list[np.ndarray]:
@@ -412,6 +454,8 @@ def train(cfg: TrainConfig) -> Path:
 
     if cfg.temperature is not None and not 0.01 <= cfg.temperature <= 1:
         raise ValueError(f"--temperature {cfg.temperature}: expected 0.01..1 (the logit scale is clamped at 100)")
+    if cfg.hard_negatives < 0:
+        raise ValueError(f"--hard-negatives {cfg.hard_negatives}: expected a group size >= 1, or 0 for random batches")
     if not 0 <= cfg.temperature_lr_mult <= 1000:
         raise ValueError(f"--temperature-lr-mult {cfg.temperature_lr_mult}: expected 0..1000 (0 fixes the temperature)")
     rank, world = init_distributed()
@@ -439,6 +483,13 @@ def train(cfg: TrainConfig) -> Path:
             pairs.extend(source)
         pairs = drop_undecodable(pairs, model.config.image)
     n = len(pairs)
+    groups = None
+    if cfg.hard_negatives:
+        if not cached:
+            raise ValueError(f"--hard-negatives: {model.config.name} has no cached text stem to group captions by "
+                             "(a lite model has)")
+        groups = caption_groups(cache.caption_features(), cfg.hard_negatives, cfg.seed)
+        print(f"hard negatives: {int(groups.max()) + 1} caption groups of about {cfg.hard_negatives} photos")
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = cfg.steps or max(1, round(cfg.epochs * steps_per_epoch))
     if cached:  # oneDNN's CPU conv backward is ~30% faster in NHWC; results agree to float rounding
@@ -476,7 +527,7 @@ def train(cfg: TrainConfig) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg, total) * group.get("lr_mult", 1.0)
         if cached:
-            idx = batch_indices(n, cfg.batch_size, cfg.seed, step)
+            idx = batch_indices(n, cfg.batch_size, cfg.seed, step, groups)
             view = np.random.default_rng([cfg.seed, step, 3]).integers(0, cache.images.shape[1], len(idx))[shard]
             choice = caption_choice(n_caps[idx], cfg.seed, step)
             rows = np.array([cache.caption_rows[i][c] for i, c in zip(idx, choice, strict=True)])[shard]

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from edge_gcl.cli import main
 from edge_gcl.models import load_model
-from edge_gcl.train import batch_indices
+from edge_gcl.train import batch_indices, caption_groups
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
 
@@ -88,6 +88,40 @@ def test_batches_hold_distinct_photos_and_cover_an_epoch():
     seen = np.concatenate([batch_indices(50, 8, seed=1, step=s) for s in range(6)])
     assert len(set(seen.tolist())) == len(seen) == 48
     assert not np.array_equal(batch_indices(50, 8, 1, 6), batch_indices(50, 8, 2, 6))
+
+
+def test_grouped_batches_keep_each_group_together_and_still_cover_an_epoch():
+    groups = np.repeat(np.arange(12), 4)[np.random.default_rng(0).permutation(48)]  # 12 groups of 4, scattered
+    batches = [batch_indices(48, 8, seed=3, step=s, groups=groups) for s in range(6)]
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(48))  # each photo once per epoch
+    for b in batches:  # whole groups: 2 per batch of 8
+        assert len(set(groups[b].tolist())) == 2
+    other_epoch = np.concatenate([batch_indices(48, 8, seed=3, step=s, groups=groups) for s in range(6, 12)])
+    assert not np.array_equal(seen, other_epoch)  # groups are shuffled anew each epoch
+    assert np.array_equal(batch_indices(48, 8, 3, 2), batch_indices(48, 8, 3, 2, None))
+
+
+def test_caption_groups_put_alike_captions_together():
+    rng = np.random.default_rng(1)
+    topics = rng.normal(size=(5, 16))
+    features = np.repeat(topics, 20, axis=0) + 0.05 * rng.normal(size=(100, 16))  # 5 topics of 20 photos
+    labels = caption_groups(features, group_size=20, seed=0)
+    assert labels.max() + 1 == 5
+    for t in range(5):  # every topic lands in a single group, a group of its own
+        assert len(set(labels[t * 20 : (t + 1) * 20].tolist())) == 1
+    assert len(set(labels[::20].tolist())) == 5
+    assert np.array_equal(labels, caption_groups(features, 20, seed=0))  # seeded: every rank agrees
+
+
+def test_hard_negatives_train_and_bad_values_are_refused(data, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert _train(data, tmp_path / "h", cache, "--steps", "2", "--hard-negatives", "4") == 0
+    out = capsys.readouterr().out
+    assert "hard negatives: " in out and "caption groups of about 4 photos" in out
+    assert (tmp_path / "h" / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="--hard-negatives -1"):
+        _train(data, tmp_path / "bad", cache, "--steps", "1", "--hard-negatives", "-1")
 
 
 def test_torchrun_two_processes_train_like_one(data, tmp_path):
