@@ -479,9 +479,12 @@ def same_recipe(record: Mapping[str, Any], cfg: Any) -> bool:
     unset = dataclasses.asdict(type(cfg)())  # a field newer than the run: the run had its default
     have = {k: record.get(k, unset[k]) for k in want}
 
-    def split(value: str) -> str:  # "FILE:SPLIT" with FILE resolved; "all" as it is
+    def split(value: str) -> str:  # "FILE:SPLIT" with FILE resolved (checkpoints write ${recipes}/, ~/); "all" as it is
+        from edge_gcl.train import RECIPE_DIR
+
         file, sep, name = value.rpartition(":")
-        return f"{Path(file).resolve()}:{name}" if sep else value
+        file = file.replace("${recipes}", str(RECIPE_DIR))
+        return f"{Path(file).expanduser().resolve()}:{name}" if sep else value
 
     def splits(value: Any) -> Any:  # one "FILE:SPLIT" (older runs) or one per source (train's lists)
         if not value:

@@ -555,7 +555,7 @@ def train(cfg: TrainConfig) -> Path:
             _save_training_state(out / "checkpoints" / f"step_{step + 1}", model, optimizer, step + 1, cfg)
     if rank > 0:
         return out
-    save_checkpoint(out, model, step=total, train=dataclasses.asdict(cfg), data={
+    save_checkpoint(out, model, step=total, train=portable_record(cfg), data={
         "photos": n, "captions": int(n_caps.sum()), "skipped": dict(pairs.skipped),
         "sources": [{"data": d, "photos": len(src)} for d, src in zip(cfg.data, sources, strict=True)]})
     (out / "train_log.jsonl").open("a").writelines(json.dumps(r) + "\n" for r in log)
@@ -566,10 +566,27 @@ def train(cfg: TrainConfig) -> Path:
     return out
 
 
+def portable_record(cfg: TrainConfig) -> dict:
+    """The config as a checkpoint records it: paths into this package's recipes folder as `${recipes}/...`
+    and paths under the home folder as `~/...`, so a shipped model does not carry the build machine's paths."""
+    recipes, home = str(RECIPE_DIR.resolve()), str(Path.home())
+
+    def portable(v):
+        if isinstance(v, list):
+            return [portable(x) for x in v]
+        if isinstance(v, str) and v.startswith(recipes + os.sep):
+            return "${recipes}" + v[len(recipes) :]
+        if isinstance(v, str) and v.startswith(home + os.sep):
+            return "~" + v[len(home) :]
+        return v
+
+    return {k: portable(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
 def _save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig):
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(tmp, model, step=step, train=dataclasses.asdict(cfg))
+    save_checkpoint(tmp, model, step=step, train=portable_record(cfg))
     torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "train_state.pt")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

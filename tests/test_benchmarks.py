@@ -312,6 +312,13 @@ def test_same_recipe_reuses_only_a_run_of_the_asked_recipe(tmp_path: Path, monke
     rec.update(split=["d/splits.json:train", "all"], exclude=["h.json:heldout"])
     assert same_recipe(rec, listed)
     assert not same_recipe({**rec, "exclude": []}, listed) and not same_recipe({**rec, "split": ["all", "all"]}, listed)
+    # a checkpoint writes the package's recipe files as ${recipes}/...: the same files
+    from edge_gcl.train import RECIPE_DIR, portable_record
+
+    recipe = dataclasses.replace(cfg, exclude=[f"{RECIPE_DIR / 'flickr8k-extra-splits.json'}:heldout"])
+    assert portable_record(recipe)["exclude"] == ["${recipes}/flickr8k-extra-splits.json:heldout"]
+    assert same_recipe(portable_record(recipe), recipe)
+    assert not same_recipe({**portable_record(recipe), "exclude": ["${recipes}/other.json:heldout"]}, recipe)
 
 
 # ----------------------------------------------------------------------------- latency pieces

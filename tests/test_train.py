@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from edge_gcl.cli import main
 from edge_gcl.models import load_model
-from edge_gcl.train import batch_indices, caption_groups
+from edge_gcl.train import RECIPE_DIR, TrainConfig, batch_indices, caption_groups, portable_record
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
 
@@ -381,3 +381,11 @@ def test_a_photo_that_fails_to_decode_is_counted_and_never_replaced(truncated, t
     batches = PixelBatches(load_model(start), pairs, TrainConfig(batch_size=9), 0, 1)
     with pytest.raises(ImageDecodeError, match="cut.jpg: corrupt or truncated"):
         batches[0]
+
+
+def test_checkpoints_record_recipe_and_home_paths_portably():
+    cfg = TrainConfig(split=[str(RECIPE_DIR.resolve() / "flickr8k-extra-splits.json") + ":train", "all"],
+                      cache_dir=str(Path.home() / ".cache" / "x"), data=["../shared/data/a.txt"])
+    rec = portable_record(cfg)
+    assert rec["split"] == ["${recipes}/flickr8k-extra-splits.json:train", "all"]
+    assert rec["cache_dir"] == "~/.cache/x" and rec["data"] == ["../shared/data/a.txt"]
