@@ -40,6 +40,16 @@ USER_EPILOG = """getting started:
 `edge-gcl COMMAND --help` lists a command's options. Training and evaluation: train, eval, bench."""
 
 
+class _ShowDefaults(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help unless it says its default itself or has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def _version() -> str:
     try:
         from importlib.metadata import PackageNotFoundError, version
@@ -72,69 +82,70 @@ def build_parser() -> argparse.ArgumentParser:
                    "position, e.g. splits.json:train; repeat per source ('all' keeps a whole source)")
     t.add_argument("--exclude", action="append", help="FILE:SPLIT whose photos no source may contribute "
                    "(held-out lists); repeatable")
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--batch-size", type=int, help="photos per step (default: 256)")
     t.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
-    t.add_argument("--epochs", type=float)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--schedule", choices=["cosine", "constant"])
-    t.add_argument("--warmup", type=int, help="warm-up steps")
+    t.add_argument("--epochs", type=float, help="passes over the photos (default: 10)")
+    t.add_argument("--lr", type=float, help="peak learning rate of AdamW (default: 5e-4; the default model: 3e-4)")
+    t.add_argument("--weight-decay", type=float, help="on weight matrices (default: 0.05)")
+    t.add_argument("--schedule", choices=["cosine", "constant"], help="after warm-up (default: cosine)")
+    t.add_argument("--warmup", type=int, help="warm-up steps (default: 50; the default model: 30)")
     t.add_argument("--temperature", type=float,
                    help="initial temperature tau, learnable (default: the model's; lite 0.07)")
     t.add_argument("--temperature-lr-mult", type=float,
-                   help="the temperature learns at lr x this (default 1; 0 keeps it fixed; the default model: 50)")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--out", help="output folder (checkpoints, log)")
-    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+                   help="the temperature learns at lr x this, 0 keeps it fixed (default: 1; the default model: 50)")
+    t.add_argument("--seed", type=int, help="batches, captions and augmentations (default: 0)")
+    t.add_argument("--out", help="output folder: model, checkpoints, log (default: runs/train)")
+    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 500)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    t.add_argument("--workers", type=int, help="data loader workers")
-    t.add_argument("--image-views", type=int, help="lite: cached views per photo (centre + augmented)")
-    t.add_argument("--cache-dir", help="lite: where stem features are cached (default ~/.cache/edge-gcl)")
+    t.add_argument("--workers", type=int, help="data loader workers, for models without cached stems (default: 2)")
+    t.add_argument("--image-views", type=int, help="lite: cached views per photo, centre + augmented (default: 3)")
+    t.add_argument("--cache-dir", help="lite: where stem features are cached (default: ~/.cache/edge-gcl/features)")
     t.add_argument("--hard-negatives", type=int, metavar="GROUP",
                    help="lite: build batches from whole groups of about GROUP photos with alike captions "
-                        "(default 0: random batches)")
+                        "(default: 0, random batches)")
     t.set_defaults(func=_handler("edge_gcl.train:cli_train"))
 
     # --- eval ----------------------------------------------------------------------------
     e = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="eval_command", required=True)
-    m = e.add_parser("mbeir", help="retrieval recall on an M-BEIR-layout benchmark (UniIR files)")
+    m = e.add_parser("mbeir", formatter_class=_ShowDefaults, help="retrieval recall on an M-BEIR-layout benchmark (UniIR files)")
     m.add_argument("--root", required=True, help="M-BEIR root (query/, cand_pool/, qrels/)")
     m.add_argument("--model", default="default", help="model name, checkpoint folder or artifacts folder")
-    m.add_argument("--setting", choices=["local", "global", "both"], default="both")
-    m.add_argument("--k", type=int, nargs="+", default=[1, 5, 10])
+    m.add_argument("--setting", choices=["local", "global", "both"], default="both",
+                   help="local: each task's own pool; global: the union pool of all tasks")
+    m.add_argument("--k", type=int, nargs="+", default=[1, 5, 10], help="recall@k for each k")
     m.add_argument("--split", default="test", help="query/<split>/ and qrels/<split>/")
     m.add_argument("--json", dest="json_out", help="write the results JSON here")
-    m.add_argument("--batch-size", type=int, default=32)
+    m.add_argument("--batch-size", type=int, default=32, help="items embedded at once")
     m.add_argument("--provider", choices=["cpu", "qnn"], default="cpu", help="for artifacts folders")
     m.add_argument("--allow-missing-positives", action="store_true",
                    help="count a query with no positive in the pool as a miss (default: an error naming it)")
     m.set_defaults(func=_handler("edge_gcl.eval.cli:cli_eval"))
-    mm = e.add_parser("mmeb", help="hit@1 on MMEB's retrieval tasks (TIGER-Lab/MMEB-eval files)")
+    mm = e.add_parser("mmeb", formatter_class=_ShowDefaults, help="hit@1 on MMEB's retrieval tasks (TIGER-Lab/MMEB-eval files)")
     mm.add_argument("--root", required=True, help="MMEB-eval folder (<Task>/test-*.parquet per task)")
     mm.add_argument("--images", help="images.zip unzipped (default: <root>/eval_images if present, else <root>)")
     mm.add_argument("--model", default="default", help="model name, checkpoint folder or artifacts folder")
     mm.add_argument("--tasks", nargs="+", help="task folders (default: MMEB's 12 retrieval tasks present)")
     mm.add_argument("--k", type=int, nargs="+", default=[5, 10], help="local recall@k besides hit@1")
     mm.add_argument("--json", dest="json_out", help="write the results JSON here")
-    mm.add_argument("--batch-size", type=int, default=32)
+    mm.add_argument("--batch-size", type=int, default=32, help="items embedded at once")
     mm.add_argument("--provider", choices=["cpu", "qnn"], default="cpu", help="for artifacts folders")
     mm.set_defaults(func=_handler("edge_gcl.eval.cli:cli_eval_mmeb"))
-    cv = e.add_parser("covr", help="composed video retrieval recall on CoVR (WebVid-CoVR test csv + videos)")
+    cv = e.add_parser("covr", formatter_class=_ShowDefaults, help="composed video retrieval recall on CoVR (WebVid-CoVR test csv + videos)")
     cv.add_argument("--root", required=True, help="CoVR work folder (annotation/, datasets/WebVid/8M/train/)")
     cv.add_argument("--annotation", help="test csv (default: <root>/annotation/webvid-covr/webvid8m-covr_test.csv)")
     cv.add_argument("--videos", help="folder of <pth>.mp4 or <pth>/ frame folders "
                     "(default: <root>/datasets/WebVid/8M/train)")
     cv.add_argument("--model", default="default", help="model name, checkpoint folder or artifacts folder")
     cv.add_argument("--frames", type=int, default=8, help="frames averaged per target video")
-    cv.add_argument("--k", type=int, nargs="+", default=[1, 5, 10, 50])
+    cv.add_argument("--k", type=int, nargs="+", default=[1, 5, 10, 50], help="recall@k for each k")
     cv.add_argument("--json", dest="json_out", help="write the results JSON here")
-    cv.add_argument("--batch-size", type=int, default=32)
+    cv.add_argument("--batch-size", type=int, default=32, help="items embedded at once")
     cv.add_argument("--provider", choices=["cpu", "qnn"], default="cpu", help="for artifacts folders")
     cv.set_defaults(func=_handler("edge_gcl.eval.cli:cli_eval_covr"))
 
     # --- bench ---------------------------------------------------------------------------
     b = sub.add_parser("bench", help="benchmark data").add_subparsers(dest="bench_command", required=True)
-    bm = b.add_parser("build-mbeir", help="turn captions folders into a mixed-modality M-BEIR benchmark")
+    bm = b.add_parser("build-mbeir", formatter_class=_ShowDefaults, help="turn captions folders into a mixed-modality M-BEIR benchmark")
     bm.add_argument("--layout", choices=["flickr8k-dev", "phone"], default="flickr8k-dev",
                     help="flickr8k-dev: one folder, text-heavy pool; phone: several folders, pool of about 1/4 "
                     "photos, 1/4 photo+note, 1/2 notes (edge_gcl/eval/build.py)")
@@ -147,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "flickr8k-extra heldout, under --data-root)")
     bm.add_argument("--data-root", help="phone: where the default sources live (default: ../shared/data)")
     bm.add_argument("--out", required=True, help="output M-BEIR root")
-    bm.add_argument("--seed", type=int, default=0)
+    bm.add_argument("--seed", type=int, default=0, help="which captions become queries and which candidates")
     bm.set_defaults(func=_handler("edge_gcl.eval.cli:cli_build"))
 
     # --- index / search ------------------------------------------------------------------

@@ -389,3 +389,28 @@ def test_checkpoints_record_recipe_and_home_paths_portably():
     rec = portable_record(cfg)
     assert rec["split"] == ["${recipes}/flickr8k-extra-splits.json:train", "all"]
     assert rec["cache_dir"] == "~/.cache/x" and rec["data"] == ["../shared/data/a.txt"]
+
+
+def test_train_help_gives_the_defaults_training_uses():
+    """Train flags default to None (a recipe or --config must not be overridden), so their help states the
+    default by hand: it must be TrainConfig's."""
+    import dataclasses
+    import re
+
+    from edge_gcl.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    checked = 0
+    for action in train._actions:
+        value = defaults.get(action.dest)
+        if value is None or isinstance(value, bool) or not action.option_strings or action.dest == "recipe":
+            continue
+        said = re.search(r"default: ([^;),]+)", action.help or "")
+        assert said, f"{action.option_strings[0]}: its help does not give the default {value!r}"
+        if isinstance(value, (int, float)):
+            assert float(said.group(1)) == float(value), (action.option_strings[0], said.group(1), value)
+        else:
+            assert str(Path(said.group(1)).expanduser()) == value or said.group(1) == value, (action.dest, said.group(1))
+        checked += 1
+    assert checked >= 15
