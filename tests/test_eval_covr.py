@@ -1,9 +1,11 @@
 """`edge-gcl eval covr` (edge_gcl.eval.covr): CoVR's test layout, frame sampling, recall by hand, bad input.
 
 CoVR cannot be downloaded here: the fixture is a small root in its layout (annotation/webvid-covr/
-webvid8m-covr_test.csv; datasets/WebVid/8M/train/<pth>.mp4), with solid-colour clips the tests write with
-PyAV (one video as a folder of frames instead). The CSV carries the columns CoVR's loader reads (pth1, pth2,
-edit, scores) and the caption columns txt1, txt2. A colour embedder makes every ranking computable by hand.
+webvid8m-covr_test.csv; datasets/WebVid/8M/train/<pth>.mp4, lucas-ventura/CoVR configs/test/webvid-covr.yaml),
+with solid-colour clips the tests write with PyAV (one video as a folder of frames instead). The CSV carries
+the columns CoVR's loader reads (pth1, pth2, edit, and scores, a list literal of per-frame weights,
+src/data/webvid_covr.py) and the caption columns txt1, txt2; one row per target video. A colour embedder
+makes every ranking computable by hand.
 """
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ from edge_gcl.cli import main
 from edge_gcl.eval.covr import (
     ANNOTATION,
     VIDEOS,
+    CoVRFormatError,
+    Triplet,
     Video,
     evaluate_covr,
     frame_indices,
+    frame_weights,
     read_annotation,
     read_frames,
+    target_frames,
 )
 
 av = pytest.importorskip("av")
@@ -94,6 +100,9 @@ ROWS = [("001/1", "add green", "101/1"), ("001/2", "add blue", "101/2"), ("001/3
         ("101/1", "keep it", "101/4")]
 SOLID = {"001/1": RED, "001/2": GREEN, "001/3": BLUE, "101/1": YELLOW, "101/3": GREEN, "101/4": ORANGE}
 HEADER = ["txt1", "txt2", "edit", "scores", "pth1", "pth2"]
+# One score per frame CoVR sampled (rounded to 4 places, as tools/embs/get_scores.py writes them): the
+# fixture's clips have 10 frames, so all 10. On solid-colour clips the weights change nothing.
+SCORES_10 = "[" + ", ".join(f"{0.2 + 0.0013 * i:.4f}" for i in range(N_FRAMES)) + "]"
 
 
 def _csv(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
@@ -103,8 +112,8 @@ def _csv(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
     return path
 
 
-def _rows(triplets=ROWS) -> list[list[str]]:
-    return [[f"caption of {a}", f"caption of {b}", edit, "[0.1, 0.2]", a, b] for a, edit, b in triplets]
+def _rows(triplets=ROWS, scores: str = SCORES_10) -> list[list[str]]:
+    return [[f"caption of {a}", f"caption of {b}", edit, scores, a, b] for a, edit, b in triplets]
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +129,7 @@ def covr_root(tmp_path_factory) -> Path:
 
 def test_recall_matches_the_hand_worked_ranks(covr_root: Path):
     result = evaluate_covr(ColourEmbedder(), covr_root, progress=False)
-    assert (result["queries"], result["pool"], result["frames"]) == (4, 4, 8)
+    assert (result["queries"], result["pool"], result["frames"], result["frame_pool"]) == (4, 4, 15, "query")
     assert result["recall@1"] == 75.0
     assert [result[f"recall@{k}"] for k in (5, 10, 50)] == [100.0, 100.0, 100.0]
 
@@ -152,7 +161,8 @@ def test_query_is_the_middle_frame_and_targets_average_spread_frames(covr_root: 
     """The split clip (frames 0-4 red, 5-9 blue) is row 1's query and row 2's target. Its frames are decoded
     first, each once, in order: the query's middle frame 5 (blue) and, with frames=2, frames 2 (red) and 7
     (blue): red, blue, blue; with frames=1, frame 4 (red) and the query's 5: red, blue."""
-    ann = _csv(tmp_path / "split.csv", _rows([("200/split", "add red", "101/1"), ("001/1", "add blue", "200/split")]))
+    ann = _csv(tmp_path / "split.csv", _rows([("200/split", "add red", "101/1"), ("001/1", "add blue", "200/split")],
+                                             scores="[]"))  # no scores: `frames` frames, evenly
     for frames, expected in ((2, [RED, BLUE, BLUE]), (1, [RED, BLUE])):
         emb = ColourEmbedder()
         evaluate_covr(emb, covr_root, annotation=ann, frames=frames, progress=False)
@@ -166,11 +176,59 @@ def test_frames_folder_needs_no_decoder(covr_root: Path, tmp_path: Path, monkeyp
     write_frames(root / VIDEOS / "001" / "1", [RED] * 3)
     write_frames(root / VIDEOS / "101" / "1", [YELLOW] * 3)
     write_frames(root / VIDEOS / "101" / "2", [CYAN] * 3)
-    _csv(root / ANNOTATION, _rows([("001/1", "add green", "101/1"), ("101/1", "add blue", "101/2")]))
+    _csv(root / ANNOTATION, _rows([("001/1", "add green", "101/1"), ("101/1", "add blue", "101/2")], scores="[]"))
     result = evaluate_covr(ColourEmbedder(), root, progress=False)
     # row 1: red + green = yellow -> yellow 1.0, cyan .5: hit. row 2: yellow + blue = (.5, .5, .71): yellow is
     # its own video, so cyan (.85) is first: hit.
     assert result["recall@1"] == 100.0
+
+
+# --- target frames weighted by the CSV's scores (CoVR's emb_pool: query) ---------------------------
+
+# Row 1: red + "add red" = red. Its target, the split clip, scored [1.0, 0.0]: frames 2 (red) and 7 (blue)
+# weighted softmax([10, 0]) = [.99995, .00005], so the target is red (cos 1.00) and beats orange (.97). Evenly
+# averaged (CoVR's emb_pool: mean, or the old unweighted mean) it is magenta (.71): orange wins, a miss.
+# Row 2: green + "add blue" = cyan; its target orange (.17) beats the red-weighted split clip (.00): a hit;
+# against the evenly averaged clip (.50) a miss.
+WEIGHTED = [["", "", "add red", "[1.0, 0.0]", "001/1", "200/split"], ["", "", "add blue", "[]", "001/2", "101/4"]]
+
+
+def test_target_frames_are_weighted_by_the_scores(covr_root: Path, tmp_path: Path):
+    ann = _csv(tmp_path / "weighted.csv", WEIGHTED)
+    emb = ColourEmbedder()
+    weighted = evaluate_covr(emb, covr_root, annotation=ann, frames=2, ks=(1,), progress=False)
+    assert weighted["recall@1"] == 100.0
+    got = [tuple(int(round(c / 255)) * 255 for c in rgb) for rgb in emb.seen]
+    assert got[2:4] == [RED, BLUE]  # the split clip's frames 2 and 7: one per score, as CoVR sampled them
+    even = evaluate_covr(ColourEmbedder(), covr_root, annotation=ann, frames=2, frame_pool="mean", ks=(1,),
+                         progress=False)
+    assert (even["recall@1"], even["frame_pool"]) == (0.0, "mean")
+
+
+def test_frame_weights_are_covr_softmax_over_scores_at_temperature_0_1():
+    np.testing.assert_allclose(frame_weights([1.0, 0.0]), [1 / (1 + np.exp(-10)), np.exp(-10) / (1 + np.exp(-10))])
+    np.testing.assert_allclose(frame_weights([0.3, 0.3, 0.3]), [1 / 3] * 3)
+    np.testing.assert_allclose(frame_weights([0.2, 0.3]).sum(), 1.0)
+
+
+def test_scored_frames_are_covr_sample_frames_positions():
+    """15 scores over a 300-frame clip: the middles of 15 segments of 20 frames (CoVR's sample_frames(300, 15))."""
+    t = Triplet("1/1", "e", "2/2", 2, scores=(0.2,) * 15)
+    idx, w = target_frames(t, 300, frames=8, frame_pool="query", annotation="a.csv")
+    assert idx == [9 + 20 * i for i in range(15)]
+    np.testing.assert_allclose(w, [1 / 15] * 15)
+    idx, _ = target_frames(Triplet("1/1", "e", "2/2", 2, scores=()), 300, frames=8, frame_pool="query",
+                           annotation="a.csv")
+    assert idx == frame_indices(300, 8)  # `[]`: `frames` frames, evenly
+    with pytest.raises(CoVRFormatError, match=r"^a\.csv:2: scores has 15 entries, one per sampled frame, but 2/2 "
+                                              r"has 10 frames$"):
+        target_frames(t, 10, frames=8, frame_pool="query", annotation="a.csv")
+
+
+def test_scores_are_read_as_covr_writes_them(tmp_path: Path):
+    path = _csv(tmp_path / "a.csv", [["", "", "e", "[0.2113, 0.2087]", "1/1", "2/2"], ["", "", "e", "[]", "1/2", "2/3"]])
+    assert [t.scores for t in read_annotation(path)] == [(0.2113, 0.2087), ()]
+    assert [t.scores for t in read_annotation(path, scores=False)] == [None, None]
 
 
 # --- the command line and bad input ------------------------------------------------------------
@@ -214,13 +272,24 @@ CSV_CASES = {
                        r"ANN:1: no column edit \(header: txt1,txt2,scores,pth1,pth2\)"),
     "empty edit": (lambda p: _csv(p, _rows()[:2] + [_rows()[2][:2] + [" "] + _rows()[2][3:]]), r"ANN:4: empty edit"),
     "short row": (lambda p: _csv(p, _rows()[:1] + [_rows()[1][:5]]), r"ANN:3: 5 fields, the header has 6"),
-    "missing video": (lambda p: _csv(p, _rows() + _rows([("001/9", "add red", "101/3")])),
+    "missing video": (lambda p: _csv(p, _rows() + _rows([("001/9", "add red", "200/split")])),
                       r"ANN:6: video not found: .*001/9\.mp4 \(nor a frames folder .*001/9\)"),
     "same video": (lambda p: _csv(p, _rows([("001/1", "add red", "001/1")])),
                    r"ANN:2: pth1 and pth2 are the same video \(001/1\)"),
     "not UTF-8": (lambda p: p.write_bytes(p.read_bytes() + b"a,b,caf\xe9,[],001/1,101/1\n"), r"ANN:6: not UTF-8 \(byte 0xe9\)"),
     "header only": (lambda p: _csv(p, []), r"ANN: no triplets"),
-    "empty file": (lambda p: p.write_bytes(b""), r"ANN: empty file \(expected a header line with pth1, edit, pth2\)"),
+    "empty file": (lambda p: p.write_bytes(b""),
+                   r"ANN: empty file \(expected a header line with pth1, edit, pth2, scores\)"),
+    "no scores column": (lambda p: _csv(p, [r[:3] + r[4:] for r in _rows()], [h for h in HEADER if h != "scores"]),
+                         r"ANN:1: no column scores \(header: txt1,txt2,edit,pth1,pth2\)"),
+    "scores not a list": (lambda p: _csv(p, _rows()[:1] + _rows(ROWS[1:2], scores="[0.1, oops]")),
+                          r"ANN:3: scores is not a list of numbers \('\[0\.1, oops\]'\)"),
+    "empty scores": (lambda p: _csv(p, _rows()[:1] + _rows(ROWS[1:2], scores=" ")), r"ANN:3: empty scores"),
+    "target repeated": (lambda p: _csv(p, _rows() + _rows([("001/2", "add red", "101/1")])),
+                        r"ANN:6: pth2 101/1 is already the target of line 2 \(CoVR's test set has one row per "
+                        r"target video\)"),
+    "scores longer than the video": (lambda p: _csv(p, _rows(ROWS[:1], scores=str([0.2] * (N_FRAMES + 1)))),
+                                     r"ANN:2: scores has 11 entries, one per sampled frame, but 101/1 has 10 frames"),
 }
 
 
@@ -271,7 +340,8 @@ def test_missing_paths(covr_root: Path, tmp_path: Path, fake_runtime, what: str,
 def test_read_annotation_keeps_line_numbers_of_quoted_multiline_fields(tmp_path: Path):
     path = tmp_path / "a.csv"
     path.write_text('pth1,edit,pth2\n1/1,"two\nlines",2/2\n1/2,one,2/3\n')
-    assert [(t.query, t.edit, t.line) for t in read_annotation(path)] == [("1/1", "two\nlines", 2), ("1/2", "one", 4)]
+    assert [(t.query, t.edit, t.line) for t in read_annotation(path, scores=False)] == [("1/1", "two\nlines", 2),
+                                                                                        ("1/2", "one", 4)]
 
 
 # --- benchmarks.report: a section when --covr-root is given ------------------------------------

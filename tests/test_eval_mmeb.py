@@ -1,9 +1,10 @@
 """`edge-gcl eval mmeb` (edge_gcl.eval.mmeb): MMEB-eval's file layout, hit@1 as VLM2Vec scores it, bad input.
 
 MMEB cannot be downloaded here: the fixtures are small roots in the published layout (TIGER-Lab/MMEB-eval:
-<Task>/test-00000-of-00001.parquet with qry_text, qry_img_path, tgt_text, tgt_img_path; images under
-eval_images/), written by the tests, one of them from the shared Flickr8k photos and captions. The embedders
-are stand-ins whose rankings can be worked out by hand.
+<Task>/test-00000-of-00001.parquet with qry_text, qry_img_path, tgt_text, tgt_img_path, positive first, as
+TIGER-AI-Lab/VLM2Vec eval.py reads them; images under eval_images/, where VLM2Vec's README unzips images.zip),
+written by the tests, one of them from the shared Flickr8k photos and captions. The embedders are stand-ins
+whose rankings can be worked out by hand.
 """
 
 from __future__ import annotations
@@ -139,6 +140,26 @@ def test_instructions_are_kept_verbatim(tmp_path: Path):
     assert row.query.txt == "Find me an everyday image that matches the given caption: a dog."
     assert (row.candidates[0].modality, row.candidates[0].txt) == ("image,text", "Represent the given image.")
     assert (row.candidates[1].modality, row.candidates[1].img_path) == ("text", None)
+
+
+def test_tgt_text_given_as_one_empty_string_is_an_empty_text_per_candidate(tmp_path: Path):
+    """VLM2Vec's EvalDataset.get_paired_data (src/dataset.py) and evaluation/eval_clip.py read a tgt_text of ""
+    (a string, not a list) as "" for every candidate image; so does this reader, in parquet and JSON lines."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    root = tmp_path / "r"
+    _images(root, ["p20.png", "p90.png", "p180.png"])
+    row = {"qry_text": "t0", "qry_img_path": "", "tgt_text": "", "tgt_img_path": ["imgs/p20.png", "imgs/p90.png",
+                                                                                  "imgs/p180.png"]}
+    (root / "VisualNews_t2i").mkdir()
+    pq.write_table(pa.Table.from_pylist([row]), root / "VisualNews_t2i" / "test-00000-of-00001.parquet")
+    _write_task(root, "EDIS", [row], "jsonl")
+    for task in ("VisualNews_t2i", "EDIS"):
+        (read,) = read_task(task_files(root, task)[0], root / "eval_images")
+        assert [(c.modality, c.txt, c.img_path.name) for c in read.candidates] == [
+            ("image", None, "p20.png"), ("image", None, "p90.png"), ("image", None, "p180.png")]
+    results = evaluate_mmeb(AngleEmbedder(ANGLES), root, progress=False)
+    assert results["VisualNews_t2i"]["hit@1"] == results["EDIS"]["hit@1"] == 100.0
 
 
 def test_score_rows_by_hand():
@@ -302,6 +323,7 @@ JSONL_CASES = {
                    r"test\.jsonl:2: tgt_text\[1\] and tgt_img_path\[1\] are both empty"),
     "empty query": (json.dumps(GOOD | {"qry_text": " "}) + "\n", r"test\.jsonl:2: qry_text and qry_img_path are both empty"),
     "text not a string": (json.dumps(GOOD | {"qry_text": 3}) + "\n", r"test\.jsonl:2: qry_text must be a string, got int"),
+    "tgt_text a string": (json.dumps(GOOD | {"tgt_text": "x"}) + "\n", r"test\.jsonl:2: tgt_text must be a list, got str"),
     "missing image": (json.dumps(GOOD | {"tgt_img_path": ["imgs/p20.png", "imgs/nope.png"]}) + "\n",
                       r"test\.jsonl:2: image not found: .*eval_images/imgs/nope\.png"),
 }

@@ -1,7 +1,6 @@
 """MMEB's retrieval tasks (TIGER-Lab/MMEB-eval, scored as VLM2Vec does): read them and evaluate an `Embedder`.
 
-Layout, as published on the Hugging Face Hub (TIGER-Lab/MMEB-eval, read by VLM2Vec's `eval.py` through
-`datasets.load_dataset(name, task, split="test")`, images from its `images.zip`):
+Layout (confirmed, sources below):
 
     <root>/<Task>/test-00000-of-00001.parquet     the task's rows (any <Task>/test-*.parquet shards, in name order)
     <root>/<Task>/test/0000.parquet               ... the Hub's refs/convert/parquet branch spells it this way
@@ -11,14 +10,30 @@ Layout, as published on the Hugging Face Hub (TIGER-Lab/MMEB-eval, read by VLM2V
 
 A row is one query and its own candidate list: `qry_text` (str), `qry_img_path` (str, "" for none),
 `tgt_text` (list of str) and `tgt_img_path` (list of str, "" for none), the two lists of equal length with
-the positive first. The twelve retrieval tasks (`RETRIEVAL_TASKS`) have 1,000 rows of 1,000 candidates each.
-Reading parquet needs pyarrow (`pip install pyarrow`); JSON-lines files need nothing.
+the positive first. A `tgt_text` given as the single string "" stands for an empty text for every candidate
+(VLM2Vec's readers expand it so). The twelve retrieval tasks (`RETRIEVAL_TASKS`) have 1,000 rows of 1,000
+candidates each. Reading parquet needs pyarrow (`pip install pyarrow`); JSON-lines files need nothing.
+
+Confirmed from the published sources (read, not copied):
+- file names: the Hub tree of TIGER-Lab/MMEB-eval (e.g. `MSCOCO/test-00000-of-00001.parquet`), which
+  TIGER-AI-Lab/VLM2Vec `eval.py` reads with `load_dataset(dataset_name, task, split=dataset_split)`, its README
+  passing `--dataset_name TIGER-Lab/MMEB-eval --dataset_split test`;
+- the four columns and their list form: VLM2Vec `eval.py` (zip of `row["tgt_text"]`, `row["tgt_img_path"]`) and
+  `src/dataset.py` (`EvalDataset.get_paired_data`, which also expands a `tgt_text` of "");
+- the positive first and hit@1: `eval.py` counts a row correct when `pred == 0`, `pred` being
+  `np.argmax` of the candidates' scores (`evaluation/eval_utils.get_pred`, cosine under `--normalize True`);
+- the image folder: VLM2Vec's README unzips with `unzip images.zip -d eval_images/` and evaluates with
+  `--image_dir eval_images/`; `src/dataset.py` opens `os.path.join(image_dir, img_path)`.
+Not confirmed: the archive's own listing (that its paths resolve directly under the folder it is unzipped
+into is taken from those commands), and which of `evaluation/eval_clip.py`'s two modes ("unimodal": text
+queries against images alone, "multimodal": image + text summed) produced the paper's CLIP-style rows.
 
 Items. An item's image is its path when not ""; its text is the published text with VLM2Vec's image
 placeholder `<|image_1|>` removed (it marks where a vision-language model splices in the image tokens;
-edge-gcl's image goes to the image tower instead) and surrounding whitespace stripped. An item with both is
-image+text and scored as the fusion normalize(e_image + e_text) (`edge_gcl.embedding.fuse`, CLIP-SF), as
-everywhere in edge-gcl.
+edge-gcl's image goes to the image tower instead; VLM2Vec's CLIP baseline, `evaluation/eval_clip.py`,
+tokenizes it as text) and surrounding whitespace stripped. An item with both is image+text and scored as the
+fusion normalize(e_image + e_text) (`edge_gcl.embedding.fuse`, CLIP-SF), as everywhere in edge-gcl
+(`eval_clip.py`'s "multimodal" mode sums the unnormalised features instead).
 
 Instructions. MMEB's texts carry task instructions written for instruction-tuned embedders, e.g. a
 MSCOCO_t2i query "Find me an everyday image that matches the given caption: <caption>" and every image
@@ -157,6 +172,8 @@ def read_task(path: str | Path, images: str | Path, *, check_images: bool = True
         if missing:
             raise MMEBFormatError(f"{where}: missing {', '.join(missing)}")
         texts, imgs = row["tgt_text"], row["tgt_img_path"]
+        if texts == "" and isinstance(imgs, list):  # one empty text for every candidate, as VLM2Vec reads it
+            texts = [""] * len(imgs)
         for key, value in (("tgt_text", texts), ("tgt_img_path", imgs)):
             if not isinstance(value, list):
                 raise MMEBFormatError(f"{where}: {key} must be a list, got {type(value).__name__}")
