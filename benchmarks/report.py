@@ -304,8 +304,10 @@ def covr_markdown(doc: Mapping[str, Any]) -> str:
             + [Col(m, f"R@{m.split('@')[1]}", ".1f") for m in metrics])
     return "\n".join([
         f"CoVR composed video retrieval on `{doc['config'].get('root')}` ({doc['config'].get('model')}): a query is "
-        f"its video's middle frame fused with the edit text, a target the mean of {doc['config'].get('frames')} "
-        "frame embeddings; recall (%) against the pool of target videos, a query's own video removed "
+        "its video's middle frame fused with the edit text, a target its frames' embeddings weighted by "
+        "softmax(scores / 0.1) as CoVR pools them (rows without scores: "
+        f"{doc['config'].get('frames')} frames averaged); recall (%) against the pool of target videos, a query's own "
+        "video removed "
         "(`edge_gcl/eval/covr.py`).", "", markdown_table(rows, cols)])
 
 
@@ -401,7 +403,7 @@ def run_mmeb(artifacts: Path, root: str, out: Path, *, images: str | None = None
     return save_json(out / "mmeb.json", make_document("mmeb", rows, config=config))
 
 
-def run_covr(artifacts: Path, root: str, out: Path, *, frames: int = 8) -> Path:
+def run_covr(artifacts: Path, root: str, out: Path, *, frames: int = 15) -> Path:
     """`edge_gcl.eval.covr` on `root` (CoVR's default paths) with the artifacts' float towers; <out>/covr.json."""
     from edge_gcl.eval.covr import (
         ANNOTATION,

@@ -136,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--videos", help="folder of <pth>.mp4 or <pth>/ frame folders "
                     "(default: <root>/datasets/WebVid/8M/train)")
     cv.add_argument("--model", default="default", help="model name, checkpoint folder or artifacts folder")
-    cv.add_argument("--frames", type=int, default=8, help="frames averaged per target video")
+    cv.add_argument("--pool", choices=["query", "mean"], default="query",
+                    help="query: a target video is its frames weighted by softmax(scores / 0.1), the csv's "
+                    "per-frame scores, as CoVR's emb_pool query; mean: --frames frames averaged evenly")
+    cv.add_argument("--frames", type=int, default=15,
+                    help="frames per target video when averaged evenly (--pool mean, or a row whose scores are [])")
     cv.add_argument("--k", type=int, nargs="+", default=[1, 5, 10, 50], help="recall@k for each k")
     cv.add_argument("--json", dest="json_out", help="write the results JSON here")
     cv.add_argument("--batch-size", type=int, default=32, help="items embedded at once")

@@ -11,6 +11,7 @@ makes every ranking computable by hand.
 from __future__ import annotations
 
 import csv
+import json
 import re
 import sys
 import types
@@ -258,6 +259,17 @@ def test_command_line_prints_and_saves(covr_root: Path, fake_runtime, tmp_path: 
     assert _run(covr_root, "--json", str(out)) == 0
     assert re.search(r"75\.00\s+100\.00\s+100\.00\s+100\.00", capsys.readouterr().out)
     assert '"recall@1": 75.0' in out.read_text()
+
+
+def test_command_line_pool_option_reaches_the_pooling(covr_root: Path, fake_runtime, tmp_path: Path):
+    """--pool query (the default) weights the target's frames by the csv's scores; --pool mean averages them."""
+    ann = _csv(tmp_path / "weighted.csv", WEIGHTED)
+    for pool, r1 in (("query", 100.0), ("mean", 0.0)):
+        out = tmp_path / f"{pool}.json"
+        extra = ["--pool", pool] if pool == "mean" else []
+        assert _run(covr_root, "--annotation", str(ann), "--frames", "2", "--k", "1", "--json", str(out), *extra) == 0
+        saved = json.loads(out.read_text())
+        assert (saved["frame_pool"], saved["recall@1"]) == (pool, r1)
 
 
 def _copy_root(src: Path, dst: Path) -> Path:

@@ -171,7 +171,7 @@ def cli_eval_covr(args: argparse.Namespace) -> int:
         covr.check_decoder(covr.resolve_videos(triplets, videos, annotation))
         embedder = load_embedder(args.model, provider=args.provider)
         result = covr.evaluate_covr(embedder, root, annotation=annotation, videos=videos, frames=args.frames,
-                                    ks=tuple(args.k), batch_size=args.batch_size)
+                                    frame_pool=args.pool, ks=tuple(args.k), batch_size=args.batch_size)
         print(covr.format_table(result))
         _write_json(args.json_out, result)
 
