@@ -2,15 +2,14 @@
 
 CoVR cannot be downloaded here: the fixture is a small root in its layout (annotation/webvid-covr/
 webvid8m-covr_test.csv; datasets/WebVid/8M/train/<pth>.mp4, lucas-ventura/CoVR configs/test/webvid-covr.yaml),
-with solid-colour clips the tests write with PyAV (one video as a folder of frames instead). The CSV carries
-the columns CoVR's loader reads (pth1, pth2, edit, and scores, a list literal of per-frame weights,
-src/data/webvid_covr.py) and the caption columns txt1, txt2; one row per target video. A colour embedder
-makes every ranking computable by hand.
+with solid-colour clips the tests write with PyAV through benchmarks.eval_fixtures' writers (one video as a
+folder of frames instead). The CSV carries the columns CoVR's loader reads (pth1, pth2, edit, and scores, a
+list literal of per-frame weights, src/data/webvid_covr.py) and the caption columns txt1, txt2; one row per
+target video. A colour embedder makes every ranking computable by hand.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import sys
@@ -21,6 +20,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.eval_fixtures import (
+    COVR_HEADER,
+    covr_rows,
+    placeholder_scores,
+    write_covr_csv,
+    write_frames,
+    write_video,
+)
 from edge_gcl.cli import main
 from edge_gcl.eval.covr import (
     ANNOTATION,
@@ -36,34 +43,11 @@ from edge_gcl.eval.covr import (
     target_frames,
 )
 
-av = pytest.importorskip("av")
+pytest.importorskip("av")
 
-SIZE, N_FRAMES = 32, 10
+N_FRAMES = 10
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 YELLOW, CYAN, ORANGE = (255, 255, 0), (0, 255, 255), (255, 64, 0)
-
-
-def write_video(path: Path, colours: list[tuple[int, int, int]], *, fps: int = 10) -> Path:
-    """A SIZE x SIZE MPEG-4 clip, one solid colour per frame (PyAV; the codec is FFmpeg's own)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = SIZE
-        stream.pix_fmt = "yuv420p"
-        for rgb in colours:
-            frame = av.VideoFrame.from_ndarray(np.full((SIZE, SIZE, 3), rgb, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def write_frames(folder: Path, colours: list[tuple[int, int, int]]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, rgb in enumerate(colours):
-        Image.new("RGB", (SIZE, SIZE), rgb).save(folder / f"{i + 1:04d}.png")
-    return folder
 
 
 def _mean_rgb(image) -> np.ndarray:
@@ -100,21 +84,16 @@ class ColourEmbedder:
 ROWS = [("001/1", "add green", "101/1"), ("001/2", "add blue", "101/2"), ("001/3", "add red", "101/3"),
         ("101/1", "keep it", "101/4")]
 SOLID = {"001/1": RED, "001/2": GREEN, "001/3": BLUE, "101/1": YELLOW, "101/3": GREEN, "101/4": ORANGE}
-HEADER = ["txt1", "txt2", "edit", "scores", "pth1", "pth2"]
 # One score per frame CoVR sampled (rounded to 4 places, as tools/embs/get_scores.py writes them): the
 # fixture's clips have 10 frames, so all 10. On solid-colour clips the weights change nothing.
-SCORES_10 = "[" + ", ".join(f"{0.2 + 0.0013 * i:.4f}" for i in range(N_FRAMES)) + "]"
+SCORES_10 = placeholder_scores(N_FRAMES)
 
 
-def _csv(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    return path
+_csv = write_covr_csv  # (path, rows, header=COVR_HEADER) -> path
 
 
 def _rows(triplets=ROWS, scores: str = SCORES_10) -> list[list[str]]:
-    return [[f"caption of {a}", f"caption of {b}", edit, scores, a, b] for a, edit, b in triplets]
+    return covr_rows(triplets, scores)
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +259,7 @@ def _copy_root(src: Path, dst: Path) -> Path:
 
 
 CSV_CASES = {
-    "missing column": (lambda p: _csv(p, [r[:2] + r[3:] for r in _rows()], [h for h in HEADER if h != "edit"]),
+    "missing column": (lambda p: _csv(p, [r[:2] + r[3:] for r in _rows()], [h for h in COVR_HEADER if h != "edit"]),
                        r"ANN:1: no column edit \(header: txt1,txt2,scores,pth1,pth2\)"),
     "empty edit": (lambda p: _csv(p, _rows()[:2] + [_rows()[2][:2] + [" "] + _rows()[2][3:]]), r"ANN:4: empty edit"),
     "short row": (lambda p: _csv(p, _rows()[:1] + [_rows()[1][:5]]), r"ANN:3: 5 fields, the header has 6"),
@@ -292,7 +271,7 @@ CSV_CASES = {
     "header only": (lambda p: _csv(p, []), r"ANN: no triplets"),
     "empty file": (lambda p: p.write_bytes(b""),
                    r"ANN: empty file \(expected a header line with pth1, edit, pth2, scores\)"),
-    "no scores column": (lambda p: _csv(p, [r[:3] + r[4:] for r in _rows()], [h for h in HEADER if h != "scores"]),
+    "no scores column": (lambda p: _csv(p, [r[:3] + r[4:] for r in _rows()], [h for h in COVR_HEADER if h != "scores"]),
                          r"ANN:1: no column scores \(header: txt1,txt2,edit,pth1,pth2\)"),
     "scores not a list": (lambda p: _csv(p, _rows()[:1] + _rows(ROWS[1:2], scores="[0.1, oops]")),
                           r"ANN:3: scores is not a list of numbers \('\[0\.1, oops\]'\)"),

@@ -3,51 +3,40 @@
 MMEB cannot be downloaded here: the fixtures are small roots in the published layout (TIGER-Lab/MMEB-eval:
 <Task>/test-00000-of-00001.parquet with qry_text, qry_img_path, tgt_text, tgt_img_path, positive first, as
 TIGER-AI-Lab/VLM2Vec eval.py reads them; images under eval_images/, where VLM2Vec's README unzips images.zip),
-written by the tests, one of them from the shared Flickr8k photos and captions. The embedders are stand-ins
-whose rankings can be worked out by hand.
+written by the tests with benchmarks.eval_fixtures' writers (the ones `python -m benchmarks.eval_fixtures`
+uses), one of them from the shared Flickr8k photos and captions. The embedders are stand-ins whose rankings
+can be worked out by hand.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import re
-import shutil
 import sys
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from benchmarks.eval_fixtures import (
+    INSTRUCTION_IMG,
+    flickr_photos,
+    mmeb_row,
+    write_mmeb_flickr,
+    write_mmeb_task,
+    write_placeholder_images,
+)
 from edge_gcl.cli import main
 from edge_gcl.eval.mmeb import RETRIEVAL_TASKS, evaluate_mmeb, read_task, score_rows, task_files
 
 FLICKR = Path("/work/shared/data/flickr8k")
-INSTRUCTION_IMG = "<|image_1|>\nRepresent the given image."
 
 
 def _write_task(root: Path, task: str, rows: list[dict], fmt: str = "parquet") -> Path:
-    """One task in MMEB-eval's layout: <root>/<task>/test-00000-of-00001.parquet (or test.jsonl)."""
-    folder = root / task
-    folder.mkdir(parents=True, exist_ok=True)
-    if fmt == "jsonl":
-        path = folder / "test.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return path
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
-    schema = pa.schema([("qry_text", pa.string()), ("qry_img_path", pa.string()),
-                        ("tgt_text", pa.list_(pa.string())), ("tgt_img_path", pa.list_(pa.string()))])
-    path = folder / "test-00000-of-00001.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-    return path
-
-
-def _row(qry_text: str, qry_img: str, tgt: list[tuple[str, str]]) -> dict:
-    return {"qry_text": qry_text, "qry_img_path": qry_img, "tgt_text": [t for t, _ in tgt],
-            "tgt_img_path": [p for _, p in tgt]}
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    return write_mmeb_task(root, task, rows, fmt)
 
 
 class AngleEmbedder:
@@ -70,12 +59,6 @@ class AngleEmbedder:
         return np.stack([self._vec(t) for t in texts])
 
 
-def _images(root: Path, names: list[str]) -> None:
-    (root / "eval_images" / "imgs").mkdir(parents=True, exist_ok=True)
-    for name in names:
-        Image.new("RGB", (4, 4), (128, 128, 128)).save(root / "eval_images" / "imgs" / name)
-
-
 # Hand-worked task: query angle; candidates (positive first) with their gaps to the query.
 # row 1: q 0;   cands 20 (pos), 10, 90, 180          -> positive ranks 2nd: miss at 1, hit at 5
 # row 2: q 100; cands 95 (pos), 150, 300             -> 1st: hit
@@ -89,8 +72,8 @@ WORKED = [("t0", [20, 10, 90, 180]), ("t1", [95, 150, 300]), ("t2", [20, 190, 21
 @pytest.fixture
 def worked_root(tmp_path: Path) -> Path:
     root = tmp_path / "MMEB-eval"
-    _images(root, [n for n in ANGLES if n.endswith(".png")])
-    rows = [_row(q, "", [("", f"imgs/p{a}.png") for a in cands]) for q, cands in WORKED]
+    write_placeholder_images(root, [n for n in ANGLES if n.endswith(".png")])
+    rows = [mmeb_row(q, "", [("", f"imgs/p{a}.png") for a in cands]) for q, cands in WORKED]
     _write_task(root, "MSCOCO_t2i", rows)
     return root
 
@@ -110,9 +93,9 @@ def test_hit_at_1_and_recall_match_the_hand_worked_ranks(worked_root: Path):
 def test_a_positive_tied_with_a_negative_is_a_hit(tmp_path: Path):
     """VLM2Vec takes np.argmax over the candidates: the first of equal scores, the positive."""
     root = tmp_path / "r"
-    _images(root, ["pos.png", "neg.png"])
-    _write_task(root, "NIGHTS", [_row("q", "", [("", "imgs/pos.png"), ("", "imgs/neg.png")]),
-                                 _row("q", "", [("", "imgs/neg.png"), ("", "imgs/pos.png")])])
+    write_placeholder_images(root, ["pos.png", "neg.png"])
+    _write_task(root, "NIGHTS", [mmeb_row("q", "", [("", "imgs/pos.png"), ("", "imgs/neg.png")]),
+                                 mmeb_row("q", "", [("", "imgs/neg.png"), ("", "imgs/pos.png")])])
     emb = AngleEmbedder({"q": 0, "pos.png": 30, "neg.png": -30})
     assert evaluate_mmeb(emb, root, progress=False)["NIGHTS"]["hit@1"] == 100.0
 
@@ -121,9 +104,9 @@ def test_image_text_items_are_fused_and_the_image_token_dropped(tmp_path: Path):
     """A CIRR-style query: image at 0 plus text at 90 -> fused at 45. Unfused (image only), the candidate
     at 0 would win; fused, the positive at 40 does. The `<|image_1|>` placeholder is not part of the text."""
     root = tmp_path / "r"
-    _images(root, ["ref.png", "p40.png", "p0.png", "p100.png"])
-    _write_task(root, "CIRR", [_row("<|image_1|>\nmake it so", "imgs/ref.png",
-                                    [("", "imgs/p40.png"), ("", "imgs/p0.png"), ("", "imgs/p100.png")])], "jsonl")
+    write_placeholder_images(root, ["ref.png", "p40.png", "p0.png", "p100.png"])
+    _write_task(root, "CIRR", [mmeb_row("<|image_1|>\nmake it so", "imgs/ref.png",
+                                        [("", "imgs/p40.png"), ("", "imgs/p0.png"), ("", "imgs/p100.png")])], "jsonl")
     emb = AngleEmbedder({"make it so": 90, "ref.png": 0, "p40.png": 40, "p0.png": 0, "p100.png": 100})
     assert evaluate_mmeb(emb, root, progress=False)["CIRR"]["hit@1"] == 100.0
     (row,) = read_task(task_files(root, "CIRR")[0], root / "eval_images")
@@ -133,9 +116,9 @@ def test_image_text_items_are_fused_and_the_image_token_dropped(tmp_path: Path):
 def test_instructions_are_kept_verbatim(tmp_path: Path):
     """An image candidate whose only text is an instruction is image+text; the query keeps its instruction."""
     root = tmp_path / "r"
-    _images(root, ["a.png"])
-    _write_task(root, "MSCOCO_t2i", [_row("Find me an everyday image that matches the given caption: a dog.", "",
-                                          [(INSTRUCTION_IMG + "\n", "imgs/a.png"), ("a caption", "")])], "jsonl")
+    write_placeholder_images(root, ["a.png"])
+    _write_task(root, "MSCOCO_t2i", [mmeb_row("Find me an everyday image that matches the given caption: a dog.",
+                                              "", [(INSTRUCTION_IMG + "\n", "imgs/a.png"), ("a caption", "")])], "jsonl")
     (row,) = read_task(task_files(root, "MSCOCO_t2i")[0], root / "eval_images")
     assert row.query.txt == "Find me an everyday image that matches the given caption: a dog."
     assert (row.candidates[0].modality, row.candidates[0].txt) == ("image,text", "Represent the given image.")
@@ -148,7 +131,7 @@ def test_tgt_text_given_as_one_empty_string_is_an_empty_text_per_candidate(tmp_p
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     root = tmp_path / "r"
-    _images(root, ["p20.png", "p90.png", "p180.png"])
+    write_placeholder_images(root, ["p20.png", "p90.png", "p180.png"])
     row = {"qry_text": "t0", "qry_img_path": "", "tgt_text": "", "tgt_img_path": ["imgs/p20.png", "imgs/p90.png",
                                                                                   "imgs/p180.png"]}
     (root / "VisualNews_t2i").mkdir()
@@ -188,16 +171,6 @@ def test_distinct_candidates_are_embedded_once(worked_root: Path):
 needs_flickr = pytest.mark.skipif(not (FLICKR / "captions.txt").is_file(), reason=f"{FLICKR} is absent")
 
 
-def _flickr(n: int) -> list[tuple[str, str]]:
-    """(photo, first caption) of the first n dev photos."""
-    dev = sorted(json.loads((FLICKR / "splits.json").read_text())["dev"])[:n]
-    first: dict[str, str] = {}
-    with open(FLICKR / "captions.txt", newline="") as f:
-        for name, caption in list(csv.reader(f))[1:]:
-            first.setdefault(name, caption.strip())
-    return [(name, first[name]) for name in dev]
-
-
 class OracleEmbedder:
     """Photo j and its caption -> one-hot j; any other text (an instruction) -> the last axis."""
 
@@ -226,23 +199,10 @@ def flickr_root(tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
     there (recall@5 6/6), and 6/6 in i2t."""
     if not (FLICKR / "captions.txt").is_file():
         pytest.skip(f"{FLICKR} is absent")
-    photos = _flickr(6)
+    pytest.importorskip("pyarrow")
+    photos = flickr_photos(FLICKR, 6)
     root = tmp_path_factory.mktemp("mmeb") / "MMEB-eval"
-    for task in ("MSCOCO_t2i", "MSCOCO_i2t"):
-        (root / "eval_images" / task).mkdir(parents=True)
-        for name, _ in photos:
-            shutil.copy(FLICKR / "images" / name, root / "eval_images" / task / name)
-    t2i, i2t = [], []
-    for j, (name, caption) in enumerate(photos):
-        others = [photos[(j + s) % 6] for s in range(1, 6)]
-        pos = name if j < 4 else others[0][0]
-        order = [pos] + [n for n in [name] + [o for o, _ in others] if n != pos]
-        t2i.append(_row(f"Find me an everyday image that matches the given caption: {caption}", "",
-                        [(INSTRUCTION_IMG, f"MSCOCO_t2i/{n}") for n in order]))
-        i2t.append(_row("<|image_1|>\nFind an image caption describing the given everyday image.",
-                        f"MSCOCO_i2t/{name}", [(c, "") for c in [caption] + [c for _, c in others]]))
-    _write_task(root, "MSCOCO_t2i", t2i)
-    _write_task(root, "MSCOCO_i2t", i2t)
+    write_mmeb_flickr(root, photos, FLICKR / "images", mislabelled=2)
     return root, photos
 
 
@@ -310,7 +270,7 @@ def test_the_worked_root_runs_from_the_command_line(worked_root: Path, fake_runt
     assert re.search(r"MSCOCO_t2i\s+33\.33\s+66\.67\s+100\.00\s+3", capsys.readouterr().out)
 
 
-GOOD = _row("t0", "", [("", "imgs/p20.png"), ("", "imgs/p10.png")])
+GOOD = mmeb_row("t0", "", [("", "imgs/p20.png"), ("", "imgs/p10.png")])
 JSONL_CASES = {
     "not JSON": ('{"qry_text": "t0",\n', r"test\.jsonl:2: not valid JSON"),
     "not an object": ("[1, 2]\n", r"test\.jsonl:2: expected a JSON object, got list"),
