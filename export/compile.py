@@ -74,11 +74,13 @@ class Samples:
 
 
 def calibration_source(model, calibration: str | Path | None) -> tuple[Path, Path | None, set[str] | None]:
-    """What to calibrate on: `--calibration DIR`, else the model's own training data (its train split).
+    """What to calibrate on: `--calibration DIR`, else the model's own training data (the first of its
+    sources found here, restricted to that source's split and stripped of the held-out lists).
 
     Returns the captions file, its image folder (None: `images/` beside it) and the photo names to
     draw from (None: all). Relative paths recorded in a checkpoint resolve against the working
-    directory, then against the project root (so `../shared/data/...` works from a clone).
+    directory, then against the project root (so `../shared/data/...` works from a clone);
+    `${recipes}/` and `~/` (as checkpoints record them) expand first.
     """
     if calibration:
         folder = Path(calibration)
@@ -87,20 +89,35 @@ def calibration_source(model, calibration: str | Path | None) -> tuple[Path, Pat
             raise FileNotFoundError(f"{calibration}: --calibration needs a folder with captions.txt and images/")
         return captions, None, None
     from edge_gcl.checkpoint import is_checkpoint, read_meta
-    from edge_gcl.data import read_split
+    from edge_gcl.data import read_pairs, read_split
 
     if model.source is not None and is_checkpoint(model.source):
         train = read_meta(model.source).get("train", {})
         images = train.get("images", [])
+        splits = train.get("split")
         for i, data in enumerate(train.get("data", [])):
             captions = _resolve(data)
             if captions is None:
                 continue
+            image_dir = _resolve(images[i]) if i < len(images) else None
             names = None
-            split_file, _, split = (train.get("split") or "").rpartition(":")
-            if split_file and _resolve(split_file) and _resolve(split_file).parent == captions.parent:
-                names = read_split(_resolve(split_file), split)
-            return captions, _resolve(images[i]) if i < len(images) else None, names
+            if isinstance(splits, list):  # one FILE:SPLIT (or "all") per source, by order
+                spec = splits[i] if i < len(splits) else None
+                split_file, _, split = (spec if spec and spec != "all" else "").rpartition(":")
+                if split_file and _resolve(split_file):
+                    names = read_split(_resolve(split_file), split)
+            else:  # older checkpoints: one FILE:SPLIT for the sources in that file's folder
+                split_file, _, split = (splits or "").rpartition(":")
+                if split_file and _resolve(split_file) and _resolve(split_file).parent == captions.parent:
+                    names = read_split(_resolve(split_file), split)
+            held_out: set[str] = set()
+            for spec in train.get("exclude") or []:
+                file, _, split = spec.rpartition(":")
+                if _resolve(file):
+                    held_out |= read_split(_resolve(file), split)
+            if held_out:
+                names = (names if names is not None else {p.name for p in read_pairs(captions, image_dir).images}) - held_out
+            return captions, image_dir, names
     raise FileNotFoundError(
         "no calibration data: this model records no training data that exists here; "
         "give --calibration DIR (a folder with captions.txt and images/)"
@@ -110,8 +127,12 @@ def calibration_source(model, calibration: str | Path | None) -> tuple[Path, Pat
 def _resolve(path: str | None) -> Path | None:
     if not path:
         return None
+    if path.startswith("${recipes}"):
+        from edge_gcl.train import RECIPE_DIR
+
+        path = str(RECIPE_DIR) + path[len("${recipes}") :]
     for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        candidate = (base / path).resolve()
+        candidate = (base / Path(path).expanduser()).resolve()
         if candidate.exists():
             return candidate
     return None

@@ -71,6 +71,27 @@ def artifacts(tmp_path_factory, tiny_checkpoint):
     return out
 
 
+def test_calibration_follows_the_recorded_per_source_splits_and_held_out_lists(photos, tmp_path, monkeypatch):
+    """Checkpoints of `edge-gcl train --recipe` record one FILE:SPLIT per source (`${recipes}/...` for the
+    package's own split files) and --exclude lists: calibration draws from that split, minus the held-out."""
+    from edge_gcl.models import load_model
+
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"train": [f"{i}.jpg" for i in range(12)], "dev": [f"{i}.jpg" for i in range(12, 24)],
+                                  "held": ["0.jpg", "1.jpg"]}))
+    monkeypatch.setattr("edge_gcl.train.RECIPE_DIR", tmp_path)  # ${recipes} -> tmp_path
+    torch.manual_seed(0)
+    train = {"data": ["nowhere/captions.txt", str(photos / "captions.txt")], "images": [],
+             "split": ["all", "${recipes}/splits.json:train"], "exclude": [f"{splits}:held", f"{splits}:dev"]}
+    folder = save_checkpoint(tmp_path / "ck", create_model(TINY), train=train)
+    captions, images, names = compile_cli.calibration_source(load_model(folder), None)
+    assert captions == photos / "captions.txt" and images is None
+    assert names == {f"{i}.jpg" for i in range(2, 12)}
+    # the whole source, stripped of the held-out lists
+    folder = save_checkpoint(tmp_path / "ck2", create_model(TINY), train={**train, "split": ["all", "all"]})
+    assert compile_cli.calibration_source(load_model(folder), None)[2] == {f"{i}.jpg" for i in range(2, 12)}
+
+
 def test_manifest_states_the_contract(artifacts):
     manifest = Manifest.load(artifacts, verify=True)  # every file's SHA-256 checks out
     raw = json.loads((artifacts / "manifest.json").read_text())
