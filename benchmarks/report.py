@@ -130,7 +130,9 @@ def losses_markdown(doc: Mapping[str, Any]) -> str:
         table.append(line)
     recipe = doc.get("recipe") or {}
     steps, tau, mult = doc["config"].get("steps"), recipe.get("temperature"), recipe.get("temperature_lr_mult", 1.0)
-    budget = f"{steps} steps each" if steps else "the default recipe's budget each"
+    data = ", ".join(Path(d).parent.name for d in recipe.get("data") or [])  # the sources, by folder name
+    epochs = f"{recipe['epochs']:g} epochs" if recipe.get("epochs") else "the recipe's budget"
+    budget = (f"{steps} steps each" if steps else f"{epochs} each") + (f" on {data}" if data else "")
     start = f"starting temperature {tau:g}" if tau else "the model's own starting temperature (lite: 0.07)"
     pace = f"learnt at {mult:g} x the lr" if mult != 1 else "learnable at the lr"
     if all("final_temperature" in r for r in runs):
@@ -138,8 +140,8 @@ def losses_markdown(doc: Mapping[str, Any]) -> str:
         for line in table:
             end = [r["final_temperature"] for r in runs if r["loss"] == line["loss"]]
             line["τ"] = f"{sum(end) / len(end):.3f}"
-    parts = [f"Average M-BEIR Recall@1 / Recall@5 (%), mean ± std over seeds; one model per loss and seed, {budget}, "
-             f"{start}, {pace}.", "", markdown_table(table, [*cols, Col("seeds")])]
+    parts = [f"Average M-BEIR Recall@1 / Recall@5 (%) on `{doc['config'].get('root')}`, mean ± std over seeds; one "
+             f"model per loss and seed, {budget}, {start}, {pace}.", "", markdown_table(table, [*cols, Col("seeds")])]
     if "global" in settings:  # where the losses differ: each task in the union pool
         tasks = [t for t in runs[0]["results"] if t != "average"]
         per_task = []

@@ -273,6 +273,9 @@ def test_losses_markdown_gives_both_recalls_and_the_paired_lead(tmp_path: Path):
     assert "| gcl | 45.5 |" in text and "| cl | 45.0 |" in text
     assert "starting temperature 0.02, learnable" in losses_markdown(
         {"runs": runs, "config": {"steps": None}, "recipe": {"temperature": 0.02}})
+    said = losses_markdown({"runs": runs, "config": {"steps": None, "root": "runs/mbeir-dev"},
+                            "recipe": {"epochs": 10.0, "data": ["d/flickr8k/captions.txt", "d/web-captions/captions.txt"]}})
+    assert "on `runs/mbeir-dev`" in said and "10 epochs each on flickr8k, web-captions" in said  # which recipe, where
     assert "| gcl | 80.50 ± 0.71 | 91.00 ± 1.41 | 40.25 ± 0.35 | 45.50 ± 0.71 | 0,1 |" in text
     assert "| cl | 78.00 ± 0.00 | 86.00 ± 0.00 | 39.00 ± 0.00 | 43.00 ± 0.00 | 0,1 |" in text
     assert "seed 0: +1.00 / +2.00, seed 1: +1.50 / +3.00." in text
