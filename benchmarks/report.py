@@ -103,8 +103,9 @@ def recall_markdown(doc: Mapping[str, Any]) -> str:
     where = {f["form"]: f["where"] for f in doc.get("forms", [])}
     cols = [Col("setting"), Col("task")] + [Col(f, f"{f} ({where.get(f, f)})") for f in forms]
     ref_note = f"; in brackets the change vs {ref}, in points" if ref else ""
-    parts = [f"M-BEIR Recall@5 (%) on `{doc['config'].get('root')}` (UniIR protocol; the report builds it from the "
-             f"Flickr8k dev split){ref_note}. R@1 and R@10 are in the JSON.", "", markdown_table(table, cols)]
+    parts = [f"M-BEIR Recall@5 (%) on `{doc['config'].get('root')}` (UniIR protocol; `edge-gcl bench build-mbeir` "
+             f"builds it: `--layout phone` the phone dev benchmark){ref_note}. R@1 and R@10 are in the JSON.", "",
+             markdown_table(table, cols)]
     if doc.get("note"):
         parts += ["", f"Note: {doc['note']}."]
     return "\n".join(parts)
