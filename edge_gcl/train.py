@@ -34,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -613,5 +614,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cli_train(args: argparse.Namespace) -> int:
-    train(resolve_config(args))
+    """`edge-gcl train`: bad options, data or checkpoints are one line naming them, exit 1."""
+    try:
+        train(resolve_config(args))
+    except (ValueError, OSError, KeyError) as e:  # ImageDecodeError is a ValueError
+        print(f"edge-gcl: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 1
     return 0
