@@ -480,11 +480,10 @@ def same_recipe(record: Mapping[str, Any], cfg: Any) -> bool:
     have = {k: record.get(k, unset[k]) for k in want}
 
     def split(value: str) -> str:  # "FILE:SPLIT" with FILE resolved (checkpoints write ${recipes}/, ~/); "all" as it is
-        from edge_gcl.train import RECIPE_DIR
+        from edge_gcl.train import expand_recorded
 
         file, sep, name = value.rpartition(":")
-        file = file.replace("${recipes}", str(RECIPE_DIR))
-        return f"{Path(file).expanduser().resolve()}:{name}" if sep else value
+        return f"{Path(expand_recorded(file)).resolve()}:{name}" if sep else value
 
     def splits(value: Any) -> Any:  # one "FILE:SPLIT" (older runs) or one per source (train's lists)
         if not value:

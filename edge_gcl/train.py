@@ -567,6 +567,11 @@ def train(cfg: TrainConfig) -> Path:
     return out
 
 
+def expand_recorded(path: str) -> str:
+    """A path as `portable_record` writes it, back to one this machine can open (`${recipes}/`, `~/`)."""
+    return os.path.expanduser(path.replace("${recipes}", str(RECIPE_DIR)))
+
+
 def portable_record(cfg: TrainConfig) -> dict:
     """The config as a checkpoint records it: paths into this package's recipes folder as `${recipes}/...`
     and paths under the home folder as `~/...`, so a shipped model does not carry the build machine's paths."""

@@ -127,12 +127,10 @@ def calibration_source(model, calibration: str | Path | None) -> tuple[Path, Pat
 def _resolve(path: str | None) -> Path | None:
     if not path:
         return None
-    if path.startswith("${recipes}"):
-        from edge_gcl.train import RECIPE_DIR
+    from edge_gcl.train import expand_recorded
 
-        path = str(RECIPE_DIR) + path[len("${recipes}") :]
     for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        candidate = (base / Path(path).expanduser()).resolve()
+        candidate = (base / expand_recorded(path)).resolve()
         if candidate.exists():
             return candidate
     return None
