@@ -32,6 +32,7 @@ from benchmarks.common import Col, format_table, machine_info, make_document, pa
 
 RESULTS = Path(__file__).parent / "results" / "recipe_trials.json"
 F8K, EXTRA = "${data}/flickr8k", "${data}/flickr8k-extra"
+CONFIGS = Path(__file__).parent / "trial_configs"
 SPLITS = str(Path(__file__).resolve().parents[1] / "edge_gcl" / "recipes" / "flickr8k-extra-splits.json")
 
 # trial -> flags after `edge-gcl train --recipe default` (${data} is --data-root)
@@ -50,6 +51,8 @@ TRIALS: dict[str, list[str]] = {
     "lite2": ["--model", "lite2"],
     "ep15": ["--epochs", "15"],  # the recipe trained 1.5 times longer (900 steps)
     "lite2-ep15": ["--model", "lite2", "--epochs", "15"],
+    # Lite0 with twice the fine-tuned depth: top 4 image blocks and top 4 MiniLM layers (a new stem cache)
+    "i4t4": ["--model", str(CONFIGS / "lite-i4-t4.json")],
     "lite2-f8k+extra": ["--model", "lite2", "--data", f"{F8K}/captions.txt", "--split", f"{F8K}/splits.json:train",
                         "--data", f"{EXTRA}/captions.txt", "--split", f"{SPLITS}:train"],
 }
