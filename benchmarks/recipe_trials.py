@@ -48,6 +48,7 @@ TRIALS: dict[str, list[str]] = {
     "default-5ep": ["--epochs", "5"],
     "b512": ["--batch-size", "512"],  # the recipe with twice the in-batch negatives (same epochs: half the steps)
     "hardneg32": ["--hard-negatives", "32"],  # batches of whole groups of ~32 photos with alike captions
+    "hardneg4": ["--hard-negatives", "4"],  # softer: ~64 groups of ~4 alike photos per batch of 256
     "lite2": ["--model", "lite2"],
     "ep15": ["--epochs", "15"],  # the recipe trained 1.5 times longer (900 steps)
     "lite2-ep15": ["--model", "lite2", "--epochs", "15"],

@@ -324,6 +324,25 @@ def test_same_recipe_reuses_only_a_run_of_the_asked_recipe(tmp_path: Path, monke
     assert not same_recipe({**portable_record(recipe), "exclude": ["${recipes}/other.json:heldout"]}, recipe)
 
 
+def test_default_recipe_expands_the_recorded_paths_so_train_can_open_them(tmp_path: Path):
+    """The losses mode trains from the default's record: its ${recipes}/ and ~/ paths become real paths."""
+    import json
+
+    from benchmarks.recall import default_recipe
+    from edge_gcl.train import RECIPE_DIR, TrainConfig
+
+    record = {"loss": "gcl", "data": ["d/captions.txt"], "split": ["d/splits.json:train", "all"],
+              "exclude": ["${recipes}/flickr8k-extra-splits.json:heldout"], "cache_dir": "~/.cache/x", "unknown": 1}
+    meta = tmp_path / "edge_gcl.json"
+    meta.write_text(json.dumps({"train": record}))
+    cfg = default_recipe(meta)
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.exclude == [f"{RECIPE_DIR}/flickr8k-extra-splits.json:heldout"]
+    assert Path(cfg.exclude[0].rpartition(":")[0]).is_file()
+    assert cfg.cache_dir == str(Path.home() / ".cache" / "x")
+    assert cfg.split == ["d/splits.json:train", "all"] and cfg.data == ["d/captions.txt"]
+
+
 # ----------------------------------------------------------------------------- latency pieces
 
 
