@@ -457,20 +457,14 @@ def index_columns(rows: Sequence[Mapping[str, Any]]) -> list[Col]:
 
 # ----------------------------------------------------------------------------- losses mode
 def default_recipe(meta_path: Path = DEFAULT_META):  # -> edge_gcl.train.TrainConfig
-    """The default model's training config: its checkpoint's "train" record (its `${recipes}/` and `~/`
-    paths expanded, so `train` can open them), else the README's recipe."""
-    from edge_gcl.train import TrainConfig, expand_recorded
+    """The default model's training config: its checkpoint's "train" record (paths expanded, so `train` can
+    open them), else the README's recipe."""
+    from edge_gcl.train import TrainConfig, config_from_record
 
-    def expand(v: Any) -> Any:
-        if isinstance(v, list):
-            return [expand(x) for x in v]
-        return expand_recorded(v) if isinstance(v, str) else v
-
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
     if meta_path.is_file():
         train = json.loads(meta_path.read_text()).get("train")
         if isinstance(train, dict) and train:
-            return TrainConfig(**{k: expand(v) for k, v in train.items() if k in names})
+            return config_from_record(train)
     flickr, extra = SHARED_FLICKR, SHARED_FLICKR.parent / "flickr8k-extra"
     return TrainConfig(model="lite", loss="gcl", data=[str(flickr / "captions.txt"), str(extra / "captions.txt")],
                        split=f"{flickr / 'splits.json'}:train", batch_size=256, epochs=10.0, lr=3e-4)

@@ -589,6 +589,19 @@ def portable_record(cfg: TrainConfig) -> dict:
     return {k: portable(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+def config_from_record(record: dict) -> TrainConfig:
+    """The inverse of `portable_record`: a checkpoint's "train" record as a config this machine can train
+    with (recorded paths expanded; fields this version does not know are dropped)."""
+
+    def expand(v):
+        if isinstance(v, list):
+            return [expand(x) for x in v]
+        return expand_recorded(v) if isinstance(v, str) else v
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: expand(v) for k, v in record.items() if k in names})
+
+
 def _save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig):
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,14 @@ from safetensors.torch import load_file
 
 from edge_gcl.cli import main
 from edge_gcl.models import load_model
-from edge_gcl.train import RECIPE_DIR, TrainConfig, batch_indices, caption_groups, portable_record
+from edge_gcl.train import (
+    RECIPE_DIR,
+    TrainConfig,
+    batch_indices,
+    caption_groups,
+    config_from_record,
+    portable_record,
+)
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
 
@@ -393,6 +400,8 @@ def test_checkpoints_record_recipe_and_home_paths_portably():
     rec = portable_record(cfg)
     assert rec["split"] == ["${recipes}/flickr8k-extra-splits.json:train", "all"]
     assert rec["cache_dir"] == "~/.cache/x" and rec["data"] == ["../shared/data/a.txt"]
+    assert config_from_record(rec) == cfg  # and back, as training on this machine needs them
+    assert config_from_record({**rec, "from_a_newer_version": 1}) == cfg
 
 
 def test_train_help_gives_the_defaults_training_uses():
