@@ -116,6 +116,33 @@ def test_two_ingests_at_once_embed_each_photo_once(tmp_path: Path) -> None:
     assert sorted(added.values()) == [0, 12] and sorted(unchanged.values()) == [0, 12]  # each says what it did
 
 
+def test_stores_opening_a_new_file_at_once_all_open(tmp_path: Path) -> None:
+    # SQLite can deadlock two connections switching a new file to WAL together and tells one of
+    # them "database is locked" at once, whatever the busy timeout: CI saw an ingest die so
+    from edge_gcl.index.store import Store
+
+    for trial in range(30):
+        path, errors = tmp_path / f"{trial}.sqlite", []
+        barrier = threading.Barrier(4)
+
+        def open_store() -> None:
+            barrier.wait()
+            try:
+                Store.open(path, model_id="m", embed_dim=4).close()
+            except Exception as e:  # noqa: BLE001 - the test reports every failure
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=open_store) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, (trial, errors)
+        store = Store.open(path, create=False)
+        assert store.info.model_id == "m"
+        store.close()
+
+
 def test_app_refuses_uploads_over_its_pixel_limit_and_frames(tmp_path: Path, monkeypatch) -> None:
     import io
 

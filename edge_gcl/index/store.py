@@ -140,6 +140,22 @@ def _item(row: Sequence[Any]) -> Item:
     return Item(row[0], row[1], row[2], row[3], json.loads(row[4]), *row[5:])
 
 
+def _journal_mode_wal(conn: sqlite3.Connection, timeout_s: float) -> str:
+    """Switch to WAL, retrying while another connection holds the file. Two connections switching
+    a new file at once can deadlock inside SQLite, which then returns "database is locked" to one
+    of them at once, without waiting on busy_timeout; retrying after the other is done succeeds."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.001
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
 class Store:
     """One connection to the index file. Thread-safe (one lock); open one Store per process/thread
     that needs its own snapshot, SQLite coordinates them."""
@@ -153,7 +169,7 @@ class Store:
             str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
         )
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _journal_mode_wal(self.conn, timeout_s)
         if mode.lower() != "wal":
             raise sqlite3.OperationalError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
         self.conn.execute("PRAGMA synchronous = FULL")
