@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--provider", choices=["cpu", "qnn"], default="cpu", help="for artifacts folders")
     m.add_argument("--allow-missing-positives", action="store_true",
                    help="count a query with no positive in the pool as a miss (default: an error naming it)")
+    m.add_argument("--cross-modal-offset", default="model", metavar="OFFSET",
+                   help="added to a candidate's cosine when its modality differs from the query's, as the index "
+                        "ranks: 'model' = the model's calibrated one (0 if none), 0 = plain GCL ranking")
     m.set_defaults(func=_handler("edge_gcl.eval.cli:cli_eval"))
     mm = e.add_parser("mmeb", formatter_class=_ShowDefaults, help="hit@1 on MMEB's retrieval tasks (TIGER-Lab/MMEB-eval files)")
     mm.add_argument("--root", required=True, help="MMEB-eval folder (<Task>/test-*.parquet per task)")

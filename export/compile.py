@@ -381,7 +381,7 @@ def run(
                 verification=verification,
                 tools=_tool_versions(),
                 extra={"onnx_parity_max_abs_error": parity, "source_model": _model_name(model_spec),
-                       **_min_score(model_spec, weights_id(model)),
+                       **_calibration(model_spec, weights_id(model)),
                        **({"aihub": aihub_summary} if aihub_summary else {})},
             )
             manifest.save(stage)
@@ -404,13 +404,13 @@ def _cosine(text: str) -> float:
     return value
 
 
-def _min_score(model_spec: str, model_id: str) -> dict[str, float]:
-    """{"min_score": cosine} when the model's folder holds a cutoff.json calibrated for these very weights
-    (benchmarks/cutoff.py; the index's default relevance cut-off, `edge_gcl.index.default_min_score`)."""
-    from edge_gcl.index.index import calibrated_cutoff
+def _calibration(model_spec: str, model_id: str) -> dict[str, float]:
+    """{"min_score", "cross_modal_offset"} when the model's folder holds a calibration.json calibrated for
+    these very weights (benchmarks/calibrate.py; the index's default relevance cut-off and cross-modal
+    offset, `edge_gcl.index.default_min_score` and `default_cross_modal_offset`); else {}."""
+    from edge_gcl.index.index import calibration
 
-    value = calibrated_cutoff(model_id, model_spec)
-    return {"min_score": value} if value is not None else {}
+    return calibration(model_id, model_spec)
 
 
 def _model_name(model_spec: str) -> str:

@@ -125,7 +125,7 @@ def test_stores_opening_a_new_file_at_once_all_open(tmp_path: Path) -> None:
         path, errors = tmp_path / f"{trial}.sqlite", []
         barrier = threading.Barrier(4)
 
-        def open_store() -> None:
+        def open_store(path: Path = path, barrier: threading.Barrier = barrier, errors: list = errors) -> None:
             barrier.wait()
             try:
                 Store.open(path, model_id="m", embed_dim=4).close()

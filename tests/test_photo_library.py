@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_index import FakeEmbedder  # noqa: E402
 
 from edge_gcl.index import Index, note_id, photo_id  # noqa: E402
-from edge_gcl.index.index import calibrated_cutoff, default_min_score, parse_date  # noqa: E402
+from edge_gcl.index.index import calibration, default_min_score, parse_date  # noqa: E402
 from edge_gcl.index.sources import capture_time  # noqa: E402
 from edge_gcl.transform import load_image  # noqa: E402
 
@@ -194,24 +194,27 @@ def test_the_default_cut_off_comes_from_the_model() -> None:
         manifest = type("M", (), {"extra": {"min_score": 0.31}})()
 
     assert default_min_score(WithManifest()) == 0.31  # type: ignore[arg-type]
-    assert default_min_score(FakeEmbedder()) is None  # no manifest, no cutoff.json: no cut-off
-    shipped = json.loads((Path(__file__).parents[1] / "edge_gcl/weights/default/cutoff.json").read_text())
+    assert default_min_score(FakeEmbedder()) is None  # no manifest, no calibration.json: no cut-off
+    shipped = json.loads((Path(__file__).parents[1] / "edge_gcl/weights/default/calibration.json").read_text())
     assert 0.2 < shipped["min_score"] < 0.6 and shipped["keep"] == 0.95
-    assert calibrated_cutoff(shipped["model_id"]) == shipped["min_score"]
-    assert calibrated_cutoff("other-weights") is None  # calibrated for other weights: not used
+    assert 0.0 <= shipped["cross_modal_offset"] <= 0.2
+    assert calibration(shipped["model_id"]) == {"min_score": shipped["min_score"],
+                                                "cross_modal_offset": shipped["cross_modal_offset"]}
+    assert calibration("other-weights") == {}  # calibrated for other weights: not used
 
 
-def test_export_records_the_cut_off_in_the_manifest() -> None:
+def test_export_records_the_calibration_in_the_manifest() -> None:
     pytest.importorskip("torch")
-    from export.compile import _min_score
+    from export.compile import _calibration
 
-    shipped = json.loads((Path(__file__).parents[1] / "edge_gcl/weights/default/cutoff.json").read_text())
-    assert _min_score("default", shipped["model_id"]) == {"min_score": shipped["min_score"]}
-    assert _min_score("default", "lite-000000000000") == {}
+    shipped = json.loads((Path(__file__).parents[1] / "edge_gcl/weights/default/calibration.json").read_text())
+    assert _calibration("default", shipped["model_id"]) == {"min_score": shipped["min_score"],
+                                                            "cross_modal_offset": shipped["cross_modal_offset"]}
+    assert _calibration("default", "lite-000000000000") == {}
 
 
 def test_calibration_keeps_the_share_of_every_task() -> None:
-    from benchmarks.cutoff import calibrate
+    from benchmarks.calibrate import calibrate
 
     rng = np.random.default_rng(0)
     scores = {

@@ -60,7 +60,16 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..embedding import Embedder
-from ..index import Hit, Index, IngestReport, Item, ModelMismatchError, default_min_score, parse_date
+from ..index import (
+    Hit,
+    Index,
+    IngestReport,
+    Item,
+    ModelMismatchError,
+    default_min_score,
+    modality_of,
+    parse_date,
+)
 from ..index.sources import list_photos
 from ..locations import default_index, default_model
 from ..runtime import describe, load_embedder
@@ -199,7 +208,8 @@ class PhotoSearchApp:
                     HTTPStatus.BAD_REQUEST, f"uploaded photo: {str(e).removeprefix('<bytes>: ')}"
                 ) from None
         started = time.perf_counter()
-        options: dict[str, Any] = dict(k=k, modalities=MODALITY_FILTERS[modality], sort=sort, **filters)
+        options: dict[str, Any] = dict(k=k, modalities=MODALITY_FILTERS[modality], sort=sort,
+                                       query_modality=modality_of(q, image), **filters)
         try:
             with self._model_lock:
                 vector = self.index.query_vector(q, image)

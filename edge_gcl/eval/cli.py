@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..data import read_split
 from .build import SHARED_DATA, Source, build_mbeir, build_phone_mbeir, phone_sources
 from .mbeir import SETTINGS, check_root, evaluate_mbeir, format_table, headline
@@ -38,11 +40,18 @@ def cli_eval(args: argparse.Namespace) -> int:
 
         settings = SETTINGS if args.setting == "both" else (args.setting,)
         check_root(Path(args.root))  # before the model loads
+        offset = _offset(args.cross_modal_offset)  # before the model loads, too
         embedder = load_embedder(args.model, provider=args.provider)
+        if offset is None:
+            from ..index import default_cross_modal_offset
+
+            offset = default_cross_modal_offset(embedder)
         results: dict[str, Any] = evaluate_mbeir(
             embedder, args.root, split=args.split, settings=settings, ks=tuple(args.k), batch_size=args.batch_size,
-            allow_missing_positives=args.allow_missing_positives)
+            allow_missing_positives=args.allow_missing_positives, cross_modal_offset=offset)
+        results["cross_modal_offset"] = offset
         print(format_table(results))
+        print(f"ranked by cosine + cross-modal offset {offset:g}" if offset else "ranked by cosine (no cross-modal offset)")
         missing = results.get("missing_positives", {})
         for setting in settings if missing else ():
             n = sum(per_setting.get(setting, 0) for per_setting in missing.values())
@@ -55,6 +64,19 @@ def cli_eval(args: argparse.Namespace) -> int:
             Path(args.json_out).write_text(json.dumps(results | ({"headline": top} if top else {}), indent=2) + "\n")
 
     return _run(body)
+
+
+def _offset(text: str) -> float | None:
+    """--cross-modal-offset: 'model' (None: the model's calibrated one) or a finite number."""
+    if text == "model":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value):
+        raise ValueError(f"--cross-modal-offset {text!r}: expected 'model' or a number (0: plain cosine)")
+    return value
 
 
 FLICKR_ONLY = ("captions", "images", "splits", "split")  # options of --layout flickr8k-dev

@@ -21,7 +21,9 @@ Evaluation, as UniIR's pipeline does it:
    normalize(e_image + e_text) (`edge_gcl.embedding.fuse`, UniIR's CLIP-SF). Each distinct image and text
    is embedded once per run, so the union pool costs nothing beyond the local pools (UniIR concatenates
    the local pools' embeddings for the same reason).
-2. Rank candidates by inner product (UniIR: faiss IndexFlatIP); ties go to the earlier pool row.
+2. Rank candidates by inner product (UniIR: faiss IndexFlatIP); ties go to the earlier pool row. With a
+   `cross_modal_offset`, as the index ranks (not UniIR's protocol): each candidate of another modality than
+   the query's scores `edge_gcl.embedding.modality_offset` more.
 3. Positives are the qrels rows with relevance > 0 (`pos_cand_list` when a query file has no qrels file).
 4. Recall@k is the hit rate (`edge_gcl.metrics.recall_at_k`), in percent; "average" is the unweighted mean
    over query files, like UniIR's average row.
@@ -48,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embedding import Embedder, fuse
+from ..embedding import Embedder, fuse, modality_offset
 from ..metrics import recall_at_k, topk
 
 MODALITIES = ("text", "image", "image,text")
@@ -283,11 +285,28 @@ def embed_items(
 # --- evaluation -------------------------------------------------------------------------------
 
 
-def _search(queries: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
-    """(nq, min(k, N)) pool rows by descending inner product, in query blocks of <= 2**26 scores."""
+def _search(queries: np.ndarray, pool: np.ndarray, k: int, bias: np.ndarray | None = None) -> np.ndarray:
+    """(nq, min(k, N)) pool rows by descending inner product (+ `bias` (N,) per pool row), in query
+    blocks of <= 2**26 scores."""
     block = max(1, 2**26 // max(1, pool.shape[0]))
-    parts = [topk(queries[i : i + block] @ pool.T, k)[0] for i in range(0, len(queries), block)]  # (b, k) each
+    parts = []
+    for i in range(0, len(queries), block):
+        scores = queries[i : i + block] @ pool.T  # (b, N)
+        parts.append(topk(scores if bias is None else scores + bias, k)[0])  # (b, k)
     return np.concatenate(parts) if parts else np.zeros((0, min(k, pool.shape[0])), np.int64)
+
+
+def _search_offset(
+    q_emb: np.ndarray, queries: Sequence[Query], pool: np.ndarray, cands: Sequence[Candidate], k: int, offset: float
+) -> np.ndarray:
+    """`_search` with each candidate's cross-modal offset for the query's modality added to its score."""
+    out = np.zeros((len(queries), min(k, len(cands))), np.int64)
+    modalities = np.array([q.modality for q in queries])
+    for m in dict.fromkeys(modalities):
+        rows = np.flatnonzero(modalities == m)
+        bias = np.array([modality_offset(m, c.modality, offset) for c in cands], np.float32)
+        out[rows] = _search(q_emb[rows], pool, k, bias)
+    return out
 
 
 def local_pool_path(root: str | Path, name: str, split: str) -> Path:
@@ -353,8 +372,12 @@ def evaluate_mbeir(
     progress: bool = True,
     filter_global_modality: bool = False,
     allow_missing_positives: bool = False,
+    cross_modal_offset: float = 0.0,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Recall@k (percent) of every query file of `root/query/<split>/` in each setting, plus their average.
+
+    Candidates are ranked by cosine, plus `cross_modal_offset` as the index adds it
+    (`edge_gcl.embedding.modality_offset`: 0 = plain GCL ranking).
 
     Returns {"<query file stem>": {"local": {"recall@1": ..}, "global": {..}}, ..., "average": {...}},
     settings and ks in the order given. See the module docstring for the protocol.
@@ -429,7 +452,11 @@ def evaluate_mbeir(
             if setting == "global" and filter_global_modality:
                 targets = {cands[i].modality for p in pos for i in p}
                 cols = np.flatnonzero([c.modality in targets for c in cands])
-            ranked = cols[_search(q_emb, pool_emb[path][cols], max(ks))]  # (nq, k) pool rows
+            if cross_modal_offset:
+                ranked = cols[_search_offset(q_emb, queries, pool_emb[path][cols], [cands[i] for i in cols],
+                                             max(ks), cross_modal_offset)]
+            else:
+                ranked = cols[_search(q_emb, pool_emb[path][cols], max(ks))]  # (nq, k) pool rows
             row[setting] = {f"recall@{k}": 100.0 * recall_at_k(ranked, pos, k) for k in ks}
         results[qf.stem] = row
     tasks = list(results)
@@ -442,7 +469,7 @@ def evaluate_mbeir(
 
 
 # Keys of an `evaluate_mbeir` result (and of `edge-gcl eval mbeir --json`) that are not query files.
-NOT_TASKS = ("average", "missing_positives", "headline")
+NOT_TASKS = ("average", "missing_positives", "headline", "cross_modal_offset")
 
 
 def task_stems(results: dict[str, Any]) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..locations import default_index, default_model
 from ..transform import ImageDecodeError
-from .index import Index, IngestReport, default_min_score
+from .index import Index, IngestReport, default_min_score, modality_of
 from .sources import MAX_NOTE_CHARS, photo_id
 from .store import Item, ModelMismatchError
 
@@ -243,6 +243,7 @@ def cli_search(args: argparse.Namespace) -> int:
                 before=args.before, sort=args.sort, approximate=args.approximate,
             )  # fmt: skip
             vector = index.query_vector(args.query, args.image)  # embedded once, searched twice at most
+            options["query_modality"] = modality_of(args.query, args.image)
             hits = index.search(vector=vector, min_score=cutoff, **options)
             hidden = 0
             if cutoff is not None and len(hits) < args.k:  # how many the cut-off hid, of the k shown without it

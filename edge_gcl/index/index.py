@@ -4,7 +4,8 @@ An item is a photo, a note, or a photo with its note (ids and note chunking: `so
 A photo with a note is the photo's item with modality "photo+note" and vectors
 normalize(e_i + e_t); `add_note(text, photo=p)` attaches (or replaces) the note of photo `p`.
 A long note is stored as one vector per chunk; an item's score is the max over its chunks
-(for photo+note: over normalize(e_i + e_chunk)).
+(for photo+note: over normalize(e_i + e_chunk)), plus the model's cross-modal offset when the
+item's modality differs from the query's (`search`).
 
 Photos are re-embedded only when their content changed: size and mtime first, then SHA-256.
 Ingest commits every `batch_size` photos, so a killed process loses at most the current batch;
@@ -33,7 +34,7 @@ import filelock
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..embedding import Embedder, fuse
+from ..embedding import Embedder, fuse, modality_offset
 from ..tokenizer import check_text
 from ..transform import ImageDecodeError
 from .sources import (
@@ -95,38 +96,63 @@ def model_name(embedder: Embedder) -> str:
 
 
 def default_min_score(embedder: Embedder | None) -> float | None:
-    """The model's relevance cut-off: the cosine calibrated on its dev benchmark (benchmarks/cutoff.py),
+    """The model's relevance cut-off: the score calibrated on its dev benchmark (benchmarks/calibrate.py),
     as `export.compile` records it in the manifest (`extra["min_score"]`); for a PyTorch model, its
-    folder's cutoff.json (`calibrated_cutoff`). None when the model has none."""
+    folder's calibration.json (`calibration`). None when the model has none."""
+    return _calibrated(embedder, "min_score")
+
+
+def default_cross_modal_offset(embedder: Embedder | None) -> float:
+    """The model's cross-modal offset (`edge_gcl.embedding.modality_offset`), calibrated on its dev
+    benchmark and recorded like the cut-off (`extra["cross_modal_offset"]`, calibration.json). 0 when
+    the model has none: then search ranks by plain cosine."""
+    return _calibrated(embedder, "cross_modal_offset") or 0.0
+
+
+def _calibrated(embedder: Embedder | None, key: str) -> float | None:
     if embedder is None:
         return None
     manifest = getattr(embedder, "manifest", None)
-    value = (getattr(manifest, "extra", None) or {}).get("min_score", getattr(embedder, "min_score", None))
+    value = (getattr(manifest, "extra", None) or {}).get(key, getattr(embedder, key, None))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    return calibrated_cutoff(embedder.model_id) if manifest is None else None
+    return calibration(embedder.model_id).get(key) if manifest is None else None
 
 
-CUTOFF_FILE = "cutoff.json"  # beside a model's weights: {"model_id", "min_score", how it was calibrated}
+CALIBRATION_FILE = "calibration.json"  # beside a model's weights: {"model_id", "min_score", "cross_modal_offset", how}
 
 
-def calibrated_cutoff(model_id: str, model_spec: str | Path = "default") -> float | None:
-    """`min_score` of the cutoff.json in the model's folder (`model_spec`: a checkpoint folder or a
-    model shipped in edge_gcl/weights/), if it was calibrated for `model_id` (the same weights)."""
+def calibration(model_id: str, model_spec: str | Path = "default") -> dict[str, float]:
+    """{"min_score", "cross_modal_offset"} (those it holds) of the calibration.json in the model's
+    folder (`model_spec`: a checkpoint folder or a model shipped in edge_gcl/weights/), if it was
+    calibrated for `model_id` (the same weights); else {}."""
     shipped = Path(__file__).resolve().parents[1] / "weights"
     folder = Path(model_spec) if Path(model_spec).is_dir() else shipped / str(model_spec)
     try:
-        record = json.loads((folder / CUTOFF_FILE).read_text(encoding="utf-8"))
+        record = json.loads((folder / CALIBRATION_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    value = record.get("min_score") if isinstance(record, dict) and record.get("model_id") == model_id else None
-    return float(value) if isinstance(value, (int, float)) else None
+        return {}
+    if not isinstance(record, dict) or record.get("model_id") != model_id:
+        return {}
+    return {
+        key: float(record[key])
+        for key in ("min_score", "cross_modal_offset")
+        if isinstance(record.get(key), (int, float)) and not isinstance(record.get(key), bool)
+    }
+
+
+def modality_of(text: Any, image: Any) -> Modality:
+    """What a query of this text and/or image is, in the index's terms: a text is a "note", a
+    photo a "photo", both a "photo+note" (what `search(vector=..., query_modality=...)` takes)."""
+    if text is not None and image is not None:
+        return "photo+note"
+    return "note" if text is not None else "photo"
 
 
 @dataclass(frozen=True)
 class Hit:
     id: str
-    score: float  # cosine similarity (max over the item's chunks)
+    score: float  # cosine similarity (max over the item's chunks) + the cross-modal offset, if any
     modality: Modality
     path: str | None
     text: str | None
@@ -213,6 +239,7 @@ class Index:
         self.folder = folder
         self._embedder = embedder
         self._vectors = VectorMatrix(store, cache=folder / VECTORS_FILE)
+        self._offset_rows: tuple[int, np.ndarray] | None = None  # (vectors.version, row -> modality code)
         self._approximate = ApproximateIndex(folder / APPROXIMATE_FILE)
         self._lock = store.lock
 
@@ -727,6 +754,8 @@ class Index:
         after: str | date | None = None,
         before: str | date | None = None,
         sort: Literal["score", "date"] = "score",
+        query_modality: Modality | None = None,
+        cross_modal_offset: float | None = None,
     ) -> list[Hit]:
         """The `k` best items for a text, a photo (path or PIL image), or both (fused), best first.
 
@@ -736,6 +765,12 @@ class Index:
         keeps items whose metadata value equals each given value, or (for a list) contains it; a
         list of values means any of them. `approximate` uses the usearch index (default: only
         above APPROXIMATE_MIN_VECTORS vectors); scores are always exact cosines.
+
+        A hit's score is its cosine plus the model's cross-modal offset when it is of another
+        modality than the query (`edge_gcl.embedding.modality_offset`: a note found by a photo, a
+        photo by a text, ...); `cross_modal_offset=0` ranks by plain cosine, None takes the model's
+        calibrated one (`default_cross_modal_offset`). A text query is a "note", a photo a "photo",
+        both a "photo+note"; a `vector` query says which with `query_modality` (else no offset).
 
         `min_score` drops hits scoring below it (the relevance cut-off; `default_min_score(embedder)`
         is the model's calibrated one). `after` <= taken < `before` keeps photos by when they were
@@ -755,6 +790,14 @@ class Index:
             bad = [m for m in modalities if m not in MODALITIES]
             if bad:
                 raise ValueError(f"modalities {bad}: expected any of {list(MODALITIES)}")
+        if query_modality is not None and query_modality not in MODALITIES:
+            raise ValueError(f"query_modality {query_modality!r}: expected one of {list(MODALITIES)}")
+        if vector is None:
+            query_modality = modality_of(text, image)
+        if cross_modal_offset is None:
+            cross_modal_offset = default_cross_modal_offset(self._embedder)
+        elif not (isinstance(cross_modal_offset, (int, float)) and np.isfinite(cross_modal_offset)):
+            raise ValueError(f"cross_modal_offset {cross_modal_offset!r}: expected a finite number")
         query = self._query(text, image, vector)  # (D,) float32, unit norm
         with self._lock:
             self._refresh()
@@ -772,10 +815,11 @@ class Index:
                 mask = np.isin(vectors.items, keys)
             use_approximate = len(vectors) >= APPROXIMATE_MIN_VECTORS if approximate is None else approximate
             wanted = k if sort == "score" else len(self)  # by date: every item above the cut-off, then k
+            offsets = self._row_offsets(query_modality, float(cross_modal_offset)) if query_modality else None
             if use_approximate:
-                ranked = self._search_approximate(query, wanted, mask)
+                ranked = self._search_approximate(query, wanted, mask, offsets)
             else:
-                ranked = self._search_exact(query, wanted, mask)
+                ranked = self._search_exact(query, wanted, mask, offsets)
             if min_score is not None:
                 ranked = [r for r in ranked if r[1] >= min_score]
             items = self.store.items_by_key([key for key, _, _ in ranked])
@@ -869,14 +913,29 @@ class Index:
         chunks = self._vectors.chunks[rows[best]]
         return [(int(keys[i]), float(scores[i]), int(c)) for i, c in zip(best, chunks, strict=True)]
 
+    def _row_offsets(self, query_modality: Modality, offset: float) -> np.ndarray | None:
+        """(V,) float32: each row's cross-modal offset for a query of `query_modality`; None if all 0."""
+        if offset == 0.0:
+            return None
+        vectors = self._vectors
+        if self._offset_rows is None or self._offset_rows[0] != vectors.version:
+            codes = np.zeros(len(vectors), np.int8)  # row -> index in MODALITIES
+            for code, modality in enumerate(MODALITIES):
+                codes[np.isin(vectors.items, self.store.filter_keys([modality], None))] = code
+            self._offset_rows = (vectors.version, codes)
+        table = np.array([modality_offset(query_modality, m, offset) for m in MODALITIES], np.float32)
+        return table[self._offset_rows[1]]
+
     def _search_exact(
-        self, query: np.ndarray, k: int, mask: np.ndarray | None
+        self, query: np.ndarray, k: int, mask: np.ndarray | None, offsets: np.ndarray | None = None
     ) -> list[tuple[int, float, int]]:
         rows = np.flatnonzero(mask) if mask is not None else None  # None: every row
         n = len(rows) if rows is not None else len(self._vectors)
         if not n:
             return []
         scores = self._vectors.scores(query, rows)  # (n,)
+        if offsets is not None:
+            scores = scores + (offsets if rows is None else offsets[rows])
         # the best few hundred rows hold the k best items unless items have very many chunks
         top = min(n, max(4 * k, 256))
         while True:
@@ -887,21 +946,26 @@ class Index:
             top = min(n, top * 8)
 
     def _search_approximate(
-        self, query: np.ndarray, k: int, mask: np.ndarray | None
+        self, query: np.ndarray, k: int, mask: np.ndarray | None, offsets: np.ndarray | None = None
     ) -> list[tuple[int, float, int]]:
         vectors = self._vectors
         self._approximate.sync(vectors)
-        # candidates re-scored exactly; HNSW's own beam (usearch's expansion_search, 64) stays the cost
-        count = min(len(vectors), max(4 * k, 40))
+        # candidates re-scored exactly; HNSW's own beam (usearch's expansion_search, 64) stays the cost.
+        # With offsets the graph ranks by cosine alone: 4x the candidates, so an offset item just
+        # below the cosine top-k still makes it
+        count = min(len(vectors), max(4 * k, 40) * (1 if offsets is None else 4))
         while True:
             rows = vectors.rows_of(self._approximate.search(query, count))
             if mask is not None:
                 rows = rows[mask[rows]]
-            ranked = self._rank(rows, vectors.scores(query, rows), k)
+            scores = vectors.scores(query, rows)
+            if offsets is not None:
+                scores = scores + offsets[rows]
+            ranked = self._rank(rows, scores, k)
             if len(ranked) >= k or count >= len(vectors):
                 return ranked
             if count * 8 >= len(vectors) // 2:  # a selective filter: exact over the few that pass
-                return self._search_exact(query, k, mask)
+                return self._search_exact(query, k, mask, offsets)
             count *= 8
 
     # --- migrating -------------------------------------------------------------------------
