@@ -69,6 +69,25 @@ def trial_commands(trial: str, seed: int, *, root: str, data_root: str) -> tuple
     return train, evaluate, out
 
 
+def calibrate_command(out: Path, root: str) -> list[str]:
+    """Fits the trial's own cross-modal offset (benchmarks.calibrate): the recipes compared as search ranks."""
+    return [sys.executable, "-m", "benchmarks.calibrate", "--root", root, "--model", str(out),
+            "--json", str(out / "calibration_fit.json")]
+
+
+def calibrated(out: Path, root: str, log=print) -> dict[str, Any]:
+    """The trial's figures with its own calibrated offset (running benchmarks.calibrate once)."""
+    path = out / "calibration_fit.json"  # not calibration.json: that one the index would read as the model's
+    if not path.is_file():
+        command = calibrate_command(out, root)
+        log("$ " + " ".join(command[1:]).replace("-m benchmarks", "python -m benchmarks", 1))
+        subprocess.run(command, stdout=subprocess.DEVNULL, check=True)
+    fit = json.loads(path.read_text())["offset_fit"]
+    t2i = [v for t, v in fit["recall@5_with_per_task"].items() if t.endswith("task0_test")]
+    return {"offset": fit["cross_modal_offset"], "global_r5_offset": fit["recall@5_with"],
+            "global_r5_offset_cv": fit["recall@5_cross_validated"], "t2i_r5_offset": t2i[0] if t2i else None}
+
+
 def summarize(eval_json: dict[str, Any]) -> dict[str, float]:
     """The figures a trial is judged by, from `edge-gcl eval mbeir --json`."""
     avg, head = eval_json["average"], eval_json["headline"]["text -> image"]
@@ -96,7 +115,7 @@ def run_trial(trial: str, seed: int, *, root: str, data_root: str, log=print) ->
             "captions": meta["data"]["captions"], "steps": meta["step"], "train_s": round(train_s),
             "steps_s": int(steps_s.group(1)) if steps_s else None,
             "temperature": 1 / math.exp(_logit_scale(out)), "load_1m_before": load_before,
-            **summarize(json.loads((out / "phone_dev.json").read_text())),
+            **summarize(json.loads((out / "phone_dev.json").read_text())), **calibrated(out, root, log),
             "train_command": " ".join(train), "eval_command": " ".join(evaluate)}
 
 
@@ -110,7 +129,9 @@ def _logit_scale(out: Path) -> float:
 COLUMNS = [Col("trial"), Col("seed"), Col("image_backbone", "image tower"), Col("photos"), Col("steps"),
            Col("train_s", "train s"), Col("local_r1", "local R@1", ".2f"), Col("local_r5", "local R@5", ".2f"),
            Col("global_r1", "global R@1", ".2f"), Col("global_r5", "global R@5", ".2f"),
-           Col("t2i_r1", "t→i R@1", ".2f"), Col("t2i_r5", "t→i R@5", ".2f"), Col("temperature", "τ", ".3f")]
+           Col("t2i_r1", "t→i R@1", ".2f"), Col("t2i_r5", "t→i R@5", ".2f"), Col("temperature", "τ", ".3f"),
+           Col("offset", "offset", ".2f"), Col("global_r5_offset", "global R@5 +offset", ".2f"),
+           Col("global_r5_offset_cv", "(cross-val.)", ".2f"), Col("t2i_r5_offset", "t→i R@5 +offset", ".2f")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,10 +143,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-root", default="../shared/data")
     p.add_argument("--json", default=str(RESULTS))
     p.add_argument("--collect", action="store_true", help="only print the table of the saved trials")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit the offset of saved trials that have none and whose run folder is here, then print")
     args = p.parse_args(argv)
     path = Path(args.json)
     doc = json.loads(path.read_text()) if path.is_file() else None
     rows = list(doc["rows"]) if doc else []
+    if args.calibrate:
+        found = {}
+        for row in rows:
+            out = Path("runs/trials") / f"{row['trial']}-s{row['seed']}"
+            if "offset" not in row and (out / "model.safetensors").is_file():
+                found[(row["trial"], row["seed"])] = calibrated(out, args.root)
+        with FileLock(str(path) + ".lock"):  # merged into what is saved now: trials may have finished since
+            doc = json.loads(path.read_text())
+            rows = [r | found.get((r["trial"], r["seed"]), {}) for r in doc["rows"]]
+            save_json(path, {**doc, "rows": rows})
+        args.collect = True
     if not args.collect:
         if not (Path(args.root) / "query").is_dir():
             p.error(f"{args.root}: no phone benchmark there; build it with edge-gcl bench build-mbeir --layout phone")

@@ -512,3 +512,17 @@ def test_gap_markdown_lists_each_task_and_model():
     text = gap_markdown({"rows": rows, "config": {"root": "runs/x"}})
     assert "| text -> image | gcl | 0.500 | 0.100 | 0.25 | 4.40 |" in text
     assert "| text -> image | cl | 0.500 | 0.100 | 0.25 | 30.58 |" in text and "`runs/x`" in text
+
+
+def test_recipe_trials_read_a_trials_own_calibration(tmp_path: Path, monkeypatch) -> None:
+    import benchmarks.recipe_trials as trials
+
+    fit = {"cross_modal_offset": 0.08, "recall@5_with": 81.9, "recall@5_cross_validated": 81.6,
+           "recall@5_with_per_task": {"mbeir_phone_task0_test": 80.8, "mbeir_phone_task1_test": 73.2}}
+    (tmp_path / "calibration_fit.json").write_text(json.dumps({"offset_fit": fit}))
+    monkeypatch.setattr(trials.subprocess, "run", lambda *a, **k: pytest.fail("calibrated again"))
+    assert trials.calibrated(tmp_path, "runs/mbeir-phone-dev", log=lambda _: None) == {
+        "offset": 0.08, "global_r5_offset": 81.9, "global_r5_offset_cv": 81.6, "t2i_r5_offset": 80.8}
+    command = trials.calibrate_command(tmp_path, "root")
+    assert command[1:5] == ["-m", "benchmarks.calibrate", "--root", "root"]
+    assert command[-1] == str(tmp_path / "calibration_fit.json")  # not calibration.json: the index reads that

@@ -239,7 +239,8 @@ class Index:
         self.folder = folder
         self._embedder = embedder
         self._vectors = VectorMatrix(store, cache=folder / VECTORS_FILE)
-        self._offset_rows: tuple[int, np.ndarray] | None = None  # (vectors.version, row -> modality code)
+        # (vectors.version, row -> modality code, {(query modality, offset): (V,) offsets})
+        self._offset_rows: tuple[int, np.ndarray, dict[tuple[str, float], np.ndarray]] | None = None
         self._approximate = ApproximateIndex(folder / APPROXIMATE_FILE)
         self._lock = store.lock
 
@@ -922,9 +923,12 @@ class Index:
             codes = np.zeros(len(vectors), np.int8)  # row -> index in MODALITIES
             for code, modality in enumerate(MODALITIES):
                 codes[np.isin(vectors.items, self.store.filter_keys([modality], None))] = code
-            self._offset_rows = (vectors.version, codes)
-        table = np.array([modality_offset(query_modality, m, offset) for m in MODALITIES], np.float32)
-        return table[self._offset_rows[1]]
+            self._offset_rows = (vectors.version, codes, {})
+        version, codes, made = self._offset_rows
+        if (query_modality, offset) not in made:  # a few per index version: one per query modality
+            table = np.array([modality_offset(query_modality, m, offset) for m in MODALITIES], np.float32)
+            made[(query_modality, offset)] = table[codes]
+        return made[(query_modality, offset)]
 
     def _search_exact(
         self, query: np.ndarray, k: int, mask: np.ndarray | None, offsets: np.ndarray | None = None

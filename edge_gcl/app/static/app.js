@@ -155,7 +155,7 @@ function card(hit) {
     el("div", {className: "body"},
       el("div", {className: "row"},
         el("span", {className: badge, textContent: LABELS[hit.modality] || hit.modality}),
-        hasScore && el("span", {className: "score", title: "cosine similarity", textContent: hit.score.toFixed(3)})),
+        hasScore && el("span", {className: "score", title: "cosine similarity, plus the model's cross-modal offset for another modality than the query's", textContent: hit.score.toFixed(3)})),
       isPhoto && el("div", {className: "name", title: hit.path, textContent: hit.name}),
       hit.taken && el("div", {className: "date", title: "taken (local time)", textContent: shownDate(hit.taken)}),
       isPhoto && hit.text && el("p", {className: "note-text", textContent: hit.text}),
