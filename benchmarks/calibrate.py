@@ -127,6 +127,8 @@ def fit_offset(tasks: dict[str, TaskScores], offsets: Sequence[float] = OFFSETS,
         "recall@5_without": round(float(curve[offsets.index(0.0)]), 2) if 0.0 in offsets else None,
         "recall@5_with": round(float(curve.max()), 2),
         "recall@5_with_per_task": {t: round(100.0 * float(s.hits_at(best).mean()), 2) for t, s in tasks.items()},
+        "recall@1_without_per_task": {t: round(100.0 * float(s.hits_at(0.0, 1).mean()), 2) for t, s in tasks.items()},
+        "recall@1_with_per_task": {t: round(100.0 * float(s.hits_at(best, 1).mean()), 2) for t, s in tasks.items()},
         "recall@5_cross_validated": round(float(np.mean(estimates)), 2),
         "recall@5_by_offset": {f"{offsets[i]:g}": round(float(curve[i]), 2) for i in order},
     }

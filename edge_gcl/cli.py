@@ -255,9 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sort", choices=["score", "date"], default="score",
                    help="score: best match first; date: newest first, of those above the cut-off (default: score)")
     q.add_argument("--min-score", type=float, metavar="S",
-                   help="hide results scoring below S, a cosine from -1 to 1 (default: the model's calibrated "
+                   help="hide results scoring below S (cosine + cross-modal offset) (default: the model's calibrated "
                    "cut-off, recorded in its manifest; none if it has none)")
     q.add_argument("-a", "--all", action="store_true", help="show every result, none hidden (default: apply the cut-off)")
+    q.add_argument("--cross-modal-offset", type=float, metavar="X",
+                   help="added to the cosine of results of another modality than the query's; 0 ranks by plain "
+                   "cosine (default: the model's calibrated one, recorded in its manifest; 0 if it has none)")
     q.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only items whose metadata has this value; repeatable (default: no filter)")
     q.add_argument("--json", action="store_true", help="print hits as JSON (default: one line each)")

@@ -116,6 +116,11 @@ def test_the_cli_ranks_a_text_query_as_a_note(library, tmp_path: Path, monkeypat
     common = ["-k", "2", "--all", "--json", "--index", str(tmp_path / "idx-0.1"), "--model", "table"]
     assert main(["search", "dog", *common]) == 0
     assert [h["modality"] for h in json.loads(capsys.readouterr().out)] == ["photo", "note"]
+    assert main(["search", "dog", "--cross-modal-offset", "0", *common]) == 0
+    assert [h["modality"] for h in json.loads(capsys.readouterr().out)] == ["note", "photo"]
+    assert main(["search", "dog", "--cross-modal-offset", "nan", *common]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "cross_modal_offset nan: expected a finite number" in err[-1] and "Traceback" not in "".join(err)
 
 
 def test_evaluation_ranks_with_the_offset(toy_root: Path) -> None:  # noqa: F811

@@ -243,7 +243,7 @@ def cli_search(args: argparse.Namespace) -> int:
                 before=args.before, sort=args.sort, approximate=args.approximate,
             )  # fmt: skip
             vector = index.query_vector(args.query, args.image)  # embedded once, searched twice at most
-            options["query_modality"] = modality_of(args.query, args.image)
+            options.update(query_modality=modality_of(args.query, args.image), cross_modal_offset=args.cross_modal_offset)
             hits = index.search(vector=vector, min_score=cutoff, **options)
             hidden = 0
             if cutoff is not None and len(hits) < args.k:  # how many the cut-off hid, of the k shown without it

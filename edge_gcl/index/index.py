@@ -765,7 +765,7 @@ class Index:
         `modalities` keeps only those kinds of item. `where={"album": "Trip", "tags": "beach"}`
         keeps items whose metadata value equals each given value, or (for a list) contains it; a
         list of values means any of them. `approximate` uses the usearch index (default: only
-        above APPROXIMATE_MIN_VECTORS vectors); scores are always exact cosines.
+        above APPROXIMATE_MIN_VECTORS vectors); scores are always exact, never the graph's estimates.
 
         A hit's score is its cosine plus the model's cross-modal offset when it is of another
         modality than the query (`edge_gcl.embedding.modality_offset`: a note found by a photo, a
