@@ -54,6 +54,8 @@ TRIALS: dict[str, list[str]] = {
     "lite2-ep15": ["--model", "lite2", "--epochs", "15"],
     # Lite0 with twice the fine-tuned depth: top 4 image blocks and top 4 MiniLM layers (a new stem cache)
     "i4t4": ["--model", str(CONFIGS / "lite-i4-t4.json")],
+    # GCL with a modality margin of 0.08 (the default's calibrated search offset), trained into the embeddings
+    "margin08": ["--modality-margin", "0.08"],
     "lite2-f8k+extra": ["--model", "lite2", "--data", f"{F8K}/captions.txt", "--split", f"{F8K}/splits.json:train",
                         "--data", f"{EXTRA}/captions.txt", "--split", f"{SPLITS}:train"],
 }

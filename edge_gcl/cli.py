@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hard-negatives", type=int, metavar="GROUP",
                    help="lite: build batches from whole groups of about GROUP photos with alike captions "
                         "(default: 0, random batches)")
+    t.add_argument("--modality-margin", type=float, metavar="M",
+                   help="gcl: cross-modal cosines lose M (half between a photo or note and a photo+note) in the "
+                        "softmax, so positives must beat own-modality negatives by M (default: 0)")
     t.set_defaults(func=_handler("edge_gcl.train:cli_train"))
 
     # --- eval ----------------------------------------------------------------------------

@@ -121,7 +121,18 @@ class GCLLoss(nn.Module):
     tau = 0.07, about 800x at 0.02) while the pull between positives does not: with the anchor
     included, the loss is mostly alignment with little contrast. Masked, the minimum (perfectly
     aligned, tau -> 0) is log 2, half the mass on each positive; with the anchor it would be log 3.
+
+    `modality_margin` m (0: the formula above) is a second choice of ours: every cross-modal cosine
+    loses m times the share of modality the two do not have in common before the softmax (i-t: m,
+    i-it and t-it: m / 2; `edge_gcl.embedding.modality_offset`, the offset search can add, with the
+    sign turned). A positive (always cross-modal) must then beat the anchor's own-modality negatives
+    by m, so the embeddings themselves carry the offset: on photos a model never saw, words score
+    lower against their photo than against notes of a like scene, and this trains that gap away.
     """
+
+    def __init__(self, modality_margin: float = 0.0) -> None:
+        super().__init__()
+        self.modality_margin = float(modality_margin)
 
     def forward(
         self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
@@ -129,7 +140,12 @@ class GCLLoss(nn.Module):
         image, text = _global_batch(image_features, text_features)
         n = image.shape[0]
         emb = torch.cat(_modalities(image, text))  # (3N, D): rows [i; t; it], row a*N + j
-        logits = logit_scale * emb @ emb.T  # (3N, 3N)
+        scores = emb @ emb.T  # (3N, 3N)
+        if self.modality_margin:
+            # share of modality not in common, blocks [i; t; it] x [i; t; it]
+            share = torch.tensor([[0.0, 1.0, 0.5], [1.0, 0.0, 0.5], [0.5, 0.5, 0.0]], dtype=emb.dtype, device=emb.device)
+            scores = scores - self.modality_margin * share.repeat_interleave(n, 0).repeat_interleave(n, 1)
+        logits = logit_scale * scores
         self_mask = torch.eye(3 * n, dtype=torch.bool, device=emb.device)
         logits = logits.masked_fill(self_mask, float("-inf"))  # an anchor is not its own candidate
         log_prob = logits.log_softmax(dim=1)  # (3N, 3N)
@@ -171,9 +187,11 @@ class PairwiseLoss(nn.Module):
 LOSSES: dict[str, type[nn.Module]] = {"gcl": GCLLoss, "cl": CLLoss, "pairwise": PairwiseLoss}
 
 
-def create_loss(name: str) -> nn.Module:
-    """`create_loss("gcl")` -> GCLLoss(); the name is the training flag's value."""
-    try:
-        return LOSSES[name]()
-    except KeyError:
-        raise ValueError(f"loss {name!r}: expected one of {sorted(LOSSES)}") from None
+def create_loss(name: str, *, modality_margin: float = 0.0) -> nn.Module:
+    """`create_loss("gcl")` -> GCLLoss(); the name is the training flag's value. `modality_margin`
+    is GCL's (see `GCLLoss`); the other losses have none."""
+    if name not in LOSSES:
+        raise ValueError(f"loss {name!r}: expected one of {sorted(LOSSES)}")
+    if modality_margin and name != "gcl":
+        raise ValueError(f"--modality-margin {modality_margin}: only the gcl loss has one (loss {name!r})")
+    return GCLLoss(modality_margin) if name == "gcl" else LOSSES[name]()

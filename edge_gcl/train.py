@@ -87,6 +87,8 @@ class TrainConfig:
     # >0: batches are built from whole groups of about this many photos whose captions read alike
     # (k-means on the cached text-stem features), so in-batch negatives share the query's words.
     hard_negatives: int = 0
+    # GCL: cross-modal cosines lose this (times the modality share not in common) in the softmax (GCLLoss)
+    modality_margin: float = 0.0
     cache_dir: str = str(CACHE_DIR)
     recipe: str | None = None  # the recipe these options came from (a record; flags may have changed them)
 
@@ -457,6 +459,9 @@ def train(cfg: TrainConfig) -> Path:
         raise ValueError(f"--temperature {cfg.temperature}: expected 0.01..1 (the logit scale is clamped at 100)")
     if cfg.hard_negatives < 0:
         raise ValueError(f"--hard-negatives {cfg.hard_negatives}: expected a group size >= 1, or 0 for random batches")
+    if not 0 <= cfg.modality_margin <= 1:
+        raise ValueError(f"--modality-margin {cfg.modality_margin}: expected a cosine margin from 0 to 1")
+    create_loss(cfg.loss, modality_margin=cfg.modality_margin)  # a bad loss or margin fails before any data loads
     if not 0 <= cfg.temperature_lr_mult <= 1000:
         raise ValueError(f"--temperature-lr-mult {cfg.temperature_lr_mult}: expected 0..1000 (0 fixes the temperature)")
     rank, world = init_distributed()
@@ -495,7 +500,7 @@ def train(cfg: TrainConfig) -> Path:
     total = cfg.steps or max(1, round(cfg.epochs * steps_per_epoch))
     if cached:  # oneDNN's CPU conv backward is ~30% faster in NHWC; results agree to float rounding
         model.visual.top.to(memory_format=torch.channels_last)
-    loss_fn = create_loss(cfg.loss)
+    loss_fn = create_loss(cfg.loss, modality_margin=cfg.modality_margin)
     optimizer = make_optimizer(model, cfg)
 
     start = 0

@@ -37,8 +37,14 @@ def _ref_embeddings(image: torch.Tensor, text: torch.Tensor) -> dict[str, list[l
     }
 
 
-def ref_gcl(image: torch.Tensor, text: torch.Tensor, scale: float) -> float:
+def ref_gcl(image: torch.Tensor, text: torch.Tensor, scale: float, margin: float = 0.0) -> float:
     e, n = _ref_embeddings(image, text), image.shape[0]
+    # the modality margin: a cross-modal cosine loses margin x the share of modality not in common
+    parts = {"i": {"i"}, "t": {"t"}, "it": {"i", "t"}}
+
+    def score(a: str, u: list[float], m: str, v: list[float]) -> float:
+        return (_dot(u, v) - margin * (1 - len(parts[a] & parts[m]) / len(parts[a] | parts[m]))) * scale
+
     total = 0.0
     for j in range(n):
         for a, b in ORDERED_PAIRS:
@@ -46,8 +52,8 @@ def ref_gcl(image: torch.Tensor, text: torch.Tensor, scale: float) -> float:
             for m in MODALITIES:
                 for k in range(n):
                     if (m, k) != (a, j):
-                        denominator += math.exp(_dot(e[a][j], e[m][k]) * scale)
-            total += math.log(math.exp(_dot(e[a][j], e[b][j]) * scale) / denominator)
+                        denominator += math.exp(score(a, e[a][j], m, e[m][k]))
+            total += math.log(math.exp(score(a, e[a][j], b, e[b][j])) / denominator)
     return -total / (6 * n)
 
 
@@ -250,3 +256,13 @@ def test_gathered_loss_equals_single_process_loss(ddp_results: list[dict], name:
         # ... and the (un-gathered) scale gets the single-process gradient, so DDP's mean over
         # ranks leaves every parameter with exactly the single-process gradient.
         torch.testing.assert_close(got["scale_grad"], scale.grad, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("margin", [0.05, 0.3])
+def test_the_modality_margin_matches_its_reference(margin: float) -> None:
+    image, text = _features(3, normalized=False)
+    got = create_loss("gcl", modality_margin=margin)(image.double(), text.double(), 1 / 0.07).item()
+    assert got == pytest.approx(ref_gcl(image, text, 1 / 0.07, margin), rel=1e-9)
+    assert got > GCLLoss()(image.double(), text.double(), 1 / 0.07).item()  # positives are cross-modal: harder
+    with pytest.raises(ValueError, match="only the gcl loss"):
+        create_loss("cl", modality_margin=margin)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -135,6 +136,16 @@ def test_hard_negatives_train_and_bad_values_are_refused(data, tmp_path, capsys)
     assert "hard negatives: " in out and "caption groups of about 4 photos" in out
     assert (tmp_path / "h" / "model.safetensors").exists()
     _refused(capsys, "--hard-negatives -1", lambda: _train(data, tmp_path / "bad", cache, "--steps", "1", "--hard-negatives", "-1"))
+
+
+def test_modality_margin_trains_and_bad_values_are_refused(data, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert _train(data, tmp_path / "m", cache, "--steps", "2", "--modality-margin", "0.08") == 0
+    record = json.loads((tmp_path / "m" / "edge_gcl.json").read_text())
+    assert record["train"]["modality_margin"] == 0.08  # recorded, so the run can be told apart
+    _refused(capsys, "--modality-margin 2.0", lambda: _train(data, tmp_path / "bad", cache, "--modality-margin", "2"))
+    _refused(capsys, "only the gcl loss", lambda: _train(data, tmp_path / "bad", cache, "--loss", "cl",
+                                                          "--modality-margin", "0.1"))
 
 
 def test_torchrun_two_processes_train_like_one(data, tmp_path):
