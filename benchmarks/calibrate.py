@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_gcl.embedding import modality_offset
+from edge_gcl.embedding import modality_offsets
 from edge_gcl.eval.mbeir import (
     embed_items,
     global_pool_path,
@@ -59,8 +59,7 @@ class TaskScores:
     pool_modalities: list[str]
 
     def with_offset(self, offset: float) -> np.ndarray:
-        bias = [modality_offset(self.query_modality, m, offset) for m in self.pool_modalities]
-        return self.scores + np.asarray(bias, np.float32)
+        return self.scores + modality_offsets(self.query_modality, self.pool_modalities, offset)
 
     def hits_at(self, offset: float, k: int = 5) -> np.ndarray:
         """(Q,) bool: some positive ranks in the top k (ties go to the positive)."""
@@ -174,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", help="write the result here (default: print only)")
     p.add_argument("--write", metavar="FOLDER", help="write FOLDER/calibration.json (the model's folder)")
     args = p.parse_args(argv)
+    if args.folds_repeats < 1:
+        p.error(f"--folds-repeats {args.folds_repeats}: expected at least 1")
     try:
         offsets = [float(o) for o in args.offsets.split(",")]
     except ValueError:

@@ -65,3 +65,8 @@ def modality_offset(query: str, candidate: str, offset: float) -> float:
     calibrated on its dev benchmark (`python -m benchmarks.calibrate`) and shipped beside it."""
     q, c = _PARTS[query], _PARTS[candidate]
     return float(offset) * (1.0 - len(q & c) / len(q | c))
+
+
+def modality_offsets(query: str, candidates: Sequence[str], offset: float) -> np.ndarray:
+    """(len(candidates),) float32: `modality_offset` of each candidate modality for one query modality."""
+    return np.array([modality_offset(query, c, offset) for c in candidates], np.float32)

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embedding import Embedder, fuse, modality_offset
+from ..embedding import Embedder, fuse, modality_offsets
 from ..metrics import recall_at_k, topk
 
 MODALITIES = ("text", "image", "image,text")
@@ -304,8 +304,7 @@ def _search_offset(
     modalities = np.array([q.modality for q in queries])
     for m in dict.fromkeys(modalities):
         rows = np.flatnonzero(modalities == m)
-        bias = np.array([modality_offset(m, c.modality, offset) for c in cands], np.float32)
-        out[rows] = _search(q_emb[rows], pool, k, bias)
+        out[rows] = _search(q_emb[rows], pool, k, modality_offsets(m, [c.modality for c in cands], offset))
     return out
 
 

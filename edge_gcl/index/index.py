@@ -34,7 +34,7 @@ import filelock
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..embedding import Embedder, fuse, modality_offset
+from ..embedding import Embedder, fuse, modality_offsets
 from ..tokenizer import check_text
 from ..transform import ImageDecodeError
 from .sources import (
@@ -924,10 +924,11 @@ class Index:
             for code, modality in enumerate(MODALITIES):
                 codes[np.isin(vectors.items, self.store.filter_keys([modality], None))] = code
             self._offset_rows = (vectors.version, codes, {})
-        version, codes, made = self._offset_rows
-        if (query_modality, offset) not in made:  # a few per index version: one per query modality
-            table = np.array([modality_offset(query_modality, m, offset) for m in MODALITIES], np.float32)
-            made[(query_modality, offset)] = table[codes]
+        _, codes, made = self._offset_rows
+        if (query_modality, offset) not in made:  # one per query modality, unless callers vary the offset
+            if len(made) >= 6:
+                made.clear()
+            made[(query_modality, offset)] = modality_offsets(query_modality, MODALITIES, offset)[codes]
         return made[(query_modality, offset)]
 
     def _search_exact(
