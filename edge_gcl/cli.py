@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--modality-margin", type=float, metavar="M",
                    help="gcl: cross-modal cosines lose M (half between a photo or note and a photo+note) in the "
                         "softmax, so positives must beat own-modality negatives by M (default: 0)")
+    t.add_argument("--pair-caption", choices=("same", "other"),
+                   help="the note fused into each sample's photo+note: the same caption as its text (CLIP-SF), or "
+                        "another caption of its photo where it has one (default: same)")
     t.set_defaults(func=_handler("edge_gcl.train:cli_train"))
 
     # --- eval ----------------------------------------------------------------------------

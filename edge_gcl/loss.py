@@ -3,18 +3,23 @@ project's own ablation; the paper's "+Pairwise" rows mean training on image-capt
 
 Every loss is an `nn.Module` with one call contract:
 
-    loss = criterion(image_features, text_features, logit_scale)
+    loss = criterion(image_features, text_features, logit_scale, pair_text_features=None)
 
     image_features: (N, D) float, row j is the photo of sample j
     text_features:  (N, D) float, row j is the note of sample j
+    pair_text_features: None, or (N, D) float: row j is the note fused into sample j's photo+note
+                    (another caption of the same photo: `edge-gcl train --pair-caption other`).
+                    None fuses text_features, the same caption (the paper's CLIP-SF). CL has no
+                    photo+note and ignores it.
     logit_scale:    scalar tensor (or float) = 1/tau, already exponentiated. The model owns a
                     learnable log-scale (`DualEncoder.logit_scale`) and passes `.exp()`; a fixed
                     temperature is just a constant, e.g. `torch.tensor(1 / 0.07)`.
     returns:        scalar tensor, the mean over all anchor terms.
 
 Features are L2-normalised inside the loss (a no-op for our towers, whose outputs already are).
-The fused modality is e_it = normalize(image_features + text_features): the sum of the raw
-inputs, then normalised, the same vector `edge_gcl.embedding.fuse` indexes at search time.
+The fused modality is e_it = normalize(image_features + pair_text_features, text_features when None):
+the sum of the raw inputs, then normalised, the same vector `edge_gcl.embedding.fuse` indexes at
+search time.
 
 Distributed training (`torch.distributed` initialised, world size W > 1): each loss first gathers
 the features of every rank (`gather_features`), so negatives and positives come from the global
@@ -58,7 +63,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
 
 
-def gather_features(image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_features(*features: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(N, D) local features of every rank -> (W * N, D) global features, ordered by rank.
 
     Rank r's rows sit at [r * N, (r + 1) * N) and are differentiable: the backward all-reduces
@@ -66,26 +71,39 @@ def gather_features(image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tens
     sum over ranks r' of d(loss on r') / d(slice r). Requires an initialised process group and
     the same N on every rank.
     """
-    return _GatherWithGrad.apply(image), _GatherWithGrad.apply(text)
+    return tuple(_GatherWithGrad.apply(f) for f in features)
 
 
 def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _global_batch(image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check the contract, then gather the global batch when running distributed."""
-    if image.ndim != 2 or image.shape != text.shape:
+def _global_batch(
+    image: torch.Tensor, text: torch.Tensor, pair_text: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check the contract, then gather the global batch when running distributed -> (image, text,
+    the text fused into the photo+note: `text` itself when `pair_text` is None)."""
+    if image.ndim != 2 or image.shape != text.shape or (pair_text is not None and pair_text.shape != text.shape):
+        shapes = f" and pair_text_features {tuple(pair_text.shape)}" if pair_text is not None else ""
         raise ValueError(
-            f"image_features {tuple(image.shape)} and text_features {tuple(text.shape)}: "
-            "expected two (N, D) tensors of the same shape"
+            f"image_features {tuple(image.shape)}, text_features {tuple(text.shape)}{shapes}: "
+            "expected (N, D) tensors of the same shape"
         )
-    return gather_features(image, text) if _is_distributed() else (image, text)
+    if _is_distributed():
+        if pair_text is None:
+            image, text = gather_features(image, text)
+        else:
+            image, text, pair_text = gather_features(image, text, pair_text)
+    return image, text, text if pair_text is None else pair_text
 
 
-def _modalities(image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> e_i, e_t, e_it, each (N, D) and L2-normalised; e_it fuses the raw inputs."""
-    return F.normalize(image, dim=-1), F.normalize(text, dim=-1), F.normalize(image + text, dim=-1)
+def _modalities(
+    image: torch.Tensor, text: torch.Tensor, pair_text: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> e_i, e_t, e_it, each (N, D) and L2-normalised; e_it fuses the raw inputs (image + pair_text,
+    or + text when None)."""
+    fused = image + (text if pair_text is None else pair_text)
+    return F.normalize(image, dim=-1), F.normalize(text, dim=-1), F.normalize(fused, dim=-1)
 
 
 def _symmetric_infonce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
@@ -135,11 +153,15 @@ class GCLLoss(nn.Module):
         self.modality_margin = float(modality_margin)
 
     def forward(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        pair_text_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        image, text = _global_batch(image_features, text_features)
+        image, text, pair_text = _global_batch(image_features, text_features, pair_text_features)
         n = image.shape[0]
-        emb = torch.cat(_modalities(image, text))  # (3N, D): rows [i; t; it], row a*N + j
+        emb = torch.cat(_modalities(image, text, pair_text))  # (3N, D): rows [i; t; it], row a*N + j
         scores = emb @ emb.T  # (3N, 3N)
         if self.modality_margin:
             # share of modality not in common, blocks [i; t; it] x [i; t; it]
@@ -159,9 +181,13 @@ class CLLoss(nn.Module):
     """The CLIP baseline: symmetric image<->text InfoNCE, mean of CE(i->t) and CE(t->i)."""
 
     def forward(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        pair_text_features: torch.Tensor | None = None,  # no photo+note in CL: unused
     ) -> torch.Tensor:
-        image, text = _global_batch(image_features, text_features)
+        image, text, _ = _global_batch(image_features, text_features)
         e_i, e_t, _ = _modalities(image, text)
         return _symmetric_infonce(e_i, e_t, logit_scale)
 
@@ -176,10 +202,14 @@ class PairwiseLoss(nn.Module):
     """
 
     def forward(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        pair_text_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        image, text = _global_batch(image_features, text_features)
-        e_i, e_t, e_it = _modalities(image, text)
+        image, text, pair_text = _global_batch(image_features, text_features, pair_text_features)
+        e_i, e_t, e_it = _modalities(image, text, pair_text)
         pairs = [(e_i, e_t), (e_i, e_it), (e_t, e_it)]  # each covers (a, b) and (b, a)
         return sum(_symmetric_infonce(a, b, logit_scale) for a, b in pairs) / len(pairs)
 

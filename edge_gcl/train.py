@@ -89,6 +89,9 @@ class TrainConfig:
     hard_negatives: int = 0
     # GCL: cross-modal cosines lose this (times the modality share not in common) in the softmax (GCLLoss)
     modality_margin: float = 0.0
+    # the note fused into each sample's photo+note: "same" caption as its text (CLIP-SF, the paper), or
+    # "other": another caption of that photo, as a library's photo+note and a typed query differ
+    pair_caption: str = "same"
     cache_dir: str = str(CACHE_DIR)
     recipe: str | None = None  # the recipe these options came from (a record; flags may have changed them)
 
@@ -220,6 +223,13 @@ def caption_choice(n_captions: np.ndarray, seed: int, step: int) -> np.ndarray:
     return (rng.random(len(n_captions)) * n_captions).astype(np.int64)
 
 
+def pair_caption_choice(n_captions: np.ndarray, choice: np.ndarray, seed: int, step: int) -> np.ndarray:
+    """Per sample, a caption other than `choice` for its photo+note (the same one when it has only one)."""
+    rng = np.random.default_rng([seed, step, 4])
+    shift = 1 + (rng.random(len(n_captions)) * np.maximum(n_captions - 1, 1)).astype(np.int64)  # 1..n-1
+    return np.where(n_captions > 1, (choice + shift) % n_captions, choice)
+
+
 # ----------------------------------------------------------------------------- cached stems (lite)
 class StemCache:
     """Outputs of the frozen stems, computed once with ONNX Runtime.
@@ -279,6 +289,13 @@ class StemCache:
             h, m = self.hidden[start : start + chunk].astype(np.float32), self.masks[start : start + chunk]
             pooled[start : start + chunk] = (h * m[:, :, None]).sum(1) / np.maximum(m.sum(1, keepdims=True), 1)
         return np.stack([pooled[rows].mean(0) for rows in self.caption_rows])
+
+
+def _cached_text(model: DualEncoder, cache: StemCache, rows: np.ndarray) -> torch.Tensor:
+    """Text features (B, D) of cached caption rows, through the trainable top layers."""
+    mask = torch.from_numpy(cache.masks[rows])  # (B, L)
+    length = int(mask.sum(1).max())  # trim padding columns: the top layers never see them
+    return model.text.top(torch.from_numpy(cache.hidden[rows, :length]).float(), mask[:, :length])
 
 
 def _caption_rows(pairs: Pairs) -> list[np.ndarray]:
@@ -386,9 +403,10 @@ class PixelBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         step = self.start + i
         idx = batch_indices(len(self.pairs), self.cfg.batch_size, self.cfg.seed, step)
-        captions = caption_choice(self.n_caps[idx], self.cfg.seed, step)[self.shard]
+        choice = caption_choice(self.n_caps[idx], self.cfg.seed, step)
+        pair_choice = pair_caption_choice(self.n_caps[idx], choice, self.cfg.seed, step)[self.shard]
         pixels, texts = [], []
-        for j, c in zip(idx[self.shard], captions, strict=True):
+        for j, c in zip(idx[self.shard], choice[self.shard], strict=True):
             try:  # every photo decoded once before training (drop_undecodable); never swap in another
                 img = load_image(self.pairs.images[j], draft_size=self.icfg.size)
             except ImageDecodeError as e:
@@ -398,7 +416,11 @@ class PixelBatches(torch.utils.data.Dataset):
             pixels.append(to_array(random_resized_crop(img, self.icfg, rng), self.icfg))
             texts.append(self.pairs.captions[j][c])
         ids, mask = self.tok(texts)
-        return torch.from_numpy(np.stack(pixels)), torch.from_numpy(ids), torch.from_numpy(mask)
+        batch = [torch.from_numpy(np.stack(pixels)), torch.from_numpy(ids), torch.from_numpy(mask)]
+        if self.cfg.pair_caption == "other":
+            pair_ids, pair_mask = self.tok([self.pairs.captions[j][c] for j, c in zip(idx[self.shard], pair_choice, strict=True)])
+            batch += [torch.from_numpy(pair_ids), torch.from_numpy(pair_mask)]
+        return tuple(batch)
 
 
 # ----------------------------------------------------------------------------- training
@@ -461,6 +483,10 @@ def train(cfg: TrainConfig) -> Path:
         raise ValueError(f"--hard-negatives {cfg.hard_negatives}: expected a group size >= 1, or 0 for random batches")
     if not 0 <= cfg.modality_margin <= 1:
         raise ValueError(f"--modality-margin {cfg.modality_margin}: expected a cosine margin from 0 to 1")
+    if cfg.pair_caption not in ("same", "other"):
+        raise ValueError(f"--pair-caption {cfg.pair_caption!r}: expected 'same' or 'other'")
+    if cfg.pair_caption == "other" and cfg.loss == "cl":
+        raise ValueError("--pair-caption other: the cl loss has no photo+note to fuse a caption into")
     create_loss(cfg.loss, modality_margin=cfg.modality_margin)  # a bad loss or margin fails before any data loads
     if not 0 <= cfg.temperature_lr_mult <= 1000:
         raise ValueError(f"--temperature-lr-mult {cfg.temperature_lr_mult}: expected 0..1000 (0 fixes the temperature)")
@@ -532,21 +558,25 @@ def train(cfg: TrainConfig) -> Path:
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg, total) * group.get("lr_mult", 1.0)
+        pair_text_features = None  # None: the photo+note fuses the sample's own caption
         if cached:
             idx = batch_indices(n, cfg.batch_size, cfg.seed, step, groups)
             view = np.random.default_rng([cfg.seed, step, 3]).integers(0, cache.images.shape[1], len(idx))[shard]
             choice = caption_choice(n_caps[idx], cfg.seed, step)
             rows = np.array([cache.caption_rows[i][c] for i, c in zip(idx, choice, strict=True)])[shard]
-            idx = idx[shard]
-            mask = torch.from_numpy(cache.masks[rows])  # (B, L)
-            length = int(mask.sum(1).max())  # trim padding columns: the top layers never see them
-            stems = torch.from_numpy(cache.images[idx, view]).float().contiguous(memory_format=torch.channels_last)
+            stems = torch.from_numpy(cache.images[idx[shard], view]).float().contiguous(memory_format=torch.channels_last)
             image_features = model.visual.top(stems)
-            text_features = model.text.top(torch.from_numpy(cache.hidden[rows, :length]).float(), mask[:, :length])
+            text_features = _cached_text(model, cache, rows)
+            if cfg.pair_caption == "other":
+                pair_choice = pair_caption_choice(n_caps[idx], choice, cfg.seed, step)
+                pair_rows = np.array([cache.caption_rows[i][c] for i, c in zip(idx, pair_choice, strict=True)])[shard]
+                pair_text_features = _cached_text(model, cache, pair_rows)
         else:
-            pixels, ids, mask = next(loader)
+            pixels, ids, mask, *pair = next(loader)
             image_features, text_features = model.encode_image(pixels), model.encode_text(ids, mask)
-        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+            if pair:
+                pair_text_features = model.encode_text(*pair)
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp(), pair_text_features)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:

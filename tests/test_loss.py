@@ -28,17 +28,19 @@ def _dot(u: list[float], v: list[float]) -> float:
     return sum(x * y for x, y in zip(u, v, strict=True))
 
 
-def _ref_embeddings(image: torch.Tensor, text: torch.Tensor) -> dict[str, list[list[float]]]:
+def _ref_embeddings(image: torch.Tensor, text: torch.Tensor, pair: torch.Tensor | None = None) -> dict[str, list[list[float]]]:
     img, txt = image.double().tolist(), text.double().tolist()
+    fused = txt if pair is None else pair.double().tolist()  # the note fused into the photo+note
     return {
         "i": [_normalize(v) for v in img],
         "t": [_normalize(v) for v in txt],
-        "it": [_normalize([x + y for x, y in zip(u, v, strict=True)]) for u, v in zip(img, txt, strict=True)],
+        "it": [_normalize([x + y for x, y in zip(u, v, strict=True)]) for u, v in zip(img, fused, strict=True)],
     }
 
 
-def ref_gcl(image: torch.Tensor, text: torch.Tensor, scale: float, margin: float = 0.0) -> float:
-    e, n = _ref_embeddings(image, text), image.shape[0]
+def ref_gcl(image: torch.Tensor, text: torch.Tensor, scale: float, margin: float = 0.0,
+            pair: torch.Tensor | None = None) -> float:
+    e, n = _ref_embeddings(image, text, pair), image.shape[0]
     # the modality margin: a cross-modal cosine loses margin x the share of modality not in common
     parts = {"i": {"i"}, "t": {"t"}, "it": {"i", "t"}}
 
@@ -71,8 +73,8 @@ def ref_cl(image: torch.Tensor, text: torch.Tensor, scale: float) -> float:
     return (_ref_infonce(e, "i", "t", scale) + _ref_infonce(e, "t", "i", scale)) / 2
 
 
-def ref_pairwise(image: torch.Tensor, text: torch.Tensor, scale: float) -> float:
-    e = _ref_embeddings(image, text)
+def ref_pairwise(image: torch.Tensor, text: torch.Tensor, scale: float, pair: torch.Tensor | None = None) -> float:
+    e = _ref_embeddings(image, text, pair)
     return sum(_ref_infonce(e, a, b, scale) for a, b in ORDERED_PAIRS) / len(ORDERED_PAIRS)
 
 
@@ -226,6 +228,14 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
                 "text_grad": local_text.grad,
                 "scale_grad": scale.grad,
             }
+        # GCL with another caption fused into the photo+note: three gathered inputs
+        local_image, local_text = image[rows].clone().requires_grad_(), text[rows].clone().requires_grad_()
+        local_pair = text.roll(1, 1)[rows].clone().requires_grad_()
+        scale = torch.tensor(DDP_SCALE, requires_grad=True)
+        loss = GCLLoss()(local_image, local_text, scale, local_pair)
+        loss.backward()
+        results["gcl+pair"] = {"loss": loss.detach(), "image_grad": local_image.grad, "text_grad": local_text.grad,
+                               "pair_grad": local_pair.grad, "scale_grad": scale.grad}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -266,3 +276,38 @@ def test_the_modality_margin_matches_its_reference(margin: float) -> None:
     assert got > GCLLoss()(image.double(), text.double(), 1 / 0.07).item()  # positives are cross-modal: harder
     with pytest.raises(ValueError, match="only the gcl loss"):
         create_loss("cl", modality_margin=margin)
+
+
+def test_gathered_loss_with_a_pair_caption_equals_single_process_loss(ddp_results: list[dict]) -> None:
+    image, text = (x.requires_grad_() for x in _features(7, n=GLOBAL_N, d=DIM, normalized=False))
+    pair = text.detach().roll(1, 1).requires_grad_()
+    scale = torch.tensor(DDP_SCALE, requires_grad=True)
+    loss = GCLLoss()(image, text, scale, pair)
+    loss.backward()
+    n_local = GLOBAL_N // WORLD_SIZE
+    for rank, results in enumerate(ddp_results):
+        got, rows = results["gcl+pair"], slice(rank * n_local, (rank + 1) * n_local)
+        torch.testing.assert_close(got["loss"], loss.detach(), atol=1e-6, rtol=0)
+        for key, x in (("image_grad", image), ("text_grad", text), ("pair_grad", pair)):
+            torch.testing.assert_close(got[key], WORLD_SIZE * x.grad[rows], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(got["scale_grad"], scale.grad, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gcl", "pairwise"])
+def test_another_caption_in_the_photo_note_matches_its_reference(name: str) -> None:
+    image, text = _features(5, normalized=False)
+    pair = _features(6, normalized=False)[1]  # another caption's features for each sample
+    got = create_loss(name)(image.double(), text.double(), 1 / 0.07, pair.double()).item()
+    assert got == pytest.approx(REFERENCES[name](image, text, 1 / 0.07, pair=pair), rel=1e-9)
+    assert got != pytest.approx(create_loss(name)(image.double(), text.double(), 1 / 0.07).item(), rel=1e-3)
+    # the sample's own caption as the pair caption is the plain loss
+    same = create_loss(name)(image.double(), text.double(), 1 / 0.07, text.double()).item()
+    assert same == pytest.approx(create_loss(name)(image.double(), text.double(), 1 / 0.07).item(), rel=1e-12)
+    with pytest.raises(ValueError, match=r"pair_text_features \(4, 8\)"):
+        create_loss(name)(image, text, 1.0, pair[:4])
+
+
+def test_cl_has_no_photo_note_and_ignores_a_pair_caption() -> None:
+    image, text = _features(5, normalized=False)
+    pair = _features(6, normalized=False)[1]
+    assert CLLoss()(image, text, 3.0, pair).item() == CLLoss()(image, text, 3.0).item()

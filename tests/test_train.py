@@ -20,6 +20,7 @@ from edge_gcl.train import (
     batch_indices,
     caption_groups,
     config_from_record,
+    pair_caption_choice,
     portable_record,
 )
 
@@ -146,6 +147,34 @@ def test_modality_margin_trains_and_bad_values_are_refused(data, tmp_path, capsy
     _refused(capsys, "--modality-margin 2.0", lambda: _train(data, tmp_path / "bad", cache, "--modality-margin", "2"))
     _refused(capsys, "only the gcl loss", lambda: _train(data, tmp_path / "bad", cache, "--loss", "cl",
                                                           "--modality-margin", "0.1"))
+
+
+def test_pair_caption_choice_picks_another_caption_where_there_is_one():
+    n_caps = np.array([1, 2, 5, 5, 3] * 40)
+    choice = (np.arange(len(n_caps)) * 7) % n_caps
+    for step in range(5):
+        pair = pair_caption_choice(n_caps, choice, seed=0, step=step)
+        assert ((pair >= 0) & (pair < n_caps)).all()
+        assert (pair[n_caps == 1] == choice[n_caps == 1]).all()  # one caption: the photo+note fuses it
+        assert (pair[n_caps > 1] != choice[n_caps > 1]).all()
+    pairs = np.stack([pair_caption_choice(n_caps, choice, 0, s) for s in range(50)])
+    assert len(set(pairs[:, 2].tolist())) == 4  # every other caption of a 5-caption photo comes up
+    assert np.array_equal(pair_caption_choice(n_caps, choice, 0, 3), pair_caption_choice(n_caps, choice, 0, 3))
+
+
+def test_pair_caption_other_trains_differently_and_bad_values_are_refused(data, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert _train(data, tmp_path / "same", cache, "--steps", "2") == 0
+    assert _train(data, tmp_path / "other", cache, "--steps", "2", "--pair-caption", "other") == 0
+    record = json.loads((tmp_path / "other" / "edge_gcl.json").read_text())
+    assert record["train"]["pair_caption"] == "other"
+    same, other = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("same", "other"))
+    assert not torch.equal(same["logit_scale"], other["logit_scale"])  # another loss, another update
+    with pytest.raises(SystemExit) as exit_:  # argparse names the flag and its choices
+        main(["train", "--pair-caption", "both"])
+    assert exit_.value.code == 2 and "--pair-caption: invalid choice: 'both'" in capsys.readouterr().err
+    _refused(capsys, "the cl loss has no photo+note", lambda: _train(data, tmp_path / "bad", cache, "--loss", "cl",
+                                                                      "--pair-caption", "other"))
 
 
 def test_torchrun_two_processes_train_like_one(data, tmp_path):
@@ -403,6 +432,25 @@ def test_a_photo_that_fails_to_decode_is_counted_and_never_replaced(truncated, t
     batches = PixelBatches(load_model(start), pairs, TrainConfig(batch_size=9), 0, 1)
     with pytest.raises(ImageDecodeError, match="cut.jpg: corrupt or truncated"):
         batches[0]
+
+
+def test_pixel_batches_carry_another_caption_for_the_photo_note(tmp_path):
+    from edge_gcl.data import Pairs
+    from edge_gcl.train import PixelBatches
+
+    start = _tiny_tinyclip(tmp_path / "start")
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)).save(root / f"{i}.jpg")
+    pairs = Pairs([str(root / f"{i}.jpg") for i in range(4)], [[f"first {i}", f"second {i}"] for i in range(4)])
+    model = load_model(start)
+    plain = PixelBatches(model, pairs, TrainConfig(batch_size=4), 0, 1)[0]
+    pixels, ids, mask, pair_ids, pair_mask = PixelBatches(model, pairs, TrainConfig(batch_size=4, pair_caption="other"), 0, 1)[0]
+    assert len(plain) == 3 and torch.equal(pixels, plain[0]) and torch.equal(ids, plain[1])
+    assert pair_ids.shape[0] == 4 and pair_mask.shape == pair_ids.shape
+    assert all(not torch.equal(ids[j], pair_ids[j]) for j in range(4))  # each sample's other caption
 
 
 def test_checkpoints_record_recipe_and_home_paths_portably():
