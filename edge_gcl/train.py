@@ -91,7 +91,7 @@ class TrainConfig:
     modality_margin: float = 0.0
     # the note fused into each sample's photo+note: "same" caption as its text (CLIP-SF, the paper), or
     # "other": another caption of that photo, as a library's photo+note and a typed query differ
-    pair_caption: str = "same"
+    pair_caption: str = "same"  # CL has no photo+note: it trains alike with either
     cache_dir: str = str(CACHE_DIR)
     recipe: str | None = None  # the recipe these options came from (a record; flags may have changed them)
 
@@ -221,6 +221,11 @@ def caption_groups(features: np.ndarray, group_size: int, seed: int, iterations:
 def caption_choice(n_captions: np.ndarray, seed: int, step: int) -> np.ndarray:
     rng = np.random.default_rng([seed, step, 1])
     return (rng.random(len(n_captions)) * n_captions).astype(np.int64)
+
+
+def _fuses_other_caption(cfg: TrainConfig) -> bool:
+    """Whether each step encodes a second caption per photo for its photo+note (CL has no photo+note)."""
+    return cfg.pair_caption == "other" and cfg.loss != "cl"
 
 
 def pair_caption_choice(n_captions: np.ndarray, choice: np.ndarray, seed: int, step: int) -> np.ndarray:
@@ -417,7 +422,7 @@ class PixelBatches(torch.utils.data.Dataset):
             texts.append(self.pairs.captions[j][c])
         ids, mask = self.tok(texts)
         batch = [torch.from_numpy(np.stack(pixels)), torch.from_numpy(ids), torch.from_numpy(mask)]
-        if self.cfg.pair_caption == "other":
+        if _fuses_other_caption(self.cfg):
             pair_ids, pair_mask = self.tok([self.pairs.captions[j][c] for j, c in zip(idx[self.shard], pair_choice, strict=True)])
             batch += [torch.from_numpy(pair_ids), torch.from_numpy(pair_mask)]
         return tuple(batch)
@@ -485,8 +490,6 @@ def train(cfg: TrainConfig) -> Path:
         raise ValueError(f"--modality-margin {cfg.modality_margin}: expected a cosine margin from 0 to 1")
     if cfg.pair_caption not in ("same", "other"):
         raise ValueError(f"--pair-caption {cfg.pair_caption!r}: expected 'same' or 'other'")
-    if cfg.pair_caption == "other" and cfg.loss == "cl":
-        raise ValueError("--pair-caption other: the cl loss has no photo+note to fuse a caption into")
     create_loss(cfg.loss, modality_margin=cfg.modality_margin)  # a bad loss or margin fails before any data loads
     if not 0 <= cfg.temperature_lr_mult <= 1000:
         raise ValueError(f"--temperature-lr-mult {cfg.temperature_lr_mult}: expected 0..1000 (0 fixes the temperature)")
@@ -567,7 +570,7 @@ def train(cfg: TrainConfig) -> Path:
             stems = torch.from_numpy(cache.images[idx[shard], view]).float().contiguous(memory_format=torch.channels_last)
             image_features = model.visual.top(stems)
             text_features = _cached_text(model, cache, rows)
-            if cfg.pair_caption == "other":
+            if _fuses_other_caption(cfg):
                 pair_choice = pair_caption_choice(n_caps[idx], choice, cfg.seed, step)
                 pair_rows = np.array([cache.caption_rows[i][c] for i, c in zip(idx, pair_choice, strict=True)])[shard]
                 pair_text_features = _cached_text(model, cache, pair_rows)
