@@ -475,7 +475,9 @@ RUN_ONLY = ("out", "resume", "checkpoint_every", "workers", "cache_dir")  # trai
 
 def same_recipe(record: Mapping[str, Any], cfg: Any) -> bool:
     """Whether a finished run's "train" record is the run `cfg` asks for (paths compared resolved)."""
-    want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY}
+    # CL has no photo+note: its training is the same whichever caption a photo+note would fuse
+    ignored = RUN_ONLY + (("pair_caption",) if cfg.loss == "cl" else ())
+    want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
     unset = dataclasses.asdict(type(cfg)())  # a field newer than the run: the run had its default
     have = {k: record.get(k, unset[k]) for k in want}
 

@@ -306,6 +306,11 @@ def test_same_recipe_reuses_only_a_run_of_the_asked_recipe(tmp_path: Path, monke
     for change in ({"loss": "gcl"}, {"seed": 2}, {"lr": 1e-3}, {"steps": 10}, {"split": "d/splits.json:dev"}):
         assert not same_recipe({**record, **change}, cfg), change
     assert not same_recipe({"loss": "cl"}, cfg)  # an old record without the recipe
+    # CL trains alike whichever caption a photo+note fuses; GCL does not
+    assert same_recipe({**record, "pair_caption": "other"}, cfg)
+    gcl = dataclasses.replace(cfg, loss="gcl")
+    assert not same_recipe({**record, "loss": "gcl", "pair_caption": "other"}, gcl)
+    assert same_recipe({**record, "loss": "gcl"}, gcl)
     old = {k: v for k, v in record.items() if k != "temperature_lr_mult"}  # a run older than the option
     assert same_recipe(old, cfg) and not same_recipe(old, dataclasses.replace(cfg, temperature_lr_mult=50.0))
     # per-source split lists and held-out exclusions (train's --split per --data, --exclude)
