@@ -409,7 +409,6 @@ class PixelBatches(torch.utils.data.Dataset):
         step = self.start + i
         idx = batch_indices(len(self.pairs), self.cfg.batch_size, self.cfg.seed, step)
         choice = caption_choice(self.n_caps[idx], self.cfg.seed, step)
-        pair_choice = pair_caption_choice(self.n_caps[idx], choice, self.cfg.seed, step)[self.shard]
         pixels, texts = [], []
         for j, c in zip(idx[self.shard], choice[self.shard], strict=True):
             try:  # every photo decoded once before training (drop_undecodable); never swap in another
@@ -423,6 +422,7 @@ class PixelBatches(torch.utils.data.Dataset):
         ids, mask = self.tok(texts)
         batch = [torch.from_numpy(np.stack(pixels)), torch.from_numpy(ids), torch.from_numpy(mask)]
         if _fuses_other_caption(self.cfg):
+            pair_choice = pair_caption_choice(self.n_caps[idx], choice, self.cfg.seed, step)[self.shard]
             pair_ids, pair_mask = self.tok([self.pairs.captions[j][c] for j, c in zip(idx[self.shard], pair_choice, strict=True)])
             batch += [torch.from_numpy(pair_ids), torch.from_numpy(pair_mask)]
         return tuple(batch)

@@ -173,6 +173,10 @@ def test_pair_caption_other_trains_differently_and_a_bad_value_is_refused(data, 
     with pytest.raises(SystemExit) as exit_:  # argparse names the flag and its choices
         main(["train", "--pair-caption", "both"])
     assert exit_.value.code == 2 and "--pair-caption: invalid choice: 'both'" in capsys.readouterr().err
+    config = tmp_path / "config.json"  # a config file or recipe is checked as the flag is
+    config.write_text(json.dumps({"pair_caption": "both"}))
+    _refused(capsys, "--pair-caption 'both': expected 'same' or 'other'",
+             lambda: _train(data, tmp_path / "bad", cache, "--steps", "1", "--config", str(config)))
     # CL has no photo+note: a recipe's pair caption leaves its training as it is
     assert _train(data, tmp_path / "cl", cache, "--steps", "2", "--loss", "cl") == 0
     assert _train(data, tmp_path / "cl-other", cache, "--steps", "2", "--loss", "cl", "--pair-caption", "other") == 0
@@ -437,7 +441,7 @@ def test_a_photo_that_fails_to_decode_is_counted_and_never_replaced(truncated, t
         batches[0]
 
 
-def test_pixel_batches_carry_another_caption_for_the_photo_note(tmp_path):
+def test_pixel_batches_carry_another_caption_for_the_photo_note(data, tmp_path):
     from edge_gcl.data import Pairs
     from edge_gcl.train import PixelBatches
 
@@ -454,6 +458,14 @@ def test_pixel_batches_carry_another_caption_for_the_photo_note(tmp_path):
     assert len(plain) == 3 and torch.equal(pixels, plain[0]) and torch.equal(ids, plain[1])
     assert pair_ids.shape[0] == 4 and pair_mask.shape == pair_ids.shape
     assert all(not torch.equal(ids[j], pair_ids[j]) for j in range(4))  # each sample's other caption
+
+    # training on decoded pixels (no stem cache) encodes the second caption too, and it changes the update
+    args = ["train", "--model", str(start), "--data", str(data / "captions.txt"), "--batch-size", "8", "--steps", "2",
+            "--warmup", "1", "--workers", "0"]
+    assert main([*args, "--out", str(tmp_path / "same")]) == 0
+    assert main([*args, "--out", str(tmp_path / "other"), "--pair-caption", "other"]) == 0
+    same, other = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("same", "other"))
+    assert not torch.equal(same["logit_scale"], other["logit_scale"])
 
 
 def test_checkpoints_record_recipe_and_home_paths_portably():
