@@ -60,6 +60,12 @@ TRIALS: dict[str, list[str]] = {
     # the photo+note fuses another caption of its photo (flickr8k's five; web-captions has one), as in the
     # benchmark, where a query's words are never the note of the photo+note it looks for
     "pairother": ["--pair-caption", "other"],
+    # both: the other-caption photo+note, whose text->photo R@5 fell 1.0, with the margin that asks a text
+    # query's photo to beat its notes
+    "pairother+margin08": ["--pair-caption", "other", "--modality-margin", "0.08"],
+    # the other-caption photo+note in batches of ~64 groups of ~4 photos with alike captions: a text query's
+    # notes of like scenes, which outrank its photo more often under --pair-caption other, become negatives
+    "pairother+hardneg4": ["--pair-caption", "other", "--hard-negatives", "4"],
     "lite2-f8k+extra": ["--model", "lite2", "--data", f"{F8K}/captions.txt", "--split", f"{F8K}/splits.json:train",
                         "--data", f"{EXTRA}/captions.txt", "--split", f"{SPLITS}:train"],
 }
@@ -140,6 +146,38 @@ COLUMNS = [Col("trial"), Col("seed"), Col("image_backbone", "image tower"), Col(
            Col("global_r5_offset_cv", "(cross-val.)", ".2f"), Col("t2i_r5_offset", "t→i R@5 +offset", ".2f")]
 
 
+SUMMARY_KEYS = {"global_r5": "global avg R@5", "global_r1": "global avg R@1", "t2i_r5": "t→i R@5",
+                "t2i_r1": "t→i R@1", "local_r5": "local avg R@5", "global_r5_offset": "global R@5 +offset",
+                "global_r5_offset_cv": "(cross-val.)", "t2i_r5_offset": "t→i R@5 +offset"}
+
+
+def summarize_trials(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per trial: its seeds and each figure as "mean ± std" over them (sample std; a lone seed
+    is its value), trials in the order they first appear."""
+    by_trial: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_trial.setdefault(row["trial"], []).append(row)
+    out = []
+    for trial, runs in by_trial.items():
+        runs = sorted(runs, key=lambda r: r["seed"])
+        summary: dict[str, Any] = {"trial": trial, "seeds": ",".join(str(r["seed"]) for r in runs)}
+        for key in SUMMARY_KEYS:
+            values = [r[key] for r in runs if r.get(key) is not None]
+            if not values:
+                summary[key] = None
+            elif len(values) == 1:
+                summary[key] = f"{values[0]:.2f}"
+            else:
+                mean = sum(values) / len(values)
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                summary[key] = f"{mean:.2f} ± {std:.2f}"
+        out.append(summary)
+    return out
+
+
+SUMMARY_COLUMNS = [Col("trial"), Col("seeds")] + [Col(k, h) for k, h in SUMMARY_KEYS.items()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.recipe_trials", description=__doc__.splitlines()[0])
     p.add_argument("--trials", default="", help=f"comma-separated, of: {', '.join(TRIALS)}")
@@ -182,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                   machine=machine_info()))
                 print(format_table([row], COLUMNS), flush=True)
     print(format_table(rows, COLUMNS, title=f"phone dev benchmark ({path})"))
+    print(format_table(summarize_trials(rows), SUMMARY_COLUMNS, title="per trial, mean ± std over its seeds"))
     return 0
 
 

@@ -531,3 +531,16 @@ def test_recipe_trials_read_a_trials_own_calibration(tmp_path: Path, monkeypatch
     command = trials.calibrate_command(tmp_path, "root")
     assert command[1:5] == ["-m", "benchmarks.calibrate", "--root", "root"]
     assert command[-1] == str(tmp_path / "calibration_fit.json")  # not calibration.json: the index reads that
+
+
+def test_recipe_trials_summary_is_the_mean_and_sample_std_over_each_trials_seeds() -> None:
+    from benchmarks.recipe_trials import summarize_trials
+
+    rows = [{"trial": "a", "seed": 1, "global_r5": 80.07, "t2i_r5": 71.72},
+            {"trial": "b", "seed": 0, "global_r5": 81.48},
+            {"trial": "a", "seed": 0, "global_r5": 79.88, "t2i_r5": 70.71},
+            {"trial": "a", "seed": 2, "global_r5": 79.75, "t2i_r5": 70.10}]
+    a, b = summarize_trials(rows)
+    assert (a["trial"], a["seeds"], b["trial"], b["seeds"]) == ("a", "0,1,2", "b", "0")
+    assert a["global_r5"] == "79.90 ± 0.16" and a["t2i_r5"] == "70.84 ± 0.82"  # std with n - 1
+    assert b["global_r5"] == "81.48" and b["t2i_r5"] is None and a["local_r5"] is None
