@@ -475,6 +475,8 @@ RUN_ONLY = ("out", "resume", "checkpoint_every", "workers", "cache_dir")  # trai
 
 def same_recipe(record: Mapping[str, Any], cfg: Any) -> bool:
     """Whether a finished run's "train" record is the run `cfg` asks for (paths compared resolved)."""
+    from edge_gcl.train import WHOLE_SOURCE
+
     # CL has no photo+note: its training is the same whichever caption a photo+note would fuse
     ignored = RUN_ONLY + (("pair_caption",) if cfg.loss == "cl" else ())
     want = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
@@ -487,15 +489,17 @@ def same_recipe(record: Mapping[str, Any], cfg: Any) -> bool:
         file, sep, name = value.rpartition(":")
         return f"{Path(expand_recorded(file)).resolve()}:{name}" if sep else value
 
-    def splits(value: Any) -> Any:  # one "FILE:SPLIT" (older runs) or one per source (train's lists)
+    def splits(value: Any, sources: int = 0) -> Any:  # one "FILE:SPLIT" (older runs) or one per source
         if not value:
             return None
-        return split(value) if isinstance(value, str) else [split(v) for v in value]
+        if isinstance(value, str):
+            return split(value)
+        return [split(v) for v in value] + [WHOLE_SOURCE] * (sources - len(value))  # no entry: the whole source
 
     def norm(d: Mapping[str, Any]) -> dict[str, Any]:
         paths = {"data": [str(Path(x).resolve()) for x in d["data"] or []],
                  "images": [str(Path(x).resolve()) for x in d["images"] or []],
-                 "split": splits(d["split"])}
+                 "split": splits(d["split"], len(d["data"] or []))}
         if "exclude" in d:
             paths["exclude"] = splits(d["exclude"])
         return {**d, **paths}

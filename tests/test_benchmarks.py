@@ -320,6 +320,13 @@ def test_same_recipe_reuses_only_a_run_of_the_asked_recipe(tmp_path: Path, monke
     rec.update(split=["d/splits.json:train", "all"], exclude=["h.json:heldout"])
     assert same_recipe(rec, listed)
     assert not same_recipe({**rec, "exclude": []}, listed) and not same_recipe({**rec, "split": ["all", "all"]}, listed)
+    # a source with no split entry is the whole source: `--recipe default` lists "all", older runs left it out
+    three = dataclasses.replace(listed, data=[*listed.data, str(tmp_path / "e.txt"), str(tmp_path / "w.txt")],
+                                split=[f"{tmp_path / 'd' / 'splits.json'}:train", "all"])
+    rec3 = dataclasses.asdict(dataclasses.replace(three, out="elsewhere"))
+    rec3.update(split=["d/splits.json:train", "all", "all"], exclude=["h.json:heldout"])
+    assert same_recipe(rec3, three)
+    assert not same_recipe({**rec3, "split": ["d/splits.json:train", "all", "d/splits.json:train"]}, three)
     # a checkpoint writes the package's recipe files as ${recipes}/...: the same files
     from edge_gcl.train import RECIPE_DIR, portable_record
 
