@@ -475,7 +475,7 @@ RUN_ONLY = ("out", "resume", "checkpoint_every", "workers", "cache_dir")  # trai
 
 def same_recipe(record: Mapping[str, Any], cfg: Any) -> bool:
     """Whether a finished run's "train" record is the run `cfg` asks for (paths compared resolved)."""
-    from edge_gcl.train import WHOLE_SOURCE
+    from edge_gcl.train import listed_splits
 
     # CL has no photo+note: its training is the same whichever caption a photo+note would fuse
     ignored = RUN_ONLY + (("pair_caption",) if cfg.loss == "cl" else ())
@@ -489,19 +489,19 @@ def same_recipe(record: Mapping[str, Any], cfg: Any) -> bool:
         file, sep, name = value.rpartition(":")
         return f"{Path(expand_recorded(file)).resolve()}:{name}" if sep else value
 
-    def splits(value: Any, sources: int = 0) -> Any:  # one "FILE:SPLIT" (older runs) or one per source
+    def splits(value: Any, sources: int) -> Any:  # one "FILE:SPLIT" (older runs) or one per source
         if not value:
             return None
         if isinstance(value, str):
             return split(value)
-        return [split(v) for v in value] + [WHOLE_SOURCE] * (sources - len(value))  # no entry: the whole source
+        return [split(v) if v else None for v in listed_splits(value, sources)]  # as train reads them
 
     def norm(d: Mapping[str, Any]) -> dict[str, Any]:
         paths = {"data": [str(Path(x).resolve()) for x in d["data"] or []],
                  "images": [str(Path(x).resolve()) for x in d["images"] or []],
                  "split": splits(d["split"], len(d["data"] or []))}
         if "exclude" in d:
-            paths["exclude"] = splits(d["exclude"])
+            paths["exclude"] = [split(v) for v in d["exclude"] or []]
         return {**d, **paths}
 
     return norm(have) == norm(want)

@@ -39,6 +39,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,7 +107,12 @@ def source_splits(cfg: TrainConfig) -> list[str | None]:
     if len(specs) > len(cfg.data):
         raise ValueError(f"{len(specs)} --split for {len(cfg.data)} --data sources: give at most one split per "
                          f"source, in the order of --data ('{WHOLE_SOURCE}' keeps a whole source)")
-    return [None if s in (None, "", WHOLE_SOURCE) else s for s in specs] + [None] * (len(cfg.data) - len(specs))
+    return listed_splits(specs, len(cfg.data))
+
+
+def listed_splits(specs: Sequence[str | None], sources: int) -> list[str | None]:
+    """Per-source split specs as given, one per source: "all", "" or no entry is None (the whole source)."""
+    return [None if s in (None, "", WHOLE_SOURCE) else s for s in specs] + [None] * (sources - len(specs))
 
 
 def load_training_sources(cfg: TrainConfig, *, log=print) -> list[Pairs]:
