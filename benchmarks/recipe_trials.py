@@ -66,6 +66,9 @@ TRIALS: dict[str, list[str]] = {
     # the other-caption photo+note in batches of ~64 groups of ~4 photos with alike captions: a text query's
     # notes of like scenes, which outrank its photo more often under --pair-caption other, become negatives
     "pairother+hardneg4": ["--pair-caption", "other", "--hard-negatives", "4"],
+    # the other-caption photo+note with the note<->photo positives weighing 2 against the other four's 1: a typed
+    # query's photo must beat the notes of like scenes that outrank it more often under --pair-caption other
+    "pairother+tpw2": ["--pair-caption", "other", "--text-photo-weight", "2"],
     "lite2-f8k+extra": ["--model", "lite2", "--data", f"{F8K}/captions.txt", "--split", f"{F8K}/splits.json:train",
                         "--data", f"{EXTRA}/captions.txt", "--split", f"{SPLITS}:train"],
 }

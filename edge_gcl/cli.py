@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--modality-margin", type=float, metavar="M",
                    help="gcl: cross-modal cosines lose M (half between a photo or note and a photo+note) in the "
                         "softmax, so positives must beat own-modality negatives by M (default: 0)")
+    t.add_argument("--text-photo-weight", type=float, metavar="W",
+                   help="gcl: the note<->photo positives weigh W against the other four's 1 (default: 1)")
     t.add_argument("--pair-caption", choices=("same", "other"),
                    help="the note fused into each sample's photo+note: the same caption as its text (CLIP-SF), or "
                         "another caption of its photo where it has one (default: same)")

@@ -146,11 +146,17 @@ class GCLLoss(nn.Module):
     sign turned). A positive (always cross-modal) must then beat the anchor's own-modality negatives
     by m, so the embeddings themselves carry the offset: on photos a model never saw, words score
     lower against their photo than against notes of a like scene, and this trains that gap away.
+
+    `text_photo_weight` w (1: the formula above) is a third: the two positives between a note and
+    its photo (t->i and i->t) weigh w in the sum and the other four 1, and the sum is divided by
+    (4 + 2w) N in place of 6N, so the loss keeps its scale. w > 1 asks more of a typed query's
+    photo against the notes in its softmax; that pair is the one search needs most.
     """
 
-    def __init__(self, modality_margin: float = 0.0) -> None:
+    def __init__(self, modality_margin: float = 0.0, text_photo_weight: float = 1.0) -> None:
         super().__init__()
         self.modality_margin = float(modality_margin)
+        self.text_photo_weight = float(text_photo_weight)
 
     def forward(
         self,
@@ -173,8 +179,13 @@ class GCLLoss(nn.Module):
         log_prob = logits.log_softmax(dim=1)  # (3N, 3N)
         rows = torch.arange(3 * n, device=emb.device)  # (3N,)
         # Row a*N + j's positives: the same j in modalities a+1 and a+2 (mod 3).
-        positives = log_prob[rows, (rows + n) % (3 * n)] + log_prob[rows, (rows + 2 * n) % (3 * n)]  # (3N,)
-        return -positives.sum() / (6 * n)
+        next_, after = log_prob[rows, (rows + n) % (3 * n)], log_prob[rows, (rows + 2 * n) % (3 * n)]  # (3N,) each
+        w = self.text_photo_weight
+        if w == 1:
+            return -(next_ + after).sum() / (6 * n)
+        # i -> t is block i's next modality, t -> i block t's one after
+        return -(w * next_[:n].sum() + after[:n].sum() + next_[n:2 * n].sum() + w * after[n:2 * n].sum()
+                 + next_[2 * n:].sum() + after[2 * n:].sum()) / ((4 + 2 * w) * n)
 
 
 class CLLoss(nn.Module):
@@ -217,11 +228,15 @@ class PairwiseLoss(nn.Module):
 LOSSES: dict[str, type[nn.Module]] = {"gcl": GCLLoss, "cl": CLLoss, "pairwise": PairwiseLoss}
 
 
-def create_loss(name: str, *, modality_margin: float = 0.0) -> nn.Module:
+def create_loss(name: str, *, modality_margin: float = 0.0, text_photo_weight: float = 1.0) -> nn.Module:
     """`create_loss("gcl")` -> GCLLoss(); the name is the training flag's value. `modality_margin`
-    is GCL's (see `GCLLoss`); the other losses have none."""
+    and `text_photo_weight` are GCL's (see `GCLLoss`); the other losses have neither."""
     if name not in LOSSES:
         raise ValueError(f"loss {name!r}: expected one of {sorted(LOSSES)}")
     if modality_margin and name != "gcl":
         raise ValueError(f"--modality-margin {modality_margin}: only the gcl loss has one (loss {name!r})")
-    return GCLLoss(modality_margin) if name == "gcl" else LOSSES[name]()
+    if not 0 < text_photo_weight <= 100:
+        raise ValueError(f"--text-photo-weight {text_photo_weight}: expected a weight above 0, at most 100")
+    if text_photo_weight != 1 and name != "gcl":
+        raise ValueError(f"--text-photo-weight {text_photo_weight}: only the gcl loss has one (loss {name!r})")
+    return GCLLoss(modality_margin, text_photo_weight) if name == "gcl" else LOSSES[name]()

@@ -90,6 +90,8 @@ class TrainConfig:
     hard_negatives: int = 0
     # GCL: cross-modal cosines lose this (times the modality share not in common) in the softmax (GCLLoss)
     modality_margin: float = 0.0
+    # GCL: the weight of the note<->photo positives (t->i, i->t) against the other four's 1 (GCLLoss)
+    text_photo_weight: float = 1.0
     # the note fused into each sample's photo+note: "same" caption as its text (CLIP-SF, the paper), or
     # "other": another caption of that photo, as a library's photo+note and a typed query differ
     pair_caption: str = "same"  # CL has no photo+note: it trains alike with either
@@ -496,7 +498,8 @@ def train(cfg: TrainConfig) -> Path:
         raise ValueError(f"--modality-margin {cfg.modality_margin}: expected a cosine margin from 0 to 1")
     if cfg.pair_caption not in ("same", "other"):
         raise ValueError(f"--pair-caption {cfg.pair_caption!r}: expected 'same' or 'other'")
-    create_loss(cfg.loss, modality_margin=cfg.modality_margin)  # a bad loss or margin fails before any data loads
+    # a bad loss, margin or weight fails before any data loads
+    create_loss(cfg.loss, modality_margin=cfg.modality_margin, text_photo_weight=cfg.text_photo_weight)
     if not 0 <= cfg.temperature_lr_mult <= 1000:
         raise ValueError(f"--temperature-lr-mult {cfg.temperature_lr_mult}: expected 0..1000 (0 fixes the temperature)")
     rank, world = init_distributed()
@@ -535,7 +538,7 @@ def train(cfg: TrainConfig) -> Path:
     total = cfg.steps or max(1, round(cfg.epochs * steps_per_epoch))
     if cached:  # oneDNN's CPU conv backward is ~30% faster in NHWC; results agree to float rounding
         model.visual.top.to(memory_format=torch.channels_last)
-    loss_fn = create_loss(cfg.loss, modality_margin=cfg.modality_margin)
+    loss_fn = create_loss(cfg.loss, modality_margin=cfg.modality_margin, text_photo_weight=cfg.text_photo_weight)
     optimizer = make_optimizer(model, cfg)
 
     start = 0

@@ -39,7 +39,7 @@ def _ref_embeddings(image: torch.Tensor, text: torch.Tensor, pair: torch.Tensor 
 
 
 def ref_gcl(image: torch.Tensor, text: torch.Tensor, scale: float, margin: float = 0.0,
-            pair: torch.Tensor | None = None) -> float:
+            pair: torch.Tensor | None = None, text_photo_weight: float = 1.0) -> float:
     e, n = _ref_embeddings(image, text, pair), image.shape[0]
     # the modality margin: a cross-modal cosine loses margin x the share of modality not in common
     parts = {"i": {"i"}, "t": {"t"}, "it": {"i", "t"}}
@@ -47,16 +47,18 @@ def ref_gcl(image: torch.Tensor, text: torch.Tensor, scale: float, margin: float
     def score(a: str, u: list[float], m: str, v: list[float]) -> float:
         return (_dot(u, v) - margin * (1 - len(parts[a] & parts[m]) / len(parts[a] | parts[m]))) * scale
 
-    total = 0.0
+    total, weights = 0.0, 0.0
     for j in range(n):
         for a, b in ORDERED_PAIRS:
+            weight = text_photo_weight if {a, b} == {"i", "t"} else 1.0  # the note<->photo positives
             denominator = 0.0
             for m in MODALITIES:
                 for k in range(n):
                     if (m, k) != (a, j):
                         denominator += math.exp(score(a, e[a][j], m, e[m][k]))
-            total += math.log(math.exp(score(a, e[a][j], b, e[b][j])) / denominator)
-    return -total / (6 * n)
+            total += weight * math.log(math.exp(score(a, e[a][j], b, e[b][j])) / denominator)
+            weights += weight
+    return -total / weights
 
 
 def _ref_infonce(e: dict[str, list[list[float]]], a: str, b: str, scale: float) -> float:
@@ -276,6 +278,20 @@ def test_the_modality_margin_matches_its_reference(margin: float) -> None:
     assert got > GCLLoss()(image.double(), text.double(), 1 / 0.07).item()  # positives are cross-modal: harder
     with pytest.raises(ValueError, match="only the gcl loss"):
         create_loss("cl", modality_margin=margin)
+
+
+@pytest.mark.parametrize("weight", [0.5, 3.0])
+def test_the_text_photo_weight_matches_its_reference(weight: float) -> None:
+    image, text = _features(3, normalized=False)
+    pair = text.roll(1, 1)  # with another caption in the photo+note, as trained
+    got = create_loss("gcl", text_photo_weight=weight, modality_margin=0.05)(image.double(), text.double(), 1 / 0.07,
+                                                                             pair.double()).item()
+    assert got == pytest.approx(ref_gcl(image, text, 1 / 0.07, 0.05, pair, weight), rel=1e-9)
+    assert got != pytest.approx(ref_gcl(image, text, 1 / 0.07, 0.05, pair), rel=1e-3)  # the weight does something
+    with pytest.raises(ValueError, match="only the gcl loss"):
+        create_loss("pairwise", text_photo_weight=weight)
+    with pytest.raises(ValueError, match="above 0"):
+        create_loss("gcl", text_photo_weight=0)
 
 
 def test_gathered_loss_with_a_pair_caption_equals_single_process_loss(ddp_results: list[dict]) -> None:

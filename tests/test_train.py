@@ -149,6 +149,17 @@ def test_modality_margin_trains_and_bad_values_are_refused(data, tmp_path, capsy
                                                           "--modality-margin", "0.1"))
 
 
+def test_text_photo_weight_trains_and_bad_values_are_refused(data, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert _train(data, tmp_path / "w", cache, "--steps", "2", "--text-photo-weight", "2") == 0
+    record = json.loads((tmp_path / "w" / "edge_gcl.json").read_text())
+    assert record["train"]["text_photo_weight"] == 2.0  # recorded, so the run can be told apart
+    _refused(capsys, "--text-photo-weight -1.0", lambda: _train(data, tmp_path / "bad", cache,
+                                                                 "--text-photo-weight", "-1"))
+    _refused(capsys, "only the gcl loss", lambda: _train(data, tmp_path / "bad", cache, "--loss", "cl",
+                                                          "--text-photo-weight", "2"))
+
+
 def test_pair_caption_choice_picks_another_caption_where_there_is_one():
     n_caps = np.array([1, 2, 5, 5, 3] * 40)
     choice = (np.arange(len(n_caps)) * 7) % n_caps
