@@ -524,7 +524,7 @@ def run_losses(
     from edge_gcl.checkpoint import is_checkpoint, read_meta
     from edge_gcl.eval.mbeir import evaluate_mbeir
     from edge_gcl.models import TorchEmbedder, load_model
-    from edge_gcl.train import train
+    from edge_gcl.train import train, with_loss
 
     bad = [x for x in losses if x not in LOSSES]
     if bad:
@@ -543,7 +543,7 @@ def run_losses(
             out = Path(train_out) / (f"{loss}-s{seed}" + (f"-{steps}steps" if steps else "")
                                      + (f"-t{temperature:g}" if temperature is not None else "")
                                      + (f"-tlr{temperature_lr_mult:g}" if temperature_lr_mult is not None else ""))
-            cfg = dataclasses.replace(base, loss=loss, seed=seed, out=str(out), resume=True,
+            cfg = dataclasses.replace(with_loss(base, loss), seed=seed, out=str(out), resume=True,
                                       **({"steps": steps} if steps else {}))
             done = is_checkpoint(out) and same_recipe(read_meta(out).get("train", {}), cfg)
             t0 = time.perf_counter()

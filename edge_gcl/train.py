@@ -658,11 +658,23 @@ def _save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.
     tmp.rename(folder)
 
 
+# GCLLoss's own options and their values when off: the other losses have neither
+GCL_ONLY = {"modality_margin": 0.0, "text_photo_weight": 1.0}
+
+
+def with_loss(cfg: TrainConfig, loss: str) -> TrainConfig:
+    """`cfg` trained with `loss`; for CL and pairwise, its GCL-only options (GCL_ONLY) are turned off,
+    so `--recipe default --loss cl` is that recipe's ablation even when the recipe sets a margin."""
+    return dataclasses.replace(cfg, loss=loss, **({} if loss == "gcl" else GCL_ONLY))
+
+
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """The options of `edge-gcl train`: the recipe (if any), then the --config file, then the flags.
 
     Giving --data replaces the recipe's sources along with their --split and --images lists;
     --exclude adds to the recipe's held-out lists (a flag never brings a held-out photo back).
+    A --loss other than gcl turns off the recipe's GCL-only options (`with_loss`); given as flags
+    too, they are refused.
     """
     cfg = TrainConfig()
     if getattr(args, "recipe", None):
@@ -671,6 +683,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         cfg = dataclasses.replace(cfg, **json.loads(Path(args.config).read_text()))
     given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in given.items() if v is not None and v is not False}  # 0 and 0.0 are values
+    if "loss" in overrides:
+        cfg = with_loss(cfg, overrides["loss"])
     if "data" in overrides:
         cfg = dataclasses.replace(cfg, split=None, images=[])
     if "exclude" in overrides:

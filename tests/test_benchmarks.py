@@ -311,6 +311,11 @@ def test_same_recipe_reuses_only_a_run_of_the_asked_recipe(tmp_path: Path, monke
     gcl = dataclasses.replace(cfg, loss="gcl")
     assert not same_recipe({**record, "loss": "gcl", "pair_caption": "other"}, gcl)
     assert same_recipe({**record, "loss": "gcl"}, gcl)
+    # under a recipe with GCL-only options, a CL run (which never has them) is still that recipe's ablation
+    from edge_gcl.train import with_loss
+
+    margin = dataclasses.replace(cfg, loss="gcl", modality_margin=0.08, text_photo_weight=2.0)
+    assert same_recipe(record, with_loss(margin, "cl")) and not same_recipe(record, dataclasses.replace(margin, loss="cl"))
     old = {k: v for k, v in record.items() if k != "temperature_lr_mult"}  # a run older than the option
     assert same_recipe(old, cfg) and not same_recipe(old, dataclasses.replace(cfg, temperature_lr_mult=50.0))
     # per-source split lists and held-out exclusions (train's --split per --data, --exclude)

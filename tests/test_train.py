@@ -354,6 +354,14 @@ def test_recipe_resolves_and_flags_override_it(two_sources, tmp_path):
     cfg = resolve_config(args)
     assert cfg.data == [str(r / "b" / "captions.txt")] and cfg.split is None
     assert cfg.exclude == [f"{r}/lists/b-splits.json:heldout", "x.json:dev"]
+    # --loss cl or pairwise is the recipe's ablation: its GCL-only options turn off; gcl keeps them
+    (tmp_path / "m.json").write_text(json.dumps({**recipe, "modality_margin": 0.08, "text_photo_weight": 2.0}))
+    for loss, margin, weight in (("pairwise", 0.0, 1.0), ("cl", 0.0, 1.0), ("gcl", 0.08, 2.0)):
+        cfg = resolve_config(build_parser().parse_args(["train", "--recipe", str(tmp_path / "m.json"), "--loss", loss]))
+        assert (cfg.loss, cfg.modality_margin, cfg.text_photo_weight) == (loss, margin, weight)
+    cfg = resolve_config(build_parser().parse_args(["train", "--recipe", str(tmp_path / "m.json"), "--loss", "cl",
+                                                    "--modality-margin", "0.1"]))
+    assert cfg.modality_margin == 0.1  # a flag is kept, and train refuses it for cl
     (tmp_path / "bad.json").write_text(json.dumps({"lr": 1, "steps_per_epoch": 3}))
     with pytest.raises(ValueError, match="unknown training options \\['steps_per_epoch'\\]"):
         resolve_config(build_parser().parse_args(["train", "--recipe", str(tmp_path / "bad.json")]))
