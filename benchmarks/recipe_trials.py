@@ -40,7 +40,8 @@ TRIALS: dict[str, list[str]] = {
     "f8k": ["--data", f"{F8K}/captions.txt", "--split", f"{F8K}/splits.json:train"],
     "f8k+extra": ["--data", f"{F8K}/captions.txt", "--split", f"{F8K}/splits.json:train",
                   "--data", f"{EXTRA}/captions.txt", "--split", f"{SPLITS}:train"],
-    "f8k+extra+web": [  # the recipe before the margin"--data", f"{F8K}/captions.txt", "--split", f"{F8K}/splits.json:train",
+    # the recipe before the margin
+    "f8k+extra+web": ["--data", f"{F8K}/captions.txt", "--split", f"{F8K}/splits.json:train",
                       "--data", f"{EXTRA}/captions.txt", "--split", f"{SPLITS}:train",
                       "--data", "${data}/web-captions/captions.txt"],
     # As run at commit a1c1e92, when the default recipe held all three sources (flickr8k-extra and web-captions

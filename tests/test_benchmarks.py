@@ -556,3 +556,24 @@ def test_recipe_trials_summary_is_the_mean_and_sample_std_over_each_trials_seeds
     assert (a["trial"], a["seeds"], b["trial"], b["seeds"]) == ("a", "0,1,2", "b", "0")
     assert a["global_r5"] == "79.90 ± 0.16" and a["t2i_r5"] == "70.84 ± 0.82"  # std with n - 1
     assert b["global_r5"] == "81.48" and b["t2i_r5"] is None and a["local_r5"] is None
+
+
+def test_recipe_trials_resolve_to_the_recipe_they_name(tmp_path: Path) -> None:
+    """margin08 is the recipe itself; f8k+extra+web is the recipe before the margin (its three sources, no margin)."""
+    import dataclasses
+
+    from benchmarks.recipe_trials import TRIALS, trial_commands
+    from edge_gcl.cli import build_parser
+    from edge_gcl.train import load_recipe, resolve_config
+
+    def resolved(trial: str):
+        train, _, _ = trial_commands(trial, 0, root="root", data_root=str(tmp_path))
+        return dataclasses.replace(resolve_config(build_parser().parse_args(train[1:])), out="x", recipe=None)
+
+    recipe = dataclasses.replace(load_recipe("default", data_root=tmp_path), out="x", recipe=None)
+    assert resolved("margin08") == recipe
+    before = resolved("f8k+extra+web")
+    assert before.modality_margin == 0 and before.data == recipe.data
+    assert dataclasses.replace(before, modality_margin=recipe.modality_margin, split=recipe.split) == recipe
+    assert [s.rsplit(":", 1)[1] for s in before.split] == ["train", "train"]  # flickr8k and extra; web whole
+    assert all("--modality-margin" in flags for flags in TRIALS.values())  # every trial names its margin
