@@ -36,7 +36,9 @@ image-caption pair data. For each loss and seed, train the default
 recipe with `edge_gcl.train.train` (the "train" record of `edge_gcl/weights/default/edge_gcl.json` when it
 exists, else the README's recipe), changing only the loss and seed (`--steps` shortens every run alike),
 evaluate the PyTorch model on `--root`, and report mean +- std over seeds of the average Recall@5 in the
-global and local settings. Finished runs in `--train-out` are reused, interrupted ones resumed.
+global and local settings. Finished runs in `--train-out` are reused, interrupted ones resumed, and runs
+already in the result JSON (`--json`) for the same recipe and benchmark are kept without retraining, so a
+table of 9 runs of 50 min can be built over several sittings (each run records its config and date).
 """
 
 from __future__ import annotations
@@ -224,6 +226,37 @@ def loss_summary(runs: Sequence[Mapping[str, Any]], *, metric: str = "recall@5")
             rows.append({"loss": loss, "setting": setting, "metric": metric, "mean": mean, "std": std,
                          "seeds": seeds[loss], "values": vals, "summary": f"{mean:.2f} ± {std:.2f}"})
     return rows
+
+
+def recorded_runs(path: str | Path, root: str | Path) -> list[dict[str, Any]]:
+    """The runs (with their training record) of an earlier losses result at `path` on the benchmark `root`.
+
+    [] when there is no such file or it holds another benchmark; ValueError naming the file when it is not
+    a result JSON (so a damaged file is reported, never silently overwritten).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+        runs = doc.get("runs", []) if isinstance(doc, dict) else None
+        if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+            raise ValueError("no list of runs")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable result JSON ({e}); move it away or pass another --json") from None
+    if doc.get("benchmark") != "recall-losses" or doc.get("config", {}).get("root") != str(root):
+        return []
+    return [r for r in runs if "train" in r and "loss" in r and "seed" in r and "results" in r]
+
+
+def with_recorded(runs: Sequence[Mapping[str, Any]], path: str | Path, root: str | Path) -> list[dict[str, Any]]:
+    """`runs` plus the runs recorded at `path` (read now) of every other (loss, seed).
+
+    Read at save time, not at start: another sitting, or a process training other losses beside this one,
+    may have recorded runs since; a run in `runs` replaces a recorded one of its (loss, seed).
+    """
+    done = {(r["loss"], r["seed"]) for r in runs}
+    return [dict(r) for r in runs] + [r for r in recorded_runs(path, root) if (r["loss"], r["seed"]) not in done]
 
 
 # ----------------------------------------------------------------------------- forms mode
@@ -518,13 +551,21 @@ def run_losses(
     train_out: str | Path = "runs/bench-losses",
     recipe: Any = None,
     batch_size: int = 32,
+    recorded: Sequence[Mapping[str, Any]] = (),
+    on_run: Callable[[list[dict[str, Any]]], Any] | None = None,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Train and evaluate every (loss, seed); {"rows": loss_summary(...), "runs": [...], "recipe": {...}}."""
+    """Train and evaluate every (loss, seed); {"rows": loss_summary(...), "runs": [...], "recipe": {...}}.
+
+    A run is trained only when neither `train_out` holds it finished nor `recorded` (the "runs" of an earlier
+    result on the same benchmark) holds its figures under the same recipe: at 50 min a run, the 9 runs of a
+    table outlast one sitting, and the table is built over several. `on_run(runs)` is called after each newly
+    trained run with the runs so far (the caller saves them, so a sitting that ends mid-table loses no run).
+    """
     from edge_gcl.checkpoint import is_checkpoint, read_meta
     from edge_gcl.eval.mbeir import evaluate_mbeir
     from edge_gcl.models import TorchEmbedder, load_model
-    from edge_gcl.train import train, with_loss
+    from edge_gcl.train import portable_record, train, with_loss
 
     bad = [x for x in losses if x not in LOSSES]
     if bad:
@@ -546,6 +587,12 @@ def run_losses(
             cfg = dataclasses.replace(with_loss(base, loss), seed=seed, out=str(out), resume=True,
                                       **({"steps": steps} if steps else {}))
             done = is_checkpoint(out) and same_recipe(read_meta(out).get("train", {}), cfg)
+            earlier = [r for r in recorded if (r.get("loss"), r.get("seed"), r.get("checkpoint")) == (loss, seed, str(out))
+                       and "train" in r and same_recipe(r["train"], cfg)]
+            if not done and earlier:
+                log(f"{loss} seed {seed}: reusing the recorded figures of {out} (trained {earlier[-1].get('date', '?')})")
+                runs.append({**earlier[-1], "reused": "recorded"})
+                continue
             t0 = time.perf_counter()
             if done:
                 log(f"{loss} seed {seed}: reusing {out}")
@@ -558,7 +605,10 @@ def run_losses(
             avg = results["average"]
             log("  average R@5: " + ", ".join(f"{s} {v['recall@5']:.2f}" for s, v in avg.items()))
             runs.append({"loss": loss, "seed": seed, "checkpoint": str(out), "reused": done, "train_s": train_s,
-                         "final_temperature": 1 / model.logit_scale.exp().item(), "results": results})
+                         "final_temperature": 1 / model.logit_scale.exp().item(), "results": results,
+                         "train": portable_record(cfg), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            if on_run is not None:
+                on_run(runs)
     return {"rows": loss_summary(runs), "headline": headline_summary(runs), "runs": runs,
             "recipe": dataclasses.asdict(base), "steps": steps}
 
@@ -696,9 +746,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "seeds": parse_list(args.seeds, int), "steps": args.steps, "temperature": args.temperature,
                   "temperature_lr_mult": args.temperature_lr_mult, "train_out": args.train_out,
                   "batch_size": args.batch_size}
-        result = run_losses(**{k: v for k, v in config.items() if k != "bench"}, log=log)
-        doc = make_document("recall-losses", result["rows"], config=config, machine=machine,
-                            headline=result["headline"], runs=result["runs"], recipe=result["recipe"])
+        json_path = Path(args.json or RESULTS_DIR / "recall_losses.json")
+        try:
+            recorded = recorded_runs(json_path, root)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+        def save_so_far(runs: list[dict[str, Any]]) -> None:
+            kept = with_recorded(runs, json_path, root)
+            save_json(json_path, make_document("recall-losses", loss_summary(kept), config=config, machine=machine,
+                                               headline=headline_summary(kept), runs=kept, partial=True))
+
+        result = run_losses(**{k: v for k, v in config.items() if k != "bench"}, recorded=recorded,
+                            on_run=save_so_far, log=log)
+        kept = with_recorded(result["runs"], json_path, root)
+        doc = make_document("recall-losses", loss_summary(kept), config=config, machine=machine,
+                            headline=headline_summary(kept), runs=kept, recipe=result["recipe"])
         stem = "recall_losses"
     else:
         config = {"bench": bench, "model": args.model, "artifacts": args.artifacts, "root": str(root),
@@ -713,7 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             **extra)
         stem = "recall"
     print(tables(doc))
-    json_path = args.json or RESULTS_DIR / f"{stem}.json"
+    json_path = Path(args.json or RESULTS_DIR / f"{stem}.json")
     plot_path = args.plot or RESULTS_DIR / f"{stem}.png"
     print(f"wrote {save_json(json_path, doc)}")
     print(f"wrote {plot(doc, plot_path)}")

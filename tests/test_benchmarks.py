@@ -341,6 +341,70 @@ def test_same_recipe_reuses_only_a_run_of_the_asked_recipe(tmp_path: Path, monke
     assert not same_recipe({**portable_record(recipe), "exclude": ["${recipes}/other.json:heldout"]}, recipe)
 
 
+def test_losses_mode_keeps_recorded_runs_of_the_same_recipe_and_trains_the_rest(tmp_path: Path, monkeypatch):
+    """A run whose figures an earlier result recorded under the same recipe is not trained again; one recorded
+    under another recipe (or without its recipe) is."""
+    import dataclasses
+
+    import edge_gcl.train
+    from benchmarks.recall import run_losses
+    from edge_gcl.train import TrainConfig, portable_record
+
+    data = tmp_path / "captions.txt"
+    data.write_text("image,caption\n")
+    base = TrainConfig(data=[str(data)], loss="gcl", epochs=15.0, pair_caption="other")
+    out = tmp_path / "runs"
+    results = {"average": {"global": {"recall@1": 50.0, "recall@5": 80.0, "recall@10": 90.0},
+                           "local": {"recall@1": 60.0, "recall@5": 90.0, "recall@10": 95.0}}}
+
+    def record(loss, seed, cfg):
+        return {"loss": loss, "seed": seed, "checkpoint": str(out / f"{loss}-s{seed}"), "train_s": 3000.0,
+                "final_temperature": 0.07, "results": results, "date": "2026-11-30T00:00:00Z",
+                "train": portable_record(dataclasses.replace(cfg, seed=seed, out=str(out / f"{loss}-s{seed}")))}
+
+    trained = []
+    monkeypatch.setattr(edge_gcl.train, "train", lambda cfg: trained.append((cfg.loss, cfg.seed)) or 1 / 0)
+    recorded = [record("gcl", 0, base), record("cl", 0, edge_gcl.train.with_loss(base, "cl"))]
+    doc = run_losses(root=tmp_path, losses=["gcl", "cl"], seeds=[0], train_out=out, recipe=base, recorded=recorded,
+                     log=lambda *_: None)
+    assert trained == [] and [r["reused"] for r in doc["runs"]] == ["recorded", "recorded"]
+    assert {(r["loss"], r["setting"], r["mean"]) for r in doc["rows"]} == {
+        ("gcl", "global", 80.0), ("gcl", "local", 90.0), ("cl", "global", 80.0), ("cl", "local", 90.0)}
+    # another recipe (10 epochs), or a record without its recipe: trained again
+    for stale in ([record("gcl", 0, dataclasses.replace(base, epochs=10.0))],
+                  [{k: v for k, v in record("gcl", 0, base).items() if k != "train"}]):
+        with pytest.raises(ZeroDivisionError):
+            run_losses(root=tmp_path, losses=["gcl"], seeds=[0], train_out=out, recipe=base, recorded=stale,
+                       log=lambda *_: None)
+        assert trained.pop() == ("gcl", 0)
+
+
+def test_losses_result_merges_runs_recorded_meanwhile_and_refuses_a_damaged_file(tmp_path: Path, capsys):
+    """Two sittings (or two processes, one loss each) share one result JSON: each save keeps the other's runs of
+    other (loss, seed)s, and its own replace theirs. A file that is not a result JSON is named and left alone."""
+    import json
+
+    from benchmarks.recall import main, recorded_runs, with_recorded
+
+    root = tmp_path / "bench"
+    (root / "query").mkdir(parents=True)
+    path = tmp_path / "losses.json"
+    results = {"average": {"global": {"recall@5": 80.0}}}
+    run = lambda loss, seed, r5=80.0: {"loss": loss, "seed": seed, "train": {}, "results": {"average": {"global": {"recall@5": r5}}}}  # noqa: E731
+    assert recorded_runs(path, root) == []  # no file yet
+    path.write_text(json.dumps({"benchmark": "recall-losses", "config": {"root": str(root)},
+                                "runs": [run("cl", 0), run("gcl", 0, 70.0), {"loss": "pairwise", "seed": 0, "results": results}]}))
+    merged = with_recorded([run("gcl", 0, 82.0)], path, root)
+    assert [(r["loss"], r["results"]["average"]["global"]["recall@5"]) for r in merged] == [("gcl", 82.0), ("cl", 80.0)]
+    assert with_recorded([run("gcl", 0)], path, tmp_path / "other-bench") == [run("gcl", 0)]  # another benchmark's runs
+    for damaged in ("{not json", json.dumps({"runs": "cl"}), "[1, 2]"):
+        path.write_text(damaged)
+        code = main(["--root", str(root), "--losses", "cl", "--seeds", "0", "--json", str(path)])
+        err = capsys.readouterr().err
+        assert code == 2 and f"error: {path}: not a readable result JSON" in err and "Traceback" not in err
+        assert path.read_text() == damaged
+
+
 def test_default_recipe_expands_the_recorded_paths_so_train_can_open_them(tmp_path: Path):
     """The losses mode trains from the default's record: its ${recipes}/ and ~/ paths become real paths."""
     import json
