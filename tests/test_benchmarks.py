@@ -623,7 +623,8 @@ def test_recipe_trials_summary_is_the_mean_and_sample_std_over_each_trials_seeds
 
 
 def test_recipe_trials_resolve_to_the_recipe_they_name(tmp_path: Path) -> None:
-    """margin08 is the recipe itself; f8k+extra+web is the recipe before the margin (its three sources, no margin)."""
+    """pairother-ep15 is the recipe itself; margin08 the recipe before it; f8k+extra+web the recipe before the margin
+    (its three sources, no margin). Every trial names its base in full, so a new recipe does not change what it trains."""
     import dataclasses
 
     from benchmarks.recipe_trials import TRIALS, trial_commands
@@ -635,9 +636,13 @@ def test_recipe_trials_resolve_to_the_recipe_they_name(tmp_path: Path) -> None:
         return dataclasses.replace(resolve_config(build_parser().parse_args(train[1:])), out="x", recipe=None)
 
     recipe = dataclasses.replace(load_recipe("default", data_root=tmp_path), out="x", recipe=None)
-    assert resolved("margin08") == recipe
+    assert resolved("pairother-ep15") == recipe
+    margin = resolved("margin08")
+    assert (margin.pair_caption, margin.epochs, margin.modality_margin) == ("same", 10, 0.08)
+    assert dataclasses.replace(margin, pair_caption="other", epochs=15.0, modality_margin=0.0) == recipe
     before = resolved("f8k+extra+web")
     assert before.modality_margin == 0 and before.data == recipe.data
-    assert dataclasses.replace(before, modality_margin=recipe.modality_margin, split=recipe.split) == recipe
+    assert dataclasses.replace(before, modality_margin=0.08, split=margin.split) == margin
     assert [s.rsplit(":", 1)[1] for s in before.split] == ["train", "train"]  # flickr8k and extra; web whole
-    assert all("--modality-margin" in flags for flags in TRIALS.values())  # every trial names its margin
+    for flags in TRIALS.values():  # every trial names its caption, epochs and margin
+        assert {"--pair-caption", "--epochs", "--modality-margin"} <= set(flags)

@@ -382,10 +382,11 @@ def test_default_recipe_trains_on_the_three_sources_without_any_dev_photo(flickr
     assert cfg.model == "lite" and cfg.loss == "gcl" and cfg.recipe == "default"
     assert cfg.data == [f"{root}/flickr8k/captions.txt", f"{root}/flickr8k-extra/captions.txt", f"{root}/web-captions/captions.txt"]
     assert (cfg.batch_size, cfg.lr, cfg.warmup, cfg.temperature_lr_mult, cfg.seed) == (256, 3e-4, 30, 50.0, 0)
-    assert cfg.modality_margin == 0.08  # trial margin08, the shipped default's (benchmarks/results/recipe_trials.json)
+    # trial pairother-ep15, the shipped default's (benchmarks/results/recipe_trials.json)
+    assert (cfg.pair_caption, cfg.epochs, cfg.modality_margin) == ("other", 15, 0)
     base = {k: v for k, v in vars(TrainConfig()).items() if k not in {"model", "loss", "data", "split", "exclude",
             "batch_size", "epochs", "lr", "warmup", "temperature_lr_mult", "out", "recipe", "steps", "seed",
-            "modality_margin"}}
+            "pair_caption"}}
     assert all(getattr(cfg, k) == v for k, v in base.items())
     sources = load_training_sources(cfg, log=lambda *_: None)
     names = [{p.name for p in s.images} for s in sources]
