@@ -16,10 +16,10 @@ import pytest
 
 from edge_gcl.cli import main
 from edge_gcl.embedding import l2_normalize
-from edge_gcl.eval.build import Source, build_mbeir, build_phone_mbeir, phone_sources
+from edge_gcl.eval.build import SHARED_DATA, Source, build_mbeir, build_phone_mbeir, phone_sources
 from edge_gcl.eval.mbeir import evaluate_mbeir, read_pool, read_qrels, read_queries
 
-FLICKR = Path("/work/shared/data/flickr8k")
+FLICKR = SHARED_DATA / "flickr8k"  # ../shared/data beside the repository, where phone_sources() looks
 TASKS = (0, 1, 2, 3, 6)
 
 # --- building ------------------------------------------------------------------------------------
