@@ -352,7 +352,7 @@ COMMANDS = {
                     "runs/bench-losses/gcl-s0-t0.02,runs/bench-losses/cl-s0-t0.02 "
                     "--json benchmarks/results/modality_gap.json",
     "modality_gap_phone": "python -m benchmarks.modality_gap --root runs/mbeir-phone-dev "
-                          "--models default,runs/trials/f8k+extra-s0 --json benchmarks/results/modality_gap_phone.json",
+                          "--models default,runs/trials/margin08-s0 --json benchmarks/results/modality_gap_phone.json",
     "index_million": "python -m benchmarks.index --million",
     "mmeb": "python -m benchmarks.report --only mmeb --mmeb-root DIR",
     "covr": "python -m benchmarks.report --only covr --covr-root DIR",
