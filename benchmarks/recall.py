@@ -249,14 +249,17 @@ def recorded_runs(path: str | Path, root: str | Path) -> list[dict[str, Any]]:
     return [r for r in runs if "train" in r and "loss" in r and "seed" in r and "results" in r]
 
 
-def with_recorded(runs: Sequence[Mapping[str, Any]], path: str | Path, root: str | Path) -> list[dict[str, Any]]:
-    """`runs` plus the runs recorded at `path` (read now) of every other (loss, seed).
+def with_recorded(runs: Sequence[Mapping[str, Any]], path: str | Path, root: str | Path,
+                  same: Callable[[Mapping[str, Any]], bool] = lambda r: True) -> list[dict[str, Any]]:
+    """`runs` plus the runs recorded at `path` (read now) of every other (loss, seed) for which `same(run)`
+    (the caller's recipe: a table never mixes recipes).
 
     Read at save time, not at start: another sitting, or a process training other losses beside this one,
     may have recorded runs since; a run in `runs` replaces a recorded one of its (loss, seed).
     """
     done = {(r["loss"], r["seed"]) for r in runs}
-    return [dict(r) for r in runs] + [r for r in recorded_runs(path, root) if (r["loss"], r["seed"]) not in done]
+    return [dict(r) for r in runs] + [r for r in recorded_runs(path, root) if (r["loss"], r["seed"]) not in done
+                                      and same(r)]
 
 
 # ----------------------------------------------------------------------------- forms mode
@@ -540,6 +543,28 @@ def same_recipe(record: Mapping[str, Any], cfg: Any) -> bool:
     return norm(have) == norm(want)
 
 
+def losses_base(recipe: Any = None, *, temperature: float | None = None, temperature_lr_mult: float | None = None):
+    """The recipe every loss run starts from: `recipe` (default: the default model's), with the overrides."""
+    base = recipe if recipe is not None else default_recipe()
+    if temperature is not None:
+        base = dataclasses.replace(base, temperature=temperature)
+    if temperature_lr_mult is not None:
+        base = dataclasses.replace(base, temperature_lr_mult=temperature_lr_mult)
+    return base
+
+
+def run_config(base: Any, loss: str, seed: int, *, train_out: str | Path, steps: int | None = None,
+               temperature: float | None = None, temperature_lr_mult: float | None = None):
+    """The training config of one (loss, seed) run of the losses mode, in its own folder under `train_out`."""
+    from edge_gcl.train import with_loss
+
+    out = Path(train_out) / (f"{loss}-s{seed}" + (f"-{steps}steps" if steps else "")
+                             + (f"-t{temperature:g}" if temperature is not None else "")
+                             + (f"-tlr{temperature_lr_mult:g}" if temperature_lr_mult is not None else ""))
+    return dataclasses.replace(with_loss(base, loss), seed=seed, out=str(out), resume=True,
+                               **({"steps": steps} if steps else {}))
+
+
 def run_losses(
     *,
     root: str | Path,
@@ -565,27 +590,21 @@ def run_losses(
     from edge_gcl.checkpoint import is_checkpoint, read_meta
     from edge_gcl.eval.mbeir import evaluate_mbeir
     from edge_gcl.models import TorchEmbedder, load_model
-    from edge_gcl.train import portable_record, train, with_loss
+    from edge_gcl.train import portable_record, train
 
     bad = [x for x in losses if x not in LOSSES]
     if bad:
         raise ValueError(f"unknown losses {bad}: expected some of {LOSSES}")
-    base = recipe if recipe is not None else default_recipe()
-    if temperature is not None:
-        base = dataclasses.replace(base, temperature=temperature)
-    if temperature_lr_mult is not None:
-        base = dataclasses.replace(base, temperature_lr_mult=temperature_lr_mult)
+    base = losses_base(recipe, temperature=temperature, temperature_lr_mult=temperature_lr_mult)
     missing = [d for d in base.data if not Path(d).is_file()]
     if missing:
         raise FileNotFoundError(f"training data of the recipe not found: {', '.join(missing)}")
     runs = []
     for loss in losses:
         for seed in seeds:
-            out = Path(train_out) / (f"{loss}-s{seed}" + (f"-{steps}steps" if steps else "")
-                                     + (f"-t{temperature:g}" if temperature is not None else "")
-                                     + (f"-tlr{temperature_lr_mult:g}" if temperature_lr_mult is not None else ""))
-            cfg = dataclasses.replace(with_loss(base, loss), seed=seed, out=str(out), resume=True,
-                                      **({"steps": steps} if steps else {}))
+            cfg = run_config(base, loss, seed, train_out=train_out, steps=steps, temperature=temperature,
+                             temperature_lr_mult=temperature_lr_mult)
+            out = Path(cfg.out)
             done = is_checkpoint(out) and same_recipe(read_meta(out).get("train", {}), cfg)
             earlier = [r for r in recorded if (r.get("loss"), r.get("seed"), r.get("checkpoint")) == (loss, seed, str(out))
                        and "train" in r and same_recipe(r["train"], cfg)]
@@ -753,14 +772,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
 
+        base = losses_base(temperature=args.temperature, temperature_lr_mult=args.temperature_lr_mult)
+
+        def same(r: Mapping[str, Any]) -> bool:  # a recorded run of this table's recipe
+            return r["loss"] in LOSSES and same_recipe(r["train"], run_config(
+                base, r["loss"], r["seed"], train_out=args.train_out, steps=args.steps,
+                temperature=args.temperature, temperature_lr_mult=args.temperature_lr_mult))
+
         def save_so_far(runs: list[dict[str, Any]]) -> None:
-            kept = with_recorded(runs, json_path, root)
+            kept = with_recorded(runs, json_path, root, same)
             save_json(json_path, make_document("recall-losses", loss_summary(kept), config=config, machine=machine,
                                                headline=headline_summary(kept), runs=kept, partial=True))
 
-        result = run_losses(**{k: v for k, v in config.items() if k != "bench"}, recorded=recorded,
+        result = run_losses(**{k: v for k, v in config.items() if k != "bench"}, recipe=base, recorded=recorded,
                             on_run=save_so_far, log=log)
-        kept = with_recorded(result["runs"], json_path, root)
+        kept = with_recorded(result["runs"], json_path, root, same)
         doc = make_document("recall-losses", loss_summary(kept), config=config, machine=machine,
                             headline=headline_summary(kept), runs=kept, recipe=result["recipe"])
         stem = "recall_losses"

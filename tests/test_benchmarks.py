@@ -397,6 +397,7 @@ def test_losses_result_merges_runs_recorded_meanwhile_and_refuses_a_damaged_file
     merged = with_recorded([run("gcl", 0, 82.0)], path, root)
     assert [(r["loss"], r["results"]["average"]["global"]["recall@5"]) for r in merged] == [("gcl", 82.0), ("cl", 80.0)]
     assert with_recorded([run("gcl", 0)], path, tmp_path / "other-bench") == [run("gcl", 0)]  # another benchmark's runs
+    assert with_recorded([run("gcl", 0)], path, root, lambda r: r["loss"] != "cl") == [run("gcl", 0)]  # another recipe's
     for damaged in ("{not json", json.dumps({"runs": "cl"}), "[1, 2]"):
         path.write_text(damaged)
         code = main(["--root", str(root), "--losses", "cl", "--seeds", "0", "--json", str(path)])
