@@ -195,7 +195,7 @@ def headline_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"loss": loss, "seeds": seeds[loss]}
         for key, vals in figures.items():
             mean, std = mean_std(vals)
-            row |= {key: f"{mean:.2f} ± {std:.2f}", f"{key} mean": mean, f"{key} std": std}
+            row |= {key: mean_std_text(vals), f"{key} mean": mean, f"{key} std": std}
         rows.append(row)
     return rows
 
@@ -206,6 +206,18 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if x.size == 0:
         raise ValueError("mean_std: no values")
     return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0
+
+
+def ordered_runs(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Runs by loss in LOSSES' order (GCL first), then by seed: tables and plots read alike whichever run ended first."""
+    rank = {loss: i for i, loss in enumerate(LOSSES)}
+    return sorted(runs, key=lambda r: (rank.get(r["loss"], len(rank)), r["seed"]))
+
+
+def mean_std_text(values: Sequence[float]) -> str:
+    """"mean ± std" over seeds, or the one value alone: a single seed has no spread to show."""
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
 def loss_summary(runs: Sequence[Mapping[str, Any]], *, metric: str = "recall@5") -> list[dict[str, Any]]:
@@ -224,7 +236,7 @@ def loss_summary(runs: Sequence[Mapping[str, Any]], *, metric: str = "recall@5")
         for setting, vals in settings.items():
             mean, std = mean_std(vals)
             rows.append({"loss": loss, "setting": setting, "metric": metric, "mean": mean, "std": std,
-                         "seeds": seeds[loss], "values": vals, "summary": f"{mean:.2f} ± {std:.2f}"})
+                         "seeds": seeds[loss], "values": vals, "summary": mean_std_text(vals)})
     return rows
 
 
@@ -672,7 +684,7 @@ def tables(doc: Mapping[str, Any]) -> str:
 def plot_losses(doc: Mapping[str, Any], path: str | Path) -> Path:
     """Average R@1 and R@5 per loss and setting: every seed as a dot, the mean ± std as a square with whiskers."""
     plt = pyplot()
-    runs = doc["runs"]
+    runs = ordered_runs(doc["runs"])
     losses = list(dict.fromkeys(r["loss"] for r in runs))
     settings = list(dict.fromkeys(s for r in runs for s in r["results"]["average"]))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))

@@ -112,10 +112,11 @@ def recall_markdown(doc: Mapping[str, Any]) -> str:
 
 
 def losses_markdown(doc: Mapping[str, Any]) -> str:
-    """Average R@1 and R@5 per loss and setting (mean ± std over seeds), then GCL's per-seed lead over CL."""
-    from .recall import loss_summary, task_label
+    """Average R@1 and R@5 per loss and setting and global text -> image R@1 / R@5 (mean ± std over seeds), each
+    task's global R@5, then GCL's per-seed lead over CL."""
+    from .recall import headline_summary, loss_summary, ordered_runs, task_label
 
-    runs = doc["runs"]
+    runs = ordered_runs(doc["runs"])
     summaries = {m: loss_summary(runs, metric=m) for m in ("recall@1", "recall@5")}
     settings = list(dict.fromkeys(r["setting"] for r in summaries["recall@5"]))
     table, cols = [], [Col("loss")]
@@ -129,6 +130,12 @@ def losses_markdown(doc: Mapping[str, Any]) -> str:
                     line[f"{r['setting']} R@{metric.split('@')[1]}"] = r["summary"]
                     line["seeds"] = ",".join(map(str, r["seeds"]))
         table.append(line)
+    t2i = {r["loss"]: r for r in headline_summary(runs)
+           if "text -> image recall@1" in r and "text -> image recall@5" in r}
+    if t2i:  # the headline task: a typed query looking for its photo in the union pool
+        cols += [Col("t2i R@1", "global text→photo R@1"), Col("t2i R@5", "global text→photo R@5")]
+        for line in table:
+            line |= {f"t2i R@{k}": t2i.get(line["loss"], {}).get(f"text -> image recall@{k}", "") for k in (1, 5)}
     recipe = doc.get("recipe") or {}
     steps, tau, mult = doc["config"].get("steps"), recipe.get("temperature"), recipe.get("temperature_lr_mult", 1.0)
     data = ", ".join(Path(d).parent.name for d in recipe.get("data") or [])  # the sources, by folder name

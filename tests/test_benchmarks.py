@@ -261,7 +261,7 @@ def test_task_label_and_loss_summary():
     rows = {(r["loss"], r["setting"]): r for r in loss_summary(runs)}
     assert rows[("gcl", "local")]["mean"] == pytest.approx(62.0) and rows[("gcl", "local")]["std"] == pytest.approx(2.0)
     assert rows[("gcl", "global")]["mean"] == pytest.approx(31.0) and rows[("gcl", "global")]["seeds"] == [0, 1, 2]
-    assert rows[("cl", "local")]["std"] == 0.0 and rows[("cl", "local")]["summary"] == "50.00 ± 0.00"
+    assert rows[("cl", "local")]["std"] == 0.0 and rows[("cl", "local")]["summary"] == "50.00"  # one seed: no spread
 
 
 def test_losses_markdown_gives_both_recalls_and_the_paired_lead(tmp_path: Path):
@@ -276,15 +276,18 @@ def test_losses_markdown_gives_both_recalls_and_the_paired_lead(tmp_path: Path):
     said = losses_markdown({"runs": runs, "config": {"steps": None, "root": "runs/mbeir-dev"},
                             "recipe": {"epochs": 10.0, "data": ["d/flickr8k/captions.txt", "d/web-captions/captions.txt"]}})
     assert "on `runs/mbeir-dev`" in said and "10 epochs each on flickr8k, web-captions" in said  # which recipe, where
-    assert "| gcl | 80.50 ± 0.71 | 91.00 ± 1.41 | 40.25 ± 0.35 | 45.50 ± 0.71 | 0,1 |" in text
-    assert "| cl | 78.00 ± 0.00 | 86.00 ± 0.00 | 39.00 ± 0.00 | 43.00 ± 0.00 | 0,1 |" in text
+    assert "| gcl | 80.50 ± 0.71 | 91.00 ± 1.41 | 40.25 ± 0.35 | 45.50 ± 0.71 | 40.25 ± 0.35 | 45.50 ± 0.71 | 0,1 |" in text
+    assert "| cl | 78.00 ± 0.00 | 86.00 ± 0.00 | 39.00 ± 0.00 | 43.00 ± 0.00 | 39.00 ± 0.00 | 45.00 ± 0.00 | 0,1 |" in text
+    assert "| global text→photo R@1 | global text→photo R@5 |" in text
+    one = losses_markdown({"runs": runs[2:3] + runs[:1], "config": {"steps": None}})  # one seed each: no spread
+    assert "| gcl | 80.00 | 90.00 | 40.00 | 45.00 | 40.00 | 45.00 | 0 |\n| cl | 78.00 |" in one  # GCL first
     assert "seed 0: +1.00 / +2.00, seed 1: +1.50 / +3.00." in text
     assert "learnt" not in text  # runs without their final temperature: no column for it
     for r, tau in zip(runs, (0.08, 0.07, 0.03, 0.02), strict=True):
         r["final_temperature"] = tau
     learnt = losses_markdown({"runs": runs, "config": {"steps": None}, "recipe": {"temperature_lr_mult": 50.0}})
     assert "learnt at 50 x the lr." in learnt and "| learnt τ | seeds |" in learnt
-    assert "| 45.50 ± 0.71 | 0.075 | 0,1 |" in learnt and "| 43.00 ± 0.00 | 0.025 | 0,1 |" in learnt
+    assert "| 45.50 ± 0.71 | 0.075 | 0,1 |" in learnt and "| 45.00 ± 0.00 | 0.025 | 0,1 |" in learnt
     from benchmarks.recall import plot
 
     png = plot({"benchmark": "recall-losses", "runs": runs, "rows": []}, tmp_path / "losses.png")
