@@ -281,6 +281,11 @@ def test_losses_markdown_gives_both_recalls_and_the_paired_lead(tmp_path: Path):
     assert "| global text→photo R@1 | global text→photo R@5 |" in text
     one = losses_markdown({"runs": runs[2:3] + runs[:1], "config": {"steps": None}})  # one seed each: no spread
     assert "| gcl | 80.00 | 90.00 | 40.00 | 45.00 | 40.00 | 45.00 | 0 |\n| cl | 78.00 |" in one  # GCL first
+    apart = [{**r, "results": {**r["results"], "mbeir_flickr8k_task0_test": {  # text -> image apart from the average
+        "local": {"recall@1": 70.0, "recall@5": 95.0}, "global": {"recall@1": 11.0 + r["seed"], "recall@5": 33.0}}}}
+        for r in runs]
+    assert "| 40.25 ± 0.35 | 45.50 ± 0.71 | 11.50 ± 0.71 | 33.00 ± 0.00 | 0,1 |" in losses_markdown(
+        {"runs": apart, "config": {"steps": None}})
     assert "seed 0: +1.00 / +2.00, seed 1: +1.50 / +3.00." in text
     assert "learnt" not in text  # runs without their final temperature: no column for it
     for r, tau in zip(runs, (0.08, 0.07, 0.03, 0.02), strict=True):
