@@ -756,7 +756,7 @@ window.addEventListener("load", async () => {
   document.querySelector("#sync").click();
   await until(() => document.querySelector("#status").textContent.startsWith("Synced"));
   document.body.dataset.synced = `${document.querySelector("#status").textContent}|${ids()}`;
-  card("BLUE").querySelector(".actions button:last-child").click();  // Similar photos
+  card("GREEN").querySelector(".actions button:last-child").click();  // Similar photos (green: no other photo shares its colour)
   await until(() => document.querySelector("#view-title").textContent.startsWith("Similar"));
   document.body.dataset.similar = `${document.querySelector("#view-title").textContent}|${ids().split(" ")[0]}`;
   document.body.dataset.driver = "done";
@@ -776,7 +776,7 @@ def test_page_gallery_remove_dates_sync_and_similar_in_headless_chromium(
     server, index, photos = dated_app
     ids = {c: photo_id(p) for c, p in photos.items()}
     driver = GALLERY_DRIVER
-    for color in ("YELLOW", "GREEN", "BLUE"):
+    for color in ("YELLOW", "GREEN"):
         driver = driver.replace(color, ids[color.lower()])
     page = app.static_file
     monkeypatch.setattr(app, "static_file", lambda name: page(name) + (driver.encode() if name == "app.js" else b""))
@@ -792,7 +792,9 @@ def test_page_gallery_remove_dates_sync_and_similar_in_headless_chromium(
     assert f'data-dated="{ids["green"]} ?from=2022-01-01&amp;to=2022-12-31"' in dom.stdout
     assert 'data-synced="Synced: 1 added, 0 updated, 0 removed, 2 skipped.|' in dom.stdout
     assert photo_id(new) in index
-    assert f'data-similar="Similar photos: blue.jpg|{ids["blue"]}"' in dom.stdout
+    # green, not blue: the blue HEIC ties with blue.jpg, and which of two near-equal scores wins depends on
+    # the CPU's SIMD path (a Xeon put the HEIC first)
+    assert f'data-similar="Similar photos: green.png|{ids["green"]}"' in dom.stdout
 
 
 def test_main_on_the_npu_runs_the_compiled_form_or_says_what_to_rebuild(
