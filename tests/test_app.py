@@ -792,8 +792,8 @@ def test_page_gallery_remove_dates_sync_and_similar_in_headless_chromium(
     assert f'data-dated="{ids["green"]} ?from=2022-01-01&amp;to=2022-12-31"' in dom.stdout
     assert 'data-synced="Synced: 1 added, 0 updated, 0 removed, 2 skipped.|' in dom.stdout
     assert photo_id(new) in index
-    # green, not blue: the blue HEIC ties with blue.jpg, and which of two near-equal scores wins depends on
-    # the CPU's SIMD path (a Xeon put the HEIC first)
+    # green, not blue: for like=blue.jpg both blue.jpg and the blue HEIC score 1.0, so which comes first is a
+    # tie-break (blue.jpg on an AMD EPYC, the HEIC on a Xeon); no other photo shares green's colour
     assert f'data-similar="Similar photos: green.png|{ids["green"]}"' in dom.stdout
 
 
