@@ -77,6 +77,31 @@ def test_add_and_search_run_the_recorded_artifacts_by_default(home: Path, tmp_pa
     assert json.loads(out)[0]["path"] == str(photos[2]) and "quantized (QDQ)" in err
 
 
+def test_add_fails_on_a_named_path_it_cannot_add_and_keeps_the_rest(home: Path, tmp_path: Path, capsys) -> None:
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    photos = make_photos(tmp_path / "photos", 2)
+    common = ["--model", str(artifacts)]
+    # a typo alone: one line naming it, and no index created for nothing
+    assert main(["index", "add", str(tmp_path / "Photoss"), *common]) == 1
+    assert one_line_error(capsys) == f"edge-gcl: error: {tmp_path / 'Photoss'}: no such file or folder"
+    assert not (home / "index" / "index.sqlite").exists()
+    # a typo beside a good folder: the folder is added, the typo named, the exit fails
+    assert main(["index", "add", str(tmp_path / "photos"), str(tmp_path / "Photoss"), *common]) == 1
+    out, err = capsys.readouterr()
+    assert "added 2" in out and f"skipped {tmp_path / 'Photoss'}: no such file or folder" in err
+    # a corrupt file inside a folder is reported but does not fail the command ...
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
+    assert main(["index", "add", str(tmp_path / "photos"), *common]) == 0
+    out, err = capsys.readouterr()
+    assert "unchanged 2" in out and "skipped 1" in out and "broken.jpg" in err
+    # ... the same file named on the command line does, and what is stored stays
+    assert main(["index", "add", str(tmp_path / "photos" / "broken.jpg"), str(photos[0]), *common]) == 1
+    out, err = capsys.readouterr()
+    assert "unchanged 1" in out and f"skipped {tmp_path / 'photos' / 'broken.jpg'}: " in err
+    assert main(["index", "stats"]) == 0
+    assert json.loads(capsys.readouterr().out)["photos"] == 2
+
+
 def test_forms_that_cannot_run_are_one_line_naming_what_to_do(home: Path, tmp_path: Path, capsys) -> None:
     artifacts = make_artifacts(tmp_path / "artifacts")  # float and qdq, no ctx
     make_photos(tmp_path / "photos", 1)

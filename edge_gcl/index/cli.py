@@ -3,10 +3,13 @@
 `--index` is a folder holding `index.sqlite` (created by the first `index add` / `index note`),
 `--model` what `edge_gcl.runtime.load_embedder` accepts; both default as `edge_gcl.locations`
 says (the compiled model the main job built, an index in the user's data folder). Commands that
-embed print the model and form they run on stderr. Bad inputs during an ingest are listed on
-stderr and do not fail the command; a bad query, a missing index or model, a provider/form that
-cannot run, or a model mismatch does (exit status 1, one line on stderr; a mismatch names both
-models and the `edge-gcl index reindex` command that migrates the index).
+embed print the model and form they run on stderr. Files inside a folder that cannot be added
+(corrupt, unreadable, ...) are listed on stderr and do not fail the command; a path named on the
+command line that cannot be added does, after the others are added (a typo such as `~/Picturs`
+must not look like success, and when no named path exists nothing is created). A bad query, a
+missing index or model, a provider/form that cannot run, or a model mismatch fail too (exit
+status 1, one line on stderr; a mismatch names both models and the `edge-gcl index reindex`
+command that migrates the index).
 
 `search` hides results below the model's relevance cut-off (`--min-score`, default
 `default_min_score`: calibrated on the model's dev benchmark, recorded in its manifest) and says
@@ -27,7 +30,7 @@ from typing import Any
 from ..locations import default_index, default_model
 from ..transform import ImageDecodeError
 from .index import Index, IngestReport, default_min_score, modality_of
-from .sources import MAX_NOTE_CHARS, photo_id
+from .sources import MAX_NOTE_CHARS, photo_id, printable
 from .store import Item, ModelMismatchError
 
 _ERRORS = (
@@ -94,9 +97,17 @@ def _print_report(report: IngestReport) -> None:
 
 
 def cli_add(args: argparse.Namespace) -> int:
-    def body() -> None:
+    missing = [p for p in args.paths if not os.path.lexists(p)]
+    if len(missing) == len(args.paths):  # nothing to add: no index created, no model loaded
+        print(f"edge-gcl: error: {', '.join(map(printable, missing))}: no such file or folder", file=sys.stderr)
+        return 1
+
+    def body() -> int:
         with _open(args, create=True) as index:
-            _print_report(index.add_photos(args.paths, recursive=args.recursive, progress=True))
+            report = index.add_photos(args.paths, recursive=args.recursive, progress=True)
+        _print_report(report)
+        named = {printable(os.path.abspath(p)) for p in args.paths}  # Skip.input is printable
+        return int(any(os.path.abspath(skip.input) in named for skip in report.skipped))
 
     return _run(body)
 
