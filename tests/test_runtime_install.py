@@ -52,7 +52,8 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
+    # one venv per checkout and pyproject.toml: two checkouts testing at once never share one
+    key = hashlib.sha256(str(ROOT).encode() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
     venv = VENVS / f"py313-runtime-{key}"
     if not (venv / "ok").exists():
         shutil.rmtree(venv, ignore_errors=True)
@@ -61,7 +62,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (venv / "ok").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     # the project as it is now; plain `pip install .`, what a device does (pytest only to run tests)
     build = tmp_path_factory.mktemp("src") / "edge-gcl"
-    shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__",
+    shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
                                                                 "runs", "artifacts", "results"))
     sh(venv / "bin" / "python", "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", build)
     sh(venv / "bin" / "python", "-m", "pip", "install", "-q", build, "pytest")
