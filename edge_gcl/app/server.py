@@ -41,6 +41,7 @@ so tests and other programs can run it in a thread.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -51,7 +52,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -73,7 +74,7 @@ from ..index import (
 from ..index.sources import list_photos
 from ..locations import default_index, default_model
 from ..runtime import describe, load_embedder
-from ..transform import ImageDecodeError, load_image
+from ..transform import ImageDecodeError, decoded
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MODALITY_FILTERS: dict[str, list[str] | None] = {
@@ -164,7 +165,6 @@ class PhotoSearchApp:
         self.last_sync: dict[str, Any] | None = None  # {"at", "trigger", "report"} of the last sync
         self._signature: int | None = None  # of the folder as last synced (names, sizes, times)
         self._model_lock = threading.Lock()
-        self._decode_lock = threading.Lock()
         self._thumbs: OrderedDict[tuple[str, str | None], bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
         self._thumb_cache_items = thumb_cache_items
@@ -199,20 +199,15 @@ class PhotoSearchApp:
         if photo is not None and like is not None:
             raise HTTPError(HTTPStatus.BAD_REQUEST, "give one query photo: an upload or like=, not both")
         image: Any = self._photo(like).path if like is not None else None
-        if photo is not None:
-            try:
-                with self._decode_lock:  # one upload decoded at a time: memory stays bounded
-                    image = load_image(photo, draft_size=QUERY_DRAFT_PX, max_pixels=QUERY_MAX_PIXELS)
-            except ImageDecodeError as e:
-                raise HTTPError(
-                    HTTPStatus.BAD_REQUEST, f"uploaded photo: {str(e).removeprefix('<bytes>: ')}"
-                ) from None
         started = time.perf_counter()
         options: dict[str, Any] = dict(k=k, modalities=MODALITY_FILTERS[modality], sort=sort,
-                                       query_modality=modality_of(q, image), **filters)
+                                       query_modality=modality_of(q, photo if photo is not None else image), **filters)
         try:
-            with self._model_lock:
-                vector = self.index.query_vector(q, image)
+            with contextlib.ExitStack() as upload:
+                if photo is not None:  # its decoding memory stays reserved (transform.decoded) until it is embedded
+                    image = upload.enter_context(_uploaded(photo))
+                with self._model_lock:
+                    vector = self.index.query_vector(q, image)
             hits = self.index.search(vector=vector, min_score=min_score, **options)
             hidden = 0
             if min_score is not None and len(hits) < k:  # what the cut-off left out of the k
@@ -328,11 +323,11 @@ class PhotoSearchApp:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key]
-        try:
-            img = load_image(item.path, draft_size=THUMB_DRAFT_PX)
+        try:  # decoded within the process's decoding budget: cold thumbnails at once cannot add up
+            with decoded(item.path, draft_size=THUMB_DRAFT_PX) as img:
+                img.thumbnail((THUMB_PX, THUMB_PX))
         except ImageDecodeError as e:
             raise HTTPError(HTTPStatus.NOT_FOUND, f"{item_id}: photo cannot be read ({e})") from None
-        img.thumbnail((THUMB_PX, THUMB_PX))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=82)
         data = buf.getvalue()
@@ -349,6 +344,17 @@ class PhotoSearchApp:
         if item.path is None:
             raise HTTPError(HTTPStatus.NOT_FOUND, f"{item_id}: a note, not a photo")
         return item
+
+
+@contextlib.contextmanager
+def _uploaded(photo: bytes) -> Iterator[Any]:
+    """A query photo's bytes decoded (`transform.decoded`), or a 400 naming what is wrong with it."""
+    try:
+        with decoded(photo, draft_size=QUERY_DRAFT_PX, max_pixels=QUERY_MAX_PIXELS) as image:
+            yield image
+            return
+    except ImageDecodeError as e:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, f"uploaded photo: {str(e).removeprefix('<bytes>: ')}") from None
 
 
 def folder_signature(folder: Path) -> int:

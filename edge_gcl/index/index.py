@@ -713,10 +713,12 @@ class Index:
         if paths:
             try:
                 images = dict(zip(paths, embedder.embed_images(paths, batch_size=batch_size), strict=True))
-            except (ImageDecodeError, OSError, ValueError):
+            except (ImageDecodeError, OSError, ValueError, MemoryError):
                 for p in paths:
                     try:
                         images[p] = embedder.embed_images([p])[0]
+                    except MemoryError:  # one photo too large for this device: the others still go in
+                        images[p] = "out of memory while embedding it"
                     except (ImageDecodeError, OSError, ValueError) as e:
                         images[p] = reason(e, p)
         tokenizer = getattr(embedder, "tokenizer", None)

@@ -180,7 +180,9 @@ def capture_time(path: str, mtime_ns: int) -> tuple[str, str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a large photo's DecompressionBombWarning: decoding is not ours
             with Image.open(path) as img:
-                value = img.getexif().get_ifd(EXIF_IFD).get(EXIF_DATETIME_ORIGINAL)
+                # a PNG's EXIF after its pixels is only found by decoding them all (Pillow's getexif does): not read
+                exif = img.getexif() if img.format != "PNG" or "exif" in img.info else Image.Exif()
+                value = exif.get_ifd(EXIF_IFD).get(EXIF_DATETIME_ORIGINAL)
         if isinstance(value, bytes):
             value = value.decode("ascii", "replace")
         if isinstance(value, str):

@@ -1,0 +1,179 @@
+"""Issue 33's attack battery, at small sizes: each test re-runs one attack that used to destroy data, answer
+wrongly, print a traceback or blow up memory, and checks it no longer does.
+
+Memory is measured as the peak resident set (`ru_maxrss`) of a fresh child process, so no other test's
+allocations count; the tiny ONNX towers of `test_runtime.make_artifacts` take ~100 MB of it.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_index import make_photos  # noqa: E402
+from test_index_reliability import png_header_only  # noqa: E402
+from test_runtime import make_artifacts  # noqa: E402
+
+from edge_gcl import transform  # noqa: E402
+from edge_gcl.config import ImagePreprocess  # noqa: E402
+from edge_gcl.transform import ImageDecodeError, load_image, resize_and_crop  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# the CLI in a child that reports its own peak memory on its last stderr line
+CLI_PEAK = textwrap.dedent("""
+    import resource, sys
+    from edge_gcl.cli import main
+    try:
+        rc = main(sys.argv[1:])
+    finally:
+        print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}", file=sys.stderr)
+    sys.exit(rc)
+""")
+MB = 2**20
+
+
+def cli(*args: str | Path, timeout: float = 120, limit_mb: int | None = None, **kwargs) -> subprocess.CompletedProcess[str]:
+    """`edge-gcl ARGS` in a child process (text output); `limit_mb` caps its address space."""
+
+    def cap() -> None:
+        if limit_mb:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_mb * MB, limit_mb * MB))
+
+    return subprocess.run([sys.executable, "-c", CLI_PEAK, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, preexec_fn=cap, **kwargs)
+
+
+def peak_mb(done: subprocess.CompletedProcess[str]) -> int:
+    return int(done.stderr.strip().splitlines()[-1].removeprefix("peak_mb="))
+
+
+def no_traceback(done: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_artifacts(tmp_path_factory.mktemp("artifacts"))
+
+
+# --- 2. thin images: decoding and resizing bounded by the output size ------------------------------
+
+
+def thin_png(path: Path, width: int, height: int) -> Path:
+    Image.new("RGB", (width, height), "red").save(path)  # a few hundred bytes
+    return path
+
+
+def test_a_thin_photo_query_stays_small_in_memory(tmp_path: Path, artifacts: Path) -> None:
+    # 400000 x 2: its short side to the tiny model's 32 px made a 6.4M x 32 image first (820 MB; at 224 px,
+    # a 40000 x 2 PNG took `search --image` to 4.3 GB)
+    make_photos(tmp_path / "photos", 3)
+    common = ["--index", tmp_path / "idx", "--model", artifacts]
+    assert cli("index", "add", tmp_path / "photos", *common).returncode == 0
+    done = cli("search", "--image", thin_png(tmp_path / "thin.png", 400_000, 2), "--all", *common)
+    no_traceback(done)
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 3
+    assert peak_mb(done) < 350, done.stderr
+
+
+def test_under_a_memory_limit_a_folder_add_adds_the_other_photos(tmp_path: Path, artifacts: Path) -> None:
+    make_photos(tmp_path / "photos", 3)
+    thin_png(tmp_path / "photos" / "thin.png", 400_000, 2)
+    done = cli("index", "add", tmp_path / "photos", "--index", tmp_path / "idx", "--model", artifacts, limit_mb=1500)
+    no_traceback(done)  # was a MemoryError traceback, and none of the 4 added
+    assert done.returncode == 0 and "added 4," in done.stdout
+
+
+def test_a_thin_upload_to_the_app_stays_small_in_memory(tmp_path: Path, artifacts: Path) -> None:
+    make_photos(tmp_path / "photos", 2)
+    thin_png(tmp_path / "thin.png", 200_000, 2)
+    script = textwrap.dedent(f"""
+        import resource
+        from edge_gcl.app.server import PhotoSearchApp
+        from edge_gcl.index import Index
+        with Index.open({str(tmp_path / "idx")!r}, model={str(artifacts)!r}) as index:
+            index.add_photos({str(tmp_path / "photos")!r}, progress=False)
+            hits = PhotoSearchApp(index).search({{"min_score": "-1"}}, photo=open({str(tmp_path / "thin.png")!r}, "rb").read())
+            print(len(hits["hits"]), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    hits, peak = map(int, done.stdout.split())
+    assert hits == 2 and peak < 350, done.stdout  # 200000 x 2 made a 3.2M x 32 image: 410 MB more
+
+
+def test_large_photos_decoded_at_once_share_one_memory_budget(tmp_path: Path, artifacts: Path) -> None:
+    """Ingest decodes photos in 4 threads and the app's thumbnails in one thread per request: three 40 MP PNGs
+    (160 MB each decoded) at once took 3 x 160 MB; within the budget (256 MB) one decodes at a time."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (7300, 5500), "green").save(folder / "a.png")
+    for name in ("b.png", "c.png"):
+        os.link(folder / "a.png", folder / name)  # three items, one file on disk
+    script = textwrap.dedent(f"""
+        import resource, threading
+        from edge_gcl.app.server import PhotoSearchApp
+        from edge_gcl.index import Index
+        with Index.open({str(tmp_path / "idx")!r}, model={str(artifacts)!r}) as index:
+            report = index.add_photos({str(folder)!r}, progress=False)
+            app = PhotoSearchApp(index)
+            ids = [it.id for it in index.items()]
+            threads = [threading.Thread(target=app.thumbnail, args=(i,)) for i in ids]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+            print(len(report.added), len(app._thumbs), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    added, thumbs, peak = map(int, done.stdout.split())
+    assert (added, thumbs) == (3, 3)
+    assert peak < 450, done.stdout  # one 160 MB decode at a time over ~100 MB (three at once: 600 MB and more)
+
+
+def test_a_photo_over_the_decode_budget_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    bomb = tmp_path / "big.png"
+    bomb.write_bytes(png_header_only(9000, 9000))  # 81 MP, under the pixel limit; 324 MB to decode
+    with pytest.raises(ImageDecodeError, match=r"big.png: 9000x9000 \(RGB\) would take 309 MB to decode, over the 256 MB"):
+        load_image(bomb)
+
+
+@pytest.mark.parametrize("size", [(224, 8 * 224 // 2), (3000, 2), (2, 3000), (50000, 3)])
+def test_thin_photos_resize_like_the_centre_of_the_plain_path(size: tuple[int, int]) -> None:
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    wave = np.stack([np.sin(x / 7 + y / 5), np.cos(x / 3 - y / 11), np.sin((x + y) / 13)], axis=-1)  # smooth
+    img = Image.fromarray(((wave + 1) * 127.5).astype(np.uint8))
+    cfg = ImagePreprocess(size=32, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
+    got = np.asarray(resize_and_crop(img, cfg), np.int16)
+    s = cfg.size
+    scale = s / min(img.size)
+    nw, nh = max(s, round(img.width * scale)), max(s, round(img.height * scale))
+    left, top = (nw - s) // 2, (nh - s) // 2
+    plain = np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC).crop((left, top, left + s, top + s)), np.int16)
+    assert got.shape == (s, s, 3)
+    assert np.abs(got - plain).max() <= 2  # the same pixels up to the rounding of the crop box
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "PA", "L", "1", "CMYK", "I;16", "I", "F"])
+def test_conversion_to_rgb_in_strips_equals_the_whole_image(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    rgba = Image.fromarray(rng.integers(0, 256, (37, 53, 4), dtype=np.uint8), "RGBA")
+    if mode in ("I;16", "I", "F"):
+        img = Image.fromarray(rng.integers(0, 4000, (37, 53), dtype=np.uint16)).convert(mode)
+    elif mode == "P":
+        img = rgba.convert("RGB").quantize(16)
+        img.info["transparency"] = 3
+    else:
+        img = rgba.convert(mode)
+    whole = np.asarray(transform._to_rgb(img))
+    monkeypatch.setattr(transform, "STRIP_PIXELS", 200)  # 3 rows at a time
+    assert np.array_equal(np.asarray(transform._to_rgb(img)), whole)
