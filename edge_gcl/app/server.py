@@ -203,11 +203,12 @@ class PhotoSearchApp:
         options: dict[str, Any] = dict(k=k, modalities=MODALITY_FILTERS[modality], sort=sort,
                                        query_modality=modality_of(q, photo if photo is not None else image), **filters)
         try:
-            with contextlib.ExitStack() as upload:
-                if photo is not None:  # its decoding memory stays reserved (transform.decoded) until it is embedded
+            # the model first, then the upload's decoding memory (transform.decoded, held until it is embedded):
+            # a sync holds the model while it decodes, so taking them the other way round could deadlock
+            with self._model_lock, contextlib.ExitStack() as upload:
+                if photo is not None:
                     image = upload.enter_context(_uploaded(photo))
-                with self._model_lock:
-                    vector = self.index.query_vector(q, image)
+                vector = self.index.query_vector(q, image)
             hits = self.index.search(vector=vector, min_score=min_score, **options)
             hidden = 0
             if min_score is not None and len(hits) < k:  # what the cut-off left out of the k
