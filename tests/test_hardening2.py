@@ -177,3 +177,26 @@ def test_conversion_to_rgb_in_strips_equals_the_whole_image(mode: str, monkeypat
     whole = np.asarray(transform._to_rgb(img))
     monkeypatch.setattr(transform, "STRIP_PIXELS", 200)  # 3 rows at a time
     assert np.array_equal(np.asarray(transform._to_rgb(img)), whole)
+
+
+# --- 3. a photo dated past 2262 --------------------------------------------------------------------
+
+
+def far_future(path: Path, year: int = 2300) -> Path:
+    ns = int((year - 1970) * 365.2425 * 86400) * 10**9  # past SQLite's 64-bit ns (2262)
+    os.utime(path, ns=(ns, ns))
+    if os.stat(path).st_mtime_ns != ns:
+        pytest.skip(f"this file system cannot date a file in {year}")
+    return path
+
+
+def test_a_photo_dated_past_2262_is_added_with_the_others(tmp_path: Path, artifacts: Path) -> None:
+    photos = make_photos(tmp_path / "photos", 3)
+    far_future(photos[1])
+    common = ["--index", tmp_path / "idx", "--model", artifacts]
+    done = cli("index", "add", tmp_path / "photos", *common)
+    no_traceback(done)  # was an OverflowError traceback, and none of the three added
+    assert done.returncode == 0 and "added 3," in done.stdout
+    assert "unchanged 3," in cli("index", "sync", tmp_path / "photos", *common).stdout  # the app's sync, too
+    listed = cli("index", "list", "--index", tmp_path / "idx").stdout
+    assert "2300-01-01" in listed.splitlines()[0]  # what the file says, newest first

@@ -43,6 +43,7 @@ from .sources import (
     check_note,
     chunk_note,
     list_photos,
+    mtime_ns,
     note_id,
     photo_id,
     printable,
@@ -517,7 +518,7 @@ class Index:
             conn.execute("DELETE FROM excluded WHERE path = ?", (path,))  # named: taken back if removed
             key = self.store.upsert(
                 conn, item_id=item_id, modality="photo+note", path=path, text=text, meta=meta,
-                size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha, taken=capture_time(path, st.st_mtime_ns),
+                size_bytes=st.st_size, mtime_ns=mtime_ns(st), sha256=sha, taken=capture_time(path, st.st_mtime_ns),
             )  # fmt: skip
             self.store.set_vectors(conn, key, vectors)
         return item_id
@@ -648,7 +649,7 @@ class Index:
                 existing = self.store.get(photo_id(path))
                 has_photo = existing is not None and existing.modality != "note"
                 meta_changed = meta is not None and existing is not None and dict(meta) != existing.meta
-                if has_photo and (existing.size_bytes, existing.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                if has_photo and (existing.size_bytes, existing.mtime_ns) == (st.st_size, mtime_ns(st)):
                     if meta_changed or existing.taken is None:  # no date yet: indexed by an older edge-gcl
                         touch.append((path, st, existing, meta_changed))
                     else:
@@ -677,7 +678,7 @@ class Index:
                     text = existing.text if existing is not None else None
                     key = self.store.upsert(
                         conn, item_id=photo_id(path), modality="photo+note" if text else "photo", path=path,
-                        text=text, meta=meta, size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+                        text=text, meta=meta, size_bytes=st.st_size, mtime_ns=mtime_ns(st), sha256=sha,
                         taken=capture_time(path, st.st_mtime_ns),
                     )  # fmt: skip
                     self.store.set_vectors(conn, key, v)
@@ -689,7 +690,7 @@ class Index:
                         "taken_from = ? WHERE key = ?",
                         (
                             st.st_size,
-                            st.st_mtime_ns,
+                            mtime_ns(st),
                             dump_meta(meta) if meta_changed and meta is not None else None,
                             taken,
                             taken_from,

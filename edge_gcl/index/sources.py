@@ -168,6 +168,12 @@ def stat_photo(path: str) -> os.stat_result | str:
     return st
 
 
+def mtime_ns(st: os.stat_result) -> int:
+    """A file's mtime in ns as the index stores it: clamped to SQLite's signed 64-bit integers (1677 to 2262).
+    ext4 keeps times up to 2446: a photo dated past 2262 must not fail the batch it is in."""
+    return max(-(2**63), min(st.st_mtime_ns, 2**63 - 1))
+
+
 EXIF_IFD = 0x8769
 EXIF_DATETIME_ORIGINAL = 0x9003
 TAKEN_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -190,7 +196,11 @@ def capture_time(path: str, mtime_ns: int) -> tuple[str, str]:
             return taken.strftime(TAKEN_FORMAT), "exif"
     except Exception:  # noqa: BLE001 - no EXIF, a broken one, not an image Pillow opens: the file's date
         pass
-    return datetime.fromtimestamp(mtime_ns / 1e9).strftime(TAKEN_FORMAT), "mtime"
+    try:
+        when = datetime.fromtimestamp(mtime_ns / 1e9)
+    except (OverflowError, OSError, ValueError):  # past what a datetime holds (year 9999), or before year 1
+        when = datetime.max if mtime_ns > 0 else datetime.min
+    return when.strftime(TAKEN_FORMAT), "mtime"
 
 
 def sha256_file(path: str) -> str:
