@@ -19,12 +19,14 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_index import make_photos  # noqa: E402
+from test_index import FakeEmbedder, make_photos  # noqa: E402
 from test_index_reliability import png_header_only  # noqa: E402
 from test_runtime import make_artifacts  # noqa: E402
 
 from edge_gcl import transform  # noqa: E402
 from edge_gcl.config import ImagePreprocess  # noqa: E402
+from edge_gcl.index import Index, parse_date  # noqa: E402
+from edge_gcl.index.sources import capture_time  # noqa: E402
 from edge_gcl.transform import ImageDecodeError, load_image, resize_and_crop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,3 +202,28 @@ def test_a_photo_dated_past_2262_is_added_with_the_others(tmp_path: Path, artifa
     assert "unchanged 3," in cli("index", "sync", tmp_path / "photos", *common).stdout  # the app's sync, too
     listed = cli("index", "list", "--index", tmp_path / "idx").stdout
     assert "2300-01-01" in listed.splitlines()[0]  # what the file says, newest first
+
+
+# --- 9. EXIF years before 1000 ---------------------------------------------------------------------
+
+
+def exif_photo(path: Path, taken: str) -> Path:
+    exif = Image.Exif()
+    exif[0x8769] = {0x9003: taken}  # DateTimeOriginal
+    Image.new("RGB", (16, 12), "blue").save(path, exif=exif)
+    return path
+
+
+def test_an_exif_year_before_photography_falls_back_to_the_file_date(tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    forged = exif_photo(tmp_path / "photos" / "forged.jpg", "0999:01:01 00:00:00")
+    old = exif_photo(tmp_path / "photos" / "old.jpg", "1999:07:31 18:30:00")
+    os.utime(forged, (946_684_800, 946_684_800))  # 2000-01-01 UTC
+    when, source = capture_time(str(forged), os.stat(forged).st_mtime_ns)
+    assert source == "mtime" and when.startswith(("1999-12-31", "2000-01-01"))  # was "999-01-01T00:00:00", exif
+    assert capture_time(str(old), 0) == ("1999-07-31T18:30:00", "exif")
+    with Index.open(tmp_path / "idx", model=FakeEmbedder()) as index:
+        index.add_photos(tmp_path / "photos", progress=False)
+        assert [it.path for it in index.items(after="2024")] == []  # "999-..." sorted after "2024"
+        assert [os.path.basename(it.path) for it in index.items()] == ["forged.jpg", "old.jpg"]
+    assert parse_date("0999") == "0999-01-01T00:00:00"  # zero-padded, as stored dates are

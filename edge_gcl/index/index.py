@@ -50,6 +50,7 @@ from .sources import (
     reason,
     sha256_file,
     stat_photo,
+    taken_text,
 )
 from .store import MODALITIES, Item, Modality, ModelMismatchError, Store, StoreInfo, VectorDType, dump_meta
 from .vectors import ApproximateIndex, VectorMatrix, scan_bytes, top_rows
@@ -71,9 +72,9 @@ def parse_date(value: str | date, *, name: str = "date") -> str:
     "2024-07", "2024-07-31", "2024-07-31T18:30[:00]" (or a space for the T), a date or a datetime.
     Times are local wall-clock time, like the stored capture times."""
     if isinstance(value, datetime):
-        return value.replace(tzinfo=None).strftime("%Y-%m-%dT%H:%M:%S")
+        return taken_text(value)
     if isinstance(value, date):
-        return value.strftime("%Y-%m-%dT00:00:00")
+        return taken_text(datetime(value.year, value.month, value.day))
     m = _DATE.fullmatch(value.strip()) if isinstance(value, str) else None
     try:
         if m is None:
@@ -84,7 +85,7 @@ def parse_date(value: str | date, *, name: str = "date") -> str:
         raise ValueError(
             f"{name} {value!r}: expected a date like 2024-07-31, 2024-07 or 2024 (or 2024-07-31T18:30)"
         ) from None
-    return when.strftime("%Y-%m-%dT%H:%M:%S")
+    return taken_text(when)
 
 
 def model_name(embedder: Embedder) -> str:
