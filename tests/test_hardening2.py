@@ -7,6 +7,7 @@ allocations count; the tiny ONNX towers of `test_runtime.make_artifacts` take ~1
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -227,3 +228,91 @@ def test_an_exif_year_before_photography_falls_back_to_the_file_date(tmp_path: P
         assert [it.path for it in index.items(after="2024")] == []  # "999-..." sorted after "2024"
         assert [os.path.basename(it.path) for it in index.items()] == ["forged.jpg", "old.jpg"]
     assert parse_date("0999") == "0999-01-01T00:00:00"  # zero-padded, as stored dates are
+
+
+# --- 4. a damaged index.vectors is detected and rebuilt -----------------------------------------------
+
+
+def _damage(file: Path, how: str) -> None:
+    from edge_gcl.index.vectors import VectorCache
+
+    data = bytearray(file.read_bytes())
+    head = json.loads(data[: VectorCache.HEADER_BYTES])
+    count, dim = head["count"], head["dim"]
+    matrix = VectorCache.HEADER_BYTES + 24 * count  # after vids, items, chunks, scales
+    row = dim * np.dtype(head["dtype"]).itemsize
+    if how == "random bytes in the matrix":
+        data[matrix + row : matrix + 40 * row] = np.random.default_rng(0).bytes(39 * row)
+    elif how == "one changed row":
+        data[matrix + 7 * row : matrix + 8 * row] = data[matrix + 3 * row : matrix + 4 * row]
+    elif how == "ids shifted by one":
+        vids = VectorCache.HEADER_BYTES
+        data[vids : vids + 8 * count] = data[vids + 8 : vids + 8 * count] + data[vids + 8 * count - 8 : vids + 8 * count]
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["random bytes in the matrix", "one changed row", "ids shifted by one"])
+def test_a_damaged_vectors_file_is_rebuilt_from_sqlite(tmp_path: Path, how: str) -> None:
+    from test_index_scale import TableEmbedder, build, results
+
+    table = TableEmbedder(n=300, n_queries=10)
+    path = tmp_path / "idx"
+    with build(path, table, "float16", range(300)) as index:
+        expected = results(index, table, approximate=False)
+    _damage(path / "index.vectors", how)
+    with Index.open(path) as index:
+        assert results(index, table, approximate=False) == expected  # wrong scores against wrong photos before
+        assert results(index, table, approximate=True)[0][0] == expected[0][0]  # damaged ids: an IndexError
+        assert index._vectors.from_cache == 0
+    _damage(path / "index.vectors", how)
+    with Index.open(path, model=table) as writer:  # a later add used to keep the damage
+        writer.add_notes(["v:0"])
+        writer.search(vector=table.queries[0], k=1)
+    with Index.open(path) as index:
+        assert results(index, table, approximate=False) == expected
+        assert index._vectors.from_cache == 300  # the file written at that close is whole again
+
+
+def test_a_damaged_usearch_file_is_rebuilt(tmp_path: Path) -> None:
+    from test_index_scale import TableEmbedder, build, results
+
+    table = TableEmbedder(n=300, n_queries=10)
+    path = tmp_path / "idx"
+    with build(path, table, "float16", range(300)) as index:
+        expected = results(index, table, approximate=True)
+    data = bytearray((path / "index.usearch").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4096] = bytes(4096)
+    (path / "index.usearch").write_bytes(bytes(data))
+    with Index.open(path) as index:
+        assert results(index, table, approximate=True) == expected
+        assert index._approximate.rebuilt == 1
+
+
+def test_truncating_the_vectors_file_under_a_running_reader_is_harmless(tmp_path: Path) -> None:
+    from test_index_scale import TableEmbedder, build
+
+    table = TableEmbedder(n=300, n_queries=2)
+    path = tmp_path / "idx"
+    with build(path, table, "float16", range(300)) as index:
+        index.search(vector=table.queries[0], k=3)
+    query = tmp_path / "query.npy"
+    np.save(query, table.queries[0])
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from edge_gcl.index import Index
+        q = np.load({str(query)!r})
+        with Index.open({str(path)!r}) as index:
+            first = [h.id for h in index.search(vector=q, k=5)]
+            print("ready", flush=True)
+            sys.stdin.readline()  # the file is truncated meanwhile
+            print("same" if [h.id for h in index.search(vector=q, k=5)] == first else "different", flush=True)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert child.stdout.readline().strip() == "ready"
+    with open(path / "index.vectors", "r+b") as f:
+        f.truncate(4096)
+    out, err = child.communicate("go\n", timeout=60)
+    assert child.returncode == 0, f"killed by signal {-child.returncode}" if child.returncode < 0 else err
+    assert out.strip() == "same"
