@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import textwrap
@@ -44,12 +45,16 @@ CLI_PEAK = textwrap.dedent("""
 MB = 2**20
 
 
-def cli(*args: str | Path, timeout: float = 120, limit_mb: int | None = None, **kwargs) -> subprocess.CompletedProcess[str]:
-    """`edge-gcl ARGS` in a child process (text output); `limit_mb` caps its address space."""
+def cli(*args: str | Path, timeout: float = 120, limit_mb: int | None = None, setup=None,
+        **kwargs) -> subprocess.CompletedProcess[str]:
+    """`edge-gcl ARGS` in a child process (text output); `limit_mb` caps its address space, `setup` runs in
+    the child before it starts."""
 
     def cap() -> None:
         if limit_mb:
             resource.setrlimit(resource.RLIMIT_AS, (limit_mb * MB, limit_mb * MB))
+        if setup is not None:
+            setup()
 
     return subprocess.run([sys.executable, "-c", CLI_PEAK, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, preexec_fn=cap, **kwargs)
@@ -316,3 +321,23 @@ def test_truncating_the_vectors_file_under_a_running_reader_is_harmless(tmp_path
     out, err = child.communicate("go\n", timeout=60)
     assert child.returncode == 0, f"killed by signal {-child.returncode}" if child.returncode < 0 else err
     assert out.strip() == "same"
+
+
+# --- 6. search on a full disk ----------------------------------------------------------------------
+
+
+def test_search_answers_when_the_cache_cannot_be_written(tmp_path: Path, artifacts: Path) -> None:
+    with Index.open(tmp_path / "idx", model=artifacts) as index:
+        index.add_notes([f"note number {i}" for i in range(2000)], batch_size=500)  # index.vectors: ~116 KB
+
+    def small_files() -> None:  # writes past 100 KB fail (EFBIG), as on a full disk: SQLite needs less
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    done = cli("search", "note number 7", "-k", "3", "--all", "--index", tmp_path / "idx", "--model", artifacts,
+               setup=small_files)
+    no_traceback(done)  # was an ENOSPC traceback and no results
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 3
+    assert "index.vectors: search cache not saved (File too large); the next open rebuilds it" in done.stderr
+    assert not (tmp_path / "idx" / "index.vectors").exists()
+    assert [p.name for p in (tmp_path / "idx").iterdir() if p.name.endswith(".tmp")] == []

@@ -164,8 +164,7 @@ def test_a_crash_while_writing_the_vectors_file_keeps_the_old_one(tmp_path: Path
         raise OSError("power cut")
 
     monkeypatch.setattr(os, "replace", power_cut)
-    with pytest.raises(OSError, match="power cut"):
-        index.close()
+    index.close()  # best-effort: the cache is not saved, the index closes
     monkeypatch.undo()
     assert (path / "index.vectors").read_bytes() == before
     assert sorted(p.name for p in path.iterdir() if p.name.startswith(".")) == []  # no temp file left

@@ -17,6 +17,7 @@ which `search(after=, before=, sort="date")` and `items()` use.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -300,10 +301,19 @@ class Index:
         return index
 
     def close(self) -> None:
+        """Save the search caches (best-effort: a full disk or a read-only folder costs the next open a rebuild
+        from index.sqlite, never an answer) and close the database."""
         with self._lock:
             try:
-                self._approximate.save()
-                self._vectors.save()
+                for cache, path in ((self._approximate, self.folder / APPROXIMATE_FILE),
+                                    (self._vectors, self.folder / VECTORS_FILE)):
+                    try:
+                        cache.save()
+                    except (OSError, RuntimeError) as e:  # usearch reports a failed write as a RuntimeError
+                        if not (isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)):
+                            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                            print(f"edge-gcl: {path}: search cache not saved ({why}); the next open rebuilds it",
+                                  file=sys.stderr)
             finally:
                 self.store.close()
 
