@@ -64,6 +64,11 @@ def peak_mb(done: subprocess.CompletedProcess[str]) -> int:
     return int(done.stderr.strip().splitlines()[-1].removeprefix("peak_mb="))
 
 
+def last_error(done: subprocess.CompletedProcess[str]) -> str:
+    """The last line the command printed on stderr (before the peak the child adds)."""
+    return [line for line in done.stderr.strip().splitlines() if not line.startswith("peak_mb=")][-1]
+
+
 def no_traceback(done: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in done.stderr, done.stderr
 
@@ -341,3 +346,27 @@ def test_search_answers_when_the_cache_cannot_be_written(tmp_path: Path, artifac
     assert "index.vectors: search cache not saved (File too large); the next open rebuilds it" in done.stderr
     assert not (tmp_path / "idx" / "index.vectors").exists()
     assert [p.name for p in (tmp_path / "idx").iterdir() if p.name.endswith(".tmp")] == []
+
+
+# --- 7. reindex with the photos unreachable ----------------------------------------------------------
+
+
+def test_reindex_with_the_photo_folder_gone_changes_nothing(tmp_path: Path, artifacts: Path) -> None:
+    photos = make_photos(tmp_path / "card" / "DCIM", 3)
+    common = ["--index", tmp_path / "idx"]
+    assert cli("index", "add", tmp_path / "card", *common, "--model", artifacts).returncode == 0
+    assert cli("index", "note", "beach day", "--photo", photos[0], *common, "--model", artifacts).returncode == 0
+    before = cli("index", "list", "--json", *common).stdout
+    (tmp_path / "card").rename(tmp_path / "unmounted")  # the card is out
+    other = make_artifacts(tmp_path / "other", seed=1)
+    done = cli("index", "reindex", *common, "--model", other)
+    no_traceback(done)  # was "removed 3, updated 1", exit 0, and the photo+note became a note
+    assert done.returncode == 1
+    line = last_error(done)
+    assert f"3 photos cannot be read (the folder {tmp_path / 'card' / 'DCIM'} is missing)" in line
+    assert "nothing was changed" in line
+    assert cli("index", "list", "--json", *common).stdout == before
+    (tmp_path / "unmounted").rename(tmp_path / "card")  # back in: the reindex goes through
+    done = cli("index", "reindex", *common, "--model", other)
+    assert done.returncode == 0 and "updated 3" in done.stdout
+    assert '"modality": "photo+note"' in cli("index", "list", "--json", *common).stdout

@@ -205,6 +205,26 @@ class IngestReport:
         return asdict(self)
 
 
+class UnreadablePhotosError(ValueError):
+    """A reindex that would drop photos it cannot read (their files are gone or no longer decode)."""
+
+    def __init__(self, index_file: Path, unreadable: Sequence[tuple[str, str]]) -> None:
+        self.unreadable = list(unreadable)
+        folders = sorted({os.path.dirname(p) for p, _ in self.unreadable if not os.path.isdir(os.path.dirname(p))})
+        if folders:
+            where = f"the folder {printable(folders[0])} is missing" + (
+                f", and {len(folders) - 1} more" if len(folders) > 1 else "")
+        else:
+            where = f"{printable(self.unreadable[0][0])}: {self.unreadable[0][1]}"
+        n = len(self.unreadable)
+        super().__init__(
+            f"{index_file}: {n} photo{'s' if n > 1 else ''} cannot be read ({where}); reindex re-embeds every "
+            "photo from its file and would drop them, so nothing was changed. Reconnect the card or folder they "
+            "are on, or take them out first (`edge-gcl index remove PATH`, or `edge-gcl index sync FOLDER` for a "
+            "folder that lost them), then reindex"
+        )
+
+
 @dataclass(frozen=True)
 class IndexStats:
     """What `Index.stats()` reports; `dtype` is how vectors are stored, `search_dtype` what the exact
@@ -997,22 +1017,32 @@ class Index:
         form: str | None = None,
         batch_size: int = 32,
         progress: bool = True,
+        drop_unreadable: bool = False,
     ) -> IngestReport:
         """Re-embed every item with another model, atomically.
 
         Vectors are computed from the stored sources (photo files, note texts) into a staging
         table, committed in batches (readers keep searching the old model meanwhile), then
-        swapped in with the new model id in one transaction. A photo whose file is gone or no
-        longer decodes is removed (photo+note: keeps its note as a "note"); see `report.skipped`.
+        swapped in with the new model id in one transaction. Every photo is re-read from its file:
+        when one is gone (an unmounted card, a moved folder) or no longer decodes, the reindex fails
+        before anything changes (`UnreadablePhotosError`, naming them), unless `drop_unreadable`:
+        then such a photo is removed (photo+note: keeps its note as a "note"); see `report.skipped`.
         """
         with self._ingest_lock(progress):
-            return self._reindex(model, provider=provider, form=form, batch_size=batch_size, progress=progress)
+            return self._reindex(model, provider=provider, form=form, batch_size=batch_size, progress=progress,
+                                 drop_unreadable=drop_unreadable)
 
     def _reindex(
-        self, model: Embedder | str | Path, *, provider: str, form: str | None, batch_size: int, progress: bool
+        self, model: Embedder | str | Path, *, provider: str, form: str | None, batch_size: int, progress: bool,
+        drop_unreadable: bool,
     ) -> IngestReport:
         from ..runtime import load_embedder
 
+        if not drop_unreadable:  # before the model loads: an unplugged card fails at once
+            missing = [(it.path, st) for it in self.store.all_items(where_sql="WHERE path IS NOT NULL")
+                       if isinstance(st := stat_photo(it.path), str)]  # fmt: skip
+            if missing:
+                raise UnreadablePhotosError(self.store.path, missing)
         new = load_embedder(model, provider=provider, form=form)  # type: ignore[arg-type]
         report = IngestReport()
         with self.store.write() as conn:
@@ -1027,6 +1057,8 @@ class Index:
             bar = tqdm(total=len(items), unit="item", desc="reindex", disable=not progress)
             for start in range(0, len(items), batch_size):
                 self._stage(items[start : start + batch_size], new, fate, report, batch_size)
+                if fate and not drop_unreadable:  # a photo that no longer decodes
+                    raise UnreadablePhotosError(self.store.path, [(s.input, s.reason) for s in report.skipped])
                 bar.update(min(batch_size, len(items) - start))
             bar.close()
             with self.store.write() as conn:
@@ -1037,6 +1069,8 @@ class Index:
                     if staged.get(it.key) != it.updated and it.key not in fate
                 ]
                 self._stage(late, new, fate, report, batch_size)  # changed while we worked
+                if fate and not drop_unreadable:
+                    raise UnreadablePhotosError(self.store.path, [(s.input, s.reason) for s in report.skipped])
                 for key, what in fate.items():
                     if what == "remove":
                         conn.execute("DELETE FROM items WHERE key = ?", (key,))
