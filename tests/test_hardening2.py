@@ -370,3 +370,68 @@ def test_reindex_with_the_photo_folder_gone_changes_nothing(tmp_path: Path, arti
     done = cli("index", "reindex", *common, "--model", other)
     assert done.returncode == 0 and "updated 3" in done.stdout
     assert '"modality": "photo+note"' in cli("index", "list", "--json", *common).stdout
+
+
+# --- 5. artifacts checked against their manifest at run time ------------------------------------------
+
+
+def test_a_tower_with_altered_weights_is_refused_naming_the_file(tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    folder = make_artifacts(tmp_path / "artifacts")
+    make_photos(tmp_path / "photos", 2)
+    common = ["--index", tmp_path / "idx", "--model", folder]
+    assert cli("index", "add", tmp_path / "photos", *common).returncode == 0
+    model = onnx.load(folder / "image_tower.onnx")
+    w = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w[0, 0] += 1.0  # one weight: a photo no longer finds itself, silently
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, model.graph.initializer[0].name))
+    onnx.save(model, folder / "image_tower.onnx")
+    done = cli("search", "--image", tmp_path / "photos" / "img_0000.png", *common)
+    no_traceback(done)
+    assert done.returncode == 1 and done.stdout == ""
+    assert last_error(done).startswith(f"edge-gcl: error: {folder / 'image_tower.onnx'}: SHA-256 ")
+    assert "differs from the manifest's" in last_error(done) and "rebuild with `python -m export.compile" in last_error(done)
+
+
+def test_verified_files_are_hashed_once_until_they_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_gcl import manifest
+    from edge_gcl.runtime import OnnxEmbedder
+
+    folder = make_artifacts(tmp_path / "artifacts")
+    hashed: list[str] = []
+    real = manifest.file_digest
+    monkeypatch.setattr(manifest, "file_digest", lambda path: hashed.append(Path(path).name) or real(path))
+    monkeypatch.setenv("EDGE_GCL_HOME", str(tmp_path / "home"))
+    OnnxEmbedder(folder)
+    assert sorted(hashed) == ["image_tower.onnx", "text_tower.onnx", "tokenizer.json"]
+    OnnxEmbedder(folder)  # a second start: a stat per file
+    assert len(hashed) == 3
+    os.utime(folder / "text_tower.onnx")  # touched: hashed again (and still whole)
+    OnnxEmbedder(folder)
+    assert hashed[3:] == ["text_tower.onnx"]
+
+
+def test_a_tower_that_is_not_a_model_is_one_line(tmp_path: Path) -> None:
+    from edge_gcl.manifest import Manifest
+
+    folder = make_artifacts(tmp_path / "artifacts")
+    (folder / "text_tower.onnx").write_bytes(b"not an ONNX model " * 100)
+    Manifest.load(folder).save(folder)  # even a manifest that vouches for it
+    done = cli("index", "note", "words", "--index", tmp_path / "idx", "--model", folder)
+    no_traceback(done)
+    assert done.returncode == 1
+    assert last_error(done).startswith(f"edge-gcl: error: {folder / 'text_tower.onnx'}: ONNX Runtime cannot load it")
+
+
+def test_a_manifest_with_a_wrong_typed_chipset_is_one_line(tmp_path: Path) -> None:
+    folder = make_artifacts(tmp_path / "artifacts")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["chipset"] = "Snapdragon 8 Gen 3"  # hand-edited: a name where an object belongs
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    done = cli("index", "note", "words", "--index", tmp_path / "idx", "--model", folder, "--provider", "qnn",
+               "--form", "qdq")
+    no_traceback(done)
+    assert done.returncode == 1
+    assert "manifest.json: not a valid edge-gcl manifest (chipset: expected an object, got str)" in last_error(done)

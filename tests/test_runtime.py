@@ -277,6 +277,9 @@ def test_bad_artifacts_folders_are_named(artifacts: Path, tmp_path: Path) -> Non
     model.graph.input[0].name = "images"  # breaks the contract: the manifest says "pixels"
     model.graph.node[0].input[0] = "images"
     onnx.save(model, broken / "image_tower.onnx")
+    with pytest.raises(RuntimeConfigError, match=r"image_tower.onnx: SHA-256 \w+\.\. differs from the manifest's"):
+        OnnxEmbedder(broken)
+    Manifest.load(broken).save(broken)  # the manifest now vouches for the file: the contract check still holds
     with pytest.raises(ValueError, match=r"image_tower.onnx: graph inputs \['images'\] lack \['pixels'\]"):
         OnnxEmbedder(broken)
     (broken / "image_tower.onnx").unlink()
@@ -438,6 +441,7 @@ def test_qnn_provider_fails_loudly_on_a_graph_the_htp_cannot_run(qdq_artifacts: 
     model.graph.node[-1].output[0] = "projected"
     model.graph.node.append(helper.make_node("Erf", ["projected"], ["embedding"]))
     onnx.save(model, broken / "image_tower_w8a16.onnx")
+    Manifest.load(broken).save(broken)  # vouches for the changed graph (else its SHA-256 stops it first)
     with pytest.raises(
         RuntimeError, match="image_tower_w8a16.onnx: the QNN execution provider cannot run this graph"
     ) as info:
