@@ -4,7 +4,7 @@
     edge-gcl eval mbeir ...               edge_gcl/eval/cli.py
     edge-gcl eval mmeb|covr ...           edge_gcl/eval/cli.py
     edge-gcl bench build-mbeir ...        edge_gcl/eval/cli.py
-    edge-gcl index add|sync|note|list|remove|reindex|stats ...   edge_gcl/index/cli.py
+    edge-gcl index add|sync|note|list|remove|reindex|repair|stats ...   edge_gcl/index/cli.py
     edge-gcl search "query" ...           edge_gcl/index/cli.py
     edge-gcl app --photos DIR             edge_gcl/app/server.py
 
@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     ri = ix.add_parser("reindex", help="re-embed every item with another model (notes and dates kept)")
     index_options(ri)
     ri.set_defaults(func=_handler("edge_gcl.index.cli:cli_reindex"))
+    rp = ix.add_parser("repair", help="rebuild a damaged index from what can still be read (the damaged file is kept)")
+    index_options(rp)
+    rp.set_defaults(func=_handler("edge_gcl.index.cli:cli_repair"))
     st = ix.add_parser("stats", help="what the index holds, as JSON")
     index_options(st, model=False)
     st.set_defaults(func=_handler("edge_gcl.index.cli:cli_stats"))

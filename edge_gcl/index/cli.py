@@ -1,4 +1,4 @@
-"""Handlers of `edge-gcl index add|sync|note|list|remove|reindex|stats` and `edge-gcl search` (parsers: edge_gcl/cli.py).
+"""Handlers of `edge-gcl index add|sync|note|list|remove|reindex|repair|stats` and `edge-gcl search` (parsers: edge_gcl/cli.py).
 
 `--index` is a folder holding `index.sqlite` (created by the first `index add` / `index note`),
 `--model` what `edge_gcl.runtime.load_embedder` accepts; both default as `edge_gcl.locations`
@@ -34,8 +34,7 @@ from .sources import MAX_NOTE_CHARS, photo_id, printable
 from .store import Item, ModelMismatchError
 
 _ERRORS = (
-    FileNotFoundError,
-    NotADirectoryError,
+    OSError,  # a file or folder that cannot be read or written (BrokenPipeError excepted: edge_gcl.cli)
     ValueError,
     TypeError,
     RuntimeError,
@@ -47,6 +46,8 @@ _ERRORS = (
 def _run(body: Callable[[], int | None]) -> int:
     try:
         return int(body() or 0)
+    except BrokenPipeError:  # `edge-gcl index list | head`: edge_gcl.cli.main ends quietly
+        raise
     except (ModelMismatchError, ImageDecodeError, *_ERRORS) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"edge-gcl: error: {message}", file=sys.stderr)
@@ -179,6 +180,25 @@ def cli_reindex(args: argparse.Namespace) -> int:
             embedder = load_embedder(choice.spec, provider=args.provider, form=args.form)
             print(describe(embedder), file=sys.stderr, flush=True)
             _print_report(index.reindex(embedder, progress=True))
+
+    return _run(body)
+
+
+def cli_repair(args: argparse.Namespace) -> int:
+    def body() -> None:
+        from ..locations import NoModelError
+
+        folder = args.index or default_index()
+        try:  # needed only for items whose vectors were lost
+            model: str | None = default_model(args.model).spec
+        except NoModelError:
+            model = None
+        report = Index.repair(folder, model=model, provider=args.provider, form=args.form, progress=True)
+        for lost in report.lost:
+            print(f"lost {lost}", file=sys.stderr)
+        if report.lost:
+            print("photos among what was lost come back with `edge-gcl index add FOLDER`", file=sys.stderr)
+        print(report)
 
     return _run(body)
 
