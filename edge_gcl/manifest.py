@@ -91,6 +91,7 @@ class Manifest:
     tools: dict[str, str] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {sha256, size_bytes}
     extra: dict[str, Any] = field(default_factory=dict)
+    made_by: str | None = None  # "export.compile" for a folder it built: the only kind a build may replace
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,7 +107,7 @@ class Manifest:
         for key, kind in (("towers", dict), ("model_id", str), ("model_name", str), ("embed_dim", int),
                           ("image", dict), ("text", dict)):
             _expect(d[key], kind, key)
-        for key, kind in (("precision", str), ("chipset", dict), ("calibration", dict), ("verification", dict),
+        for key, kind in (("precision", str), ("made_by", str), ("chipset", dict), ("calibration", dict), ("verification", dict),
                           ("tools", dict), ("files", dict), ("extra", dict)):
             if d.get(key) is not None:
                 _expect(d[key], kind, key)
@@ -140,6 +141,7 @@ class Manifest:
             tools=d.get("tools", {}),
             files=d.get("files", {}),
             extra=d.get("extra", {}),
+            made_by=d.get("made_by"),
         )
 
     def save(self, folder: str | Path) -> Path:
