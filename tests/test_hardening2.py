@@ -545,3 +545,53 @@ def test_a_read_only_index_can_be_listed_and_searched(tmp_path: Path, artifacts:
     finally:
         for command in undo:
             subprocess.run(command, check=True)
+
+
+# --- 1. export.compile --out replaces only a folder it built -------------------------------------------
+
+
+def compile_main(*args: str | Path) -> int:
+    from export.compile import main
+
+    return main([*map(str, args)])
+
+
+@pytest.mark.parametrize("what", ["a folder of other files", "a file", "the working folder", "the project's parent",
+                                  "a build with a file added"])
+def test_compile_out_never_replaces_what_it_did_not_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str], what: str) -> None:
+    from edge_gcl.manifest import Manifest
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    if what == "a folder of other files":
+        out.mkdir()
+        (out / "thesis.txt").write_text("four years of work")
+    elif what == "a file":
+        out.write_text("four years of work")
+    elif what == "the working folder":
+        out = Path(".")
+    elif what == "the project's parent":
+        out = ROOT.parent
+    else:  # a folder export.compile built, and a file the user put in it since
+        make_artifacts(out)
+        manifest = Manifest.load(out)
+        manifest.made_by = "export.compile"
+        manifest.save(out)
+        (out / "thesis.txt").write_text("four years of work")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert compile_main("--out", out, "--skip-compile") == 1  # was exit 0 after deleting it (or, for ., a traceback)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: --out {out}: ") and len(line.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing built, moved or deleted
+    if what in ("a folder of other files", "a build with a file added"):
+        assert (out / "thesis.txt").read_text() == "four years of work"
+    elif what == "a file":
+        assert out.read_text() == "four years of work"
+
+
+def test_compile_with_an_unknown_chipset_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert compile_main("--chipset", "Snapdragon 9999", "--out", tmp_path / "out") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown chipset 'Snapdragon 9999'; choose one of:") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
