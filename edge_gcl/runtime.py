@@ -429,6 +429,11 @@ def load_embedder(
         return spec
     if is_artifacts_folder(spec):
         return OnnxEmbedder(spec, provider=provider, form=form)
+    if Path(spec).suffix.lower() == ".onnx":
+        raise RuntimeConfigError(
+            f"{spec}: one .onnx file is not a model edge-gcl runs: --model takes the artifacts folder "
+            "`python -m export.compile` builds (manifest.json, both towers, the tokenizer)"
+        )
     if provider != "cpu" or form is not None:
         raise RuntimeConfigError(
             f"{spec}: --provider {provider} / --form {form} need an artifacts folder (manifest.json) "

@@ -595,3 +595,65 @@ def test_compile_with_an_unknown_chipset_is_one_line(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown chipset 'Snapdragon 9999'; choose one of:") and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+# --- 11. one line instead of a traceback -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def many_notes(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Path:
+    idx = tmp_path_factory.mktemp("many") / "idx"
+    with Index.open(idx, model=artifacts) as index:
+        index.add_notes([f"note number {i} about the garden and the weather" for i in range(2000)], batch_size=500)
+    return idx
+
+
+@pytest.mark.parametrize(("command", "lines"), [(["index", "list"], 1), (["index", "list", "--json"], 1),
+                                                (["index", "stats"], 0)])
+def test_output_cut_short_by_head_is_not_a_traceback(many_notes: Path, command: list[str], lines: int) -> None:
+    child = subprocess.Popen([sys.executable, "-m", "edge_gcl.cli", *command, "--index", str(many_notes)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    for _ in range(lines):  # `| head -1`: a line, then the pipe is gone (stats: gone before it prints)
+        assert child.stdout.readline()
+    child.stdout.close()
+    err = child.stderr.read().decode()
+    child.wait(timeout=60)
+    assert err == "" and child.returncode in (0, 141)  # 141: stopped by the closed pipe, like any Unix tool
+
+
+def test_app_with_a_port_out_of_range_is_one_line_before_indexing(tmp_path: Path, artifacts: Path) -> None:
+    make_photos(tmp_path / "photos", 2)
+    done = cli("app", "--photos", tmp_path / "photos", "--index", tmp_path / "idx", "--model", artifacts,
+               "--port", "99999")
+    no_traceback(done)  # was an OverflowError traceback, after indexing the whole folder
+    assert done.returncode == 1 and last_error(done) == "edge-gcl app: error: --port 99999: expected 0 to 65535 (0: any free port)"
+    assert not (tmp_path / "idx").exists()
+
+
+def test_deeply_nested_json_to_the_app_is_a_400(tmp_path: Path) -> None:
+    from test_app import ColorEmbedder, call_json, make_library, serving
+
+    from edge_gcl.app.server import build_index
+
+    make_library(tmp_path / "photos")
+    index, _ = build_index(tmp_path / "photos", tmp_path / "idx", model=ColorEmbedder(), progress=False)
+    json_body = {"Content-Type": "application/json"}
+    with index, serving(index) as server:
+        status, body = call_json(server, "POST", "/api/note", b"[" * 200_000 + b"]" * 200_000, json_body)
+        assert (status, body["error"]) == (400, "request body: JSON nested too deeply")  # was a 500
+        deep: object = "x"
+        for _ in range(900):  # parses, but SQLite's JSON functions stop at 1000 levels
+            deep = [deep]
+        status, body = call_json(server, "POST", "/api/note", json.dumps({"text": "a note", "meta": {"k": deep}}).encode(),
+                                 json_body)
+        assert (status, body["error"]) == (400, "meta: nested deeper than 32 levels")
+        assert len(index) == 4  # the library's photos; nothing added
+
+
+def test_a_lone_onnx_file_as_the_model_is_one_line(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not a model " * 10)
+    done = cli("index", "note", "hello", "--index", tmp_path / "idx", "--model", model)
+    no_traceback(done)
+    assert done.returncode == 1 and len([line for line in done.stderr.splitlines() if "error" in line]) == 1
+    assert last_error(done).startswith(f"edge-gcl: error: {model}: one .onnx file is not a model edge-gcl runs")

@@ -537,6 +537,8 @@ class _Handler(BaseHTTPRequestHandler):
                 note = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise HTTPError(HTTPStatus.BAD_REQUEST, f"request body: not JSON ({e})") from None
+            except RecursionError:  # [[[[...]]]] a hundred thousand deep: the parser's stack, not ours
+                raise HTTPError(HTTPStatus.BAD_REQUEST, "request body: JSON nested too deeply") from None
             self._send_json(HTTPStatus.CREATED, app.add_note(note))
         elif route == "/api/stats" and method == "GET":
             self._send_json(HTTPStatus.OK, app.stats())
@@ -625,6 +627,9 @@ def cli_app(args: argparse.Namespace) -> int:
     photos = os.path.expanduser(args.photos)
     if not os.path.isdir(photos):
         print(f"edge-gcl app: error: --photos {args.photos}: not a folder", file=sys.stderr)
+        return 1
+    if not 0 <= args.port <= 65535:  # before indexing anything
+        print(f"edge-gcl app: error: --port {args.port}: expected 0 to 65535 (0: any free port)", file=sys.stderr)
         return 1
     index_dir = Path(args.index).expanduser() if args.index else default_index()
     try:

@@ -838,6 +838,9 @@ def json_path(name: str) -> str:
     return f'$."{name}"'
 
 
+MAX_META_DEPTH = 32  # nesting of a metadata value (SQLite's JSON functions stop at 1000; nobody needs 32)
+
+
 def dump_meta(meta: Mapping[str, Any]) -> str:
     """User metadata -> JSON object text; raises ValueError naming what cannot be stored."""
     if not isinstance(meta, Mapping):
@@ -845,7 +848,21 @@ def dump_meta(meta: Mapping[str, Any]) -> str:
     for k in meta:
         if not isinstance(k, str):
             raise ValueError(f"meta: key {k!r} is not a str")
+    if _depth(meta) > MAX_META_DEPTH:
+        raise ValueError(f"meta: nested deeper than {MAX_META_DEPTH} levels")
     try:
         return json.dumps(dict(meta), ensure_ascii=False, allow_nan=False, sort_keys=True)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise ValueError(f"meta: not JSON-serialisable ({e})") from None
+
+
+def _depth(value: Any, limit: int = MAX_META_DEPTH + 1) -> int:
+    """How deep lists and dicts nest in `value`, counted up to `limit` (no recursion: any depth is safe)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (dict, list, tuple)):
+            deepest = max(deepest, level)
+            if level <= limit:
+                todo += [(v, level + 1) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest
