@@ -447,7 +447,9 @@ def load_embedder(
         )
     from .models import TorchEmbedder, load_model
 
-    return TorchEmbedder(load_model(str(spec)))
+    # seed 0: a fresh (untrained) preset such as `lite` gets the same weights, so the same model id, in every
+    # process; otherwise an index built with it could never be opened again
+    return TorchEmbedder(load_model(str(spec), seed=0))
 
 
 def describe(embedder: Embedder) -> str:
