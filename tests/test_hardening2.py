@@ -657,3 +657,102 @@ def test_a_lone_onnx_file_as_the_model_is_one_line(tmp_path: Path) -> None:
     no_traceback(done)
     assert done.returncode == 1 and len([line for line in done.stderr.splitlines() if "error" in line]) == 1
     assert last_error(done).startswith(f"edge-gcl: error: {model}: one .onnx file is not a model edge-gcl runs")
+
+
+# --- 12. smaller items -------------------------------------------------------------------------------
+
+
+def test_an_index_built_with_lite_opens_again_in_another_process(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    common = ["--index", tmp_path / "idx", "--model", "lite"]
+    assert cli("index", "note", "a walk by the river", *common).returncode == 0
+    done = cli("search", "river", "--all", *common)  # another process: the same fresh weights, the same model id
+    assert done.returncode == 0 and "a walk by the river" in done.stdout, done.stderr
+
+
+def test_note_text_cannot_drive_the_terminal(tmp_path: Path, artifacts: Path) -> None:
+    common = ["--index", tmp_path / "idx", "--model", artifacts]
+    hostile = "groceries \x1b]0;pwned\x07\x1b[2J\x1b[31mred \u202eevil\r"
+    assert cli("index", "note", hostile, *common).returncode == 0
+    for done in (cli("index", "list", "--index", tmp_path / "idx"), cli("search", "groceries", "--all", *common)):
+        assert done.returncode == 0
+        assert not any(c in done.stdout for c in "\x1b\x07\r\u202e")  # printed raw, they retitled and cleared it
+        assert "groceries \\x1b]0;pwned\\x07\\x1b[2J\\x1b[31mred \\u202eevil" in done.stdout
+    as_json = json.loads(cli("index", "list", "--json", "--index", tmp_path / "idx").stdout)
+    assert as_json[0]["text"] == hostile  # the note itself is kept as written
+
+
+def test_a_meta_key_with_a_quote_is_refused(tmp_path: Path, artifacts: Path) -> None:
+    done = cli("index", "note", "x", "--meta", 'a"b=1', "--index", tmp_path / "idx", "--model", artifacts)
+    no_traceback(done)  # was stored, and no --where could ever find it
+    assert done.returncode == 1 and "meta: key 'a\"b'" in last_error(done)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cross-modal-offset", "1e308"], "--cross-modal-offset 1e+308: expected a number from -2 to 2"),
+    (["--after", "2024", "--before", "2023"], "--before 2023 is not after --after 2024: no date can match"),
+    (["--after", "last tuesday"], "--after 'last tuesday': expected a date like 2024-07-31"),
+    (["-k", "0"], "-k 0: must be a positive int"),
+])
+def test_bad_search_options_are_refused_before_the_model_loads(tmp_path: Path, artifacts: Path, args: list[str],
+                                                               message: str) -> None:
+    make_photos(tmp_path / "photos", 1)
+    assert cli("index", "add", tmp_path / "photos", "--index", tmp_path / "idx", "--model", artifacts).returncode == 0
+    done = cli("search", "dog", *args, "--index", tmp_path / "idx", "--model", artifacts)
+    no_traceback(done)  # 1e308 printed inf scores; --before before --after returned nothing, silently
+    assert done.returncode == 1 and done.stdout == ""
+    assert message in last_error(done)
+    assert "loading" not in done.stderr  # refused before the model loaded
+    if "--before" in args:
+        listed = cli("index", "list", *args, "--index", tmp_path / "idx")
+        assert listed.returncode == 1 and message in last_error(listed)
+
+
+def test_covr_frame_weights_stay_finite_for_huge_scores() -> None:
+    from edge_gcl.eval.covr import frame_weights
+
+    assert frame_weights([1e308, 0.2, 0.3]).tolist() == [1.0, 0.0, 0.0]  # NaN weights before, and other figures
+    assert frame_weights([-1e308, 1e308]).tolist() == [0.0, 1.0]
+    scores = [0.21, 0.25, 0.19]
+    z = np.asarray(scores) / 0.1
+    assert np.allclose(frame_weights(scores), np.exp(z - z.max()) / np.exp(z - z.max()).sum())  # unchanged
+
+
+def test_app_answers_carry_cross_origin_and_referrer_policies(tmp_path: Path) -> None:
+    from test_app import ColorEmbedder, call, make_library, serving
+
+    from edge_gcl.app.server import build_index
+
+    make_library(tmp_path / "photos")
+    index, _ = build_index(tmp_path / "photos", tmp_path / "idx", model=ColorEmbedder(), progress=False)
+    with index, serving(index) as server:
+        photo = index.items(modalities=["photo"])[0].id
+        for path in (f"/thumb/{photo}", "/thumb/p_0000000000000000", "/api/stats", "/"):
+            conn = __import__("http.client").client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            assert response.getheader("Cross-Origin-Resource-Policy") == "same-origin", path  # a page elsewhere
+            assert response.getheader("Cross-Origin-Opener-Policy") == "same-origin"  # could probe for ids
+            assert response.getheader("Referrer-Policy") == "no-referrer"
+            conn.close()
+        assert call(server, "GET", f"/thumb/{photo}")[0] == 200
+
+
+def test_sigterm_stops_the_app_cleanly(tmp_path: Path, artifacts: Path) -> None:
+    make_photos(tmp_path / "photos", 2)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "edge_gcl.cli", "app", "--photos", str(tmp_path / "photos"), "--index",
+         str(tmp_path / "idx"), "--model", str(artifacts), "--port", "0", "--poll", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        for line in child.stdout:
+            if line.startswith("open http://"):
+                break
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, (child.returncode, err)  # was killed by the signal (-15), the index not closed
+    assert out.strip().endswith("stopped") and "Traceback" not in err

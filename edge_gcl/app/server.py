@@ -45,6 +45,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import sqlite3
 import sys
@@ -67,9 +68,9 @@ from ..index import (
     IngestReport,
     Item,
     ModelMismatchError,
+    check_search_options,
     default_min_score,
     modality_of,
-    parse_date,
 )
 from ..index.sources import list_photos
 from ..locations import default_index, default_model
@@ -393,16 +394,14 @@ def _parse_modality(params: Mapping[str, str]) -> str:
 
 
 def _parse_filters(params: Mapping[str, str]) -> dict[str, str]:
-    """after= and before= as `Index.search` takes them (checked here: a bad date is a 400)."""
-    out = {}
-    for name in ("after", "before"):
-        value = params.get(name, "").strip()
-        if value:
-            try:
-                out[name] = parse_date(value, name=name)
-            except ValueError as e:
-                raise HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
-    return out
+    """after= and before= as `Index.search` takes them (checked here: a bad date, or a before= that is not
+    after after=, is a 400)."""
+    given = {name: params.get(name, "").strip() or None for name in ("after", "before")}
+    try:
+        after, before = check_search_options(**given)
+    except ValueError as e:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
+    return {name: value for name, value in (("after", after), ("before", before)) if value is not None}
 
 
 def hit_to_json(hit: Hit) -> dict[str, Any]:
@@ -604,6 +603,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("X-Frame-Options", "DENY")
         self.send_header("Content-Security-Policy", CSP)
+        # another site may not load our answers (a thumbnail's 200 or 404 would tell it a path is indexed: ids
+        # are hashes of paths), keep a window on us, or learn our URLs from a Referer
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Referrer-Policy", "no-referrer")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -623,6 +627,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli_app(build_parser().parse_args(["app", *(sys.argv[1:] if argv is None else argv)]))
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def cli_app(args: argparse.Namespace) -> int:
     photos = os.path.expanduser(args.photos)
     if not os.path.isdir(photos):
@@ -632,6 +640,8 @@ def cli_app(args: argparse.Namespace) -> int:
         print(f"edge-gcl app: error: --port {args.port}: expected 0 to 65535 (0: any free port)", file=sys.stderr)
         return 1
     index_dir = Path(args.index).expanduser() if args.index else default_index()
+    if threading.current_thread() is threading.main_thread():  # `kill PID` (SIGTERM) stops it like Ctrl+C:
+        signal.signal(signal.SIGTERM, _interrupt)  # the index is closed, its caches saved
     try:
         choice = default_model(args.model)
         print(f"index: {index_dir}\nloading {choice.spec} ({choice.source})...", flush=True)
@@ -664,8 +674,8 @@ def cli_app(args: argparse.Namespace) -> int:
         except OSError as e:
             print(f"edge-gcl app: error: port {args.port}: {e.strerror} (try --port 0)", file=sys.stderr)
             return 1
-        print(f"open {server.url} in a browser (Ctrl+C stops)", flush=True)
-        try:
+        try:  # the line inside: Ctrl+C or SIGTERM right after it still stops cleanly
+            print(f"open {server.url} in a browser (Ctrl+C stops)", flush=True)
             server.serve_forever()
         except KeyboardInterrupt:
             print("stopped")

@@ -241,8 +241,8 @@ def middle_index(n: int) -> int:
 
 def frame_weights(scores: Sequence[float], *, temperature: float = SCORE_TEMPERATURE) -> np.ndarray:
     """CoVR's emb_pool=query weights: softmax(scores / temperature), (k,) float64 summing to 1."""
-    z = np.asarray(scores, np.float64) / temperature  # (k,)
-    w = np.exp(z - z.max())
+    s = np.asarray(scores, np.float64)  # (k,)
+    w = np.exp((s - s.max()) / temperature)  # shifted before dividing: 1e308 / 0.1 would be inf, and inf - inf NaN
     return w / w.sum()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from typing import Any
 
 from ..locations import default_index, default_model
 from ..transform import ImageDecodeError
-from .index import Index, IngestReport, default_min_score, modality_of
+from .index import Index, IngestReport, check_search_options, default_min_score, modality_of
 from .sources import MAX_NOTE_CHARS, photo_id, printable
 from .store import Item, ModelMismatchError
 
@@ -41,6 +42,10 @@ _ERRORS = (
     KeyError,
     sqlite3.Error,
 )
+
+
+FLAGS = {"k": "-k", "min_score": "--min-score", "after": "--after", "before": "--before",
+         "cross_modal_offset": "--cross-modal-offset"}  # how check_search_options names the options
 
 
 def _run(body: Callable[[], int | None]) -> int:
@@ -93,7 +98,7 @@ def parse_pairs(pairs: list[str], *, flag: str) -> dict[str, Any]:
 
 def _print_report(report: IngestReport) -> None:
     for skip in report.skipped:
-        print(f"skipped {skip.input}: {skip.reason}", file=sys.stderr)
+        print(terminal_text(f"skipped {skip.input}: {skip.reason}"), file=sys.stderr)
     print(report)
 
 
@@ -222,12 +227,24 @@ def item_to_dict(item: Item) -> dict[str, Any]:
     return d
 
 
+# C0 and C1 controls (ESC starts the sequences that recolour, retitle or clear a terminal; CR hides a line) and the
+# bidirectional overrides that reorder what follows them
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_text(text: str) -> str:
+    """`text` safe to print on a terminal: control characters written as escapes (`\\x1b`), never sent."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
+                         text)
+
+
 def _line(what_path: str | None, text: str | None) -> str:
+    """A list or search line's path and note snippet, terminal-safe (a note's text is anyone's)."""
     what = what_path if what_path is not None else ""
     if text is not None:
         snippet = " ".join(text.split())
         what = f"{what}  {snippet[:80]}{'...' if len(snippet) > 80 else ''}".strip()
-    return what
+    return terminal_text(what)
 
 
 def _when(taken: str | None) -> str:
@@ -238,6 +255,7 @@ def cli_list(args: argparse.Namespace) -> int:
     def body() -> None:
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit {args.limit}: expected a positive number")
+        check_search_options(after=args.after, before=args.before, names=FLAGS)
         with _open(args, model=False) as index:
             items = index.items(modalities=modalities(args.modality), after=args.after, before=args.before,
                                 limit=args.limit)  # fmt: skip
@@ -264,6 +282,8 @@ def cli_search(args: argparse.Namespace) -> int:
             raise ValueError("search: give a query text, --image, or both")
         if args.all and args.min_score is not None:
             raise ValueError("search: give --all or --min-score, not both")
+        check_search_options(k=args.k, min_score=args.min_score, after=args.after, before=args.before,
+                             cross_modal_offset=args.cross_modal_offset, names=FLAGS)  # before the model loads
         where = parse_pairs(args.where, flag="--where") or None
         with _open(args) as index:
             cutoff = None if args.all else args.min_score

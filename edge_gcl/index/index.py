@@ -101,6 +101,38 @@ def parse_date(value: str | date, *, name: str = "date") -> str:
     return taken_text(when)
 
 
+MAX_CROSS_MODAL_OFFSET = 2.0  # a cosine lies in [-1, 1]: a larger offset ranks nothing by similarity any more
+
+
+def check_search_options(
+    *,
+    k: Any = 10,
+    min_score: Any = None,
+    after: str | date | None = None,
+    before: str | date | None = None,
+    cross_modal_offset: Any = None,
+    names: Mapping[str, str] | None = None,
+) -> tuple[str | None, str | None]:
+    """Check what `search` takes besides the query, before any model runs; returns (after, before) as
+    'YYYY-MM-DDTHH:MM:SS'. `names` maps an option to what the caller calls it (the CLI: {"k": "-k", ...})."""
+    name = {"k": "k", "min_score": "min_score", "after": "after", "before": "before",
+            "cross_modal_offset": "cross_modal_offset", **(names or {})}
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"{name['k']} {k!r}: must be a positive int")
+    if min_score is not None and not (isinstance(min_score, (int, float)) and np.isfinite(min_score)):
+        raise ValueError(f"{name['min_score']} {min_score!r}: expected a finite number (a cosine, -1 to 1)")
+    if cross_modal_offset is not None and not (
+        isinstance(cross_modal_offset, (int, float)) and abs(cross_modal_offset) <= MAX_CROSS_MODAL_OFFSET
+    ):
+        raise ValueError(f"{name['cross_modal_offset']} {cross_modal_offset!r}: expected a number from "
+                         f"-{MAX_CROSS_MODAL_OFFSET:g} to {MAX_CROSS_MODAL_OFFSET:g} (it is added to a cosine)")
+    lower = parse_date(after, name=name["after"]) if after is not None else None
+    upper = parse_date(before, name=name["before"]) if before is not None else None
+    if lower is not None and upper is not None and upper <= lower:
+        raise ValueError(f"{name['before']} {before} is not after {name['after']} {after}: no date can match")
+    return lower, upper
+
+
 def model_name(embedder: Embedder) -> str:
     """A model's name for people: the model an artifacts folder was built from (`default`), else its
     config name, else its id."""
@@ -841,14 +873,10 @@ class Index:
         taken (`parse_date`: "2024", "2024-07", "2024-07-31", datetimes; notes have no date and
         drop out). `sort="date"`: the `k` newest of the items above `min_score`, newest first.
         """
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k {k!r}: must be a positive int")
+        after, before = check_search_options(k=k, min_score=min_score, after=after, before=before,
+                                             cross_modal_offset=cross_modal_offset)
         if sort not in ("score", "date"):
             raise ValueError(f"sort {sort!r}: expected 'score' or 'date'")
-        if min_score is not None and not (isinstance(min_score, (int, float)) and np.isfinite(min_score)):
-            raise ValueError(f"min_score {min_score!r}: expected a finite number (a cosine, -1 to 1)")
-        after = parse_date(after, name="after") if after is not None else None
-        before = parse_date(before, name="before") if before is not None else None
         if modalities is not None:
             modalities = list(modalities)
             bad = [m for m in modalities if m not in MODALITIES]
@@ -860,8 +888,6 @@ class Index:
             query_modality = modality_of(text, image)
         if cross_modal_offset is None:
             cross_modal_offset = default_cross_modal_offset(self._embedder)
-        elif not (isinstance(cross_modal_offset, (int, float)) and np.isfinite(cross_modal_offset)):
-            raise ValueError(f"cross_modal_offset {cross_modal_offset!r}: expected a finite number")
         query = self._query(text, image, vector)  # (D,) float32, unit norm
         with self._lock:
             self._refresh()
@@ -912,12 +938,8 @@ class Index:
             bad = [m for m in modalities if m not in MODALITIES]
             if bad:
                 raise ValueError(f"modalities {bad}: expected any of {list(MODALITIES)}")
-        return self.store.list_items(
-            modalities,  # type: ignore[arg-type]
-            after=parse_date(after, name="after") if after is not None else None,
-            before=parse_date(before, name="before") if before is not None else None,
-            limit=limit,
-        )
+        after, before = check_search_options(after=after, before=before)
+        return self.store.list_items(modalities, after=after, before=before, limit=limit)  # type: ignore[arg-type]
 
     def query_vector(self, text: str | None = None, image: Any = None) -> np.ndarray:
         """The (D,) unit query vector `search(text, image)` would use: embed once, then

@@ -848,6 +848,8 @@ def dump_meta(meta: Mapping[str, Any]) -> str:
     for k in meta:
         if not isinstance(k, str):
             raise ValueError(f"meta: key {k!r} is not a str")
+        if not k or '"' in k:  # the JSON path of a `where` filter cannot name it (json_path)
+            raise ValueError(f"meta: key {k!r}: expected a non-empty str without '\"' (where= could not filter on it)")
     if _depth(meta) > MAX_META_DEPTH:
         raise ValueError(f"meta: nested deeper than {MAX_META_DEPTH} levels")
     try:
