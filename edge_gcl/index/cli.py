@@ -31,6 +31,7 @@ from typing import Any
 from ..locations import default_index, default_model
 from ..transform import ImageDecodeError
 from .index import Index, IngestReport, check_search_options, default_min_score, modality_of
+from .repair import repair
 from .sources import MAX_NOTE_CHARS, photo_id, printable
 from .store import Item, ModelMismatchError
 
@@ -198,7 +199,7 @@ def cli_repair(args: argparse.Namespace) -> int:
             model: str | None = default_model(args.model).spec
         except NoModelError:
             model = None
-        report = Index.repair(folder, model=model, provider=args.provider, form=args.form, progress=True)
+        report = repair(folder, model=model, provider=args.provider, form=args.form, progress=True)
         for lost in report.lost:
             print(f"lost {lost}", file=sys.stderr)
         if report.lost:

@@ -54,8 +54,6 @@ from .sources import (
     taken_text,
 )
 from .store import (
-    EMBEDDING_COLUMNS,
-    ITEM_COLUMNS,
     MODALITIES,
     Item,
     Modality,
@@ -64,7 +62,6 @@ from .store import (
     StoreInfo,
     VectorDType,
     dump_meta,
-    salvage,
 )
 from .vectors import ApproximateIndex, VectorMatrix, scan_bytes, top_rows
 
@@ -247,22 +244,6 @@ class IngestReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class RepairReport:
-    """What `Index.repair` did: items kept whole, embedded again, lost (ids, or paths of photos not found),
-    where the damaged file now is, and which tables had unreadable parts."""
-
-    damaged: str
-    kept: int = 0
-    reembedded: list[str] = field(default_factory=list)
-    lost: list[str] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return (f"kept {self.kept}, embedded again {len(self.reembedded)}, lost {len(self.lost)}; "
-                f"the damaged file is kept as {self.damaged}")
 
 
 class UnreadablePhotosError(ValueError):
@@ -1057,130 +1038,6 @@ class Index:
             if count * 8 >= len(vectors) // 2:  # a selective filter: exact over the few that pass
                 return self._search_exact(query, k, mask, offsets)
             count *= 8
-
-    # --- repairing -------------------------------------------------------------------------
-
-    @classmethod
-    def repair(
-        cls,
-        path: str | Path,
-        *,
-        model: Embedder | str | Path | None = None,
-        provider: str = "cpu",
-        form: str | None = None,
-        progress: bool = True,
-    ) -> RepairReport:
-        """Rebuild a damaged index file from what can still be read, keeping the damaged file beside it.
-
-        Every readable row is copied into a new file (`store.salvage`: a damaged page is stepped over);
-        an item whose vectors were lost is embedded again with `model` (the index's own model, needed only
-        then): a note from its text, a photo from its file (a photo+note whose file is gone keeps its note).
-        The new file replaces index.sqlite; the old one becomes `index.sqlite.damaged-<time>`. Run it with
-        no other edge-gcl process on the index (the app stopped)."""
-        path = Path(path)
-        file = path if path.suffix in (".sqlite", ".db") or path.is_file() else path / INDEX_FILE
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: no index here")
-        lock = filelock.FileLock(f"{file}.ingest-lock")
-        with lock:
-            return cls._repair(file, model=model, provider=provider, form=form, progress=progress)
-
-    @classmethod
-    def _repair(cls, file: Path, *, model: Any, provider: str, form: str | None, progress: bool) -> RepairReport:
-        got = salvage(file)
-        meta = got.meta
-        if not {"model_id", "embed_dim", "dtype"} <= set(meta):
-            raise ValueError(f"{file}: its record of the model (the meta table) cannot be read; nothing can be "
-                             "repaired: build a new index (`edge-gcl index add FOLDER`); the file was left as it was")
-        dim, dtype = int(meta["embed_dim"]), meta["dtype"]
-        blob = dim * np.dtype({"float16": "<f2", "int8": "i1", "float32": "<f4"}[dtype]).itemsize
-        items = {row[0]: row for row in got.items}
-        chunks: dict[int, list[tuple[Any, ...]]] = {}
-        for row in got.embeddings:
-            if row[1] in items and isinstance(row[3], bytes) and len(row[3]) == blob:
-                chunks.setdefault(row[1], []).append(row)
-        whole = {key for key, rows in chunks.items() if sorted(r[2] for r in rows) == list(range(len(rows)))}
-        report = RepairReport(damaged=str(file), unreadable=list(got.unreadable))
-        report.lost += [f"item #{key} (its record was on a damaged page)"
-                        for key in sorted({row[1] for row in got.embeddings} - set(items))]
-        staged = file.with_name(f".{file.name}.repair-{os.getpid()}")
-        staged.unlink(missing_ok=True)
-        store = Store.open(staged, model_id=meta["model_id"], embed_dim=dim, model_name=meta.get("model_name"),
-                           dtype=dtype)  # type: ignore[arg-type]
-        try:
-            with store.write() as conn:
-                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                 [(k, v) for k, v in meta.items() if k not in ("db_uuid", "format_version")])
-                columns = ", ".join(ITEM_COLUMNS)
-                for row in items.values():
-                    try:
-                        conn.execute(f"INSERT INTO items ({columns}) VALUES ({', '.join('?' * len(row))})", row)
-                    except sqlite3.Error:  # a row whose own fields are damaged (a broken meta, ...)
-                        report.lost.append(str(row[1]))
-                        whole.discard(row[0])
-                conn.executemany(
-                    f"INSERT INTO embeddings ({', '.join(EMBEDDING_COLUMNS)}) VALUES (?, ?, ?, ?, ?)",
-                    [r for key in sorted(whole) for r in chunks[key]],
-                )
-                conn.executemany("INSERT OR IGNORE INTO excluded VALUES (?, ?)", got.excluded)
-            report.kept = len(whole)
-            missing = [store.get_by_key(key) for key in items if key not in whole and str(items[key][1]) not in report.lost]
-            if missing:
-                index = cls(store, None, staged.parent)
-                index._reembed([it for it in missing if it is not None], model, provider=provider, form=form,
-                               report=report, progress=progress)
-            problems = store.integrity_check()
-            if problems != "ok":
-                raise sqlite3.DatabaseError(f"{staged}: the rebuilt file is not sound ({problems})")
-        except BaseException:
-            store.close()
-            staged.unlink(missing_ok=True)
-            raise
-        store.close()
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        report.damaged = str(file.with_name(f"{file.name}.damaged-{stamp}"))
-        for suffix in ("", "-wal", "-shm"):  # the damaged file, with its journal, kept as it was
-            if os.path.exists(f"{file}{suffix}"):
-                os.replace(f"{file}{suffix}", f"{report.damaged}{suffix}")
-        os.replace(staged, file)
-        for cache in (VECTORS_FILE, APPROXIMATE_FILE, APPROXIMATE_FILE + ".json"):  # derived from the old file
-            (file.parent / cache).unlink(missing_ok=True)
-        return report
-
-    def _reembed(self, items: list[Item], model: Any, *, provider: str, form: str | None, report: RepairReport,
-                 progress: bool) -> None:
-        """Vectors for items a repair found without them: notes from their text, photos from their files."""
-        from ..runtime import load_embedder
-
-        if model is None:
-            raise ValueError(f"{self.store.path}: {len(items)} items lost their vectors; repairing them needs the "
-                             "index's model (--model)")
-        embedder = load_embedder(model, provider=provider, form=form)
-        if embedder.model_id != self.model_id:
-            raise ModelMismatchError(
-                f"{self.store.path}: {len(items)} items lost their vectors and must be embedded again with the "
-                f"index's model {self.model_name!r} ({self.model_id}), not {embedder.model_id!r}: give that model "
-                "with --model (reindex afterwards to change models)"
-            )
-        bar = tqdm(total=len(items), unit="item", desc="repair", disable=not progress)
-        for start in range(0, len(items), 32):
-            batch = items[start : start + 32]
-            vectors = self._embed_sources([(it.path, it.text) for it in batch], embedder)
-            with self.store.write() as conn:
-                for it, v in zip(batch, vectors, strict=True):
-                    if isinstance(v, str) and it.text is not None:  # the photo is gone: its note stays, as a note
-                        conn.execute("UPDATE items SET modality = 'note', path = NULL, size_bytes = NULL, "
-                                     "mtime_ns = NULL, sha256 = NULL, taken = NULL, taken_from = NULL WHERE key = ?",
-                                     (it.key,))
-                        v = self._embed_sources([(None, it.text)], embedder)[0]
-                    if isinstance(v, str):  # a photo whose file is gone: a later add or sync brings it back
-                        conn.execute("DELETE FROM items WHERE key = ?", (it.key,))
-                        report.lost.append(it.path or it.id)
-                        continue
-                    self.store.set_vectors(conn, it.key, v)
-                    report.reembedded.append(it.id)
-            bar.update(len(batch))
-        bar.close()
 
     # --- migrating -------------------------------------------------------------------------
 
