@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_gcl.embedding import l2_normalize
-from edge_gcl.locations import record_artifacts
+from edge_gcl.locations import environment, record_artifacts
 from edge_gcl.manifest import TOKENIZER_NAME, Manifest, TowerArtifacts, tower_specs
 from edge_gcl.transform import ImageDecodeError, preprocess
 
@@ -585,7 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The build succeeded: `args.out` holds it.
     print(summary_table(result))
     record = record_artifacts(args.out)  # what `edge-gcl index/search/app` run when no --model is given
-    print(f"edge-gcl index, search and app now run {Path(args.out).resolve()} by default (recorded in {record})")
+    print(f"edge-gcl index, search and app in this environment ({environment()}) now run "
+          f"{Path(args.out).resolve()} by default (recorded in {record})")
     return 0
 
 

@@ -115,9 +115,11 @@ def test_the_cli_indexes_and_searches_compiled_artifacts_in_it(venv: Path, tmp_p
     photos = make_photos(tmp_path / "photos", 5)
     home = tmp_path / "home"
     env = in_venv_env(home)
+    prefix = sh(venv / "bin" / "python", "-c", "import sys; print(sys.prefix)").stdout.strip()
     os.environ["EDGE_GCL_HOME"], saved = str(home), os.environ.get("EDGE_GCL_HOME")
-    try:
-        record_artifacts(artifacts)  # as export.compile leaves it: no --model below
+    try:  # as export.compile leaves it in each environment: no --model below
+        record_artifacts(artifacts, env=str(Path(prefix).resolve()))  # the device's venv
+        record_artifacts(artifacts)  # this interpreter's, which reads the same index below
     finally:
         os.environ["EDGE_GCL_HOME"] = saved or ""
     cli = venv / "bin" / "edge-gcl"
