@@ -8,3 +8,8 @@
 
 `common.py` holds what they share: the machine/versions header, timing and memory helpers, tables, JSON.
 """
+
+from edge_gcl.extras import require_or_exit as _require_or_exit
+
+# Run from a clone with the [dev] extra: in the runtime install, one line says so (not a traceback).
+_require_or_exit("dev", what="the benchmarks", modules=["torch", "onnx", "matplotlib", "faiss"], clone=True)

@@ -18,13 +18,31 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .extras import missing_extra
+
 
 def _handler(target: str):
+    """The handler `module:function`, imported when its command runs. A module that an absent extra
+    installs (torch for `train`, ...) is one line naming the extra, exit status 1, not a traceback."""
+
     def run(args: argparse.Namespace) -> int | None:
         module, func = target.split(":")
-        return getattr(importlib.import_module(module), func)(args)
+        try:
+            return getattr(importlib.import_module(module), func)(args)
+        except ModuleNotFoundError as e:
+            line = missing_extra(e, what=_command(args))
+            if line is None:
+                raise
+            print(f"edge-gcl: error: {line}", file=sys.stderr)
+            return 1
 
     return run
+
+
+def _command(args: argparse.Namespace) -> str:
+    """`edge-gcl eval mbeir`, ...: the command words `args` was parsed from."""
+    words = [args.command] + [getattr(args, f"{args.command}_command", None) or ""]
+    return " ".join(["edge-gcl", *filter(None, words)])
 
 
 MODALITY_CHOICES = ["all", "photo", "note", "photo+note"]  # the app's modality= takes the same

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_gcl.embedding import l2_normalize
+from edge_gcl.extras import require_or_exit
 from edge_gcl.locations import environment, record_artifacts
 from edge_gcl.manifest import TOKENIZER_NAME, Manifest, TowerArtifacts, tower_specs
 from edge_gcl.transform import ImageDecodeError, preprocess
@@ -572,6 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list_chipsets:
         print(format_table())
         return 0
+    require_or_exit("export", what="python -m export.compile", clone=True)  # one line, not a traceback
     from .aihub import AIHubError, AIHubNotConfigured
 
     try:

@@ -329,7 +329,7 @@ def test_parquet_without_pyarrow_names_the_package(worked_root: Path, fake_runti
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     assert _run(worked_root) == 1
     path = worked_root / "MSCOCO_t2i" / "test-00000-of-00001.parquet"
-    assert _error_line(capsys) == f"{path}: reading MMEB's parquet files needs pyarrow (pip install pyarrow)"
+    assert _error_line(capsys) == f"{path}: reading MMEB's parquet files needs pyarrow, from the [mmeb] extra: pip install 'edge-gcl[mmeb]'"
 
 
 def test_empty_task_file(worked_root: Path, fake_runtime, capsys):
