@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from .embedding import Embedder, ImageInput, l2_normalize
+from .embedding import Embedder, ImageInput, l2_normalize, model_label, model_name
 from .manifest import TOKENIZER_NAME, Manifest, TowerSpec, is_artifacts_folder
 from .tokenizer import Tokenizer, check_text
 from .transform import preprocess
@@ -140,7 +140,7 @@ class OnnxEmbedder:
             where = f"Hexagon NPU (QNN HTP {chip.get('htp_arch', '?')}, built for {chip.get('name', 'an unnamed chip')})"
         precision = "" if self.form == "float" else f" {m.precision}"
         return (
-            f"model {m.model_name} ({self.folder}, {self.embed_dim}-d), "
+            f"model {model_label(model_name(self), self.model_id)}, {self.embed_dim}-d, from {self.folder}: "
             f"{_FORM_TEXT[self.form]}{precision} towers on {where}"
         )
 
@@ -408,7 +408,8 @@ def load_embedder(
         )
     from .models import TorchEmbedder, load_model
 
-    return TorchEmbedder(load_model(str(spec)))
+    name = Path(spec).name if Path(spec).exists() else str(spec)  # as export.compile records it
+    return TorchEmbedder(load_model(str(spec)), name=name)
 
 
 def describe(embedder: Embedder) -> str:
@@ -416,6 +417,4 @@ def describe(embedder: Embedder) -> str:
     own = getattr(embedder, "describe", None)
     if callable(own):
         return own()
-    name = getattr(getattr(embedder, "model", None), "config", None)
-    name = getattr(name, "name", None) or type(embedder).__name__
-    return f"model {name} ({embedder.embed_dim}-d), PyTorch float32 on the CPU"
+    return f"model {model_label(model_name(embedder), embedder.model_id)}, {embedder.embed_dim}-d: PyTorch float32 on the CPU"

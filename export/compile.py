@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_gcl.embedding import l2_normalize
+from edge_gcl.embedding import l2_normalize, model_label
 from edge_gcl.extras import require_or_exit
 from edge_gcl.locations import environment, record_artifacts
 from edge_gcl.manifest import TOKENIZER_NAME, Manifest, TowerArtifacts, tower_specs
@@ -538,7 +538,7 @@ def summary_table(result: CompileResult) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     chip = m.chipset or {}
     lines.insert(1, "-" * len(lines[0]))
-    lines.append(f"model {m.model_id}, precision {m.precision}, chip {chip.get('name', '-')} "
+    lines.append(f"model {model_label(m.extra.get('source_model') or m.model_name, m.model_id)}, precision {m.precision}, chip {chip.get('name', '-')} "
                  f"(Hexagon {chip.get('htp_arch', '-')}), folder {result.out}")
     lines.append("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.steps_s.items()))
     return "\n".join(lines)

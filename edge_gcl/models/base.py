@@ -69,13 +69,15 @@ def weights_id(model: DualEncoder) -> str:
 class TorchEmbedder:
     """`Embedder` over a PyTorch `DualEncoder` (float32, CPU, no grad).
 
-    `model_id` defaults to `weights_id(model)`, the id of artifacts exported from the same weights.
+    `model_id` defaults to `weights_id(model)`, the id of artifacts exported from the same weights;
+    `name` (what it was loaded by: `default`, a checkpoint folder's name) to the config's name.
     `tokenizer` is public: the index sizes note chunks with its `count_tokens`.
     """
 
-    def __init__(self, model: DualEncoder, *, model_id: str | None = None):
+    def __init__(self, model: DualEncoder, *, model_id: str | None = None, name: str | None = None):
         self.model = model.eval()
         self.model_id = model_id or weights_id(model)
+        self.model_name = name or model.config.name  # for people (`edge_gcl.embedding.model_name`)
         self.embed_dim = model.config.embed_dim
         self.tokenizer = model.tokenizer()
 
