@@ -7,6 +7,7 @@
     edge-gcl index add|sync|note|list|remove|reindex|stats ...   edge_gcl/index/cli.py
     edge-gcl search "query" ...           edge_gcl/index/cli.py
     edge-gcl app --photos DIR             edge_gcl/app/server.py
+    edge-gcl status                       edge_gcl/status.py
 
 Handlers are imported only when their command runs, so `edge-gcl search` never imports torch.
 """
@@ -54,6 +55,7 @@ USER_EPILOG = """getting started:
   edge-gcl index note "passport renewal receipt"
   edge-gcl index list                    what is indexed, newest first
   edge-gcl app --photos ~/Pictures       the same in your browser
+  edge-gcl status                        which model and index these use, and what they run on
 
 `edge-gcl COMMAND --help` lists a command's options. Training and evaluation: train, eval, bench."""
 
@@ -259,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     index_options(st, model=False)
     st.set_defaults(func=_handler("edge_gcl.index.cli:cli_stats"))
 
-    ap = sub.add_parser("app", help="search your photos in the browser (on this machine, 127.0.0.1)")
+    ap = sub.add_parser("app", help="search your photos in the browser (on this machine, 127.0.0.1)",
+                        description="Index a folder of photos (kept in sync while it runs) and serve a search page "
+                        "on http://127.0.0.1:PORT: words, a photo, or both; notes; similar photos. Nothing leaves "
+                        "this machine.")
     ap.add_argument("--photos", required=True, metavar="DIR", help="folder of photos (searched recursively)")
     index_options(ap)
     ap.add_argument("--reindex", action="store_true",
@@ -272,7 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: 10)")
     ap.set_defaults(func=_handler("edge_gcl.app.server:cli_app"))
 
-    q = sub.add_parser("search", help="search the index with words, a photo, or both")
+    stp = sub.add_parser("status", help="the default model and where it was recorded, the index, providers, versions",
+                         description="What this install runs when no --model is given and why, where the index is, "
+                         "the providers the towers can run on (CPU, QNN) and the versions. Loads nothing.")
+    stp.add_argument("--model", metavar="MODEL", help="show this model instead of the default one")
+    stp.add_argument("--index", metavar="DIR", help="show this index folder instead of the default one")
+    stp.add_argument("--json", action="store_true", help="one JSON object (default: lines for a person)")
+    stp.set_defaults(func=_handler("edge_gcl.status:cli_status"))
+
+    q = sub.add_parser("search", help="search the index with words, a photo, or both",
+                       description="Search the index with words, a photo (-i), or both. Each result shows its "
+                       "cosine similarity to the query; results are ranked by it plus the model's cross-modal "
+                       "offset for another kind of item than the query (the 'score' column, shown where it differs), "
+                       "and those scoring under the model's cut-off are hidden (stderr says how many).")
     q.add_argument("query", nargs="?", help="what to look for, in words")
     q.add_argument("-i", "--image", metavar="PATH", help="a photo to search with (default: none; with words: both)")
     q.add_argument("-k", "--k", type=int, default=10, metavar="K", help="how many results at most (default: 10)")

@@ -125,8 +125,8 @@ def default_model(explicit: str | None = None) -> ModelChoice:
         return ModelChoice(env, "$EDGE_GCL_MODEL")
     recorded = recorded_artifacts()
     if recorded is not None:
-        return ModelChoice(str(recorded), f"built by export.compile in this environment ({environment()}), "
-                                          f"recorded in {data_dir() / ARTIFACTS_RECORD}")
+        return ModelChoice(str(recorded), f"the record of export.compile's last build in this environment "
+                                          f"({environment()}), in {data_dir() / ARTIFACTS_RECORD}")
     if is_artifacts_folder("artifacts"):
         return ModelChoice("artifacts", "./artifacts")
     others = recorded_elsewhere()

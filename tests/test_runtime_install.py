@@ -25,7 +25,7 @@ VENVS = Path.home() / ".cache" / "edge-gcl" / "test-venvs"
 # Test modules that need only the runtime install (marked `runtime`); copied out of the checkout
 # so the venv imports edge_gcl from what pip installed, not from the source tree.
 RUNTIME_TESTS = ["conftest.py", "test_locations.py", "test_torch_free.py", "test_app.py", "test_transform.py",
-                 "test_extras.py"]
+                 "test_extras.py", "test_status.py"]
 
 pytestmark = pytest.mark.slow
 
