@@ -136,8 +136,12 @@ class OnnxEmbedder:
         m = self.manifest
         where = "ONNX Runtime CPU"
         if self.provider == "qnn":
+            from .qnn_ep import htp_emulated
+
             chip = m.chipset or {}
-            where = f"Hexagon NPU (QNN HTP {chip.get('htp_arch', '?')}, built for {chip.get('name', 'an unnamed chip')})"
+            built = f"QNN HTP {chip.get('htp_arch', '?')}, built for {chip.get('name', 'an unnamed chip')}"
+            where = (f"the HTP emulated on this CPU ({built}; correct, not device speed)" if htp_emulated()
+                     else f"Hexagon NPU ({built})")
         precision = "" if self.form == "float" else f" {m.precision}"
         return (
             f"model {model_label(model_name(self), self.model_id)}, {self.embed_dim}-d, from {self.folder}: "

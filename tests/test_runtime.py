@@ -8,6 +8,7 @@ float towers with a dynamic batch and "qdq" towers with a static batch of 1); ot
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -427,6 +428,18 @@ def test_qnn_provider_runs_qdq_towers_entirely_on_the_htp(qdq_artifacts: Path, p
         assert got.shape == ref.shape and got.dtype == np.float32
         assert (got * ref).sum(1).min() >= 0.999, (got * ref).sum(1)
         assert (got * float_ref).sum(1).min() >= 0.99, (got * float_ref).sum(1)
+
+
+@needs_qnn
+def test_the_qnn_libraries_banner_reaches_neither_stdout_nor_stderr(qdq_artifacts: Path) -> None:
+    """The QNN libraries print " # LIBNATIVE: No alternate configuration ..." from native code when the
+    first HTP session opens: off stdout (it would corrupt --json) and dropped (issue 34: on every search)."""
+    code = ("import json, sys; from edge_gcl.runtime import OnnxEmbedder; "
+            f"e = OnnxEmbedder({str(qdq_artifacts)!r}, provider='qnn', form='qdq', threads=1); "
+            "print(json.dumps(e.embed_texts(['a dog']).shape))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == f"[1, {DIM}]\n" and "LIBNATIVE" not in done.stderr, done.stderr[-2000:]
 
 
 @needs_qnn
