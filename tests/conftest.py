@@ -21,3 +21,21 @@ def flickr() -> Path:
     if not (FLICKR / "captions.txt").exists():
         pytest.skip(f"{FLICKR} not present (the shared research data set)")
     return FLICKR
+
+
+def in_ci() -> bool:
+    """Under CI (`CI=true`, as GitHub Actions, GitLab and .ci/run set it) no check may vanish quietly."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Under CI a skipped `browser` test fails the run: without Chromium the app's page is not tested, and
+    a quiet skip would let CI pass anyway."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci() and item.get_closest_marker("browser") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: a browser test may not skip ({reason}); install Chromium: apt-get install -y chromium"

@@ -34,6 +34,9 @@ from edge_gcl.transform import load_image
 pytestmark = pytest.mark.runtime  # runs in the torch-free install too (tests/test_runtime_install.py)
 
 CHROMIUM = Path("/usr/bin/chromium")
+# The browser tests skip without it, except under CI, where a skipped `browser` test fails (conftest.py)
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(),
+                                    reason="needs /usr/bin/chromium (Debian: sudo apt-get install -y chromium)")
 COLORS = {"red": (220, 40, 40), "green": (40, 160, 70), "blue": (40, 70, 220), "yellow": (240, 205, 40)}
 PASSPORT = "passport renewal receipt"
 PICNIC = "birthday picnic in the park"
@@ -469,9 +472,8 @@ def run_chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian: apt-get install -y chromium)"
-)
+@pytest.mark.browser
+@needs_chromium
 def test_page_in_headless_chromium(library, tmp_path: Path) -> None:
     server, index, photos, _ = library
     url = f"{server.url}?q=red"
@@ -536,9 +538,8 @@ window.addEventListener("load", async () => {
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian: apt-get install -y chromium)"
-)
+@pytest.mark.browser
+@needs_chromium
 def test_page_note_upload_and_similar_in_headless_chromium(
     fresh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -774,9 +775,8 @@ window.addEventListener("load", async () => {
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian: apt-get install -y chromium)"
-)
+@pytest.mark.browser
+@needs_chromium
 def test_page_gallery_remove_dates_sync_and_similar_in_headless_chromium(
     dated_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -99,7 +99,7 @@ def test_the_runtime_tests_pass_in_it(venv: Path, tmp_path: Path) -> None:
     tests.mkdir()
     for name in RUNTIME_TESTS:
         shutil.copy(ROOT / "tests" / name, tests / name)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: slow\n    runtime: runtime\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: slow\n    runtime: runtime\n    browser: browser\n")
     done = subprocess.run(
         [venv / "bin" / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "runtime", "tests"],
         capture_output=True, text=True, cwd=tmp_path, env=in_venv_env(tmp_path / "home"), timeout=900,
