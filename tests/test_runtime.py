@@ -300,7 +300,7 @@ def test_load_embedder_sends_other_specs_to_the_torch_models(
 
     fake = types.ModuleType("edge_gcl.models")
     fake.load_model = lambda spec: ("model", spec)  # type: ignore[attr-defined]
-    fake.TorchEmbedder = lambda model, name: ("embedder", model, name)  # type: ignore[attr-defined]
+    fake.TorchEmbedder = lambda model, device, name: ("embedder", model, name)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "edge_gcl.models", fake)
     assert load_embedder("default") == ("embedder", ("model", "default"), "default")
     # a checkpoint folder, named as export.compile records it (the folder's own name)
