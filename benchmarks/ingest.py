@@ -167,7 +167,7 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    """The README section: the table and what was measured."""
+    """The results page's section (docs/results.md): the table and what was measured."""
     from .common import markdown_table
 
     c = doc["config"]
