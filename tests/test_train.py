@@ -496,3 +496,12 @@ def test_train_help_gives_the_defaults_training_uses():
             assert str(Path(said.group(1)).expanduser()) == value or said.group(1) == value, (action.dest, said.group(1))
         checked += 1
     assert checked >= 15
+
+
+def test_a_stem_cache_too_big_for_memory_is_refused_before_it_is_computed(data, tmp_path, monkeypatch, capsys):
+    import edge_gcl.train.stems
+
+    monkeypatch.setattr(edge_gcl.train.stems, "available_memory_bytes", lambda: 1_000_000)  # 1 MB free
+    _refused(capsys, "the lite stem cache of 25 photos x 2 views needs",
+             lambda: _train(data, tmp_path / "big", tmp_path / "cache", "--steps", "1"))
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

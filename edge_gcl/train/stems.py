@@ -66,6 +66,7 @@ class StemCache:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             stems = _StemRunner(model, device, Path(tmp))
+            _check_memory(stems, pairs, model, cfg)
             images, keep = _cache_images(stems, pairs, model, cfg)
             kept = _kept(pairs, keep)
             hidden, masks = _cache_texts(stems, kept, model)
@@ -141,6 +142,35 @@ class CachedBatches:
         else:
             hidden = self._to_device(self.hidden[rows, :length])
         return [hidden, torch.from_numpy(np.ascontiguousarray(mask[:, :length])).to(self.device, non_blocking=True)]
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux); None where there is none."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(stems: _StemRunner, pairs: Pairs, model: DualEncoder, cfg: TrainConfig) -> None:
+    """Refuse a cache that cannot fit in memory (it is held whole while training) before computing it."""
+    size = model.config.image.size
+    per_view = stems.images(np.zeros((1, 3, size, size), np.float32)).nbytes  # float16 stem output of one view
+    ids = np.zeros((1, model.config.text.context_length), np.int64)
+    per_caption = stems.texts(ids, np.ones_like(ids)).nbytes
+    need = len(pairs) * cfg.image_views * per_view + sum(map(len, pairs.captions)) * per_caption
+    have = available_memory_bytes()
+    if have is not None and need > 0.8 * have:
+        raise ValueError(f"the lite stem cache of {len(pairs):,} photos x {cfg.image_views} views needs "
+                         f"{_size(need)} of memory and {_size(have)} is available: train on fewer "
+                         "photos or --image-views, or a TinyCLIP model (decoded on the fly, no cache)")
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _kept(pairs: Pairs, keep) -> Pairs:
