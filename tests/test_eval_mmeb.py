@@ -377,10 +377,10 @@ def test_report_runs_mmeb_only_when_its_root_is_given(worked_root: Path, tmp_pat
     monkeypatch.setitem(sys.modules, "edge_gcl.runtime",
                         types.SimpleNamespace(load_embedder=lambda model, provider="cpu", device=None: AngleEmbedder(ANGLES)))
     out = tmp_path / "results"
-    argv = ["--artifacts", str(artifacts), "--out", str(out), "--no-readme"]
+    argv = ["--artifacts", str(artifacts), "--out", str(out), "--no-doc"]
     assert report(["--only", "mmeb", "--mmeb-root", str(worked_root), *argv]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["mmeb.json"]
-    md = render(out, readme_dir=tmp_path)
+    md = render(out, doc_dir=tmp_path)
     assert "### MMEB retrieval" in md
     assert "| MSCOCO_t2i | 33.3 | 66.7 | 100.0 | 3 |" in md
     assert "Not in the root: VisDial, CIRR" in md
