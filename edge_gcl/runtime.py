@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from .embedding import Embedder, ImageInput, l2_normalize
+from .embedding import Embedder, ImageInput, l2_normalize, model_label, model_name
 from .locations import data_dir
 from .manifest import (
     TOKENIZER_NAME,
@@ -151,11 +151,15 @@ class OnnxEmbedder:
         m = self.manifest
         where = "ONNX Runtime CPU"
         if self.provider == "qnn":
+            from .qnn_ep import htp_emulated
+
             chip = m.chipset or {}
-            where = f"Hexagon NPU (QNN HTP {chip.get('htp_arch', '?')}, built for {chip.get('name', 'an unnamed chip')})"
+            built = f"QNN HTP {chip.get('htp_arch', '?')}, built for {chip.get('name', 'an unnamed chip')}"
+            where = (f"the HTP emulated on this CPU ({built}; correct, not device speed)" if htp_emulated()
+                     else f"Hexagon NPU ({built})")
         precision = "" if self.form == "float" else f" {m.precision}"
         return (
-            f"model {m.model_name} ({self.folder}, {self.embed_dim}-d), "
+            f"model {model_label(model_name(self), self.model_id)}, {self.embed_dim}-d, from {self.folder}: "
             f"{_FORM_TEXT[self.form]}{precision} towers on {where}"
         )
 
@@ -454,9 +458,10 @@ def load_embedder(
         )
     from .models import TorchEmbedder, load_model
 
+    name = Path(spec).name if Path(spec).exists() else str(spec)  # as export.compile records it
     # seed 0: a fresh (untrained) preset such as `lite` gets the same weights, so the same model id, in every
     # process; otherwise an index built with it could never be opened again
-    return TorchEmbedder(load_model(str(spec), seed=0), device=device or "cpu")
+    return TorchEmbedder(load_model(str(spec), seed=0), device=device or "cpu", name=name)
 
 
 def describe(embedder: Embedder) -> str:
@@ -464,8 +469,6 @@ def describe(embedder: Embedder) -> str:
     own = getattr(embedder, "describe", None)
     if callable(own):
         return own()
-    name = getattr(getattr(embedder, "model", None), "config", None)
-    name = getattr(name, "name", None) or type(embedder).__name__
     device = getattr(embedder, "device", None)
     where = "the CPU" if device is None or str(device) == "cpu" else str(device)
-    return f"model {name} ({embedder.embed_dim}-d), PyTorch float32 on {where}"
+    return f"model {model_label(model_name(embedder), embedder.model_id)}, {embedder.embed_dim}-d: PyTorch float32 on {where}"

@@ -95,9 +95,9 @@ def test_a_thin_photo_query_stays_small_in_memory(tmp_path: Path, artifacts: Pat
     make_photos(tmp_path / "photos", 3)
     common = ["--index", tmp_path / "idx", "--model", artifacts]
     assert cli("index", "add", tmp_path / "photos", *common).returncode == 0
-    done = cli("search", "--image", thin_png(tmp_path / "thin.png", 400_000, 2), "--all", *common)
+    done = cli("search", "--image", thin_png(tmp_path / "thin.png", 400_000, 2), "--all", "--json", *common)
     no_traceback(done)
-    assert done.returncode == 0 and len(done.stdout.splitlines()) == 3
+    assert done.returncode == 0 and len(json.loads(done.stdout)) == 3
     assert peak_mb(done) < 350, done.stderr
 
 
@@ -213,8 +213,8 @@ def test_a_photo_dated_past_2262_is_added_with_the_others(tmp_path: Path, artifa
     no_traceback(done)  # was an OverflowError traceback, and none of the three added
     assert done.returncode == 0 and "added 3," in done.stdout
     assert "unchanged 3," in cli("index", "sync", tmp_path / "photos", *common).stdout  # the app's sync, too
-    listed = cli("index", "list", "--index", tmp_path / "idx").stdout
-    assert "2300-01-01" in listed.splitlines()[0]  # what the file says, newest first
+    listed = json.loads(cli("index", "list", "--json", "--index", tmp_path / "idx").stdout)
+    assert listed[0]["taken"].startswith("2300-01-01")  # what the file says, newest first
 
 
 # --- 9. EXIF years before 1000 ---------------------------------------------------------------------
@@ -341,10 +341,10 @@ def test_search_answers_when_the_cache_cannot_be_written(tmp_path: Path, artifac
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    done = cli("search", "note number 7", "-k", "3", "--all", "--index", tmp_path / "idx", "--model", artifacts,
-               setup=small_files)
+    done = cli("search", "note number 7", "-k", "3", "--all", "--json", "--index", tmp_path / "idx", "--model",
+               artifacts, setup=small_files)
     no_traceback(done)  # was an ENOSPC traceback and no results
-    assert done.returncode == 0 and len(done.stdout.splitlines()) == 3
+    assert done.returncode == 0 and len(json.loads(done.stdout)) == 3
     assert "index.vectors: search cache not saved (File too large); the next open rebuilds it" in done.stderr
     assert not (tmp_path / "idx" / "index.vectors").exists()
     assert [p.name for p in (tmp_path / "idx").iterdir() if p.name.endswith(".tmp")] == []
@@ -534,8 +534,8 @@ def test_a_read_only_index_can_be_listed_and_searched(tmp_path: Path, artifacts:
     assert cli("index", "note", "the tickets are in the drawer", *common).returncode == 0
     undo = _make_read_only(idx)
     try:
-        listed = cli("index", "list", "--index", idx)
-        assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 3, listed.stderr
+        listed = cli("index", "list", "--json", "--index", idx)
+        assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 3, listed.stderr
         found = cli("search", "tickets drawer", "-k", "1", "--all", *common)
         assert found.returncode == 0 and "the tickets are in the drawer" in found.stdout, found.stderr
         assert cli("index", "stats", "--index", idx).returncode == 0
