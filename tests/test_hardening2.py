@@ -761,3 +761,13 @@ def test_sigterm_stops_the_app_cleanly(tmp_path: Path, artifacts: Path) -> None:
             child.kill()
     assert child.returncode == 0, (child.returncode, err)  # was killed by the signal (-15), the index not closed
     assert out.strip().endswith("stopped") and "Traceback" not in err
+
+
+def test_the_decode_memory_benchmark_runs_and_meets_its_goal(tmp_path: Path, artifacts: Path) -> None:
+    out = tmp_path / "decode_memory.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.decode_memory", "--model", str(artifacts), "--cases",
+                           "upload-photo", "upload-thin", "--json", str(out)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"] for r in rows] == ["upload-photo", "upload-thin"] and all(r["met"] and r["ok"] for r in rows)
