@@ -70,6 +70,7 @@ from ..index import (
     modality_of,
     parse_date,
 )
+from ..index.cli import _ocr
 from ..index.sources import list_photos
 from ..locations import default_index, default_model
 from ..runtime import describe, load_embedder
@@ -134,13 +135,14 @@ def build_index(
     model: Embedder | str | Path = "default",
     provider: str = "cpu",
     progress: bool = True,
+    ocr: Any = "auto",
 ) -> tuple[Index, IngestReport]:
     """Open (or create) the index at `index_dir` and mirror the folder `photos` into it.
 
-    Unusable files are listed in `report.skipped` and never stop the ingest. The caller closes
-    the returned index.
+    Unusable files are listed in `report.skipped` and never stop the ingest; `ocr` reads the words
+    in the photos (`Index.open`). The caller closes the returned index.
     """
-    index = Index.open(Path(index_dir).expanduser(), model=model, provider=provider)
+    index = Index.open(Path(index_dir).expanduser(), model=model, provider=provider, ocr=ocr)
     try:
         report = index.sync(Path(photos).expanduser(), progress=progress)
     except BaseException:
@@ -209,7 +211,8 @@ class PhotoSearchApp:
                 ) from None
         started = time.perf_counter()
         options: dict[str, Any] = dict(k=k, modalities=MODALITY_FILTERS[modality], sort=sort,
-                                       query_modality=modality_of(q, image), **filters)
+                                       query_modality=modality_of(q, image), words=q if image is None else None,
+                                       **filters)  # fmt: skip
         try:
             with self._model_lock:
                 vector = self.index.query_vector(q, image)
@@ -374,6 +377,8 @@ def item_to_json(item: Item) -> dict[str, Any]:
         d["taken"] = item.taken
     if item.text is not None:
         d["text"] = item.text
+    if item.ocr:
+        d["ocr"] = item.ocr
     return d
 
 
@@ -625,15 +630,16 @@ def cli_app(args: argparse.Namespace) -> int:
         print(f"index: {index_dir}\nloading {choice.spec} ({choice.source})...", flush=True)
         embedder = load_embedder(choice.spec, provider=args.provider, form=args.form)
         print(describe(embedder), flush=True)
+        ocr = _ocr(args, embedder) if getattr(args, "ocr", True) else False
         try:
-            index, report = build_index(photos, index_dir, model=embedder)
+            index, report = build_index(photos, index_dir, model=embedder, ocr=ocr if ocr is not None else False)
         except ModelMismatchError:
             if not args.reindex:
                 raise
             print(f"re-embedding the index with {embedder.model_id} (notes are kept)", flush=True)
             with Index.open(index_dir) as old:
-                old.reindex(embedder)
-            index, report = build_index(photos, index_dir, model=embedder)
+                old.reindex(embedder, ocr=ocr if ocr is not None else False)
+            index, report = build_index(photos, index_dir, model=embedder, ocr=ocr if ocr is not None else False)
     except ModelMismatchError as e:
         print(f"edge-gcl app: error: {e} (--reindex re-embeds it with this model)", file=sys.stderr)
         return 1

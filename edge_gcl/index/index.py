@@ -279,7 +279,7 @@ class Index:
         provider: str = "cpu",
         form: str | None = None,
         timeout_s: float = 30.0,
-        ocr: OcrEngine | bool | Literal["auto"] = "auto",
+        ocr: OcrEngine | bool | Literal["auto"] | None = "auto",
     ) -> Index:
         """Open the index at `path` (a folder holding index.sqlite, or a `.sqlite` file).
 
@@ -1072,7 +1072,7 @@ class Index:
         form: str | None = None,
         batch_size: int = 32,
         progress: bool = True,
-        ocr: OcrEngine | bool | Literal["auto"] = "auto",
+        ocr: OcrEngine | bool | Literal["auto"] | None = "auto",
     ) -> IngestReport:
         """Re-embed every item with another model, atomically.
 
@@ -1104,7 +1104,7 @@ class Index:
 
         new = load_embedder(model, provider=provider, form=form)  # type: ignore[arg-type]
         engine = load_ocr(new, ocr, provider=provider, form=form)  # type: ignore[arg-type]
-        if engine is not None or ocr is False:
+        if engine is not None or not ocr:
             self.ocr = engine
         read: dict[int, str] = {}  # key -> text read now (stored with the swap)
         report = IngestReport()

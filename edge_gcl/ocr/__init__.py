@@ -10,18 +10,18 @@ __all__ = ["GRAPHS", "OcrConfig", "OcrEngine", "OcrFiles", "OcrLine", "OcrResult
 
 
 def load_ocr(
-    embedder: object, ocr: OcrEngine | bool | str = "auto", *, provider: str = "cpu", form: str | None = None
+    embedder: object, ocr: OcrEngine | bool | str | None = "auto", *, provider: str = "cpu", form: str | None = None
 ) -> OcrEngine | None:
     """The OCR engine an index uses beside `embedder`.
 
-    `ocr`: an `OcrEngine` (returned as is); False (none); "auto": the OCR graphs of the embedder's
+    `ocr`: an `OcrEngine` (returned as is); False or None (none); "auto": the OCR graphs of the embedder's
     artifacts folder when its manifest lists them, run like its towers (`provider`, `form`), else
     none; True: the same, but a model whose folder has none (a PyTorch model) takes the rapidocr
     wheel's float graphs (the `[export]` extra), and FileNotFoundError says so where it is missing.
     """
     if isinstance(ocr, OcrEngine):
         return ocr
-    if ocr is False:
+    if ocr is False or ocr is None:
         return None
     if ocr not in (True, "auto"):
         raise ValueError(f"ocr {ocr!r}: expected True, False, 'auto' or an OcrEngine")
