@@ -166,15 +166,18 @@ def find_boxes(
     box_threshold: float,
     unclip_ratio: float,
     min_size: float = 3.0,
+    max_height: float | None = None,
     max_boxes: int = 1000,
 ) -> list[tuple[np.ndarray, float]]:
-    """DB post-processing: (box (4, 2) in `prob`'s pixels, score) per text region, best first."""
+    """DB post-processing: (box (4, 2) in `prob`'s pixels, score) per text region, best first.
+    `max_height`: regions whose short side is longer are dropped (PP-OCR's detector also lights up
+    flat areas of a photo: a sky, a wall; a line of text is a thin strip)."""
     found = []
     for comp in sorted(components(prob, threshold), key=lambda c: -c.pixels)[:max_boxes]:
         if comp.score < box_threshold:
             continue
         rect = min_area_rect(comp.points)
-        if min(side_lengths(rect)) < min_size:
+        if min(side_lengths(rect)) < min_size or (max_height is not None and min(side_lengths(rect)) > max_height):
             continue
         grown = unclip(rect, unclip_ratio)
         if min(side_lengths(grown)) < min_size + 2:

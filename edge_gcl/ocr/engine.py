@@ -173,13 +173,10 @@ class OcrEngine:
         """Text boxes (4, 2) in `image`'s pixels, with their scores: the detector on the image
         letterboxed into size x size (top-left, zero padding)."""
         cfg = self.config
-        scale = size / max(image.size)
-        w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-        small = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR), np.float32)[:, :, ::-1]  # (h, w, 3) BGR
-        x = np.zeros((1, 3, size, size), np.float32)  # (1, 3, S, S), zero = mid-grey after normalising
-        x[0, :, :h, :w] = ((small / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+        x, scale, (w, h) = det_input(image, size)
         prob = self._run(graph, x)[0, 0, :h, :w]  # (h, w)
-        boxes = find_boxes(prob, threshold=cfg.threshold, box_threshold=cfg.box_threshold, unclip_ratio=cfg.unclip_ratio)
+        boxes = find_boxes(prob, threshold=cfg.threshold, box_threshold=cfg.box_threshold, unclip_ratio=cfg.unclip_ratio,
+                           max_height=cfg.max_box_height * size)
         out = []
         for box, score in boxes:
             box = np.clip(box / scale, 0, [image.width - 1, image.height - 1]).astype(np.float32)
@@ -194,7 +191,7 @@ class OcrEngine:
         if not crops:
             return []
         cfg = self.config
-        x = np.stack([_center_window(c, cfg.rec_height, cfg.cls_width) for c in crops])  # (N, 3, 48, 192)
+        x = np.stack([cls_input(c, cfg.rec_height, cfg.cls_width) for c in crops])  # (N, 3, 48, 192)
         p180 = self._run("cls", x)[:, 1]  # (N,)
         widths = np.array([c.width / c.height for c in crops])
         photo_flipped = float((widths * (p180 > 0.5)).sum()) > 0.5 * float(widths.sum())
@@ -206,7 +203,7 @@ class OcrEngine:
         pieces: list[np.ndarray] = []
         owner: list[tuple[int, str]] = []  # (crop index, what joins it to the previous piece)
         for i, c in enumerate(crops):
-            for piece, joint in _split_line(c, cfg.rec_height, cfg.rec_width):
+            for piece, joint in rec_inputs(c, cfg.rec_height, cfg.rec_width):
                 pieces.append(piece)
                 owner.append((i, joint))
         texts = [""] * len(crops)
@@ -245,7 +242,18 @@ class OcrEngine:
         return s.run(None, {inp.name: np.ascontiguousarray(x, np.float32)})[0]
 
 
-def _center_window(image: Image.Image, height: int, width: int) -> np.ndarray:
+def det_input(image: Image.Image, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """The detector's input: `image` letterboxed into size x size (top-left, zero padding) ->
+    ((1, 3, size, size) float32 BGR in [-1, 1], the scale applied, the (w, h) it covers)."""
+    scale = size / max(image.size)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    small = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR), np.float32)[:, :, ::-1]  # (h, w, 3) BGR
+    x = np.zeros((1, 3, size, size), np.float32)  # zero = mid-grey after normalising
+    x[0, :, :h, :w] = ((small / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+    return x, scale, (w, h)
+
+
+def cls_input(image: Image.Image, height: int, width: int) -> np.ndarray:
     """A line crop at `height`, its central `width` columns (all of it if narrower) ->
     (3, height, width) float32 BGR in [-1, 1], zero-padded on the right."""
     w = max(1, math.ceil(height * image.width / image.height))
@@ -254,7 +262,7 @@ def _center_window(image: Image.Image, height: int, width: int) -> np.ndarray:
     return _pad(line[:, start : start + width], width)
 
 
-def _split_line(image: Image.Image, height: int, width: int) -> list[tuple[np.ndarray, str]]:
+def rec_inputs(image: Image.Image, height: int, width: int) -> list[tuple[np.ndarray, str]]:
     """A line crop -> pieces (3, height, width) for the recogniser, each with what joins it to the
     previous one ("" or " "). A line that fits is one piece; a longer one is cut at the blankest
     column of the last 40% of each window (between words, where there is a gap), so every piece
