@@ -258,6 +258,32 @@ def measure_fidelity(
 
 
 # ----------------------------------------------------------------------------- the recipe
+def float_graphs(folder: Path, config: OcrConfig) -> dict[str, TowerArtifacts]:
+    """Step 1: the wheel's float graphs and the dictionary copied into `folder`; their manifest entries."""
+    source = package_files()
+    for graph in ("det", "cls", "rec"):
+        shutil.copyfile(getattr(source, graph), folder / FLOAT_FILES[graph])
+    write_dictionary(source.rec, folder / DICTIONARY_NAME)
+    towers: dict[str, TowerArtifacts] = {}
+    for graph in GRAPHS:
+        output = onnx.load(str(folder / FLOAT_FILES[graph]), load_external_data=False).graph.output[0].name
+        towers[f"{TOWER_PREFIX}{graph}"] = TowerArtifacts(spec(graph, config, output, 1), {"float": FLOAT_FILES[graph]})
+    towers[f"{TOWER_PREFIX}rec"].files["dictionary"] = DICTIONARY_NAME
+    return towers
+
+
+def add_float_graphs(folder: Path, config: OcrConfig = OcrConfig()) -> Path:
+    """Put the float OCR graphs into an existing artifacts folder and its manifest (no quantization:
+    what a CPU runtime needs; tests give their tiny artifacts OCR this way)."""
+    from edge_gcl.manifest import Manifest
+
+    manifest = Manifest.load(folder)
+    manifest.towers.update(float_graphs(Path(folder), config))
+    manifest.extra["ocr"] = {"config": config.to_dict(), "fidelity": {"checked": False, "reason": "float graphs only"}}
+    manifest.save(folder)
+    return Path(folder)
+
+
 def build_ocr(
     stage: Path,
     *,
@@ -284,17 +310,10 @@ def build_ocr(
     source = package_files()
     started = time.perf_counter()
     # 1. float graphs and the dictionary
-    for graph in ("det", "cls", "rec"):
-        shutil.copyfile(getattr(source, graph), stage / FLOAT_FILES[graph])
-    write_dictionary(source.rec, stage / DICTIONARY_NAME)
+    towers = float_graphs(stage, config)
     characters = ["", *read_dictionary(stage / DICTIONARY_NAME), " "]
     images = text_images(photos, n_calibration + n_heldout, seed=0)
     lines = line_crops(n_calibration + n_heldout_lines, seed=1)
-    towers: dict[str, TowerArtifacts] = {}
-    for graph in GRAPHS:
-        output = onnx.load(str(stage / FLOAT_FILES[graph]), load_external_data=False).graph.output[0].name
-        towers[f"{TOWER_PREFIX}{graph}"] = TowerArtifacts(spec(graph, config, output, 1), {"float": FLOAT_FILES[graph]})
-    towers[f"{TOWER_PREFIX}rec"].files["dictionary"] = DICTIONARY_NAME
     # 2-3. fixed shapes, QDQ
     if precision != "fp16":
         say(f"  OCR: quantizing the detector ({config.gate_size} and {config.det_size} px), classifier, recogniser ({precision})")

@@ -126,15 +126,30 @@ class OcrEngine:
     # --- the steps ---------------------------------------------------------------------------
 
     def read(self, photo: str | Path | Image.Image) -> OcrResult:
-        """The text in one photo (a path or a PIL image). Raises ImageDecodeError naming a bad file."""
-        image = load_image(photo, draft_size=self.config.det_size) if not isinstance(photo, Image.Image) else load_image(photo)
-        return self.read_image(image)
+        """The text in one photo (a path or a PIL image). Raises ImageDecodeError naming a bad file.
 
-    def read_image(self, image: Image.Image) -> OcrResult:
-        """The text in an upright RGB image."""
+        A file is decoded twice at most: first just large enough for the gate (a 12 MP JPEG at 1/8
+        scale), then, only when the gate finds text, large enough for the detector."""
+        if isinstance(photo, Image.Image):
+            return self.read_image(load_image(photo))
+        cfg = self.config
+        if not cfg.gate_size:
+            return self.read_image(load_image(photo, draft_size=cfg.det_size))
+        t = time.perf_counter()
+        small = load_image(photo, draft_size=cfg.gate_size)
+        if not self.detect(small, size=cfg.gate_size, graph="gate"):
+            return OcrResult(timings_ms={"gate": (time.perf_counter() - t) * 1e3})
+        gate_ms = (time.perf_counter() - t) * 1e3
+        image = small if max(small.size) >= cfg.det_size else load_image(photo, draft_size=cfg.det_size)
+        result = self.read_image(image, gated=True)
+        result.timings_ms["gate"] = gate_ms
+        return result
+
+    def read_image(self, image: Image.Image, *, gated: bool = False) -> OcrResult:
+        """The text in an upright RGB image (`gated`: the gate already found text in it)."""
         cfg, result = self.config, OcrResult()
         t = time.perf_counter()
-        if cfg.gate_size:
+        if cfg.gate_size and not gated:
             boxes = self.detect(image, size=cfg.gate_size, graph="gate")
             result.timings_ms["gate"] = (time.perf_counter() - t) * 1e3
             if not boxes:
