@@ -299,15 +299,24 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     data_root = Path(args.data_root)
     artifacts = Path(args.artifacts) if args.artifacts else None
     embedder = load_embedder(str(artifacts) if artifacts else args.model)
-    config = OcrConfig(det_size=args.det_size, gate_size=args.gate_size)
+    config = OcrConfig(det_size=args.det_size, gate_size=args.gate_size, **({"tile_ratio": args.tile_ratio} if args.tile_ratio else {}))
     engine = engine_for(artifacts, config, form=args.ocr_form)
     log(f"model {getattr(embedder, 'model_id', '?')}; OCR {engine.description or engine} {config}")
     samples, paths = build(work, n=args.samples, seed=args.seed, data_root=data_root)
     pool = pool_photos(data_root)
     splits = ["dev"] if args.tune else ["dev", "test"]
-    tag = f"{args.ocr_form}-det{config.det_size}-gate{config.gate_size}"
-    log(f"reading {len(paths)} text photos and {len(pool)} pool photos ({tag})...")
-    read = read_all(engine, [*paths.values(), *pool], work / f"ocr-{tag}-{args.seed}-{args.samples}.json", log)
+    # the cache names the settings and the engine's code: any change reads again
+    import hashlib
+
+    import edge_gcl.ocr.boxes as boxes_code
+    import edge_gcl.ocr.engine as engine_code
+
+    code = "".join(Path(m.__file__).read_text() for m in (boxes_code, engine_code))
+    tag = f"{args.ocr_form}-det{config.det_size}-gate{config.gate_size}-" + hashlib.sha256(
+        (json.dumps(asdict(config), sort_keys=True) + code).encode()).hexdigest()[:8]
+    wanted = [paths[s.id] for s in samples if s.split in splits]
+    log(f"reading {len(wanted)} text photos and {len(pool)} pool photos ({tag})...")
+    read = read_all(engine, [*wanted, *pool], work / f"ocr-{tag}-{args.seed}-{args.samples}.json", log)
     texts = {p: r["text"] for p, r in read.items()}
     rows, acc = [], {}
     for split in splits:
@@ -328,7 +337,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
                 rows.append({"split": split, "ocr_vectors": mode, "kind": kind, "queries": on[kind]["queries"],
                              "off R@1": off[kind]["R@1"], "off R@5": off[kind]["R@5"], "on R@1": on[kind]["R@1"], "on R@5": on[kind]["R@5"]})
     doc_extra: dict[str, Any] = {"accuracy": acc, "ocr_ms": {
-        "text photos": float(np.median([read[str(p)]["ms"] for p in paths.values()])),
+        "text photos": float(np.median([read[str(p)]["ms"] for p in wanted])),
         "pool photos": float(np.median([read[str(p)]["ms"] for p in pool])),
         "pool photos with text found": sum(bool(texts[str(p)]) for p in pool)}}
     if not args.skip_phone_dev:
@@ -381,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ocr-form", default="float", choices=["float", "qdq"], help="which OCR graphs run (CPU)")
     p.add_argument("--det-size", type=int, default=OcrConfigDefaults.det_size)
     p.add_argument("--gate-size", type=int, default=OcrConfigDefaults.gate_size)
+    p.add_argument("--tile-ratio", type=float, help="OcrConfig.tile_ratio (default: its default; 100: no tiles)")
     p.add_argument("--ocr-vectors", default="fused", help="fused, text, or both: fused,text")
     p.add_argument("--samples", type=int, default=N_SAMPLES)
     p.add_argument("--seed", type=int, default=0)

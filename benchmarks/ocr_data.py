@@ -32,6 +32,7 @@ FONT_GLOBS = [
     "/usr/share/fonts/truetype/liberation/Liberation*.ttf",
     "/usr/share/fonts/truetype/freefont/Free*.ttf",
 ]
+STATUS_BAR = "9:41 5G 87%"  # drawn at the top of every screenshot
 EXCLUDE_FONTS = ("Math", "ExtraLight", "Oblique", "Italic", "Symbol")  # unreadable or hardly text
 
 
@@ -124,7 +125,8 @@ class Sample:
 
     @property
     def text(self) -> str:
-        return "\n".join(self.lines)
+        """Everything drawn, as read: a screen's status bar first."""
+        return "\n".join([STATUS_BAR, *self.lines] if self.kind == "screen" else self.lines)
 
 
 def _code(rng: np.random.Generator, pattern: str) -> str:
@@ -267,8 +269,9 @@ def _draw_card(sample: Sample, rng: np.random.Generator) -> Image.Image:
         img = Image.new("RGB", (1080, 2340), bg)
         d = ImageDraw.Draw(img)
         small = ImageFont.truetype(sample.font, 32)
-        d.text((60, 30), "9:41", fill=fg, font=small)
-        d.text((880, 30), "5G  87%", fill=fg, font=small)
+        clock, _, signal = STATUS_BAR.partition(" ")
+        d.text((60, 30), clock, fill=fg, font=small)
+        d.text((880, 30), signal, fill=fg, font=small)
         y = 180
         for j, line in enumerate(sample.lines):
             if sample.category == "chat" and 0 < j < 5:

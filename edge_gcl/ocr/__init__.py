@@ -19,8 +19,8 @@ def load_ocr(
     none; True: the same, but a model whose folder has none (a PyTorch model) takes the rapidocr
     wheel's float graphs (the `[export]` extra), and FileNotFoundError says so where it is missing.
     """
-    if isinstance(ocr, OcrEngine):
-        return ocr
+    if isinstance(ocr, OcrEngine) or hasattr(ocr, "read_many"):  # an engine, or one that stands for it
+        return ocr  # type: ignore[return-value]
     if ocr is False or ocr is None:
         return None
     if ocr not in (True, "auto"):

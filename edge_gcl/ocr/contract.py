@@ -45,6 +45,9 @@ class OcrConfig:
     # PP-OCR's detector also lights up flat areas (sky, walls); 41 of 100 flickr8k photos passed a
     # 320 px gate without this, 4 with it, and 49 of 50 drawn text photos either way (dev)
     max_box_height: float = 0.25
+    # an image more than this many times longer than wide (or wider than long) is detected in about
+    # square tiles: a 1080 x 2340 screenshot letterboxed whole into 640 px shrinks 34 px text to 9 px
+    tile_ratio: float = 1.5
     rec_height: int = 48
     rec_width: int = 320  # the recogniser's fixed width; longer lines are cut between words
     cls_width: int = 192

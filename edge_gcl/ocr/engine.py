@@ -11,9 +11,11 @@ Shapely and pyclipper is a few hundred lines of numpy and Pillow here (`boxes.py
 
 1. Decode upright (`transform.load_image`: EXIF orientation applied, HEIC, JPEG at reduced scale).
 2. Gate: the detector on the photo letterboxed into `gate_size` (a cheap pass; 320 px costs a
-   quarter of 640). No text region: stop, the photo has no text (most photos end here).
+   quarter of 640). No text region: stop, the photo has no text (most photos end here). A region
+   whose short side is over `max_box_height` of the input is a flat area (sky, wall), not text.
 3. Detect at `det_size` (letterboxed, fixed, as the NPU needs): DB probability map -> boxes
-   (`boxes.find_boxes`), mapped back to the photo's pixels.
+   (`boxes.find_boxes`), mapped back to the photo's pixels. A long image (a screenshot) is detected
+   in about square tiles (`tile_ratio`), so its text keeps its size.
 4. Crop each box upright (a tall box is a line rotated by 90 or 270 degrees: turned by 90), then
    the angle classifier says whether it is upside down (180): turned if it is sure (> 0.9).
 5. Recognise: each crop resized to `rec_height` and cut at blank columns into pieces of at most
@@ -43,6 +45,8 @@ from .contract import GRAPHS, OcrConfig, OcrFiles, package_files, read_dictionar
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+
+TILE_OVERLAP = 0.1  # of a tile's share, on each side: more than a line of text
 
 
 @dataclass(frozen=True)
@@ -137,25 +141,29 @@ class OcrEngine:
             return self.read_image(load_image(photo, draft_size=cfg.det_size))
         t = time.perf_counter()
         small = load_image(photo, draft_size=cfg.gate_size)
-        if not self.detect(small, size=cfg.gate_size, graph="gate"):
+        gate = self.detect(small, size=cfg.gate_size, graph="gate", split=_long_side(small))
+        if not gate:
             return OcrResult(timings_ms={"gate": (time.perf_counter() - t) * 1e3})
         gate_ms = (time.perf_counter() - t) * 1e3
         image = small if max(small.size) >= cfg.det_size else load_image(photo, draft_size=cfg.det_size)
-        result = self.read_image(image, gated=True)
+        scale = image.width / small.width
+        result = self.read_image(image, gated=True, split=self.tile_axis(image, [(b * scale, sc) for b, sc in gate]))
         result.timings_ms["gate"] = gate_ms
         return result
 
-    def read_image(self, image: Image.Image, *, gated: bool = False) -> OcrResult:
-        """The text in an upright RGB image (`gated`: the gate already found text in it)."""
+    def read_image(self, image: Image.Image, *, gated: bool = False, split: str | None = None) -> OcrResult:
+        """The text in an upright RGB image (`gated`: the gate already found text in it, and `split`
+        is where the detector may tile it, `detect`)."""
         cfg, result = self.config, OcrResult()
         t = time.perf_counter()
         if cfg.gate_size and not gated:
-            boxes = self.detect(image, size=cfg.gate_size, graph="gate")
+            boxes = self.detect(image, size=cfg.gate_size, graph="gate", split=_long_side(image))
             result.timings_ms["gate"] = (time.perf_counter() - t) * 1e3
             if not boxes:
                 return result
+            split = self.tile_axis(image, boxes)
             t = time.perf_counter()
-        boxes = self.detect(image, size=cfg.det_size, graph="det")
+        boxes = self.detect(image, size=cfg.det_size, graph="det", split=split)
         result.timings_ms["det"] = (time.perf_counter() - t) * 1e3
         if not boxes:
             return result
@@ -184,19 +192,50 @@ class OcrEngine:
                 out.append(str(e))
         return out
 
-    def detect(self, image: Image.Image, *, size: int, graph: str = "det") -> list[tuple[np.ndarray, float]]:
+    def detect(
+        self, image: Image.Image, *, size: int, graph: str = "det", split: str | None = None
+    ) -> list[tuple[np.ndarray, float]]:
         """Text boxes (4, 2) in `image`'s pixels, with their scores: the detector on the image
-        letterboxed into size x size (top-left, zero padding)."""
+        letterboxed into size x size.
+
+        `split` "y" (or "x"): an image more than `tile_ratio` times taller than wide (wider than tall)
+        is cut into about square tiles along y (x), overlapping by TILE_OVERLAP, each detected at
+        `size`, so the text of a phone screenshot (1080 x 2340) is not shrunk to nothing; a box is
+        kept by the tile whose own share holds its centre. Cut across the lines of text only: a line
+        running along the cut would be cut with it (`tile_axis` picks it from the gate's boxes)."""
         cfg = self.config
-        x, scale, (w, h) = det_input(image, size)
-        prob = self._run(graph, x)[0, 0, :h, :w]  # (h, w)
-        boxes = find_boxes(prob, threshold=cfg.threshold, box_threshold=cfg.box_threshold, unclip_ratio=cfg.unclip_ratio,
-                           max_height=cfg.max_box_height * size)
+        axis = {"x": 0, "y": 1}.get(split or "", None)
+        long, short = (image.size[axis], image.size[1 - axis]) if axis is not None else (0, 1)
+        tiles = max(1, round(long / short)) if axis is not None and long > cfg.tile_ratio * short else 1
+        step = long / tiles
         out = []
-        for box, score in boxes:
-            box = np.clip(box / scale, 0, [image.width - 1, image.height - 1]).astype(np.float32)
-            out.append((box, score))
+        for i in range(tiles):
+            part, shift = image, np.zeros(2, np.float32)
+            if tiles > 1:
+                lo, hi = max(0, int((i - TILE_OVERLAP) * step)), min(long, int((i + 1 + TILE_OVERLAP) * step))
+                part = image.crop((0, lo, image.width, hi) if axis == 1 else (lo, 0, hi, image.height))
+                shift[axis] = lo
+            x, scale, (w, h) = det_input(part, size)
+            prob = self._run(graph, x)[0, 0, :h, :w]  # (h, w)
+            boxes = find_boxes(prob, threshold=cfg.threshold, box_threshold=cfg.box_threshold,
+                               unclip_ratio=cfg.unclip_ratio, max_height=cfg.max_box_height * size)  # fmt: skip
+            for box, score in boxes:
+                box = box / scale + shift
+                if tiles > 1 and not (i * step <= float(box[:, axis].mean()) < (i + 1) * step):
+                    continue  # the neighbouring tile's
+                out.append((np.clip(box, 0, [image.width - 1, image.height - 1]).astype(np.float32), score))
         return out
+
+    def tile_axis(self, image: Image.Image, boxes: list[tuple[np.ndarray, float]]) -> str | None:
+        """Where a long image may be cut into tiles: across its lines of text ("y" when most boxes,
+        by area, run along x), if that is its long side; else None."""
+        if not boxes:
+            return None
+        along_x = sum(float(np.ptp(b[:, 0]) * np.ptp(b[:, 1])) for b, _ in boxes if np.ptp(b[:, 0]) >= np.ptp(b[:, 1]))
+        total = sum(float(np.ptp(b[:, 0]) * np.ptp(b[:, 1])) for b, _ in boxes)
+        axis = "y" if along_x >= total / 2 else "x"
+        tall = image.height >= image.width
+        return axis if (axis == "y") == tall else None
 
     def upside_down(self, crops: list[Image.Image]) -> list[bool]:
         """Which crops are upside down. The angle classifier sees each line's central cls_width
@@ -255,6 +294,10 @@ class OcrEngine:
                 outs.append(s.run(None, {inp.name: part})[0][: min(batch, len(x) - start)])
             return np.concatenate(outs)
         return s.run(None, {inp.name: np.ascontiguousarray(x, np.float32)})[0]
+
+
+def _long_side(image: Image.Image) -> str:
+    return "y" if image.height >= image.width else "x"
 
 
 def det_input(image: Image.Image, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
