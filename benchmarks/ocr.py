@@ -88,7 +88,10 @@ def queries(samples: Sequence[Sample]) -> list[dict[str, Any]]:
         for kind, items in (("word", s.words), ("substring", s.substrings)):
             for q in items:
                 terms = fold(q).split()
-                out.append({"kind": kind, "text": q, "positives": sorted(i for i, t in texts.items() if all(x in t for x in terms))})
+                positives = sorted(i for i, t in texts.items() if all(x in t for x in terms))
+                if s.id not in positives:
+                    raise ValueError(f"{s.id}: query {q!r} is not in its text")
+                out.append({"kind": kind, "text": q, "positives": positives})
     for cat in CATEGORIES:
         ids = sorted(s.id for s in samples if s.category == cat.name)
         if ids:
@@ -224,7 +227,7 @@ def phone_dev(embedder: Any, root: Path, texts: dict[str, str], *, offset: float
     ocr_rows, ocr_of = [], []
     tokenizer = getattr(embedder, "tokenizer", None)
     for j, c in enumerate(pool):
-        t = texts.get(str(c.img_path)) if c.img_path is not None else None
+        t = texts.get(str(Path(c.img_path).resolve())) if c.img_path is not None else None  # the root links the photos
         if t:
             for chunk in chunk_note(t, tokenizer)[:8]:
                 ocr_rows.append(chunk)
@@ -317,7 +320,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     wanted = [paths[s.id] for s in samples if s.split in splits]
     log(f"reading {len(wanted)} text photos and {len(pool)} pool photos ({tag})...")
     read = read_all(engine, [*wanted, *pool], work / f"ocr-{tag}-{args.seed}-{args.samples}.json", log)
-    texts = {p: r["text"] for p, r in read.items()}
+    texts = {str(Path(p).resolve()): r["text"] for p, r in read.items()}
     rows, acc = [], {}
     for split in splits:
         chosen = [s for s in samples if s.split == split]
@@ -339,7 +342,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     doc_extra: dict[str, Any] = {"accuracy": acc, "ocr_ms": {
         "text photos": float(np.median([read[str(p)]["ms"] for p in wanted])),
         "pool photos": float(np.median([read[str(p)]["ms"] for p in pool])),
-        "pool photos with text found": sum(bool(texts[str(p)]) for p in pool)}}
+        "pool photos with text found": sum(bool(texts[str(Path(p).resolve())]) for p in pool)}}
     if not args.skip_phone_dev:
         root = ensure_phone_dev(Path(args.phone_dev), data_root)
         offset = default_cross_modal_offset(embedder)

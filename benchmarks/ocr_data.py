@@ -207,7 +207,7 @@ def _content(cat: str, rng: np.random.Generator, name: str, first: str, city: st
     if cat == "lost cat":
         pet = rng.choice(["Mimi", "Felix", "Tigrou", "Luna", "Oscar", "Simba", "Nala", "Minou"])
         phone = _code(rng, "07 99 99 99 99")
-        return (["LOST CAT", f"Answers to {pet}", f"Last seen near {street}", f"Call {first} {phone}", "REWARD"], [f"{first} {phone[:5]}"], [phone.replace(" ", "")[-6:-2]])
+        return (["LOST CAT", f"Answers to {pet}", f"Last seen near {street}", f"Call {first} {phone}", "REWARD"], [f"{first} {phone[:5]}"], [phone[3:8]])
     if cat == "street sign":
         return ([f"Rue {first} {name}", f"{city}"], [f"Rue {first} {name}"], [])
     if cat == "parking sign":

@@ -3,11 +3,13 @@ text read in its photo (OCR), and the rule that merges its matches into the sema
 
 The words table (`item_words`, an FTS5 table with the trigram tokenizer, rowid = the item's key)
 holds `fold(note + OCR text)`: NFKD-decomposed, combining marks dropped, case-folded, so "Café",
-"CAFE" and "cafe" are the same word. Triggers on `items` keep it in step with every write (the
-folding is the SQL function `edge_gcl_fold`, registered on each connection by the store).
+"CAFE" and "cafe" are the same word; and the same without white space (`squeezed`), because OCR
+puts spaces where a wide font leaves gaps ("Lemoine -Guest" for "Lemoine-Guest"). Triggers on `items`
+keep it in step with every write (the SQL functions `edge_gcl_fold` and `edge_gcl_squeeze`,
+registered on each connection by the store).
 
 A query matches an item when every term of `fold(query)` (split on white space) occurs in the
-item's folded text as a substring: "RE16" finds "RE16 TGK", "crème" finds "CREME BRULEE". Terms of
+item's folded text, or in its squeezed text, as a substring: "RE16" finds "RE16 TGK", "crème" finds "CREME BRULEE". Terms of
 3 characters or more use the trigram index (`MATCH`); shorter ones a `LIKE` on the matched rows (the
 trigram index cannot look up fewer than 3 characters).
 
@@ -31,20 +33,23 @@ from collections.abc import Sequence
 import numpy as np
 
 FOLD_FUNCTION = "edge_gcl_fold"
+SQUEEZE_FUNCTION = "edge_gcl_squeeze"
 MIN_TRIGRAM = 3  # FTS5's trigram tokenizer finds substrings of at least 3 characters
 
 SCHEMA = [
-    "CREATE VIRTUAL TABLE IF NOT EXISTS item_words USING fts5(words, tokenize = 'trigram')",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS item_words USING fts5(words, squeezed, tokenize = 'trigram')",
     f"""CREATE TRIGGER IF NOT EXISTS items_words_insert AFTER INSERT ON items
         WHEN new.text IS NOT NULL OR new.ocr IS NOT NULL BEGIN
-        INSERT INTO item_words (rowid, words) VALUES (new.key, {FOLD_FUNCTION}(new.text, new.ocr));
+        INSERT INTO item_words (rowid, words, squeezed)
+            VALUES (new.key, {FOLD_FUNCTION}(new.text, new.ocr), {SQUEEZE_FUNCTION}(new.text, new.ocr));
     END""",
     """CREATE TRIGGER IF NOT EXISTS items_words_delete AFTER DELETE ON items BEGIN
         DELETE FROM item_words WHERE rowid = old.key;
     END""",
     f"""CREATE TRIGGER IF NOT EXISTS items_words_update AFTER UPDATE OF text, ocr ON items BEGIN
         DELETE FROM item_words WHERE rowid = old.key;
-        INSERT INTO item_words (rowid, words) SELECT new.key, {FOLD_FUNCTION}(new.text, new.ocr)
+        INSERT INTO item_words (rowid, words, squeezed)
+            SELECT new.key, {FOLD_FUNCTION}(new.text, new.ocr), {SQUEEZE_FUNCTION}(new.text, new.ocr)
             WHERE new.text IS NOT NULL OR new.ocr IS NOT NULL;
     END""",
 ]
@@ -57,9 +62,15 @@ def fold(*texts: str | None) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
 
+def squeeze(*texts: str | None) -> str:
+    """`fold` without white space."""
+    return "".join(fold(*texts).split())
+
+
 def register(conn: sqlite3.Connection) -> None:
-    """Make `edge_gcl_fold` callable on this connection (the triggers use it)."""
+    """Make `edge_gcl_fold` and `edge_gcl_squeeze` callable on this connection (the triggers use them)."""
     conn.create_function(FOLD_FUNCTION, -1, fold, deterministic=True)
+    conn.create_function(SQUEEZE_FUNCTION, -1, squeeze, deterministic=True)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -73,8 +84,8 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
     if fresh:
         conn.execute(
-            f"INSERT INTO item_words (rowid, words) SELECT key, {FOLD_FUNCTION}(text, ocr) FROM items "
-            "WHERE text IS NOT NULL OR ocr IS NOT NULL"
+            f"INSERT INTO item_words (rowid, words, squeezed) SELECT key, {FOLD_FUNCTION}(text, ocr), "
+            f"{SQUEEZE_FUNCTION}(text, ocr) FROM items WHERE text IS NOT NULL OR ocr IS NOT NULL"
         )
 
 
@@ -96,8 +107,9 @@ def matching_keys(conn: sqlite3.Connection, query: str, *, within: Sequence[int]
         clauses.append("item_words MATCH ?")
         params.append(" AND ".join('"' + t.replace('"', '""') + '"' for t in long))
     for t in short:
-        clauses.append("words LIKE ? ESCAPE '\\'")
-        params.append("%" + t.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        clauses.append("(words LIKE ? ESCAPE '\\' OR squeezed LIKE ? ESCAPE '\\')")
+        pattern = "%" + t.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        params += [pattern, pattern]
     rows = conn.execute(f"SELECT rowid FROM item_words WHERE {' AND '.join(clauses)}", params).fetchall()
     keys = np.fromiter((r[0] for r in rows), np.int64, len(rows))
     if within is not None:
