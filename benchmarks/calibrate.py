@@ -171,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--folds-repeats", type=int, default=5, help="random 2-fold splits for the estimate (default: 5)")
     p.add_argument("--split", default="test", help="query/<split>/ (default: test)")
     p.add_argument("--json", help="write the result here (default: print only)")
+    p.add_argument("--device", default="auto", help="for a PyTorch model: auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--write", metavar="FOLDER", help="write FOLDER/calibration.json (the model's folder)")
     args = p.parse_args(argv)
     if args.folds_repeats < 1:
@@ -181,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--offsets {args.offsets!r}: expected comma-separated numbers")
     from edge_gcl.runtime import load_embedder
 
-    embedder = load_embedder(args.model)
+    embedder = load_embedder(args.model, device=args.device)
     tasks = task_scores(embedder, Path(args.root), split=args.split)
     fit = fit_offset(tasks, offsets, repeats=args.folds_repeats)
     offset = fit["cross_modal_offset"]

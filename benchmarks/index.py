@@ -456,7 +456,7 @@ def sync_folder(n: int, *, workdir: Path, per_folder: int = 1000, files: Path | 
 
 
 def ingest_photos(model: str, artifacts: str | Path | None, photos: Sequence[Path], *, workdir: Path,
-                  batch_size: int = 32) -> dict[str, Any]:
+                  batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
     """Photos/s of `Index.add_photos` (decode, preprocess, embed, SHA-256, SQLite) with a real model.
 
     The embedder is the artifacts' float ONNX towers on ONNX Runtime's CPU EP when `artifacts` is given (what
@@ -466,14 +466,14 @@ def ingest_photos(model: str, artifacts: str | Path | None, photos: Sequence[Pat
     from edge_gcl.runtime import OnnxEmbedder, load_embedder
 
     t0 = time.perf_counter()
-    embedder = OnnxEmbedder(artifacts, form="float") if artifacts else load_embedder(model)
+    embedder = OnnxEmbedder(artifacts, form="float") if artifacts else load_embedder(model, device=device)
     load_s = time.perf_counter() - t0
     with PeakRSS() as mem, Index.open(workdir / "photos-index", model=embedder) as ix:
         t0 = time.perf_counter()
         report = ix.add_photos([str(p) for p in photos], batch_size=batch_size, progress=False)
         seconds = time.perf_counter() - t0
     added = len(report.added)
-    return {"method": "index.add_photos", "embedder": repr(embedder) if artifacts else f"TorchEmbedder({model!r})",
+    return {"method": "index.add_photos", "embedder": repr(embedder) if artifacts else f"TorchEmbedder({model!r}, device={device!r})",
             "photos": len(photos), "added": added, "skipped": len(report.skipped), "batch_size": batch_size,
             "load_s": load_s, "seconds": seconds, "items_per_s": added / seconds if seconds else None,
             "peak_rss_mb": mem.peak_mb}
@@ -495,6 +495,7 @@ def run(
     photos_dir: str | Path = SHARED_PHOTOS,
     model: str = "default",
     artifacts: str | Path | None = None,
+    device: str = "cpu",
     threads: int | None = None,
     workdir: str | Path | None = None,
     cache: str | Path | None = None,
@@ -519,7 +520,7 @@ def run(
     with limit_threads(threads):
         _sweep(bench, sizes, dims, dtypes, approx_dtypes, methods, queries, k, warmup, seed, bandwidth_mb,
                photos, photos_dir, model, artifacts, workdir, log, cache=cache, approx_dims=approx_dims,
-               usearch_max_n=usearch_max_n, sync_files=sync_files)
+               usearch_max_n=usearch_max_n, sync_files=sync_files, device=device)
     order = {m: i for i, m in enumerate(METHODS)}
     bench.rows.sort(key=lambda r: (r["dim"], r["n"], DTYPES.index(r["dtype"]), order[r["method"]]))
     return bench
@@ -529,7 +530,8 @@ def _sweep(bench: IndexBench, sizes: Sequence[int], dims: Sequence[int], dtypes:
            approx_dtypes: Sequence[str], methods: Sequence[str], queries: int, k: int, warmup: int, seed: int,
            bandwidth_mb: int, photos: int, photos_dir: str | Path, model: str, artifacts: str | Path | None,
            workdir: str | Path | None, log: Callable[[str], Any], *, cache: str | Path | None = None,
-           approx_dims: Sequence[int] | None = None, usearch_max_n: int | None = None, sync_files: int = 0) -> None:
+           approx_dims: Sequence[int] | None = None, usearch_max_n: int | None = None, sync_files: int = 0,
+           device: str = "cpu") -> None:
     import faiss
 
     bench.threads = {"faiss_omp": faiss.omp_get_max_threads()}
@@ -569,7 +571,7 @@ def _sweep(bench: IndexBench, sizes: Sequence[int], dims: Sequence[int], dtypes:
             if not files:
                 raise FileNotFoundError(f"{photos_dir}: no photos for the ingest benchmark")
             log(f"photo ingest: {min(photos, len(files))} photos from {photos_dir}")
-            bench.photo_ingest.append(ingest_photos(model, artifacts, files[:photos], workdir=tmp_path))
+            bench.photo_ingest.append(ingest_photos(model, artifacts, files[:photos], workdir=tmp_path, device=device))
 
 
 # ----------------------------------------------------------------------------- output
@@ -675,6 +677,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--photos-dir", default=str(SHARED_PHOTOS))
     p.add_argument("--model", default="default", help="model for the photo ingest (without --artifacts)")
     p.add_argument("--artifacts", help="artifacts folder: photo ingest with its float ONNX towers")
+    p.add_argument("--device", default="cpu", help="where the PyTorch model of the photo ingest runs (without "
+                   "--artifacts): cpu, cuda, cuda:N, mps or auto (default: cpu, as on a device)")
     p.add_argument("--threads", type=int, help="cap numpy BLAS / faiss OpenMP threads (default: all cores)")
     p.add_argument("--workdir", help="where the temporary indexes go (default: the system temp folder)")
     p.add_argument("--json", default=str(RESULTS_DIR / "index.json"))
@@ -689,7 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "approx_dtypes": parse_list(args.approx_dtypes), "methods": parse_list(args.methods),
               "queries": args.queries, "k": 10, "warmup": args.warmup, "seed": args.seed,
               "bandwidth_mb": args.bandwidth_mb, "photos": args.photos, "photos_dir": args.photos_dir,
-              "model": args.model, "artifacts": args.artifacts, "threads": args.threads, "cache": args.cache,
+              "model": args.model, "artifacts": args.artifacts, "device": args.device, "threads": args.threads,
+              "cache": args.cache,
               "approx_dims": parse_list(args.approx_dims, int) if args.approx_dims else None,
               "usearch_max_n": args.usearch_max_n, "sync_files": args.sync_files, "million": args.million}
     t_run = time.perf_counter()

@@ -109,26 +109,26 @@ def encode_calls(form: str, embedder: Any, photos_px: np.ndarray, ids: np.ndarra
     if form == "torch":
         import torch
 
-        model = embedder.model
-        px, ti, tm = torch.from_numpy(photos_px), torch.from_numpy(ids), torch.from_numpy(mask)
+        model, device = embedder.model, embedder.device
+        px, ti, tm = (torch.from_numpy(x).to(device) for x in (photos_px, ids, mask))
 
-        def image() -> object:
+        def image() -> object:  # .cpu(): on a GPU the call's time includes finishing the work
             with torch.inference_mode():
-                return model.encode_image(px)
+                return model.encode_image(px).cpu()
 
         def text() -> object:
             with torch.inference_mode():
-                return model.encode_text(ti, tm)
+                return model.encode_text(ti, tm).cpu()
 
         return {"image": image, "text": text}
     return {"image": lambda: embedder.encode_images(photos_px), "text": lambda: embedder.encode_texts(ids, mask)}
 
 
-def load_form(form: str, *, model: str, artifacts: str | Path | None, threads: int = 0) -> Any:
+def load_form(form: str, *, model: str, artifacts: str | Path | None, threads: int = 0, device: str = "cpu") -> Any:
     if form == "torch":
         from edge_gcl.models import TorchEmbedder, load_model
 
-        return TorchEmbedder(load_model(model))
+        return TorchEmbedder(load_model(model), device=device)
     if artifacts is None:
         raise ValueError(f"form {form!r} needs --artifacts (a folder written by `python -m export.compile`)")
     from edge_gcl.runtime import OnnxEmbedder
@@ -156,6 +156,7 @@ def measure_form(
     budget_s: float | None,
     index_size: int,
     threads: int = 0,
+    device: str = "cpu",
     workdir: Path,
     log: Callable[[str], Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -178,7 +179,7 @@ def measure_form(
         torch.set_num_threads(threads)
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        embedder = load_form(form, model=model, artifacts=artifacts, threads=threads)
+        embedder = load_form(form, model=model, artifacts=artifacts, threads=threads, device=device)
         load_s = time.perf_counter() - t0
         image_cfg = embedder.model.config.image if form == "torch" else embedder.manifest.image
         tokenizer = embedder.tokenizer
@@ -204,7 +205,7 @@ def measure_form(
                 add("query", "image", 1, time_call(lambda: ix.search(image=next(images), k=10), warmup=warmup,
                                                     runs=runs, budget_s=budget_s))
     summary = {"form": form, "where": WHERE[form], "load_s": load_s, "peak_rss_mb": mem.peak_mb,
-               "process_peak_mb": mem.process_peak_mb, "memory_method": mem.method, "embedder": repr(embedder) if form != "torch" else f"TorchEmbedder({model!r})",
+               "process_peak_mb": mem.process_peak_mb, "memory_method": mem.method, "embedder": repr(embedder) if form != "torch" else f"TorchEmbedder({model!r}, device={str(embedder.device)!r})",
                "model_id": embedder.model_id}
     for r in rows:
         r["peak_rss_mb"] = mem.peak_mb
@@ -248,6 +249,7 @@ def run(
     aihub_profiles: Sequence[str | Path] = (),
     flickr: str | Path = SHARED_FLICKR,
     threads: int = 0,
+    device: str = "cpu",
     workdir: str | Path | None = None,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
@@ -269,7 +271,7 @@ def run(
             kwargs = dict(model=model, artifacts=artifacts, photos=photos, captions=captions,
                           batches=htp_batches if htp else batches, warmup=1 if htp else warmup,
                           runs=htp_runs if htp else runs, budget_s=None if htp else budget_s, index_size=index_size,
-                          threads=threads, workdir=Path(tmp))
+                          threads=threads, device=device, workdir=Path(tmp))
             with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 form_rows, summary = pool.submit(_measure_isolated, form, kwargs).result()
             rows += form_rows
@@ -341,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--aihub-profile", nargs="*", default=[], metavar="PATH", help="aihub_profile.json files")
     p.add_argument("--flickr", default=str(SHARED_FLICKR), help="Flickr-style folder with the input photos")
     p.add_argument("--threads", type=int, default=0, help="torch / ORT intra-op / BLAS threads (0: defaults)")
+    p.add_argument("--device", default="cpu", help="where the torch form runs: cpu, cuda, cuda:N, mps or auto "
+                   "(default: cpu, the on-device comparison)")
     p.add_argument("--json", default=str(RESULTS_DIR / "latency.json"))
     p.add_argument("--plot", default=str(RESULTS_DIR / "latency.png"))
     args = p.parse_args(argv)
@@ -348,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "batches": parse_list(args.batches, int), "htp_batches": parse_list(args.htp_batches, int),
               "warmup": args.warmup, "runs": args.runs, "htp_runs": args.htp_runs, "budget_s": args.budget_s,
               "index_size": args.index_size, "aihub_profiles": args.aihub_profile, "flickr": args.flickr,
-              "threads": args.threads}
+              "threads": args.threads, "device": args.device}
     machine = machine_info()
     print(header_line(machine))
     result = run(**config, log=lambda s: print(s, file=sys.stderr))

@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", help="write the result JSON here")
+    p.add_argument("--device", default="auto", help="for PyTorch models: auto, cpu, cuda, cuda:N or mps (default: auto)")
     args = p.parse_args(argv)
     from edge_gcl.runtime import load_embedder
 
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(header_line(machine))
     root = ensure_root(args.root, bench=args.bench, log=lambda s: print(s, file=sys.stderr))
     models = parse_list(args.models)
-    results = {m: modality_gap(load_embedder(m), root, split=args.split, batch_size=args.batch_size) for m in models}
+    results = {m: modality_gap(load_embedder(m, device=args.device), root, split=args.split, batch_size=args.batch_size) for m in models}
     rows = gap_rows(results)
     cols = [Col("task"), Col("model")] + [Col(k, k, ".3f" if not k.startswith("above") else ".2f")
                                           for k in rows[0] if k not in ("task", "model")]

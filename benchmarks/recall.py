@@ -275,11 +275,11 @@ def with_recorded(runs: Sequence[Mapping[str, Any]], path: str | Path, root: str
 
 
 # ----------------------------------------------------------------------------- forms mode
-def load_form(form: str, *, model: str, artifacts: str | Path | None) -> Any:
+def load_form(form: str, *, model: str, artifacts: str | Path | None, device: str = "cpu") -> Any:
     if form == "torch":
         from edge_gcl.models import TorchEmbedder, load_model
 
-        return TorchEmbedder(load_model(model))
+        return TorchEmbedder(load_model(model), device=device)
     from edge_gcl.manifest import is_artifacts_folder
     from edge_gcl.runtime import OnnxEmbedder
 
@@ -305,6 +305,7 @@ def run_forms(
     batch_size: int = 32,
     via_index: bool = False,
     index_dtype: str = "float32",
+    device: str = "auto",
     progress: bool = False,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
@@ -325,7 +326,7 @@ def run_forms(
     info = []
     for form in forms:
         log(f"{form}: {WHERE[form]}")
-        embedder = load_form(form, model=model, artifacts=artifacts)
+        embedder = load_form(form, model=model, artifacts=artifacts, device=device)
         t0 = time.perf_counter()
         results[form] = evaluate_mbeir(embedder, root, batch_size=batch_size, ks=KS, progress=progress)
         seconds = time.perf_counter() - t0
@@ -518,7 +519,7 @@ def default_recipe(meta_path: Path = DEFAULT_META):  # -> edge_gcl.train.TrainCo
                        split=f"{flickr / 'splits.json'}:train", batch_size=256, epochs=10.0, lr=3e-4)
 
 
-RUN_ONLY = ("out", "resume", "checkpoint_every", "workers", "cache_dir")  # train options that leave the model alone
+RUN_ONLY = ("out", "resume", "checkpoint_every", "workers", "prefetch", "cache_dir", "device")  # train options that leave the model alone
 
 
 def same_recipe(record: Mapping[str, Any], cfg: Any) -> bool:
@@ -588,6 +589,8 @@ def run_losses(
     train_out: str | Path = "runs/bench-losses",
     recipe: Any = None,
     batch_size: int = 32,
+    device: str = "auto",
+    precision: str = "fp32",
     recorded: Sequence[Mapping[str, Any]] = (),
     on_run: Callable[[list[dict[str, Any]]], Any] | None = None,
     log: Callable[[str], Any] = print,
@@ -616,6 +619,7 @@ def run_losses(
         for seed in seeds:
             cfg = run_config(base, loss, seed, train_out=train_out, steps=steps, temperature=temperature,
                              temperature_lr_mult=temperature_lr_mult)
+            cfg = dataclasses.replace(cfg, device=device, precision=precision)
             out = Path(cfg.out)
             done = is_checkpoint(out) and same_recipe(read_meta(out).get("train", {}), cfg)
             earlier = [r for r in recorded if (r.get("loss"), r.get("seed"), r.get("checkpoint")) == (loss, seed, str(out))
@@ -632,7 +636,7 @@ def run_losses(
                 train(cfg)
             train_s = time.perf_counter() - t0
             model = load_model(str(out))
-            results = evaluate_mbeir(TorchEmbedder(model), root, batch_size=batch_size, ks=KS, progress=False)
+            results = evaluate_mbeir(TorchEmbedder(model, device=device), root, batch_size=batch_size, ks=KS, progress=False)
             avg = results["average"]
             log("  average R@5: " + ", ".join(f"{s} {v['recall@5']:.2f}" for s, v in avg.items()))
             runs.append({"loss": loss, "seed": seed, "checkpoint": str(out), "reused": done, "train_s": train_s,
@@ -752,6 +756,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--forms", default=",".join(FORMS))
     p.add_argument("--reference", help="form the deltas are against (default: torch, else onnx)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="where PyTorch runs (the torch form, and training and evaluating "
+                   "in losses mode): auto, cpu, cuda, cuda:N or mps (default: auto, CUDA when present)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="losses mode: training precision (default: fp32)")
     p.add_argument("--via-index", action="store_true",
                    help="also measure global recall through the on-device index (edge_gcl.index) per form")
     p.add_argument("--index-dtype", default="float32", choices=("float32", "float16", "int8"),
@@ -776,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = {"bench": bench, "root": str(root), "losses": parse_list(args.losses),
                   "seeds": parse_list(args.seeds, int), "steps": args.steps, "temperature": args.temperature,
                   "temperature_lr_mult": args.temperature_lr_mult, "train_out": args.train_out,
-                  "batch_size": args.batch_size}
+                  "batch_size": args.batch_size, "device": args.device, "precision": args.precision}
         json_path = Path(args.json or RESULTS_DIR / "recall_losses.json")
         try:
             recorded = recorded_runs(json_path, root)
@@ -787,9 +795,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = losses_base(temperature=args.temperature, temperature_lr_mult=args.temperature_lr_mult)
 
         def same(r: Mapping[str, Any]) -> bool:  # a recorded run of this table's recipe
-            return r["loss"] in LOSSES and same_recipe(r["train"], run_config(
+            return r["loss"] in LOSSES and same_recipe(r["train"], dataclasses.replace(run_config(
                 base, r["loss"], r["seed"], train_out=args.train_out, steps=args.steps,
-                temperature=args.temperature, temperature_lr_mult=args.temperature_lr_mult))
+                temperature=args.temperature, temperature_lr_mult=args.temperature_lr_mult), precision=args.precision))
 
         def save_so_far(runs: list[dict[str, Any]]) -> None:
             kept = with_recorded(runs, json_path, root, same)
@@ -804,7 +812,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stem = "recall_losses"
     else:
         config = {"bench": bench, "model": args.model, "artifacts": args.artifacts, "root": str(root),
-                  "forms": parse_list(args.forms), "reference": args.reference, "batch_size": args.batch_size}
+                  "forms": parse_list(args.forms), "reference": args.reference, "batch_size": args.batch_size,
+                  "device": args.device}
         if args.via_index:
             config |= {"via_index": True, "index_dtype": args.index_dtype}
         result = run_forms(**{k: v for k, v in config.items() if k != "bench"}, progress=args.progress, log=log)

@@ -1,6 +1,6 @@
 """`edge-gcl`: the command line. This file is the CLI contract; each handler lives with its concern.
 
-    edge-gcl train ...                    edge_gcl/train.py
+    edge-gcl train ...                    edge_gcl/train/ (loop.py)
     edge-gcl eval mbeir ...               edge_gcl/eval/cli.py
     edge-gcl eval mmeb|covr ...           edge_gcl/eval/cli.py
     edge-gcl bench build-mbeir ...        edge_gcl/eval/cli.py
@@ -97,7 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output folder: model, checkpoints, log (default: runs/train)")
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 500)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    t.add_argument("--workers", type=int, help="data loader workers, for models without cached stems (default: 2)")
+    t.add_argument("--device", help="where to train: auto (CUDA when PyTorch sees a GPU, else the CPU), cpu, cuda, "
+                   "cuda:N or mps; under torchrun each process takes cuda:LOCAL_RANK (default: auto)")
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="fp32, or autocast in bf16 / fp16 (fp16 with a gradient scaler); the loss and the "
+                   "temperature stay fp32 (default: fp32)")
+    t.add_argument("--workers", type=int, help="data loader processes decoding photos, on the fly for models "
+                   "without cached stems and once for the lite stem cache (default: 2)")
+    t.add_argument("--prefetch", type=int, help="batches each data loader process keeps ready (default: 4)")
     t.add_argument("--image-views", type=int, help="lite: cached views per photo, centre + augmented (default: 3)")
     t.add_argument("--cache-dir", help="lite: where stem features are cached (default: ~/.cache/edge-gcl/features)")
     t.add_argument("--hard-negatives", type=int, metavar="GROUP",
@@ -125,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", dest="json_out", help="write the results JSON here")
     m.add_argument("--batch-size", type=int, default=32, help="items embedded at once")
     m.add_argument("--provider", choices=["cpu", "qnn"], default="cpu", help="for artifacts folders")
+    m.add_argument("--device", default="auto", help="for PyTorch models: auto (CUDA when PyTorch sees a GPU, "
+                   "else the CPU), cpu, cuda, cuda:N or mps")
     m.add_argument("--allow-missing-positives", action="store_true",
                    help="count a query with no positive in the pool as a miss (default: an error naming it)")
     m.add_argument("--cross-modal-offset", default="model", metavar="OFFSET",
@@ -140,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--json", dest="json_out", help="write the results JSON here")
     mm.add_argument("--batch-size", type=int, default=32, help="items embedded at once")
     mm.add_argument("--provider", choices=["cpu", "qnn"], default="cpu", help="for artifacts folders")
+    mm.add_argument("--device", default="auto", help="for PyTorch models: auto (CUDA when PyTorch sees a GPU, "
+                   "else the CPU), cpu, cuda, cuda:N or mps")
     mm.set_defaults(func=_handler("edge_gcl.eval.cli:cli_eval_mmeb"))
     cv = e.add_parser("covr", formatter_class=_ShowDefaults, help="composed video retrieval recall on CoVR (WebVid-CoVR test csv + videos)")
     cv.add_argument("--root", required=True, help="CoVR work folder (annotation/, datasets/WebVid/8M/train/)")
@@ -156,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--json", dest="json_out", help="write the results JSON here")
     cv.add_argument("--batch-size", type=int, default=32, help="items embedded at once")
     cv.add_argument("--provider", choices=["cpu", "qnn"], default="cpu", help="for artifacts folders")
+    cv.add_argument("--device", default="auto", help="for PyTorch models: auto (CUDA when PyTorch sees a GPU, "
+                   "else the CPU), cpu, cuda, cuda:N or mps")
     cv.set_defaults(func=_handler("edge_gcl.eval.cli:cli_eval_covr"))
 
     # --- bench ---------------------------------------------------------------------------

@@ -381,19 +381,26 @@ def _qnn_target(chipset: dict | None) -> dict[str, int | None]:
 
 
 def load_embedder(
-    spec: str | Path | Embedder, *, provider: Provider = "cpu", form: Form | None = None
+    spec: str | Path | Embedder, *, provider: Provider = "cpu", form: Form | None = None, device: str | None = None
 ) -> Embedder:
     """An `Embedder` from what a user names.
 
     - an `Embedder`: returned as is;
     - an artifacts folder (holds `manifest.json`): `OnnxEmbedder(spec, provider=provider, form=form)`;
     - anything else (a preset name like "default", a checkpoint folder, ...): the PyTorch model,
-      `TorchEmbedder(load_model(spec))` from `edge_gcl.models` (imports torch; CPU only). Without
-      torch installed that is a `RuntimeConfigError` saying how to get either.
+      `TorchEmbedder(load_model(spec), device=device)` from `edge_gcl.models` (imports torch; `device`
+      is a `--device` spelling, default the CPU). Without torch installed that is a
+      `RuntimeConfigError` saying how to get either.
+
+    `device` is for PyTorch models only: naming one (other than auto) with an artifacts folder is a
+    `RuntimeConfigError` (artifacts choose where they run with `provider`).
     """
     if isinstance(spec, Embedder):
         return spec
     if is_artifacts_folder(spec):
+        if device not in (None, "auto"):
+            raise RuntimeConfigError(f"{spec}: --device {device} is for PyTorch models; an artifacts folder runs on "
+                                     "ONNX Runtime (--provider cpu or qnn)")
         return OnnxEmbedder(spec, provider=provider, form=form)
     if provider != "cpu" or form is not None:
         raise RuntimeConfigError(
@@ -408,7 +415,7 @@ def load_embedder(
         )
     from .models import TorchEmbedder, load_model
 
-    return TorchEmbedder(load_model(str(spec)))
+    return TorchEmbedder(load_model(str(spec)), device=device or "cpu")
 
 
 def describe(embedder: Embedder) -> str:
@@ -418,4 +425,6 @@ def describe(embedder: Embedder) -> str:
         return own()
     name = getattr(getattr(embedder, "model", None), "config", None)
     name = getattr(name, "name", None) or type(embedder).__name__
-    return f"model {name} ({embedder.embed_dim}-d), PyTorch float32 on the CPU"
+    device = getattr(embedder, "device", None)
+    where = "the CPU" if device is None or str(device) == "cpu" else str(device)
+    return f"model {name} ({embedder.embed_dim}-d), PyTorch float32 on {where}"

@@ -21,3 +21,8 @@ def flickr() -> Path:
     if not (FLICKR / "captions.txt").exists():
         pytest.skip(f"{FLICKR} not present (the shared research data set)")
     return FLICKR
+
+
+# CUDA-only tests (tests/gpu/) are collected only when asked for: `benchmarks/gpu_check.sh` sets
+# EDGE_GCL_GPU_TESTS=1 (where they skip without a GPU). The default suite never lists them as skipped.
+collect_ignore = [] if os.environ.get("EDGE_GCL_GPU_TESTS") else ["gpu"]

@@ -136,7 +136,7 @@ def test_cli_eval_takes_an_offset_or_the_models(toy_root: Path, tmp_path: Path, 
     import types
 
     monkeypatch.setitem(sys.modules, "edge_gcl.runtime",
-                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu": ColorEmbedder()))
+                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu", device=None: ColorEmbedder()))
     out = tmp_path / "r.json"
     args = ["eval", "mbeir", "--root", str(toy_root), "--setting", "global", "--json", str(out)]
     assert main(args) == 0  # 'model': the toy model has none

@@ -88,7 +88,7 @@ def test_recall_main_on_a_phone_root(tmp_path: Path, monkeypatch, capsys):
         (src / "images" / f"p{i}.jpg").write_bytes(b"")
     root = tmp_path / "bench"
     build_phone_mbeir([Source(src / "captions.txt")], root)
-    monkeypatch.setattr(recall, "load_form", lambda form, model, artifacts: _Hash())
+    monkeypatch.setattr(recall, "load_form", lambda form, model, artifacts, device="cpu": _Hash())
     out = tmp_path / "r.json"
     assert recall.main(["--root", str(root), "--forms", "torch", "--json", str(out),
                         "--plot", str(tmp_path / "r.png")]) == 0

@@ -217,7 +217,7 @@ def test_scores_are_read_as_covr_writes_them(tmp_path: Path):
 @pytest.fixture
 def fake_runtime(monkeypatch):
     monkeypatch.setitem(sys.modules, "edge_gcl.runtime",
-                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu": ColourEmbedder()))
+                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu", device=None: ColourEmbedder()))
 
 
 def _run(root: Path, *extra: str) -> int:
@@ -346,7 +346,7 @@ def test_report_runs_covr_only_when_its_root_is_given(covr_root: Path, tmp_path:
 
     artifacts = make_artifacts(tmp_path / "art")  # reused as is (it holds a manifest); the towers are stood in for
     monkeypatch.setitem(sys.modules, "edge_gcl.runtime",
-                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu": ColourEmbedder()))
+                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu", device=None: ColourEmbedder()))
     out = tmp_path / "results"
     assert report(["--only", "covr", "--covr-root", str(covr_root), "--artifacts", str(artifacts),
                    "--out", str(out), "--no-readme"]) == 0

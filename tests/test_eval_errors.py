@@ -79,7 +79,7 @@ def root(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def fake_runtime(monkeypatch):
     monkeypatch.setitem(sys.modules, "edge_gcl.runtime",
-                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu": HashEmbedder()))
+                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu", device=None: HashEmbedder()))
 
 
 def _run(root: Path, *extra: str) -> int:

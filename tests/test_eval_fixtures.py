@@ -110,7 +110,7 @@ def test_same_bytes_on_every_run(built: Path, flickr: Path, tmp_path: Path):
 
 def _oracle(monkeypatch, flickr: Path, photos: list[tuple[str, str]]) -> None:
     monkeypatch.setitem(sys.modules, "edge_gcl.runtime", types.SimpleNamespace(
-        load_embedder=lambda model, provider="cpu": PhotoOracle(flickr, photos)))
+        load_embedder=lambda model, provider="cpu", device=None: PhotoOracle(flickr, photos)))
 
 
 def test_eval_mmeb_runs_on_it(built: Path, flickr: Path, monkeypatch, tmp_path: Path):

@@ -210,7 +210,7 @@ def flickr_root(tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
 def test_shared_photos_in_the_published_layout(flickr_root, tmp_path: Path, monkeypatch, capsys):
     root, photos = flickr_root
     monkeypatch.setitem(sys.modules, "edge_gcl.runtime",
-                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu": OracleEmbedder(photos)))
+                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu", device=None: OracleEmbedder(photos)))
     out = tmp_path / "mmeb.json"
     assert main(["eval", "mmeb", "--root", str(root), "--model", "oracle", "--json", str(out)]) == 0
     results = json.loads(out.read_text())
@@ -249,7 +249,7 @@ def test_tiny_onnx_model_on_the_shared_photos(flickr_root, tmp_path: Path):
 @pytest.fixture
 def fake_runtime(monkeypatch):
     monkeypatch.setitem(sys.modules, "edge_gcl.runtime",
-                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu": AngleEmbedder(ANGLES)))
+                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu", device=None: AngleEmbedder(ANGLES)))
 
 
 def _error_line(capsys) -> str:
@@ -375,7 +375,7 @@ def test_report_runs_mmeb_only_when_its_root_is_given(worked_root: Path, tmp_pat
 
     artifacts = make_artifacts(tmp_path / "art")  # reused as is (it holds a manifest); the towers are stood in for
     monkeypatch.setitem(sys.modules, "edge_gcl.runtime",
-                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu": AngleEmbedder(ANGLES)))
+                        types.SimpleNamespace(load_embedder=lambda model, provider="cpu", device=None: AngleEmbedder(ANGLES)))
     out = tmp_path / "results"
     argv = ["--artifacts", str(artifacts), "--out", str(out), "--no-readme"]
     assert report(["--only", "mmeb", "--mmeb-root", str(worked_root), *argv]) == 0

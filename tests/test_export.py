@@ -79,7 +79,7 @@ def test_calibration_follows_the_recorded_per_source_splits_and_held_out_lists(p
     splits = tmp_path / "splits.json"
     splits.write_text(json.dumps({"train": [f"{i}.jpg" for i in range(12)], "dev": [f"{i}.jpg" for i in range(12, 24)],
                                   "held": ["0.jpg", "1.jpg"]}))
-    monkeypatch.setattr("edge_gcl.train.RECIPE_DIR", tmp_path)  # ${recipes} -> tmp_path
+    monkeypatch.setattr("edge_gcl.train.config.RECIPE_DIR", tmp_path)  # ${recipes} -> tmp_path
     torch.manual_seed(0)
     train = {"data": ["nowhere/captions.txt", str(photos / "captions.txt")], "images": [],
              "split": ["all", "${recipes}/splits.json:train"], "exclude": [f"{splits}:held", f"{splits}:dev"]}

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from train_helpers import COLOURS, make_squares, tiny_tinyclip
 
 from edge_gcl.cli import main
 from edge_gcl.models import load_model
@@ -24,24 +25,10 @@ from edge_gcl.train import (
     portable_record,
 )
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pairs")
-    (root / "images").mkdir()
-    rows = ["image,caption"]
-    rng = np.random.default_rng(0)
-    for i in range(24):
-        name, rgb = list(COLOURS.items())[i % 4]
-        a = np.clip(np.array(rgb) + rng.integers(-20, 20, (40, 56, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(a).save(root / "images" / f"{i}.jpg")
-        rows += [f"{i}.jpg,a {name} square number {i}", f"{i}.jpg,something {name}"]
-    (root / "images" / "corrupt.jpg").write_bytes(b"not a jpeg")
-    rows += ["corrupt.jpg,a broken photo", "missing.jpg,no file", "3.jpg,"]
-    (root / "captions.txt").write_text("\n".join(rows) + "\n")
-    return root
+    return make_squares(tmp_path_factory.mktemp("pairs"))
 
 
 def _train(data, out, cache, *extra):
@@ -195,32 +182,6 @@ def test_pair_caption_other_trains_differently_and_a_bad_value_is_refused(data, 
     assert cl.keys() == cl_other.keys() and all(torch.equal(cl[k], cl_other[k]) for k in cl)
 
 
-def test_torchrun_two_processes_train_like_one(data, tmp_path):
-    """2 ranks (gloo, CPU), each half of every batch, gathered negatives: the same weights as 1 process."""
-    import subprocess
-    import sys
-
-    start = _tiny_tinyclip(tmp_path / "start")
-    args = ["train", "--model", str(start), "--data", str(data / "captions.txt"), "--batch-size", "8",
-            "--steps", "3", "--lr", "1e-3", "--warmup", "1", "--workers", "0"]
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", port, "-m", "edge_gcl.cli", *args, "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, timeout=180)
-    assert run.returncode == 0, run.stderr[-3000:]
-    one, two = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
-    assert not torch.equal(one["text.proj.weight"], load_file(str(start / "model.safetensors"))["text.proj.weight"])
-    for k in one:
-        # float32 reduction order differs across ranks; Adam turns that into < 0.1 of one lr step
-        torch.testing.assert_close(two[k], one[k], atol=1e-4, rtol=1e-4)
-
-
 def test_temperature_flag_sets_the_starting_temperature(data, tmp_path, capsys):
     """`--temperature` starts the learnable temperature there; without it the model's own (lite: 0.07) is kept."""
     cache = tmp_path / "cache"
@@ -275,17 +236,20 @@ def two_sources(tmp_path_factory):
 
 
 def _opened_photos(monkeypatch) -> set[str]:
-    """Every photo name that training decodes (stem caching or on-the-fly batches) from now on."""
-    import edge_gcl.train as train_module
+    """Every photo name that training decodes in this process (stem caching, the photo check, on-the-fly
+    batches) from now on: train with --workers 0."""
+    import edge_gcl.train.data
+    import edge_gcl.train.stems
 
     opened: set[str] = set()
-    real = train_module.load_image
+    real = edge_gcl.train.data.load_image
 
     def spy(source, **kw):
         opened.add(Path(source).name)
         return real(source, **kw)
 
-    monkeypatch.setattr(train_module, "load_image", spy)
+    for module in (edge_gcl.train.data, edge_gcl.train.stems):
+        monkeypatch.setattr(module, "load_image", spy)
     return opened
 
 
@@ -297,7 +261,7 @@ def test_each_source_has_its_own_split_and_held_out_photos_never_reach_training(
     args = ["train", "--data", str(r / "a" / "captions.txt"), "--split", f"{r / 'a' / 'splits.json'}:train",
             "--data", str(r / "b" / "captions.txt"), "--exclude", f"{r / 'lists' / 'b-splits.json'}:heldout",
             "--batch-size", "4", "--steps", "1", "--image-views", "1", "--cache-dir", str(tmp_path / "cache"),
-            "--out", str(tmp_path / "run")]
+            "--out", str(tmp_path / "run"), "--workers", "0"]
     assert main(args) == 0
     held_out = {f"a{i}.jpg" for i in range(9, 12)} | {f"b{i}.jpg" for i in range(4)}
     assert opened == {f"a{i}.jpg" for i in range(9)} | {f"b{i}.jpg" for i in range(4, 12)}
@@ -399,22 +363,7 @@ def test_default_recipe_trains_on_the_three_sources_without_any_dev_photo(flickr
 
 # ----------------------------------------------------------------------------- corrupt photos (issue 14 item 6)
 def _tiny_tinyclip(folder):
-    from edge_gcl.checkpoint import save_checkpoint
-    from edge_gcl.config import (
-        ImagePreprocess,
-        ModelConfig,
-        TextPreprocess,
-        TextTransformerConfig,
-        VisionTransformerConfig,
-    )
-    from edge_gcl.models import create_model
-
-    torch.manual_seed(0)
-    tiny = ModelConfig(
-        name="tiny", family="tinyclip", embed_dim=16, image=ImagePreprocess(size=32), text=TextPreprocess(context_length=16),
-        vision=VisionTransformerConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2),
-        text_tower=TextTransformerConfig(context_length=16, width=32, layers=1, heads=2))
-    return save_checkpoint(folder, create_model(tiny))
+    return tiny_tinyclip(folder)
 
 
 @pytest.fixture(scope="module")
@@ -454,18 +403,42 @@ def test_a_photo_that_fails_to_decode_is_counted_and_never_replaced(truncated, t
 
     # A photo that breaks after the check: the batch fails naming it instead of swapping in another photo.
     from edge_gcl.data import read_pairs
-    from edge_gcl.train import PixelBatches, TrainConfig
     from edge_gcl.transform import ImageDecodeError
 
     pairs = read_pairs(truncated / "captions.txt")
-    batches = PixelBatches(load_model(start), pairs, TrainConfig(batch_size=9), 0, 1)
     with pytest.raises(ImageDecodeError, match="cut.jpg: corrupt or truncated"):
-        batches[0]
+        _pixel_batch(load_model(start), pairs, TrainConfig(batch_size=9))
+    # the same through DataLoader workers: one line naming the photo, not the worker's traceback
+    capsys.readouterr()
+    assert _train_unchecked(start, truncated, tmp_path / "w") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Original" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("edge-gcl: error: ") and "cut.jpg: corrupt or truncated image" in line, err
+
+
+def _pixel_batch(model, pairs, cfg, step=0):
+    """Step `step`'s whole batch as the DataLoader's workers build it (one process)."""
+    from edge_gcl.train.data import PhotoTable, PixelSamples, pixel_batch, step_samples
+
+    table = PhotoTable(pairs)
+    return pixel_batch(PixelSamples(table, model.config.image, model.tokenizer(), cfg.seed),
+                       step_samples(table.n_captions, cfg, step))
+
+
+def _train_unchecked(start, truncated, out):
+    """Train with 2 DataLoader workers as if the truncated photo had passed the check before training."""
+    from unittest import mock
+
+    import edge_gcl.train.loop
+
+    with mock.patch.object(edge_gcl.train.loop, "check_photos", lambda pairs, *a, **k: pairs):
+        return main(["train", "--model", str(start), "--data", str(truncated / "captions.txt"), "--batch-size", "9",
+                     "--steps", "1", "--workers", "2", "--out", str(out)])
 
 
 def test_pixel_batches_carry_another_caption_for_the_photo_note(data, tmp_path):
     from edge_gcl.data import Pairs
-    from edge_gcl.train import PixelBatches
 
     start = _tiny_tinyclip(tmp_path / "start")
     root = tmp_path / "photos"
@@ -475,8 +448,8 @@ def test_pixel_batches_carry_another_caption_for_the_photo_note(data, tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)).save(root / f"{i}.jpg")
     pairs = Pairs([str(root / f"{i}.jpg") for i in range(4)], [[f"first {i}", f"second {i}"] for i in range(4)])
     model = load_model(start)
-    plain = PixelBatches(model, pairs, TrainConfig(batch_size=4), 0, 1)[0]
-    pixels, ids, mask, pair_ids, pair_mask = PixelBatches(model, pairs, TrainConfig(batch_size=4, pair_caption="other"), 0, 1)[0]
+    plain = _pixel_batch(model, pairs, TrainConfig(batch_size=4))
+    pixels, ids, mask, pair_ids, pair_mask = _pixel_batch(model, pairs, TrainConfig(batch_size=4, pair_caption="other"))
     assert len(plain) == 3 and torch.equal(pixels, plain[0]) and torch.equal(ids, plain[1])
     assert pair_ids.shape[0] == 4 and pair_mask.shape == pair_ids.shape
     assert all(not torch.equal(ids[j], pair_ids[j]) for j in range(4))  # each sample's other caption
@@ -523,3 +496,12 @@ def test_train_help_gives_the_defaults_training_uses():
             assert str(Path(said.group(1)).expanduser()) == value or said.group(1) == value, (action.dest, said.group(1))
         checked += 1
     assert checked >= 15
+
+
+def test_a_stem_cache_too_big_for_memory_is_refused_before_it_is_computed(data, tmp_path, monkeypatch, capsys):
+    import edge_gcl.train.stems
+
+    monkeypatch.setattr(edge_gcl.train.stems, "available_memory_bytes", lambda: 1_000_000)  # 1 MB free
+    _refused(capsys, "the lite stem cache of 25 photos x 2 views needs",
+             lambda: _train(data, tmp_path / "big", tmp_path / "cache", "--steps", "1"))
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

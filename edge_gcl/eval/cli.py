@@ -41,7 +41,8 @@ def cli_eval(args: argparse.Namespace) -> int:
         settings = SETTINGS if args.setting == "both" else (args.setting,)
         check_root(Path(args.root))  # before the model loads
         offset = _offset(args.cross_modal_offset)  # before the model loads, too
-        embedder = load_embedder(args.model, provider=args.provider)
+        check_device(args.device)
+        embedder = load_embedder(args.model, provider=args.provider, device=args.device)
         if offset is None:
             from ..index import default_cross_modal_offset
 
@@ -64,6 +65,18 @@ def cli_eval(args: argparse.Namespace) -> int:
             Path(args.json_out).write_text(json.dumps(results | ({"headline": top} if top else {}), indent=2) + "\n")
 
     return _run(body)
+
+
+def check_device(spec: str | None) -> None:
+    """Refuse a --device that is not here before any model loads (a no-op without torch: the runtime
+    install runs artifacts folders, and `load_embedder` says --device is not theirs)."""
+    import importlib.util
+
+    if spec in (None, "auto") or importlib.util.find_spec("torch") is None:
+        return
+    from ..device import resolve_device
+
+    resolve_device(spec)
 
 
 def _offset(text: str) -> float | None:
@@ -157,6 +170,7 @@ def _check_options(args: argparse.Namespace) -> None:
     for name in ("frames", "batch_size"):
         if getattr(args, name, 1) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    check_device(args.device)
 
 
 def cli_eval_mmeb(args: argparse.Namespace) -> int:
@@ -168,7 +182,7 @@ def cli_eval_mmeb(args: argparse.Namespace) -> int:
 
         _check_options(args)
         data = mmeb.read_mmeb(args.root, tasks=args.tasks, images=args.images)  # bad input fails before the model loads
-        embedder = load_embedder(args.model, provider=args.provider)
+        embedder = load_embedder(args.model, provider=args.provider, device=args.device)
         results = mmeb.evaluate_mmeb(embedder, data, ks=tuple(args.k), batch_size=args.batch_size)
         print(mmeb.format_table(results))
         _write_json(args.json_out, results)
@@ -191,7 +205,7 @@ def cli_eval_covr(args: argparse.Namespace) -> int:
         triplets = covr.read_annotation(annotation)
         check_root(videos)
         covr.check_decoder(covr.resolve_videos(triplets, videos, annotation))
-        embedder = load_embedder(args.model, provider=args.provider)
+        embedder = load_embedder(args.model, provider=args.provider, device=args.device)
         result = covr.evaluate_covr(embedder, root, annotation=annotation, videos=videos, frames=args.frames,
                                     frame_pool=args.pool, ks=tuple(args.k), batch_size=args.batch_size)
         print(covr.format_table(result))

@@ -67,15 +67,19 @@ def weights_id(model: DualEncoder) -> str:
 
 
 class TorchEmbedder:
-    """`Embedder` over a PyTorch `DualEncoder` (float32, CPU, no grad).
+    """`Embedder` over a PyTorch `DualEncoder` (float32, no grad) on `device` (default: the CPU; a
+    `torch.device` or a `--device` spelling, `edge_gcl.device.resolve_device`).
 
     `model_id` defaults to `weights_id(model)`, the id of artifacts exported from the same weights.
     `tokenizer` is public: the index sizes note chunks with its `count_tokens`.
     """
 
-    def __init__(self, model: DualEncoder, *, model_id: str | None = None):
-        self.model = model.eval()
+    def __init__(self, model: DualEncoder, *, model_id: str | None = None, device: torch.device | str = "cpu"):
+        from ..device import resolve_device
+
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model_id = model_id or weights_id(model)
+        self.model = model.eval().to(self.device)
         self.embed_dim = model.config.embed_dim
         self.tokenizer = model.tokenizer()
 
@@ -86,8 +90,8 @@ class TorchEmbedder:
         out = np.zeros((len(images), self.embed_dim), np.float32)
         for start in tqdm(range(0, len(images), batch_size), desc="images", disable=not progress):
             batch = images[start : start + batch_size]
-            pixels = np.stack([preprocess(x, self.model.config.image) for x in batch])  # (B, 3, S, S)
-            out[start : start + len(batch)] = self.model.encode_image(torch.from_numpy(pixels)).numpy()
+            pixels = torch.from_numpy(np.stack([preprocess(x, self.model.config.image) for x in batch]))  # (B, 3, S, S)
+            out[start : start + len(batch)] = self.model.encode_image(pixels.to(self.device)).float().cpu().numpy()
         return out
 
     @torch.no_grad()
@@ -96,6 +100,6 @@ class TorchEmbedder:
         out = np.zeros((len(texts), self.embed_dim), np.float32)
         for start in tqdm(range(0, len(texts), batch_size), desc="texts", disable=not progress):
             ids, mask = self.tokenizer(texts[start : start + batch_size])  # (B, L) each
-            emb = self.model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask))
-            out[start : start + len(ids)] = emb.numpy()
+            emb = self.model.encode_text(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
+            out[start : start + len(ids)] = emb.float().cpu().numpy()
         return out

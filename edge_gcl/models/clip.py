@@ -81,11 +81,13 @@ class Attention(nn.Module):
         q = q.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, hd)
         v = v.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, hd)
-        att = (q * (C // H) ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
-        if bias is not None:
-            att = att + bias  # (B, 1, T, T) broadcast over heads
-        att = att.softmax(dim=-1)
-        y = att @ v  # (B, H, T, hd)
+        if torch.onnx.is_in_onnx_export():  # the exported graph: plain MatMul / Add / Softmax, as the HTP compiles it
+            att = (q * (C // H) ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
+            if bias is not None:
+                att = att + bias  # (B, 1, T, T) broadcast over heads
+            y = att.softmax(dim=-1) @ v  # (B, H, T, hd)
+        else:  # the same math in one fused kernel (FlashAttention / memory-efficient on GPUs): training speed
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.out(y)
 

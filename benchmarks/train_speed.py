@@ -1,0 +1,338 @@
+"""Training throughput: pairs/s and step time per model, device, precision, batch and world size, with the
+data pipeline's own rate measured apart from the model step, so a starved GPU shows.
+
+    python -m benchmarks.train_speed                                   # this machine's device, defaults below
+    python -m benchmarks.train_speed --device cuda --precisions fp32,bf16 --batches 256,1024 --world-sizes 1,2
+    python -m benchmarks.train_speed --json benchmarks/results/train_speed.json --plot benchmarks/results/train_speed.png
+
+For each configuration, three rates, each over `--steps` timed steps after `--warmup`:
+  step   the optimizer step alone (`edge_gcl.train.loop.TrainStep`: forward under autocast, the fp32 loss
+         with every rank's features, backward, AdamW) on batches already on the device;
+  data   the batches alone, as training draws them: decoded and augmented by `--workers` DataLoader
+         processes per rank into pinned memory (tinyclip), or gathered from the stem cache (lite);
+  train  both together, as `edge-gcl train` runs them; its data-wait share is the time the step waited
+         for a batch. A data rate below the step rate means the accelerator waits.
+The `lite` rows train on cached stems (the family's only mode); the cache is built first, on the device,
+and its rate is reported too (photos/s, centre view plus `--image-views - 1` augmented views).
+
+Photos: `--photos N` seeded synthetic JPEGs (480x360, smooth shapes and noise, quality 90: the size of the
+web photos of LCS-558K after a decode at reduced scale would not apply; each one is decoded in full), with
+captions; or `--data captions.txt` for real ones. World sizes above 1 run under torchrun on this node
+(gloo on the CPU, NCCL on GPUs); a rank's data rate is its own loader's, and the table shows the sum.
+
+Results go to runs/train_speed.json and .png unless --json / --plot say otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (
+    Col,
+    format_table,
+    header_line,
+    machine_info,
+    make_document,
+    parse_list,
+    pyplot,
+    save_figure,
+    save_json,
+)
+
+MODELS = ("lite", "tinyclip-vit-8m-16-text-3m", "tinyclip-vit-39m-16-text-19m")
+SHORT = {"lite": "lite", "tinyclip-vit-8m-16-text-3m": "TinyCLIP-8M", "tinyclip-vit-39m-16-text-19m": "TinyCLIP-39M"}
+OUT = Path("runs")
+WORDS = "dog cat man woman child beach snow street park water ball bike red blue green running sitting".split()
+
+
+# ----------------------------------------------------------------------------- photos
+def synthetic_photos(folder: Path, n: int, *, seed: int = 0, size: tuple[int, int] = (480, 360)) -> Path:
+    """`folder/captions.txt` and n seeded JPEGs in `folder/images/`: smooth colour fields with a few shapes and mild noise, so
+    they decode like photos (a JPEG of pure noise is several times slower to decode)."""
+    from PIL import Image, ImageDraw
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    if (folder / "captions.txt").exists() and len(list((folder / "images").glob("*.jpg"))) >= n:
+        return folder / "captions.txt"
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rows = ["image,caption"]
+    for i in range(n):
+        base = rng.uniform(0, 255, (3, 3))  # a colour gradient per channel
+        img = np.stack([c[0] + (c[1] - c[0]) * xx / w + (c[2] - c[0]) * yy / h for c in base], axis=-1)
+        img += rng.normal(0, 6, img.shape)
+        pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(pil)
+        for _ in range(4):
+            x0, y0 = rng.integers(0, w - 40), rng.integers(0, h - 40)
+            box = (int(x0), int(y0), int(x0 + rng.integers(20, 200)), int(y0 + rng.integers(20, 150)))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        pil.save(folder / "images" / f"{i:05d}.jpg", quality=90)
+        words = rng.choice(WORDS, 6)
+        rows += [f"{i:05d}.jpg,a {words[0]} and a {words[1]} near the {words[2]}",
+                 f"{i:05d}.jpg,{words[3]} {words[4]} {words[5]}"]
+    (folder / "captions.txt").write_text("\n".join(rows) + "\n")
+    return folder / "captions.txt"
+
+
+# ----------------------------------------------------------------------------- one configuration
+def _rate(fn: Callable[[], Any], *, warmup: int, steps: int, sync: Callable[[], None]) -> list[float]:
+    """Seconds of each of `steps` calls of `fn` after `warmup` untimed ones; `sync` waits for the device."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure(model_name: str, *, data: Path, device: str, precision: str, batch: int, steps: int, warmup: int,
+            workers: int, prefetch: int, image_views: int, cache_dir: Path) -> dict[str, Any]:
+    """This process's (or, under torchrun, this rank's) rates for one configuration; see the module docstring."""
+    import torch
+
+    from edge_gcl.data import read_pairs
+    from edge_gcl.loss import create_loss
+    from edge_gcl.models import load_model
+    from edge_gcl.train import TrainConfig
+    from edge_gcl.train.distributed import init_distributed_device
+    from edge_gcl.train.loop import CachedSteps, PixelSteps, TrainForward, TrainStep, make_optimizer
+    from edge_gcl.train.precision import Precision
+    from edge_gcl.train.stems import StemCache
+
+    env = init_distributed_device(device)
+    cfg = TrainConfig(model=model_name, batch_size=batch, workers=workers, prefetch=prefetch, precision=precision,
+                      image_views=image_views, cache_dir=str(cache_dir), data=[str(data)])
+    shard = slice(env.rank * batch // env.size, (env.rank + 1) * batch // env.size)
+    dev = env.device
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    pairs = read_pairs(data)
+    model = load_model(model_name).to(dev)
+    row: dict[str, Any] = {"model": model_name, "device": dev.type, "precision": precision, "batch": batch,
+                           "world": env.size, "workers": workers}
+    if dev.type == "cuda":
+        row["gpu"] = torch.cuda.get_device_name(dev)
+    cached = hasattr(model, "freeze_stems")
+    if cached:
+        for turn in range(env.size):  # rank 0 builds, the others read
+            if turn == env.rank:
+                cache, pairs = StemCache.build_sources(model, [pairs], cfg, dev, log=lambda *_: None)
+                if env.rank == 0 and cache.built_s:  # built now, not read from an earlier row's build
+                    row["cache_photos_per_s"] = len(pairs) / cache.built_s
+            if env.distributed:
+                torch.distributed.barrier()
+        n_caps = np.array([len(c) for c in pairs.captions])
+        batches = CachedSteps(cache, cfg, env, n_caps, shard, None)
+    else:
+        from edge_gcl.train.data import PhotoTable
+
+        batches = PixelSteps(PhotoTable(pairs), model, cfg, env, shard)
+    if cached and dev.type == "cpu":
+        model.visual.top.to(memory_format=torch.channels_last)
+    forward: torch.nn.Module = TrainForward(model, cached=cached)
+    if env.distributed:
+        forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=[dev.index] if dev.type == "cuda" else None)
+    prec = Precision(precision)
+    prec.check(dev)
+    optimizer = make_optimizer(model, cfg)
+    step = TrainStep(model, forward, create_loss("gcl"), optimizer, prec, dev, prec.scaler(dev))
+    model.train()
+    total = 10**9  # the schedule's length does not matter here
+    counter = iter(range(total))
+
+    def next_batch():
+        return batches.get(next(counter), total)
+
+    # data alone: this rank's loader (workers decoding into pinned memory) or cache gathers
+    data_s = _rate(lambda: [x.shape for x in next_batch()], warmup=warmup, steps=steps, sync=sync)
+    fixed = next_batch()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    step_s = _rate(lambda: step(fixed).item(), warmup=warmup, steps=steps, sync=sync)
+    waits: list[float] = []
+
+    def train_step():
+        t0 = time.perf_counter()
+        b = next_batch()
+        waits.append(time.perf_counter() - t0)
+        step(b).item()
+
+    train_s = _rate(train_step, warmup=warmup, steps=steps, sync=sync)
+    local = batch // env.size
+    row |= {"step_ms": 1000 * float(np.median(step_s)), "step_pairs_per_s": batch / float(np.median(step_s)),
+            "data_pairs_per_s": local / float(np.median(data_s)),  # this rank's; summed over ranks below
+            "train_pairs_per_s": batch / float(np.median(train_s)),
+            "data_wait_share": float(np.sum(waits[-steps:]) / np.sum(train_s))}
+    if dev.type == "cuda":
+        row["gpu_peak_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    if env.distributed:
+        parts: list[Any] = [None] * env.size
+        torch.distributed.all_gather_object(parts, row["data_pairs_per_s"])
+        row["data_pairs_per_s"] = float(sum(parts))
+        torch.distributed.destroy_process_group()
+    return row
+
+
+def measure_world(world: int, **kwargs: Any) -> dict[str, Any]:
+    """`measure` in this process (world 1), or under torchrun with `world` processes on this node."""
+    if world == 1:
+        return measure(**kwargs)
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-addr", "127.0.0.1",
+           "--master-port", str(port), "-m", "benchmarks.train_speed", "--rank-worker", spec]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"world size {world}: torchrun failed\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def _rank_worker(spec: str) -> int:
+    kwargs = json.loads(spec)
+    for key in ("data", "cache_dir"):
+        kwargs[key] = Path(kwargs[key])
+    row = measure(**kwargs)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- output
+COLS = [Col("model_short", "model"), Col("where", "device"), Col("precision"), Col("batch"), Col("world"),
+        Col("step_ms", "step ms", ".1f"), Col("step_pairs_per_s", "step pairs/s", ".0f"),
+        Col("data_pairs_per_s", "data pairs/s", ".0f"), Col("train_pairs_per_s", "train pairs/s", ".0f"),
+        Col("data_wait_pct", "waits %", ".0f"), Col("cache_photos_per_s", "cache photos/s", ".0f"),
+        Col("gpu_peak_gb", "GPU GB", ".1f")]
+
+
+def _display(row: dict[str, Any]) -> dict[str, Any]:
+    return row | {"model_short": SHORT.get(row["model"], row["model"]), "where": row.get("gpu", row["device"]),
+                  "data_wait_pct": 100 * row["data_wait_share"]}
+
+
+def table(doc: dict[str, Any], *, markdown: bool = False) -> str:
+    from benchmarks.common import markdown_table
+
+    rows = [_display(r) for r in doc["rows"]]
+    cols = [c for c in COLS if any(r.get(c.key) is not None for r in rows)]
+    return markdown_table(rows, cols) if markdown else format_table(rows, cols, title="training throughput")
+
+
+def plot(doc: dict[str, Any], path: str | Path) -> Path:
+    plt = pyplot()
+    rows = [_display(r) for r in doc["rows"]]
+    labels = [f"{r['model_short']}\n{r['precision']} b{r['batch']} w{r['world']}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
+    ax.bar(x - 0.2, [r["step_pairs_per_s"] for r in rows], 0.4, label="model step")
+    ax.bar(x + 0.2, [r["train_pairs_per_s"] for r in rows], 0.4, label="training (with data)")
+    ax.scatter(x, [r["data_pairs_per_s"] for r in rows], color="black", marker="_", s=400, zorder=3,
+               label="data pipeline alone")
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("image-caption pairs / s")
+    where = ", ".join(sorted({r["where"] for r in rows}))
+    ax.set_title(f"edge-gcl training throughput ({where})")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (each process of a world takes its own GPU)")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    p.add_argument("--batches", help="comma-separated global batch sizes (default: 32 on the CPU, 256,1024 on a GPU)")
+    p.add_argument("--world-sizes", default="1", help="comma-separated process counts (torchrun on this node)")
+    p.add_argument("--steps", type=int, help="timed steps per rate (default: 5 on the CPU, 20 on a GPU)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before each rate")
+    p.add_argument("--workers", type=int, help="DataLoader processes per rank (default: the usable cores / world, "
+                   "at most 16)")
+    p.add_argument("--prefetch", type=int, default=4, help="batches each worker keeps ready")
+    p.add_argument("--image-views", type=int, default=2, help="lite: cached views per photo")
+    p.add_argument("--photos", type=int, help="synthetic photos (default: twice the largest batch, at least 64)")
+    p.add_argument("--data", help="a captions.txt of real photos instead of synthetic ones")
+    p.add_argument("--workdir", help="where the synthetic photos and stem caches go (default: a temporary folder)")
+    p.add_argument("--json", default=str(OUT / "train_speed.json"), help="result JSON")
+    p.add_argument("--plot", default=str(OUT / "train_speed.png"), help="result PNG")
+    p.add_argument("--rank-worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rank_worker:
+        return _rank_worker(args.rank_worker)
+
+    from edge_gcl.device import DeviceError, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    gpu = device.type == "cuda"
+    batches = parse_list(args.batches or ("256,1024" if gpu else "32"), int)
+    worlds = parse_list(args.world_sizes, int)
+    steps = args.steps or (20 if gpu else 5)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    machine = machine_info()
+    if gpu:
+        import torch
+
+        machine["gpu"] = {"name": torch.cuda.get_device_name(device), "count": torch.cuda.device_count(),
+                          "memory_gb": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1),
+                          "cuda": torch.version.cuda}
+    print(header_line(machine) + (f" | {machine['gpu']['count']} x {machine['gpu']['name']}" if gpu else ""))
+    rows = []
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="train-speed-", dir=args.workdir) as tmp:
+        work = Path(args.workdir) if args.workdir else Path(tmp)
+        data = Path(args.data) if args.data else synthetic_photos(work / "photos", args.photos or max(64, 2 * max(batches)))
+        for model in parse_list(args.models):
+            for precision in parse_list(args.precisions):
+                for batch in batches:
+                    for world in worlds:
+                        workers = args.workers if args.workers is not None else max(1, min(16, usable // world))
+                        print(f"{model} {device.type} {precision} batch {batch} world {world} ({workers} workers per rank)",
+                              file=sys.stderr, flush=True)
+                        try:
+                            rows.append(measure_world(world, model_name=model, data=data, device=args.device,
+                                                      precision=precision, batch=batch, steps=steps,
+                                                      warmup=args.warmup, workers=workers, prefetch=args.prefetch,
+                                                      image_views=args.image_views, cache_dir=work / "stem-cache"))
+                        except (RuntimeError, ValueError) as e:  # e.g. out of GPU memory: the row says so
+                            print(f"  failed: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+    config = {"models": parse_list(args.models), "device": args.device, "precisions": parse_list(args.precisions),
+              "batches": batches, "world_sizes": worlds, "steps": steps, "warmup": args.warmup,
+              "prefetch": args.prefetch, "image_views": args.image_views, "data": args.data or "synthetic 480x360 JPEG"}
+    doc = make_document("train-speed", rows, config=config, machine=machine)
+    print(table(doc))
+    if rows:
+        print(f"wrote {save_json(args.json, doc)}")
+        print(f"wrote {plot(doc, args.plot)}")
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""benchmarks.train_speed on a tiny TinyCLIP: a row per precision and world size with the step, data and
+training rates measured apart, the JSON and the plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from train_helpers import tiny_tinyclip
+
+from benchmarks import train_speed
+
+pytestmark = pytest.mark.slow
+
+
+def test_rows_for_each_configuration_with_the_data_rate_apart(tmp_path, capsys):
+    tiny = tiny_tinyclip(tmp_path / "tiny")
+    out = tmp_path / "speed.json"
+    assert train_speed.main(["--models", str(tiny), "--device", "cpu", "--precisions", "fp32,bf16", "--batches", "8",
+                             "--world-sizes", "1,2", "--steps", "2", "--warmup", "1", "--photos", "16", "--workers", "1",
+                             "--workdir", str(tmp_path / "work"), "--json", str(out), "--plot", str(tmp_path / "s.png")]) == 0
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    assert [(r["precision"], r["world"]) for r in rows] == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
+    for r in rows:
+        assert r["step_pairs_per_s"] > 0 and r["data_pairs_per_s"] > 0 and r["train_pairs_per_s"] > 0
+        assert 0 <= r["data_wait_share"] <= 1 and r["batch"] == 8 and r["device"] == "cpu"
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "step pairs/s" in printed and "data pairs/s" in printed
+    assert "| model |" in train_speed.table(doc, markdown=True)
+    # synthetic photos: seeded JPEGs with two captions each
+    photos = sorted((tmp_path / "work" / "photos" / "images").glob("*.jpg"))
+    assert len(photos) == 16
+    assert (tmp_path / "work" / "photos" / "captions.txt").read_text().count("\n") == 1 + 2 * 16
