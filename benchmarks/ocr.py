@@ -32,13 +32,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .common import RESULTS_DIR, Col, format_table, header_line, machine_info, make_document, pyplot, save_figure, save_json
+from .common import (
+    RESULTS_DIR,
+    Col,
+    format_table,
+    header_line,
+    machine_info,
+    make_document,
+    pyplot,
+    save_figure,
+    save_json,
+)
 from .ocr_data import CATEGORIES, Sample, make_samples, render
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository (--data-root moves it)
@@ -100,31 +110,14 @@ def queries(samples: Sequence[Sample]) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- metrics
-def edit_distance(a: Sequence, b: Sequence) -> int:
-    """Levenshtein distance between two sequences (characters or words), one numpy row at a time."""
-    if not a:
-        return len(b)
-    if not b:
-        return len(a)
-    prev = np.arange(len(b) + 1)
-    bb = np.array([hash(x) for x in b])
-    for i, x in enumerate(a, 1):
-        sub = prev[:-1] + (bb != hash(x))
-        cur = np.empty_like(prev)
-        cur[0] = i
-        cur[1:] = np.minimum(sub, prev[1:] + 1)
-        cur = np.minimum.accumulate(cur - np.arange(len(cur))) + np.arange(len(cur))  # insertions, left to right
-        prev = cur
-    return int(prev[-1])
-
-
 def accuracy(truth: str, read: str) -> tuple[float, float]:
     """(character accuracy, word accuracy): 1 - edit distance / length of the truth, floored at 0;
     white space normalised, case kept."""
+    from edge_gcl.metrics import char_accuracy, edit_distance
+
     t, r = " ".join(truth.split()), " ".join(read.split())
-    char = max(0.0, 1 - edit_distance(t, r) / max(len(t), 1))
     word = max(0.0, 1 - edit_distance(t.split(), r.split()) / max(len(t.split()), 1))
-    return char, word
+    return char_accuracy([t], [r]), word
 
 
 def recall(ranked: Sequence[Sequence[str]], positives: Sequence[Sequence[str]], k: int) -> float:

@@ -180,7 +180,7 @@ def _content(cat: str, rng: np.random.Generator, name: str, first: str, city: st
                 ["lease agreement", name], [name[1:6]])
     if cat == "invoice":
         no = _code(rng, "2024-9999")
-        return ([f"{name.upper()} CONSULTING", f"INVOICE No. {no}", f"Bill to: {first} {rng.choice(SURNAMES)}", f"Web design services  {_money(rng, 200, 2000)}", f"VAT 20%  {_money(rng, 40, 400)}", f"Amount due within 30 days", f"IBAN FR76 {_code(rng, '9999 9999 9999')}"],
+        return ([f"{name.upper()} CONSULTING", f"INVOICE No. {no}", f"Bill to: {first} {rng.choice(SURNAMES)}", f"Web design services  {_money(rng, 200, 2000)}", f"VAT 20%  {_money(rng, 40, 400)}", "Amount due within 30 days", f"IBAN FR76 {_code(rng, '9999 9999 9999')}"],
                 [f"invoice {no}"], [no[-4:]])
     if cat == "prescription":
         drug = rng.choice(["Amoxicillin 500 mg", "Azithromycin 250 mg", "Doxycycline 100 mg", "Cefalexin 500 mg"])
@@ -212,7 +212,7 @@ def _content(cat: str, rng: np.random.Generator, name: str, first: str, city: st
         return ([f"Rue {first} {name}", f"{city}"], [f"Rue {first} {name}"], [])
     if cat == "parking sign":
         zone = _code(rng, "A9")
-        return (["NO PARKING", f"Mon-Sat 8AM-6PM", "Tow away zone", f"Zone {zone}"], [f"zone {zone}"], [])
+        return (["NO PARKING", "Mon-Sat 8AM-6PM", "Tow away zone", f"Zone {zone}"], [f"zone {zone}"], [])
     if cat == "exit sign":
         floor = int(rng.integers(1, 30))
         return (["EMERGENCY EXIT", f"Floor {floor} - Stair {_code(rng, 'A')}", "Keep clear"], ["emergency exit", f"floor {floor}"], [])

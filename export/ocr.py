@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import glob
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,8 +39,17 @@ import onnx
 from PIL import Image, ImageDraw, ImageFont
 
 from edge_gcl.manifest import TensorSpec, TowerArtifacts, TowerSpec
+from edge_gcl.metrics import char_accuracy
 from edge_gcl.ocr.artifacts import TOWER_PREFIX
-from edge_gcl.ocr.contract import DICTIONARY_NAME, GRAPHS, OcrConfig, package_files, read_dictionary, write_dictionary
+from edge_gcl.ocr.contract import (
+    DEFAULT_CONFIG,
+    DICTIONARY_NAME,
+    GRAPHS,
+    OcrConfig,
+    package_files,
+    read_dictionary,
+    write_dictionary,
+)
 from edge_gcl.ocr.engine import cls_input, det_input, rec_inputs
 
 MIN_CHAR_ACCURACY = 0.95  # recogniser, quantized/compiled vs float, on held-out line crops
@@ -208,21 +216,6 @@ def spec(graph: str, config: OcrConfig, output: str, batch: int | str) -> TowerS
 
 
 # ----------------------------------------------------------------------------- fidelity
-def char_accuracy(reference: Sequence[str], other: Sequence[str]) -> float:
-    """1 - total edit distance / total reference length, over pairs of strings."""
-    def dist(a: str, b: str) -> int:
-        prev = list(range(len(b) + 1))
-        for i, x in enumerate(a, 1):
-            cur = [i]
-            for j, y in enumerate(b, 1):
-                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-            prev = cur
-        return prev[-1]
-
-    total = sum(len(r) for r in reference)
-    return 1.0 - sum(dist(r, o) for r, o in zip(reference, other, strict=True)) / max(total, 1)
-
-
 def _decode(probs: np.ndarray, characters: list[str]) -> str:
     ids = probs.argmax(-1)
     keep = np.r_[True, ids[1:] != ids[:-1]] & (ids != 0)
@@ -272,7 +265,7 @@ def float_graphs(folder: Path, config: OcrConfig) -> dict[str, TowerArtifacts]:
     return towers
 
 
-def add_float_graphs(folder: Path, config: OcrConfig = OcrConfig()) -> Path:
+def add_float_graphs(folder: Path, config: OcrConfig = DEFAULT_CONFIG) -> Path:
     """Put the float OCR graphs into an existing artifacts folder and its manifest (no quantization:
     what a CPU runtime needs; tests give their tiny artifacts OCR this way)."""
     from edge_gcl.manifest import Manifest
@@ -290,7 +283,7 @@ def build_ocr(
     precision: str,
     chip: Any,
     photos: Sequence[Path],
-    config: OcrConfig = OcrConfig(),
+    config: OcrConfig = DEFAULT_CONFIG,
     n_calibration: int = 16,
     n_heldout: int = 2,
     n_heldout_lines: int = 12,

@@ -297,3 +297,12 @@ def test_the_ocr_graphs_compile_fully_for_the_htp_and_read_in_emulation(tmp_path
     img = Image.new("RGB", (128, 64), "white")
     ImageDraw.Draw(img).text((8, 16), "RE16", fill="black", font=font(28))
     assert engine.read_image(img).text == "RE16"
+
+
+def test_character_accuracy_is_one_minus_the_edit_distance_share() -> None:
+    from edge_gcl.metrics import char_accuracy, edit_distance
+
+    assert edit_distance("kitten", "sitting") == 3 and edit_distance("", "abc") == 3 and edit_distance("flaw", "lawn") == 2
+    assert edit_distance("gate B22 seat".split(), "gate seat".split()) == 1
+    assert char_accuracy(["RE16 TGK", "B22"], ["RE16 TCK", "B22"]) == pytest.approx(1 - 1 / 11)
+    assert char_accuracy(["ab"], ["xyzxyz"]) == 0.0

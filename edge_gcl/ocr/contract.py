@@ -73,6 +73,9 @@ class OcrConfig:
         }[graph]
 
 
+DEFAULT_CONFIG = OcrConfig()
+
+
 @dataclass(frozen=True)
 class OcrFiles:
     gate: Path

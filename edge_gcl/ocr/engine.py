@@ -41,7 +41,7 @@ from PIL import Image
 
 from ..transform import ImageDecodeError, load_image
 from .boxes import crop, find_boxes, reading_order
-from .contract import GRAPHS, OcrConfig, OcrFiles, package_files, read_dictionary
+from .contract import DEFAULT_CONFIG, GRAPHS, OcrConfig, OcrFiles, package_files, read_dictionary
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -95,7 +95,7 @@ class OcrEngine:
         self,
         graphs: OcrFiles,
         *,
-        config: OcrConfig = OcrConfig(),
+        config: OcrConfig = DEFAULT_CONFIG,
         provider: str = "cpu",
         qnn_target: dict[str, int | None] | None = None,
         threads: int = 0,
@@ -120,7 +120,7 @@ class OcrEngine:
                 raise ValueError(f"{getattr(graphs, name)}: the {name} graph has dynamic dims {shape}; the NPU needs fixed ones")
 
     @classmethod
-    def from_package(cls, *, config: OcrConfig = OcrConfig(), threads: int = 0) -> OcrEngine:
+    def from_package(cls, *, config: OcrConfig = DEFAULT_CONFIG, threads: int = 0) -> OcrEngine:
         """The float PP-OCR graphs of the rapidocr wheel (the `[export]` extra), on the CPU."""
         return cls(package_files(), config=config, threads=threads, description="PP-OCR float32 on ONNX Runtime CPU")
 
