@@ -230,7 +230,9 @@ def phone_dev(embedder: Any, root: Path, texts: dict[str, str], *, offset: float
     if ocr_rows:
         e = embedder.embed_texts(ocr_rows)
         base = np.stack([img[str(pool[j].img_path)] for j in ocr_of])
-        extra = fuse(base, e) if ocr_vectors == "fused" else e
+        extra = {"fused": fuse(base, e), "text": e, "both": np.concatenate([fuse(base, e), e])}[ocr_vectors]
+        if ocr_vectors == "both":
+            ocr_of = ocr_of + ocr_of
     out: dict[str, Any] = {"ocr_rows": len(ocr_rows), "photos_with_text": len(set(ocr_of)), "tasks": {}}
     for qfile in sorted((root / "query" / "test").glob("mbeir_*_test.jsonl")):
         qs = read_queries(qfile, root=root)
@@ -379,6 +381,26 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The docs/ocr.md table: recall per query kind and split, OCR off and on, then the rest."""
+    from .common import markdown_table
+
+    lines = [markdown_table(doc["rows"], [Col("split"), Col("kind", "queries"), Col("queries", "n", "d"),
+                                          Col("off R@1", "OCR off R@1", ".1f"), Col("off R@5", "OCR off R@5", ".1f"),
+                                          Col("on R@1", "OCR on R@1", ".1f"), Col("on R@5", "OCR on R@5", ".1f")]), ""]
+    for split, a in doc["accuracy"].items():
+        kinds = ", ".join(f"{k} {v:.1f}" for k, v in a["per_kind"].items())
+        lines.append(f"- {split}: character accuracy {a['char_accuracy']:.1f}%, word accuracy {a['word_accuracy']:.1f}% ({kinds})")
+    for r in doc.get("ingest", []):
+        lines.append(f"- ingest, {r['set']}, {r['ocr']}: {r['photos_per_s']:.1f} photos/s ({r['photos']} photos; 1-minute load {r['load_1min']:.1f})")
+    for pd in doc.get("phone_dev", {}).values():
+        a = pd["average"]
+        lines.append(f"- phone dev benchmark, global average R@1 / R@5 with the offset {doc.get('phone_dev_offset')}: OCR off "
+                     f"{a['off R@1']:.2f} / {a['off R@5']:.2f}, on {a['on R@1']:.2f} / {a['on R@5']:.2f} "
+                     f"({pd['photos_with_text']} of its pool's photos have text read)")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ocr", description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", help="artifacts folder (towers and OCR graphs); default: --model's PyTorch towers and the rapidocr wheel's graphs")
@@ -387,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--det-size", type=int, default=OcrConfigDefaults.det_size)
     p.add_argument("--gate-size", type=int, default=OcrConfigDefaults.gate_size)
     p.add_argument("--tile-ratio", type=float, help="OcrConfig.tile_ratio (default: its default; 100: no tiles)")
-    p.add_argument("--ocr-vectors", default="fused", help="fused, text, or both: fused,text")
+    p.add_argument("--ocr-vectors", default="fused", help="fused, text or both (fused and text rows); several with commas")
     p.add_argument("--samples", type=int, default=N_SAMPLES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tune", action="store_true", help="the dev split only (what choices are made on)")

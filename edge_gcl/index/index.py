@@ -71,9 +71,9 @@ VECTORS_FILE = "index.vectors"  # the stored vectors packed for a memory-mapped 
 # stored dtype (V x D x 1, 2 or 4 bytes: 25-100 MB and a few ms per query at 100k x 256; see vectors.py).
 APPROXIMATE_MIN_VECTORS = 100_000
 # How a photo's OCR text joins its vectors: "fused", one chunk normalize(e_photo + e_text) per chunk of
-# the text (a photo+note, as GCL trains); "text", the text's own vectors e_text. Chosen on the dev half
-# of `python -m benchmarks.ocr` (docs/ocr.md).
-OCR_VECTORS: Literal["fused", "text"] = "fused"
+# the text (a photo+note, as GCL trains); "text", the text's own vectors e_text; "both". Chosen on the
+# dev half of `python -m benchmarks.ocr` (docs/ocr.md).
+OCR_VECTORS: Literal["fused", "text", "both"] = "fused"
 MAX_OCR_CHUNKS = 8  # a document photo's text beyond this many chunks is stored and word-searchable only
 
 
@@ -806,7 +806,8 @@ class Index:
             else:
                 rows = fuse(image[None, :], t) if len(cs) else np.asarray(image, np.float32)[None, :]
                 if len(rs):
-                    rows = np.concatenate([rows, fuse(image[None, :], r) if OCR_VECTORS == "fused" else r])
+                    extra = {"fused": [fuse(image[None, :], r)], "text": [r], "both": [fuse(image[None, :], r), r]}
+                    rows = np.concatenate([rows, *extra[OCR_VECTORS]])
                 out.append(rows)
         return out
 
