@@ -392,7 +392,7 @@ def markdown(doc: dict[str, Any]) -> str:
     """The docs/ocr.md table: recall per query kind and split, OCR off and on, then the rest."""
     from .common import markdown_table
 
-    lines = [markdown_table(doc["rows"], [Col("split"), Col("kind", "queries"), Col("queries", "n", "d"),
+    lines = [markdown_table(doc["rows"], [Col("ocr_vectors", "OCR rows"), Col("split"), Col("kind", "queries"), Col("queries", "n", "d"),
                                           Col("off R@1", "OCR off R@1", ".1f"), Col("off R@5", "OCR off R@5", ".1f"),
                                           Col("on R@1", "OCR on R@1", ".1f"), Col("on R@5", "OCR on R@5", ".1f")]), ""]
     for split, a in doc["accuracy"].items():

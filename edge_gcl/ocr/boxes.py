@@ -176,6 +176,10 @@ def find_boxes(
     for comp in sorted(components(prob, threshold), key=lambda c: -c.pixels)[:max_boxes]:
         if comp.score < box_threshold:
             continue
+        if max_height is not None:  # a strip of short side t and length L has L * t >= pixels, L <= the diagonal
+            span = comp.points.max(0) - comp.points.min(0)
+            if comp.pixels > float(np.hypot(*span)) * max_height:
+                continue  # a flat area, not a line: dropped before its hull (thousands of points)
         rect = min_area_rect(comp.points)
         if min(side_lengths(rect)) < min_size or (max_height is not None and min(side_lengths(rect)) > max_height):
             continue
