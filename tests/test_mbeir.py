@@ -278,7 +278,7 @@ def test_query_positives_names_the_query(tmp_path: Path):
 def test_cli_eval_mbeir(toy_root: Path, tmp_path: Path, monkeypatch, capsys):
     calls = []
 
-    def load_embedder(model, provider="cpu"):
+    def load_embedder(model, provider="cpu", device=None):
         calls.append((model, provider))
         return ColorEmbedder()
 
