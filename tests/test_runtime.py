@@ -299,7 +299,7 @@ def test_load_embedder_sends_other_specs_to_the_torch_models(
 
     fake = types.ModuleType("edge_gcl.models")
     fake.load_model = lambda spec: ("model", spec)  # type: ignore[attr-defined]
-    fake.TorchEmbedder = lambda model: ("embedder", model)  # type: ignore[attr-defined]
+    fake.TorchEmbedder = lambda model, device: ("embedder", model)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "edge_gcl.models", fake)
     assert load_embedder("default") == ("embedder", ("model", "default"))
     assert load_embedder(tmp_path) == ("embedder", ("model", str(tmp_path)))  # a checkpoint folder

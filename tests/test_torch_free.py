@@ -29,7 +29,9 @@ TRAINING = {
     "edge_gcl.models.factory",
     "edge_gcl.models.lite",
     "edge_gcl.assets.make_clip_bpe",
+    "edge_gcl.device",  # --device for PyTorch models
 }
+TRAINING_PACKAGES = ("edge_gcl.train.",)  # every module of the training package
 FORBIDDEN = ("torch", "transformers", "onnx", "onnxscript", "qai_hub", "safetensors", "matplotlib")
 
 BLOCKER = f"""
@@ -44,7 +46,8 @@ sys.meta_path.insert(0, Block())
 
 def runtime_modules() -> list[str]:
     names = [m.name for m in pkgutil.walk_packages(edge_gcl.__path__, "edge_gcl.")]
-    return sorted(n for n in names if n not in TRAINING and not n.endswith("__main__"))
+    return sorted(n for n in names if n not in TRAINING and not n.startswith(TRAINING_PACKAGES)
+                  and not n.endswith("__main__"))
 
 
 def run(code: str) -> subprocess.CompletedProcess[str]:
