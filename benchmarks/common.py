@@ -34,7 +34,15 @@ import numpy as np
 
 FORMAT = "edge-gcl/benchmark"
 FORMAT_VERSION = 1
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # the committed results docs/results.md shows
+# Where a harness writes when not told otherwise (relative to the clone's root): a benchmark never
+# overwrites the committed results unless named (`--json benchmarks/results/...`, report's `--out`).
+RUNS_DIR = Path("runs") / "benchmarks"
+
+
+def default_out(name: str) -> str:
+    """`runs/benchmarks/<name>` (e.g. "index.json"): a harness's default output file."""
+    return str(RUNS_DIR / name)
 PACKAGES = ("edge-gcl", "numpy", "torch", "onnxruntime", "onnxruntime-qnn", "faiss-cpu", "usearch", "matplotlib")
 
 

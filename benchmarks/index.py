@@ -65,10 +65,10 @@ import edge_gcl.index  # noqa: F401  # loads SimSIMD before usearch (see edge_gc
 from edge_gcl.index.vectors import THREADS  # the cores the index's scan uses
 
 from .common import (
-    RESULTS_DIR,
     Col,
     PeakRSS,
     Timing,
+    default_out,
     format_table,
     header_line,
     limit_threads,
@@ -649,8 +649,8 @@ def document(bench: IndexBench, config: dict[str, Any]) -> dict[str, Any]:
 MILLION: dict[str, Any] = {
     "sizes": "100000,1000000", "dims": "256,512", "dtypes": "float16,int8", "approx_dtypes": "int8",
     "approx_dims": "512", "usearch_max_n": 100_000, "photos": 0, "sync_files": 100_000,
-    "cache": "runs/bench-index-cache", "json": str(RESULTS_DIR / "index_million.json"),
-    "plot": str(RESULTS_DIR / "index_million.png"),
+    "cache": "runs/bench-index-cache", "json": default_out("index_million.json"),
+    "plot": default_out("index_million.png"),
 }
 
 
@@ -681,8 +681,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "--artifacts): cpu, cuda, cuda:N, mps or auto (default: cpu, as on a device)")
     p.add_argument("--threads", type=int, help="cap numpy BLAS / faiss OpenMP threads (default: all cores)")
     p.add_argument("--workdir", help="where the temporary indexes go (default: the system temp folder)")
-    p.add_argument("--json", default=str(RESULTS_DIR / "index.json"))
-    p.add_argument("--plot", default=str(RESULTS_DIR / "index.png"))
+    p.add_argument("--json", default=default_out("index.json"),
+                   help="result JSON (--million: runs/benchmarks/index_million.json; benchmarks/results/ holds "
+                        "the committed ones)")
+    p.add_argument("--plot", default=default_out("index.png"), help="result plot (--million: index_million.png)")
     args = p.parse_args(argv)
     if args.million:  # defaults of the scale run, for the flags left at their defaults
         for name, value in MILLION.items():

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
-    RESULTS_DIR,
     Col,
     _status_kb,
+    default_out,
     format_table,
     header_line,
     machine_info,
@@ -167,7 +167,7 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    """The README section: the table and what was measured."""
+    """The results page's section (docs/results.md): the table and what was measured."""
     from .common import markdown_table
 
     c = doc["config"]
@@ -187,9 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--artifacts", default="artifacts", help="artifacts folder of the default path")
     p.add_argument("--torch-model", default="default", help="PyTorch model shown beside it ('' to skip)")
     p.add_argument("--photos", type=int, default=200, help="photos per set")
-    p.add_argument("--sets", default="small,12mp")
-    p.add_argument("--json", default=str(RESULTS_DIR / "ingest.json"))
-    p.add_argument("--plot", default=str(RESULTS_DIR / "ingest.png"))
+    p.add_argument("--sets", default="small,12mp",
+                   help="photo sets, comma-separated: small (the shared Flickr8k photos as they are), 12mp (the same "
+                        "upscaled to 4032x3024 JPEGs, like a phone's)")
+    p.add_argument("--json", default=default_out("ingest.json"),
+                   help="result JSON (benchmarks/results/ingest.json: the committed one)")
+    p.add_argument("--plot", default=default_out("ingest.png"), help="result plot (PNG)")
     # one measurement in this process (used by run_one)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)

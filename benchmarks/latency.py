@@ -47,10 +47,10 @@ from typing import Any
 import numpy as np
 
 from .common import (
-    RESULTS_DIR,
     Col,
     PeakRSS,
     Timing,
+    default_out,
     format_table,
     header_line,
     limit_threads,
@@ -345,8 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch / ORT intra-op / BLAS threads (0: defaults)")
     p.add_argument("--device", default="cpu", help="where the torch form runs: cpu, cuda, cuda:N, mps or auto "
                    "(default: cpu, the on-device comparison)")
-    p.add_argument("--json", default=str(RESULTS_DIR / "latency.json"))
-    p.add_argument("--plot", default=str(RESULTS_DIR / "latency.png"))
+    p.add_argument("--json", default=default_out("latency.json"),
+                   help="result JSON (benchmarks/results/latency.json: the committed one)")
+    p.add_argument("--plot", default=default_out("latency.png"), help="result plot (PNG)")
     args = p.parse_args(argv)
     config = {"model": args.model, "artifacts": args.artifacts, "forms": parse_list(args.forms),
               "batches": parse_list(args.batches, int), "htp_batches": parse_list(args.htp_batches, int),

@@ -58,8 +58,8 @@ from typing import Any
 import numpy as np
 
 from .common import (
-    RESULTS_DIR,
     Col,
+    default_out,
     format_table,
     header_line,
     machine_info,
@@ -771,8 +771,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--temperature-lr-mult", type=float,
                    help="losses mode: the temperature's lr multiplier in every run (default: the recipe's)")
     p.add_argument("--train-out", default="runs/bench-losses", help="losses mode: where the trained models go")
-    p.add_argument("--json", help="result JSON (default: benchmarks/results/recall[_losses].json)")
-    p.add_argument("--plot", help="result PNG (default: benchmarks/results/recall[_losses].png)")
+    p.add_argument("--json", help="result JSON (default: runs/benchmarks/recall[_losses].json; "
+                   "benchmarks/results/ holds the committed ones); --losses: runs it already holds are not trained again")
+    p.add_argument("--plot", help="result PNG (default: runs/benchmarks/recall[_losses].png)")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
@@ -785,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "seeds": parse_list(args.seeds, int), "steps": args.steps, "temperature": args.temperature,
                   "temperature_lr_mult": args.temperature_lr_mult, "train_out": args.train_out,
                   "batch_size": args.batch_size, "device": args.device, "precision": args.precision}
-        json_path = Path(args.json or RESULTS_DIR / "recall_losses.json")
+        json_path = Path(args.json or default_out("recall_losses.json"))
         try:
             recorded = recorded_runs(json_path, root)
         except ValueError as e:
@@ -824,8 +825,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             **extra)
         stem = "recall"
     print(tables(doc))
-    json_path = Path(args.json or RESULTS_DIR / f"{stem}.json")
-    plot_path = args.plot or RESULTS_DIR / f"{stem}.png"
+    json_path = Path(args.json or default_out(f"{stem}.json"))
+    plot_path = args.plot or default_out(f"{stem}.png")
     print(f"wrote {save_json(json_path, doc)}")
     print(f"wrote {plot(doc, plot_path)}")
     return 0

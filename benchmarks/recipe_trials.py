@@ -28,9 +28,17 @@ from typing import Any
 
 from filelock import FileLock
 
-from benchmarks.common import Col, format_table, machine_info, make_document, parse_list, save_json
+from benchmarks.common import (
+    Col,
+    default_out,
+    format_table,
+    machine_info,
+    make_document,
+    parse_list,
+    save_json,
+)
 
-RESULTS = Path(__file__).parent / "results" / "recipe_trials.json"
+RESULTS = default_out("recipe_trials.json")  # benchmarks/results/recipe_trials.json: the committed ledger
 F8K, EXTRA = "${data}/flickr8k", "${data}/flickr8k-extra"
 CONFIGS = Path(__file__).parent / "trial_configs"
 SPLITS = str(Path(__file__).resolve().parents[1] / "edge_gcl" / "recipes" / "flickr8k-extra-splits.json")
@@ -198,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--root", default="runs/mbeir-phone-dev", help="the phone dev benchmark's M-BEIR root "
                    "(edge-gcl bench build-mbeir --layout phone --out ...)")
     p.add_argument("--data-root", default="../shared/data")
-    p.add_argument("--json", default=str(RESULTS))
+    p.add_argument("--json", default=RESULTS, help="the trials' ledger: read, and each finished trial merged into "
+                   "it (benchmarks/results/recipe_trials.json: the committed one)")
     p.add_argument("--collect", action="store_true", help="only print the table of the saved trials")
     p.add_argument("--calibrate", action="store_true",
                    help="fit the offset of saved trials that have none and whose run folder is here, then print")

@@ -1,24 +1,29 @@
-"""`python -m benchmarks.report`: every harness on the default model, results under benchmarks/results/, README.
+"""`python -m benchmarks.report`: every harness on the default model; results under runs/benchmarks/, or
+benchmarks/results/ and docs/results.md when told.
 
-    python -m benchmarks.report                        # export if needed, run all, rewrite the README section
-    python -m benchmarks.report --only index           # one harness (the others' last results stay in the README)
-    python -m benchmarks.report --render-only          # rebuild the README section from the saved JSON
-    python -m benchmarks.report --smoke                # minutes: the whole pipeline, tiny settings, no README
+    python -m benchmarks.report                        # export if needed, run all -> runs/benchmarks/
+    python -m benchmarks.report --out benchmarks/results   # the same into the committed results, docs/results.md rewritten
+    python -m benchmarks.report --only index --out benchmarks/results   # one harness (the others' stay)
+    python -m benchmarks.report --render-only          # rebuild docs/results.md from benchmarks/results/
+    python -m benchmarks.report --smoke                # minutes: the whole pipeline, tiny settings -> runs/bench-smoke
     python -m benchmarks.report --only mmeb --mmeb-root DIR   # MMEB retrieval on a root in MMEB-eval's layout
     python -m benchmarks.report --only covr --covr-root DIR   # CoVR on a root in CoVR's layout (needs [video])
 
 Steps:
-1. Artifacts: reuse `--artifacts` (default runs/bench-artifacts) when it holds a manifest, else build it with
+1. Artifacts: `--artifacts` when given; else ./artifacts when `python -m export.compile` built it from
+   `--model` (the set-up's first command), else runs/bench-artifacts, built if it holds no manifest with
    `export.compile.run(--model)` (float, QDQ w8a16, EPContext for the default chip, verified in emulation).
    An `aihub_profile.json` in it (from `--via aihub`) adds device rows to the latency table.
-2. The M-BEIR root (`--root`, default runs/mbeir-dev): built from the shared Flickr8k dev split if missing.
+2. The M-BEIR root (`--root`, default benchmarks.recall's: the phone dev benchmark, runs/mbeir-phone-dev), built
+   from the shared data if missing.
 3. `benchmarks.recall` (torch, onnx, qdq, ctx), `benchmarks.latency`, `benchmarks.index`, `benchmarks.ingest`
    with their defaults,
-   each writing <name>.json and <name>.png into benchmarks/results/. With `--mmeb-root` / `--covr-root`,
+   each writing <name>.json and <name>.png into `--out` (default runs/benchmarks/). With `--mmeb-root` / `--covr-root`,
    also `edge_gcl.eval.mmeb` / `edge_gcl.eval.covr` on that root with the artifacts' float towers, writing
    mmeb.json / covr.json (nothing is written for a benchmark whose root is not given).
-4. Rewrite README.md between `<!-- results:start -->` and `<!-- results:end -->`: machine, versions and
-   date, then tables generated from the JSON files found in benchmarks/results/ (including
+4. When `--out` is benchmarks/results/ (the committed results): rewrite docs/results.md between
+   `<!-- results:start -->` and `<!-- results:end -->`: machine, versions and date, then tables
+   generated from the JSON files found there (including
    recall_losses*.json, modality_gap*.json and index_million.json, which this command does not produce:
    `COMMANDS` below),
    with the plots linked.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +43,7 @@ from typing import Any
 
 from .common import (
     RESULTS_DIR,
+    RUNS_DIR,
     Col,
     dumps,
     header_line,
@@ -49,13 +56,13 @@ from .common import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
+DOC = REPO / "docs" / "results.md"  # the page whose results section is generated
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 HARNESSES = ("recall", "latency", "index", "ingest")
 ROOT_HARNESSES = ("mmeb", "covr")  # run when their root is given (--mmeb-root, --covr-root)
 
 
-# ----------------------------------------------------------------------------- README markers
+# ----------------------------------------------------------------------------- the doc's markers
 def rewrite_section(text: str, content: str, *, start: str = START, end: str = END) -> str:
     """`text` with everything between the `start` and `end` marker lines replaced by `content`.
 
@@ -70,8 +77,8 @@ def rewrite_section(text: str, content: str, *, start: str = START, end: str = E
     return text[: i + len(start)] + "\n" + content.strip("\n") + "\n" + text[j:]
 
 
-def update_readme(path: str | Path, content: str) -> bool:
-    """Rewrite the results section of the file at `path`; True if it changed."""
+def update_doc(path: str | Path, content: str) -> bool:
+    """Rewrite the results section of the file at `path` (docs/results.md); True if it changed."""
     path = Path(path)
     old = path.read_text(encoding="utf-8")
     new = rewrite_section(old, content)
@@ -322,7 +329,7 @@ def covr_markdown(doc: Mapping[str, Any]) -> str:
         "(`edge_gcl/eval/covr.py`).", "", markdown_table(rows, cols)])
 
 
-# README sections: (JSON name in the results folder, title, markdown), in order; rendered when the file exists.
+# docs/results.md sections: (JSON name in the results folder, title, markdown), in order; rendered when the file exists.
 SECTIONS = [("recall", "Recall per deployed form", recall_markdown),
             ("recall_losses_phone_ep15", "GCL vs CL vs pairwise under the shipped recipe, phone dev benchmark",
              losses_markdown),
@@ -348,7 +355,8 @@ COMMANDS = {
     "recall_losses_phone": "python -m benchmarks.recall --losses gcl,cl,pairwise --seeds 0,1,2 "
                            "--train-out runs/bench-losses-phone --json benchmarks/results/recall_losses_phone.json "
                            "--plot benchmarks/results/recall_losses_phone.png",
-    "recall_losses": "python -m benchmarks.recall --losses gcl,cl,pairwise --seeds 0,1,2 --temperature-lr-mult 50",
+    "recall_losses": "python -m benchmarks.recall --losses gcl,cl,pairwise --seeds 0,1,2 --temperature-lr-mult 50 "
+                     "--json benchmarks/results/recall_losses.json --plot benchmarks/results/recall_losses.png",
     "recall_losses_tlr1": "python -m benchmarks.recall --losses gcl,cl,pairwise --seeds 0,1,2 --temperature-lr-mult 1 "
                           "--json benchmarks/results/recall_losses_tlr1.json "
                           "--plot benchmarks/results/recall_losses_tlr1.png",
@@ -360,19 +368,28 @@ COMMANDS = {
                     "--json benchmarks/results/modality_gap.json",
     "modality_gap_phone": "python -m benchmarks.modality_gap --root runs/mbeir-phone-dev "
                           "--models default,runs/trials/margin08-s0 --json benchmarks/results/modality_gap_phone.json",
-    "index_million": "python -m benchmarks.index --million",
-    "mmeb": "python -m benchmarks.report --only mmeb --mmeb-root DIR",
-    "covr": "python -m benchmarks.report --only covr --covr-root DIR",
-}
+    "index_million": "python -m benchmarks.index --million --json benchmarks/results/index_million.json "
+                     "--plot benchmarks/results/index_million.png",
+    "mmeb": "python -m benchmarks.report --only mmeb --mmeb-root DIR --out benchmarks/results",
+    "covr": "python -m benchmarks.report --only covr --covr-root DIR --out benchmarks/results",
+} | {name: f"python -m benchmarks.{name} --json benchmarks/results/{name}.json --plot benchmarks/results/{name}.png"
+     for name in HARNESSES}
 
 
-def render(results_dir: str | Path = RESULTS_DIR, *, readme_dir: str | Path = REPO) -> str:
-    """The README results section from the JSON files in `results_dir` (those present), plots linked."""
-    results_dir = Path(results_dir)
+def _shown(path: Path) -> str:
+    """`path` as the docs name it: relative to the clone's root when inside it."""
     try:
-        rel = results_dir.resolve().relative_to(Path(readme_dir).resolve()).as_posix()
+        return path.resolve().relative_to(REPO).as_posix()
     except ValueError:
-        rel = results_dir.resolve().as_posix()
+        return path.resolve().as_posix()
+
+
+def render(results_dir: str | Path = RESULTS_DIR, *, doc_dir: str | Path = DOC.parent) -> str:
+    """The results section from the JSON files in `results_dir` (those present), plots linked relative to
+    `doc_dir`, the folder of the page it goes into."""
+    results_dir = Path(results_dir)
+    link = Path(os.path.relpath(results_dir.resolve(), Path(doc_dir).resolve())).as_posix()
+    rel = _shown(results_dir)
     sections = []
     for name, title, fn in SECTIONS:
         path = results_dir / f"{name}.json"
@@ -381,7 +398,7 @@ def render(results_dir: str | Path = RESULTS_DIR, *, readme_dir: str | Path = RE
         doc = load_json(path)
         body = fn(doc)
         png = results_dir / f"{name}.png"
-        img = f"\n\n![{title}]({rel}/{name}.png)" if png.is_file() else ""
+        img = f"\n\n![{title}]({link}/{name}.png)" if png.is_file() else ""
         command = f"`{COMMANDS.get(name, 'python -m benchmarks.' + name)}`"
         sections.append(f"### {title}\n\n{body}{img}\n\nJSON: `{rel}/{name}.json` ({command}). "
                         f"Run: {header_line(doc['machine'])}.")
@@ -399,6 +416,20 @@ def render(results_dir: str | Path = RESULTS_DIR, *, readme_dir: str | Path = RE
 
 
 # ----------------------------------------------------------------------------- the run
+def built_artifacts(model: str, *, folder: str | Path = "artifacts") -> Path | None:
+    """`folder` (./artifacts) when `python -m export.compile` built it from `model`: the set-up's first
+    command already compiled what the report would, so the report uses it instead of exporting again."""
+    from edge_gcl.manifest import Manifest, is_artifacts_folder
+
+    if not is_artifacts_folder(folder):
+        return None
+    try:
+        source = Manifest.load(folder).extra.get("source_model")
+    except (OSError, ValueError):
+        return None
+    return Path(folder) if source is not None and str(source) == str(model) else None
+
+
 def ensure_artifacts(model: str, artifacts: Path, *, log=print) -> Path:
     from edge_gcl.manifest import Manifest, is_artifacts_folder
 
@@ -452,25 +483,30 @@ def run_covr(artifacts: Path, root: str, out: Path, *, frames: int = 15) -> Path
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default")
-    p.add_argument("--artifacts", default="runs/bench-artifacts", help="exported here if it holds no manifest")
-    p.add_argument("--root", default="runs/mbeir-dev", help="M-BEIR root (built from the Flickr8k dev split if missing)")
-    p.add_argument("--out", default=str(RESULTS_DIR), help="where the JSON and PNG files go")
-    p.add_argument("--readme", default=str(README))
+    p.add_argument("--artifacts", help="the model's artifacts, exported here if it holds no manifest (default: "
+                   "./artifacts when export.compile built it from --model, else runs/bench-artifacts)")
+    p.add_argument("--root", help="M-BEIR root for the recall (default: benchmarks.recall's, the phone dev benchmark "
+                   "runs/mbeir-phone-dev, built from the shared data if missing)")
+    p.add_argument("--out", help="where the JSON and PNG files go (default: runs/benchmarks; --smoke: runs/bench-smoke; "
+                   "--render-only reads benchmarks/results); benchmarks/results: the committed ones, and "
+                   "docs/results.md is rewritten")
+    p.add_argument("--doc", default=str(DOC), help="the page whose results section is rewritten")
     p.add_argument("--only", default=",".join(HARNESSES), help="harnesses to run (mmeb, covr: with their root)")
     p.add_argument("--mmeb-root", help="also run MMEB retrieval on this MMEB-eval folder (edge-gcl eval mmeb)")
     p.add_argument("--mmeb-images", help="its images.zip unzipped (default: <root>/eval_images, else <root>)")
     p.add_argument("--covr-root", help="also run CoVR on this CoVR work folder (edge-gcl eval covr)")
-    p.add_argument("--render-only", action="store_true", help="only rewrite the README from the saved JSON")
-    p.add_argument("--no-readme", action="store_true", help="do not touch the README")
+    p.add_argument("--render-only", action="store_true",
+                   help="only rewrite the results section of --doc from the saved JSON (benchmarks/results)")
+    p.add_argument("--no-doc", action="store_true", help="do not touch --doc")
     p.add_argument("--smoke", action="store_true",
                    help="a few-minute check of the whole pipeline with tiny settings (CPU forms only); writes to "
-                        "runs/bench-smoke unless --out is given, never the README")
+                        "runs/bench-smoke unless --out is given, never the doc")
     args = p.parse_args(argv)
-    if args.smoke:
-        args.no_readme = True
-        if args.out == str(RESULTS_DIR):
-            args.out = "runs/bench-smoke"
-    out = Path(args.out)
+    default = RESULTS_DIR if args.render_only else Path("runs/bench-smoke") if args.smoke else RUNS_DIR
+    out = Path(args.out) if args.out else default
+    committed = out.resolve() == RESULTS_DIR.resolve()
+    if args.smoke or not committed:  # the doc shows the committed results only
+        args.no_doc = True
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -486,7 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if roots[name] and name not in only:
                 only.append(name)
         print(header_line(machine_info()))
-        artifacts = Path(args.artifacts)
+        artifacts = Path(args.artifacts or built_artifacts(args.model) or "runs/bench-artifacts")
+        log(f"artifacts: {artifacts}")
         t0 = time.perf_counter()
         ensure_artifacts(args.model, artifacts, log=log)
         timings["export"] = time.perf_counter() - t0
@@ -495,7 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         aihub = ["--aihub-profile", str(profile)] if profile.is_file() else []
         jobs = {
-            "recall": (recall.main, ["--model", args.model, "--artifacts", str(artifacts), "--root", args.root]),
+            "recall": (recall.main, ["--model", args.model, "--artifacts", str(artifacts),
+                                     *(["--root", args.root] if args.root else [])]),
             "latency": (latency.main, ["--model", args.model, "--artifacts", str(artifacts), "--runs", "20",
                                        "--budget-s", "10", *aihub]),
             "index": (index.main, ["--artifacts", str(artifacts)]),
@@ -504,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root_jobs = {"mmeb": lambda: run_mmeb(artifacts, args.mmeb_root, out, images=args.mmeb_images),
                      "covr": lambda: run_covr(artifacts, args.covr_root, out)}
         if args.smoke:
-            jobs["recall"][1].extend(["--forms", "onnx,qdq"])
+            jobs["recall"][1].extend(["--forms", "onnx,qdq", *([] if args.root else ["--bench", "flickr8k-dev"])])
             jobs["latency"][1].extend(["--forms", "onnx,qdq", "--batches", "1,4", "--warmup", "1", "--runs", "3",
                                        "--index-size", "1000"])
             jobs["index"][1].extend(["--sizes", "1000,10000", "--dims", "256", "--queries", "10", "--photos", "8",
@@ -522,12 +560,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"== {name}: {timings[name] / 60:.1f} min")
         timings["total"] = time.perf_counter() - t_all
         log("time per step: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
-        if set(only) >= set(HARNESSES):  # the README quotes the time of a whole run, not of a part
+        if set(only) >= set(HARNESSES):  # the doc quotes the time of a whole run, not of a part
             (out / "report_timings.json").write_text(dumps({"seconds": timings, "date": machine_info()["date"],
                                                             "smoke": args.smoke}))
-    if not args.no_readme:
-        changed = update_readme(args.readme, render(out, readme_dir=Path(args.readme).resolve().parent))
-        print(f"{'rewrote' if changed else 'unchanged:'} the results section of {args.readme}")
+    if not args.no_doc:
+        changed = update_doc(args.doc, render(out, doc_dir=Path(args.doc).resolve().parent))
+        print(f"{'rewrote' if changed else 'unchanged:'} the results section of {args.doc}")
+    elif not args.smoke:
+        print(f"results in {out}; {_shown(Path(args.doc))} shows {_shown(RESULTS_DIR)} "
+              f"(--out {_shown(RESULTS_DIR)} writes there and rewrites it)")
     return 0
 
 

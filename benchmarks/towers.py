@@ -27,6 +27,7 @@ import numpy as np
 
 from benchmarks.common import (
     Col,
+    default_out,
     format_table,
     header_line,
     machine_info,
@@ -36,7 +37,7 @@ from benchmarks.common import (
     time_call,
 )
 
-RESULTS = Path(__file__).parent / "results" / "towers.json"
+RESULTS = default_out("towers.json")  # benchmarks/results/towers.json: the committed one
 
 
 def count_macs(module: Any, x: Any) -> int:
@@ -113,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--json", default=str(RESULTS), help="where to save the results")
+    p.add_argument("--json", default=RESULTS, help="where to save the results (benchmarks/results/towers.json: "
+                   "the committed ones)")
     args = p.parse_args(argv)
     machine = machine_info()
     rows = [measure_tower(name, threads=args.threads, warmup=args.warmup, runs=args.runs)

@@ -20,7 +20,7 @@ web photos of LCS-558K after a decode at reduced scale would not apply; each one
 captions; or `--data captions.txt` for real ones. World sizes above 1 run under torchrun on this node
 (gloo on the CPU, NCCL on GPUs); a rank's data rate is its own loader's, and the table shows the sum.
 
-Results go to runs/train_speed.json and .png unless --json / --plot say otherwise.
+Results go to runs/benchmarks/train_speed.json and .png unless --json / --plot say otherwise.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import numpy as np
 
 from benchmarks.common import (
     Col,
+    default_out,
     format_table,
     header_line,
     machine_info,
@@ -52,7 +53,6 @@ from benchmarks.common import (
 
 MODELS = ("lite", "tinyclip-vit-8m-16-text-3m", "tinyclip-vit-39m-16-text-19m")
 SHORT = {"lite": "lite", "tinyclip-vit-8m-16-text-3m": "TinyCLIP-8M", "tinyclip-vit-39m-16-text-19m": "TinyCLIP-39M"}
-OUT = Path("runs")
 WORDS = "dog cat man woman child beach snow street park water ball bike red blue green running sitting".split()
 
 
@@ -276,8 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--photos", type=int, help="synthetic photos (default: twice the largest batch, at least 64)")
     p.add_argument("--data", help="a captions.txt of real photos instead of synthetic ones")
     p.add_argument("--workdir", help="where the synthetic photos and stem caches go (default: a temporary folder)")
-    p.add_argument("--json", default=str(OUT / "train_speed.json"), help="result JSON")
-    p.add_argument("--plot", default=str(OUT / "train_speed.png"), help="result PNG")
+    p.add_argument("--json", default=default_out("train_speed.json"), help="result JSON")
+    p.add_argument("--plot", default=default_out("train_speed.png"), help="result PNG")
     p.add_argument("--rank-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rank_worker:

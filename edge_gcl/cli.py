@@ -7,6 +7,7 @@
     edge-gcl index add|sync|note|list|remove|reindex|read-text|stats ...   edge_gcl/index/cli.py
     edge-gcl search "query" ...           edge_gcl/index/cli.py
     edge-gcl app --photos DIR             edge_gcl/app/server.py
+    edge-gcl status                       edge_gcl/status.py
 
 Handlers are imported only when their command runs, so `edge-gcl search` never imports torch.
 """
@@ -18,13 +19,31 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .extras import missing_extra
+
 
 def _handler(target: str):
+    """The handler `module:function`, imported when its command runs. A module that an absent extra
+    installs (torch for `train`, ...) is one line naming the extra, exit status 1, not a traceback."""
+
     def run(args: argparse.Namespace) -> int | None:
         module, func = target.split(":")
-        return getattr(importlib.import_module(module), func)(args)
+        try:
+            return getattr(importlib.import_module(module), func)(args)
+        except ModuleNotFoundError as e:
+            line = missing_extra(e, what=_command(args))
+            if line is None:
+                raise
+            print(f"edge-gcl: error: {line}", file=sys.stderr)
+            return 1
 
     return run
+
+
+def _command(args: argparse.Namespace) -> str:
+    """`edge-gcl eval mbeir`, ...: the command words `args` was parsed from."""
+    words = [args.command] + [getattr(args, f"{args.command}_command", None) or ""]
+    return " ".join(["edge-gcl", *filter(None, words)])
 
 
 MODALITY_CHOICES = ["all", "photo", "note", "photo+note"]  # the app's modality= takes the same
@@ -36,6 +55,7 @@ USER_EPILOG = """getting started:
   edge-gcl index note "passport renewal receipt"
   edge-gcl index list                    what is indexed, newest first
   edge-gcl app --photos ~/Pictures       the same in your browser
+  edge-gcl status                        which model and index these use, and what they run on
 
 `edge-gcl COMMAND --help` lists a command's options. Training and evaluation: train, eval, bench."""
 
@@ -68,54 +88,63 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # --- train ---------------------------------------------------------------------------
-    t = sub.add_parser("train", help="fine-tune a model with GCL (or the CL / pairwise baselines)")
-    t.add_argument("--recipe", help="a named recipe (edge_gcl/recipes/NAME.json, e.g. default: the shipped model) "
+    t = sub.add_parser("train", help="fine-tune a model with GCL (or the CL / pairwise baselines)",
+                       description="Fine-tune a dual encoder with GCL on image-caption pairs: on the CPU, a GPU, or "
+                       "several processes and machines under torchrun. Flags override --config, which overrides "
+                       "--recipe. Details: docs/training.md.")
+    t_what = t.add_argument_group("what to train")
+    t_what.add_argument("--recipe", help="a named recipe (edge_gcl/recipes/NAME.json, e.g. default: the shipped model) "
                    "or a recipe JSON; --config and flags override it")
-    t.add_argument("--data-root", help="the folder a recipe's ${data} names (default: ../shared/data)")
-    t.add_argument("--config", help="JSON file of training options (flags override it)")
-    t.add_argument("--model", help="model name, model config .json, checkpoint folder, HF CLIP folder or TinyCLIP .pt (default: lite)")
-    t.add_argument("--loss", choices=["gcl", "cl", "pairwise"], help="default: gcl")
-    t.add_argument("--data", action="append", help="captions.txt (Flickr CSV), COCO captions JSON or LLaVA "
+    t_what.add_argument("--data-root", help="the folder a recipe's ${data} names (default: ../shared/data)")
+    t_what.add_argument("--config", help="JSON file of training options (flags override it)")
+    t_what.add_argument("--model", help="model name, model config .json, checkpoint folder, HF CLIP folder or TinyCLIP .pt (default: lite)")
+    t_what.add_argument("--loss", choices=["gcl", "cl", "pairwise"], help="default: gcl")
+    t_data = t.add_argument_group("data", "image-caption pairs; bad rows are skipped and counted")
+    t_data.add_argument("--data", action="append", help="captions.txt (Flickr CSV), COCO captions JSON or LLaVA "
                    "LCS-558K JSON; repeat for several sources")
-    t.add_argument("--images", action="append", help="image folder of the matching --data (same order)")
-    t.add_argument("--split", action="append", help="FILE:SPLIT restricting the --data source at the same "
+    t_data.add_argument("--images", action="append", help="image folder of the matching --data (same order)")
+    t_data.add_argument("--split", action="append", help="FILE:SPLIT restricting the --data source at the same "
                    "position, e.g. splits.json:train; repeat per source ('all' keeps a whole source)")
-    t.add_argument("--exclude", action="append", help="FILE:SPLIT whose photos no source may contribute "
+    t_data.add_argument("--exclude", action="append", help="FILE:SPLIT whose photos no source may contribute "
                    "(held-out lists); repeatable")
-    t.add_argument("--batch-size", type=int, help="photos per step (default: 256)")
-    t.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
-    t.add_argument("--epochs", type=float, help="passes over the photos (default: 10)")
-    t.add_argument("--lr", type=float, help="peak learning rate of AdamW (default: 5e-4; the default model: 3e-4)")
-    t.add_argument("--weight-decay", type=float, help="on weight matrices (default: 0.05)")
-    t.add_argument("--schedule", choices=["cosine", "constant"], help="after warm-up (default: cosine)")
-    t.add_argument("--warmup", type=int, help="warm-up steps (default: 50; the default model: 30)")
-    t.add_argument("--temperature", type=float,
+    t_sched = t.add_argument_group("schedule")
+    t_sched.add_argument("--batch-size", type=int, help="photos per step (default: 256)")
+    t_sched.add_argument("--steps", type=int, help="optimizer steps (default: --epochs worth; overrides --epochs)")
+    t_sched.add_argument("--epochs", type=float, help="passes over the photos (default: 10)")
+    t_sched.add_argument("--lr", type=float, help="peak learning rate of AdamW (default: 5e-4; the default model: 3e-4)")
+    t_sched.add_argument("--weight-decay", type=float, help="on weight matrices (default: 0.05)")
+    t_sched.add_argument("--schedule", choices=["cosine", "constant"], help="after warm-up (default: cosine)")
+    t_sched.add_argument("--warmup", type=int, help="warm-up steps (default: 50; the default model: 30)")
+    t_sched.add_argument("--temperature", type=float,
                    help="initial temperature tau, learnable (default: the model's; lite 0.07)")
-    t.add_argument("--temperature-lr-mult", type=float,
+    t_sched.add_argument("--temperature-lr-mult", type=float,
                    help="the temperature learns at lr x this, 0 keeps it fixed (default: 1; the default model: 50)")
-    t.add_argument("--seed", type=int, help="batches, captions and augmentations (default: 0)")
-    t.add_argument("--out", help="output folder: model, checkpoints, log (default: runs/train)")
-    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 500)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    t.add_argument("--device", help="where to train: auto (CUDA when PyTorch sees a GPU, else the CPU), cpu, cuda, "
+    t_sched.add_argument("--seed", type=int, help="batches, captions and augmentations (default: 0)")
+    t_run = t.add_argument_group("where and how it runs", "one process here, or one per GPU / CPU share under torchrun (docs/training-at-scale.md)")
+    t_run.add_argument("--device", help="where to train: auto (CUDA when PyTorch sees a GPU, else the CPU), cpu, cuda, "
                    "cuda:N or mps; under torchrun each process takes cuda:LOCAL_RANK (default: auto)")
-    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+    t_run.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="fp32, or autocast in bf16 / fp16 (fp16 with a gradient scaler); the loss and the "
                    "temperature stay fp32 (default: fp32)")
-    t.add_argument("--workers", type=int, help="data loader processes decoding photos, on the fly for models "
+    t_run.add_argument("--workers", type=int, help="data loader processes decoding photos, on the fly for models "
                    "without cached stems and once for the lite stem cache (default: 2)")
-    t.add_argument("--prefetch", type=int, help="batches each data loader process keeps ready (default: 4)")
-    t.add_argument("--image-views", type=int, help="lite: cached views per photo, centre + augmented (default: 3)")
-    t.add_argument("--cache-dir", help="lite: where stem features are cached (default: ~/.cache/edge-gcl/features)")
-    t.add_argument("--hard-negatives", type=int, metavar="GROUP",
+    t_run.add_argument("--prefetch", type=int, help="batches each data loader process keeps ready (default: 4)")
+    t_run.add_argument("--out", help="output folder: model, checkpoints, log (default: runs/train)")
+    t_run.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 500)")
+    t_run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t_lite = t.add_argument_group("lite family", "frozen stems run once, their outputs cached")
+    t_lite.add_argument("--image-views", type=int, help="lite: cached views per photo, centre + augmented (default: 3)")
+    t_lite.add_argument("--cache-dir", help="where the lite stem caches and the photo checks are kept (default: ~/.cache/edge-gcl/features)")
+    t_lite.add_argument("--hard-negatives", type=int, metavar="GROUP",
                    help="lite: build batches from whole groups of about GROUP photos with alike captions "
                         "(default: 0, random batches)")
-    t.add_argument("--modality-margin", type=float, metavar="M",
+    t_gcl = t.add_argument_group("GCL options")
+    t_gcl.add_argument("--modality-margin", type=float, metavar="M",
                    help="gcl: cross-modal cosines lose M (half between a photo or note and a photo+note) in the "
                         "softmax, so positives must beat own-modality negatives by M (default: 0)")
-    t.add_argument("--text-photo-weight", type=float, metavar="W",
+    t_gcl.add_argument("--text-photo-weight", type=float, metavar="W",
                    help="gcl: the note<->photo positives weigh W against the other four's 1 (default: 1)")
-    t.add_argument("--pair-caption", choices=("same", "other"),
+    t_gcl.add_argument("--pair-caption", choices=("same", "other"),
                    help="the note fused into each sample's photo+note: the same caption as its text (CLIP-SF), or "
                         "another caption of its photo where it has one (default: same)")
     t.set_defaults(func=_handler("edge_gcl.train:cli_train"))
@@ -260,7 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     index_options(st, model=False)
     st.set_defaults(func=_handler("edge_gcl.index.cli:cli_stats"))
 
-    ap = sub.add_parser("app", help="search your photos in the browser (on this machine, 127.0.0.1)")
+    ap = sub.add_parser("app", help="search your photos in the browser (on this machine, 127.0.0.1)",
+                        description="Index a folder of photos (kept in sync while it runs) and serve a search page "
+                        "on http://127.0.0.1:PORT: words, a photo, or both; notes; similar photos. Nothing leaves "
+                        "this machine.")
     ap.add_argument("--photos", required=True, metavar="DIR", help="folder of photos (searched recursively)")
     index_options(ap)
     ap.add_argument("--reindex", action="store_true",
@@ -273,7 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: 10)")
     ap.set_defaults(func=_handler("edge_gcl.app.server:cli_app"))
 
-    q = sub.add_parser("search", help="search the index with words, a photo, or both")
+    stp = sub.add_parser("status", help="the default model and where it was recorded, the index, providers, versions",
+                         description="What this install runs when no --model is given and why, where the index is, "
+                         "the providers the towers can run on (CPU, QNN) and the versions. Loads nothing.")
+    stp.add_argument("--model", metavar="MODEL", help="show this model instead of the default one")
+    stp.add_argument("--index", metavar="DIR", help="show this index folder instead of the default one")
+    stp.add_argument("--json", action="store_true", help="one JSON object (default: lines for a person)")
+    stp.set_defaults(func=_handler("edge_gcl.status:cli_status"))
+
+    q = sub.add_parser("search", help="search the index with words, a photo, or both",
+                       description="Search the index with words, a photo (-i), or both. Each result shows its "
+                       "cosine similarity to the query; results are ranked by it plus the model's cross-modal "
+                       "offset for another kind of item than the query (the 'score' column, shown where it differs), "
+                       "and those scoring under the model's cut-off are hidden (stderr says how many).")
     q.add_argument("query", nargs="?", help="what to look for, in words")
     q.add_argument("-i", "--image", metavar="PATH", help="a photo to search with (default: none; with words: both)")
     q.add_argument("-k", "--k", type=int, default=10, metavar="K", help="how many results at most (default: 10)")

@@ -35,6 +35,22 @@ class Embedder(Protocol):
         ...
 
 
+def model_name(embedder: Embedder) -> str:
+    """A model's one name for people, everywhere (CLI, index, app, /api/stats): the model an
+    artifacts folder was built from (`default`; the manifest's `extra["source_model"]`), else the name
+    it was loaded by (a PyTorch model), else its config name, else its id. `model_id` names the
+    weights; `model_label` shows both."""
+    manifest = getattr(embedder, "manifest", None)
+    extra = getattr(manifest, "extra", None) or {}
+    name = extra.get("source_model") or getattr(embedder, "model_name", None) or getattr(manifest, "model_name", None)
+    return str(name or embedder.model_id)
+
+
+def model_label(name: str, model_id: str) -> str:
+    """`default (lite-12038ff96c01)`: the name and, when it says more, the id of the weights."""
+    return name if name == model_id else f"{name} ({model_id})"
+
+
 def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)

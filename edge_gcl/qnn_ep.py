@@ -31,8 +31,10 @@ Pitfalls found on onnxruntime 1.31 + onnxruntime-qnn 2.7.0 (QNN 2.51):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -53,13 +55,17 @@ class QnnUnavailableError(RuntimeError):
     """onnxruntime-qnn is not installed, or this onnxruntime cannot load plugin EPs."""
 
 
+NATIVE_BANNER = "# LIBNATIVE: No alternate configuration"  # printed by the QNN libraries in every process
+
+
 @contextlib.contextmanager
 def native_stdout_to_stderr() -> Iterator[None]:
-    """Send what native code writes to file descriptor 1 to 2 meanwhile.
+    """What native code writes to file descriptor 1 meanwhile goes to 2, less the QNN banner.
 
     The QNN libraries print a banner (" # LIBNATIVE: No alternate configuration ...") on stdout
-    when they load; that would corrupt a command's JSON output. Python-level prints are flushed
-    first and keep going to sys.stdout's buffer.
+    when the first HTP session opens; on stdout it would corrupt a command's JSON output, and it says
+    nothing a user can act on, so it is dropped; any other native output reaches stderr. Python-level
+    prints are flushed first and keep going to sys.stdout's buffer.
     """
     try:
         stdout_fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
@@ -70,12 +76,20 @@ def native_stdout_to_stderr() -> Iterator[None]:
         with contextlib.suppress(Exception):
             stream.flush()
     saved = os.dup(stdout_fd)
-    try:
-        os.dup2(2, stdout_fd)
-        yield
-    finally:
-        os.dup2(saved, stdout_fd)
-        os.close(saved)
+    with tempfile.TemporaryFile() as captured:
+        try:
+            os.dup2(captured.fileno(), stdout_fd)
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # C stdio: a native printf may sit in libc's buffer
+                ctypes.CDLL(None).fflush(None)
+            os.dup2(saved, stdout_fd)
+            os.close(saved)
+            captured.seek(0)
+            rest = b"".join(line for line in captured if NATIVE_BANNER.encode() not in line)
+            if rest:
+                with contextlib.suppress(OSError):
+                    os.write(2, rest)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,6 +182,11 @@ def device_htp_arch() -> int | None:
             if "arch" in key.lower() and digits:
                 return int(digits)
     return None
+
+
+def htp_emulated() -> bool:
+    """True where the QNN EP reports no NPU device: the HTP runs in emulation on the CPU (an x86 host)."""
+    return not any(d.device.type == ort.OrtHardwareDeviceType.NPU for d in register_qnn_ep())
 
 
 def qnn_available() -> bool:

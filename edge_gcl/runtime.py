@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from .embedding import Embedder, ImageInput, l2_normalize
+from .embedding import Embedder, ImageInput, l2_normalize, model_label, model_name
 from .manifest import TOKENIZER_NAME, Manifest, TowerSpec, is_artifacts_folder
 from .tokenizer import Tokenizer, check_text
 from .transform import preprocess
@@ -136,11 +136,15 @@ class OnnxEmbedder:
         m = self.manifest
         where = "ONNX Runtime CPU"
         if self.provider == "qnn":
+            from .qnn_ep import htp_emulated
+
             chip = m.chipset or {}
-            where = f"Hexagon NPU (QNN HTP {chip.get('htp_arch', '?')}, built for {chip.get('name', 'an unnamed chip')})"
+            built = f"QNN HTP {chip.get('htp_arch', '?')}, built for {chip.get('name', 'an unnamed chip')}"
+            where = (f"the HTP emulated on this CPU ({built}; correct, not device speed)" if htp_emulated()
+                     else f"Hexagon NPU ({built})")
         precision = "" if self.form == "float" else f" {m.precision}"
         return (
-            f"model {m.model_name} ({self.folder}, {self.embed_dim}-d), "
+            f"model {model_label(model_name(self), self.model_id)}, {self.embed_dim}-d, from {self.folder}: "
             f"{_FORM_TEXT[self.form]}{precision} towers on {where}"
         )
 
@@ -415,7 +419,8 @@ def load_embedder(
         )
     from .models import TorchEmbedder, load_model
 
-    return TorchEmbedder(load_model(str(spec)), device=device or "cpu")
+    name = Path(spec).name if Path(spec).exists() else str(spec)  # as export.compile records it
+    return TorchEmbedder(load_model(str(spec)), device=device or "cpu", name=name)
 
 
 def describe(embedder: Embedder) -> str:
@@ -423,8 +428,6 @@ def describe(embedder: Embedder) -> str:
     own = getattr(embedder, "describe", None)
     if callable(own):
         return own()
-    name = getattr(getattr(embedder, "model", None), "config", None)
-    name = getattr(name, "name", None) or type(embedder).__name__
     device = getattr(embedder, "device", None)
     where = "the CPU" if device is None or str(device) == "cpu" else str(device)
-    return f"model {name} ({embedder.embed_dim}-d), PyTorch float32 on {where}"
+    return f"model {model_label(model_name(embedder), embedder.model_id)}, {embedder.embed_dim}-d: PyTorch float32 on {where}"

@@ -47,8 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_gcl.embedding import l2_normalize
-from edge_gcl.locations import record_artifacts
+from edge_gcl.embedding import l2_normalize, model_label
+from edge_gcl.extras import require_or_exit
+from edge_gcl.locations import environment, record_artifacts
 from edge_gcl.manifest import TOKENIZER_NAME, Manifest, TowerArtifacts, tower_specs
 from edge_gcl.transform import ImageDecodeError, preprocess
 
@@ -569,7 +570,7 @@ def summary_table(result: CompileResult) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     chip = m.chipset or {}
     lines.insert(1, "-" * len(lines[0]))
-    lines.append(f"model {m.model_id}, precision {m.precision}, chip {chip.get('name', '-')} "
+    lines.append(f"model {model_label(m.extra.get('source_model') or m.model_name, m.model_id)}, precision {m.precision}, chip {chip.get('name', '-')} "
                  f"(Hexagon {chip.get('htp_arch', '-')}), folder {result.out}")
     lines.append("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.steps_s.items()))
     return "\n".join(lines)
@@ -609,6 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list_chipsets:
         print(format_table())
         return 0
+    require_or_exit("export", what="python -m export.compile", clone=True)  # one line, not a traceback
     from .aihub import AIHubError, AIHubNotConfigured
     from .ocr import OcrFidelityError
 
@@ -624,7 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The build succeeded: `args.out` holds it.
     print(summary_table(result))
     record = record_artifacts(args.out)  # what `edge-gcl index/search/app` run when no --model is given
-    print(f"edge-gcl index, search and app now run {Path(args.out).resolve()} by default (recorded in {record})")
+    print(f"edge-gcl index, search and app in this environment ({environment()}) now run "
+          f"{Path(args.out).resolve()} by default (recorded in {record})")
     return 0
 
 

@@ -34,6 +34,9 @@ from edge_gcl.transform import load_image
 pytestmark = pytest.mark.runtime  # runs in the torch-free install too (tests/test_runtime_install.py)
 
 CHROMIUM = Path("/usr/bin/chromium")
+# The browser tests skip without it, except under CI, where a skipped `browser` test fails (conftest.py)
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(),
+                                    reason="needs /usr/bin/chromium (Debian: sudo apt-get install -y chromium)")
 COLORS = {"red": (220, 40, 40), "green": (40, 160, 70), "blue": (40, 70, 220), "yellow": (240, 205, 40)}
 PASSPORT = "passport renewal receipt"
 PICNIC = "birthday picnic in the park"
@@ -163,12 +166,13 @@ def test_search_by_text_returns_json_hits(library) -> None:
     assert len(hits) == 5
     red = photo_id(photos["red"])
     assert hits[0] == {
-        "id": red, "score": hits[0]["score"], "modality": "photo", "path": str(photos["red"]),
+        "id": red, "cosine": hits[0]["cosine"], "score": hits[0]["score"], "modality": "photo", "path": str(photos["red"]),
         "name": "red.png", "thumb": f"/thumb/{red}", "taken": index[red].taken,
     }  # fmt: skip
     assert index[red].taken_from == "mtime" and len(hits[0]["taken"]) == 19  # no EXIF: the file's date
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0.5
+    assert all(h["cosine"] == h["score"] for h in hits)  # this model has no cross-modal offset
 
     _, notes = call_json(server, "GET", "/api/search?q=passport&modality=note")
     assert [(h["id"], h["modality"], h["text"]) for h in notes["hits"]] == [
@@ -221,9 +225,11 @@ def test_search_by_uploaded_photo(library) -> None:
 def test_search_like_an_indexed_photo(library) -> None:
     server, _, photos, _ = library
     yellow = photo_id(photos["yellow"])
-    status, data = call_json(server, "GET", f"/api/search?like={yellow}&k=2")
+    status, data = call_json(server, "GET", f"/api/search?like={yellow}&k=2&min_score=-1")
     assert status == 200 and data["query"]["like"] == yellow and data["query"]["photo"] is False
-    assert data["hits"][0]["id"] == yellow and data["hits"][0]["score"] == pytest.approx(1.0, abs=0.02)
+    assert data["query"]["like_name"] == "yellow.png"
+    assert len(data["hits"]) == 2 and yellow not in {h["id"] for h in data["hits"]}  # similar photos: not itself
+    assert data["hits"][0]["score"] < 0.99
     status, data = call_json(server, "GET", "/api/search?like=p_0000000000000000")
     assert status == 404 and "no such item" in data["error"]
     status, data = call_json(server, "GET", f"/api/search?like={note_id(PASSPORT)}")
@@ -365,13 +371,18 @@ def test_main_indexes_serves_and_shares_the_cli_index(
     monkeypatch.setenv("EDGE_GCL_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("EDGE_GCL_INDEX", raising=False)
 
+    served = {}
+
     def press_ctrl_c(self) -> None:
+        served["stats"] = self.app.stats()  # what /api/stats answers once serving
         raise KeyboardInterrupt
 
     monkeypatch.setattr(app.PhotoSearchServer, "serve_forever", press_ctrl_c)
     argv = ["--photos", str(photos), "--model", "colors", "--port", "0"]
     assert app.main(argv) == 0
     out, err = capsys.readouterr()
+    last_sync = served["stats"]["last_sync"]  # the start-up sync counts (issue 34: it said null)
+    assert last_sync["trigger"] == "start-up" and last_sync["report"]["added"] == 4 and len(last_sync["skipped"]) == 2
     assert f"index: {tmp_path / 'home' / 'index'}" in out  # the CLI's default index
     assert "added 4, updated 0, unchanged 0, removed 0, skipped 2" in out
     assert "open http://127.0.0.1:" in out and out.rstrip().endswith("stopped")
@@ -461,9 +472,8 @@ def run_chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian: apt-get install -y chromium)"
-)
+@pytest.mark.browser
+@needs_chromium
 def test_page_in_headless_chromium(library, tmp_path: Path) -> None:
     server, index, photos, _ = library
     url = f"{server.url}?q=red"
@@ -528,9 +538,8 @@ window.addEventListener("load", async () => {
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian: apt-get install -y chromium)"
-)
+@pytest.mark.browser
+@needs_chromium
 def test_page_note_upload_and_similar_in_headless_chromium(
     fresh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -549,10 +558,10 @@ def test_page_note_upload_and_similar_in_headless_chromium(
     assert "Saved (photo + note)." in dom.stdout
     # the upload, with the words still in the box: photo + words, its photo first
     assert f'data-upload="{blue} 4 results for “red” + your photo' in dom.stdout
-    assert f'data-like="{yellow} ?like={yellow}"' in dom.stdout  # "Similar": first, and kept in the URL
+    assert f' ?like={yellow}"' in dom.stdout and f'data-like="{yellow} ' not in dom.stdout  # kept in the URL
     parser = _Cards()
     parser.feed(dom.stdout)
-    assert parser.cards[0][:2] == [yellow, "photo"] and "1.000" in parser.cards[0][2]
+    assert yellow not in [c[0] for c in parser.cards] and parser.cards  # "Similar": the others, not itself
 
 
 # --- the photo library: dates, gallery, cut-off, delete, sync (issue 15) ------------------------------
@@ -600,8 +609,9 @@ def test_heic_photos_are_indexed_and_served(dated_app) -> None:
     assert index[heic].taken == "2024-12-24T18:00:00" and index[heic].taken_from == "exif"
     status, content_type, data = call(server, "GET", f"/thumb/{heic}")
     assert status == 200 and content_type == "image/jpeg" and Image.open(io.BytesIO(data)).format == "JPEG"
-    _, found = call_json(server, "GET", f"/api/search?like={heic}&k=2")
-    assert {h["id"] for h in found["hits"]} == {heic, photo_id(photos["blue"])}  # the same colour
+    _, found = call_json(server, "GET", f"/api/search?like={heic}&k=1")
+    assert [h["id"] for h in found["hits"]] == [photo_id(photos["blue"])]  # the same colour (itself left out)
+    assert found["hits"][0]["cosine"] == pytest.approx(1.0, abs=0.02)
 
 
 def test_heic_thumbnails_come_from_the_embedded_thumbnail(dated_app, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -765,9 +775,8 @@ window.addEventListener("load", async () => {
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian: apt-get install -y chromium)"
-)
+@pytest.mark.browser
+@needs_chromium
 def test_page_gallery_remove_dates_sync_and_similar_in_headless_chromium(
     dated_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -792,9 +801,9 @@ def test_page_gallery_remove_dates_sync_and_similar_in_headless_chromium(
     assert f'data-dated="{ids["green"]} ?from=2022-01-01&amp;to=2022-12-31"' in dom.stdout
     assert 'data-synced="Synced: 1 added, 0 updated, 0 removed, 2 skipped.|' in dom.stdout
     assert photo_id(new) in index
-    # green, not blue: for like=blue.jpg both blue.jpg and the blue HEIC score 1.0, so which comes first is a
-    # tie-break (blue.jpg on an AMD EPYC, the HEIC on a Xeon); no other photo shares green's colour
-    assert f'data-similar="Similar photos: green.png|{ids["green"]}"' in dom.stdout
+    # green: no other photo shares its colour, and "Similar photos" leaves the photo itself out
+    assert 'data-similar="Similar photos: green.png|' in dom.stdout
+    assert f'data-similar="Similar photos: green.png|{ids["green"]}"' not in dom.stdout
 
 
 def test_main_on_the_npu_runs_the_compiled_form_or_says_what_to_rebuild(

@@ -53,7 +53,7 @@ def test_one_measurement_in_a_fresh_process_then_table_plot_and_readme(tmp_path:
 
     save_json(out / "ingest.json", doc)
     ingest.plot(load_json(out / "ingest.json"), out / "ingest.png")
-    text = render(out, readme_dir=tmp_path)
+    text = render(out, doc_dir=tmp_path)
     assert "### Photo ingest" in text and "ingest.png" in text and "python -m benchmarks.ingest" in text
 
 

@@ -34,7 +34,7 @@ from benchmarks.report import (
     losses_markdown,
     render,
     rewrite_section,
-    update_readme,
+    update_doc,
 )
 
 # ----------------------------------------------------------------------------- timing
@@ -216,13 +216,13 @@ def test_rewrite_section_refuses_bad_markers(text: str):
         rewrite_section(text, "x")
 
 
-def test_update_readme_on_a_file(tmp_path: Path):
+def test_update_doc_on_a_file(tmp_path: Path):
     path = tmp_path / "README.md"
     path.write_text(README)
-    assert update_readme(path, "| a |") is True
+    assert update_doc(path, "| a |") is True
     assert path.read_text().count("| a |") == 1 and "old text" not in path.read_text()
     assert path.read_text().endswith("## After\n\nkept\n")
-    assert update_readme(path, "| a |") is False
+    assert update_doc(path, "| a |") is False
 
 
 # ----------------------------------------------------------------------------- recall
@@ -533,15 +533,15 @@ def test_index_main_writes_json_plot_and_the_report_renders_it(tmp_path: Path, c
     doc = load_json(out / "index.json", "index")
     assert {r["n"] for r in doc["rows"]} == {500, 1000} and doc["bandwidth"]["floor_gbps"] > 0
     assert (out / "index.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    md = render(out, readme_dir=tmp_path)
+    md = render(out, doc_dir=tmp_path)
     assert "### Index search" in md and "![Index search](results/index.png)" in md
     assert "| 16 | float16 | index-exact |" in md and "### Latency" not in md
     assert math.isfinite(doc["rows"][0]["median_ms"])
     # a second index run saved as index_million.json gets its own section, with the command that wrote it
     (out / "index_million.json").write_text((out / "index.json").read_text())
-    md = render(out, readme_dir=tmp_path)
+    md = render(out, doc_dir=tmp_path)
     assert md.index("### Index search\n") < md.index("### Index search at a million vectors")
-    assert "`python -m benchmarks.index --million`" in md
+    assert "`python -m benchmarks.index --million --json benchmarks/results/index_million.json" in md
 
 
 def test_index_cache_is_built_once_and_reused_with_its_recorded_build_times(tmp_path: Path):
@@ -655,3 +655,71 @@ def test_recipe_trials_resolve_to_the_recipe_they_name(tmp_path: Path) -> None:
     assert [s.rsplit(":", 1)[1] for s in before.split] == ["train", "train"]  # flickr8k and extra; web whole
     for flags in TRIALS.values():  # every trial names its caption, epochs and margin
         assert {"--pair-caption", "--epochs", "--modality-margin"} <= set(flags)
+
+
+# ----------------------------------------------------------------------------- where results go (issue 34)
+
+
+def test_a_harness_writes_under_runs_unless_told(tmp_path: Path, monkeypatch, capsys):
+    """Run with no --json, a benchmark writes runs/benchmarks/ (from the clone's root), never the committed
+    benchmarks/results/."""
+    from benchmarks.common import RESULTS_DIR
+
+    committed = {p.name: p.stat().st_mtime_ns for p in RESULTS_DIR.iterdir()}
+    monkeypatch.chdir(tmp_path)
+    assert bindex.main(["--sizes", "300", "--dims", "8", "--dtypes", "float16", "--approx-dtypes", "float16",
+                        "--methods", "index-exact", "--queries", "3", "--warmup", "1", "--bandwidth-mb", "8",
+                        "--photos", "0", "--workdir", str(tmp_path)]) == 0
+    assert (tmp_path / "runs" / "benchmarks" / "index.json").is_file()
+    assert (tmp_path / "runs" / "benchmarks" / "index.png").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in RESULTS_DIR.iterdir()} == committed
+
+
+def test_the_report_rewrites_the_doc_only_from_the_committed_results(tmp_path: Path, monkeypatch, capsys):
+    import benchmarks.report as report
+    from benchmarks import index, ingest, latency, recall
+
+    results = tmp_path / "benchmarks" / "results"
+    doc = tmp_path / "docs" / "results.md"
+    doc.parent.mkdir(parents=True)
+    doc.write_text(f"# Results\n\n{START}\nold\n{END}\n")
+    monkeypatch.setattr(report, "RESULTS_DIR", results)
+    monkeypatch.setattr(report, "ensure_artifacts", lambda model, artifacts, log: artifacts)
+    ran = []
+
+    def fake(name):
+        def main(argv):
+            ran.append((name, argv))
+            out = Path(argv[argv.index("--json") + 1])
+            save_json(out, make_document("index", [{"dim": 8, "dtype": "float16", "method": "index-exact", "n": 300,
+                                                    "median_ms": 0.1, "recall@10": 1.0, "exact": True}], config={}))
+            return 0
+        return main
+
+    for module in (index, ingest, latency, recall):
+        monkeypatch.setattr(module, "main", fake(module.__name__))
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--only", "index", "--doc", str(doc)]) == 0
+    assert (tmp_path / "runs" / "benchmarks" / "index.json").is_file() and "old" in doc.read_text()
+    assert "results in runs/benchmarks" in capsys.readouterr().out
+    assert ran[-1][1][:2] == ["--artifacts", "runs/bench-artifacts"]  # no ./artifacts here
+    assert report.main(["--only", "index", "--doc", str(doc), "--out", str(results)]) == 0
+    text = doc.read_text()
+    assert "old" not in text and "### Index search" in text and (results / "index.json").is_file()
+    doc.write_text(f"# Results\n\n{START}\nold\n{END}\n")
+    assert report.main(["--render-only", "--doc", str(doc)]) == 0 and "### Index search" in doc.read_text()
+
+
+def test_the_report_uses_the_artifacts_the_set_up_built(tmp_path: Path, monkeypatch):
+    """`python -m export.compile --target snapdragon` built ./artifacts from the default model: the report
+    (and --smoke) run on it instead of exporting the same model again (issue 34: 3.8 of --smoke's 4.4 min)."""
+    from benchmarks.report import built_artifacts
+
+    monkeypatch.chdir(tmp_path)
+    assert built_artifacts("default") is None
+    (tmp_path / "artifacts").mkdir()
+    manifest = {"format_version": 1, "model_id": "lite-1", "model_name": "lite", "embed_dim": 8, "image": {"size": 8},
+                "text": {"context_length": 8}, "towers": {}, "files": {}, "extra": {"source_model": "default"}}
+    (tmp_path / "artifacts" / "manifest.json").write_text(json.dumps(manifest))
+    assert built_artifacts("default") == Path("artifacts")
+    assert built_artifacts("runs/other-model") is None  # built from another model: not this report's

@@ -76,10 +76,14 @@ def test_search_adds_the_offset_to_other_modalities(library, tmp_path: Path) -> 
         hits = index.search(text="dog", k=2, cross_modal_offset=0.1, approximate=approximate)
         assert [h.modality for h in hits] == ["photo", "note"]  # the photo, 0.70 + 0.1, passes the note
         assert [h.score for h in hits] == pytest.approx([0.80, 0.75], abs=1e-3)
+        assert [h.cosine for h in hits] == pytest.approx([0.70, 0.75], abs=1e-3)  # what a person is shown
+        assert [h.to_dict()["cosine"] for h in hits] == pytest.approx([0.70, 0.75], abs=1e-3)
     # a photo query: the note gets the offset, the other photo does not
     hits = index.search(image=tmp_path / "cat_photo.png", k=3, cross_modal_offset=0.1)
     assert [h.modality for h in hits] == ["photo", "note", "photo"]  # itself, the note (0 + 0.1), the dog (0)
     assert [h.score for h in hits] == pytest.approx([1.0, 0.1, 0.0], abs=1e-3)
+    assert [h.cosine for h in hits] == pytest.approx([1.0, 0.0, 0.0], abs=1e-3)
+    assert all(-1.0 <= h.cosine <= 1.0 for h in hits)
     # the cut-off reads the ranked score
     assert [h.modality for h in index.search(text="dog", k=2, cross_modal_offset=0.1, min_score=0.78)] == ["photo"]
     index.close()
@@ -116,6 +120,16 @@ def test_the_cli_ranks_a_text_query_as_a_note(library, tmp_path: Path, monkeypat
     assert [h["modality"] for h in json.loads(capsys.readouterr().out)] == ["photo", "note"]
     assert main(["search", "dog", "--cross-modal-offset", "0", *common]) == 0
     assert [h["modality"] for h in json.loads(capsys.readouterr().out)] == ["note", "photo"]
+    # the text output: a header, the cosine, and the score that ranks beside it (labelled)
+    text = [c for c in common if c != "--json"]
+    assert main(["search", "dog", *text]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["cosine", "score", "kind"]
+    assert [line.split()[:3] for line in lines] == [["0.7000", "0.8000", "photo"], ["0.7500", "0.7500", "note"]]
+    assert main(["search", "dog", "--cross-modal-offset", "0", *text]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()  # plain cosine ranking: no score column
+    assert header.split()[:2] == ["cosine", "kind"] and [line.split()[:2] for line in lines] == [
+        ["0.7500", "note"], ["0.7000", "photo"]]
     assert main(["search", "dog", "--cross-modal-offset", "nan", *common]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "cross_modal_offset nan: expected a finite number" in err[-1] and "Traceback" not in "".join(err)

@@ -349,9 +349,9 @@ def test_report_runs_covr_only_when_its_root_is_given(covr_root: Path, tmp_path:
                         types.SimpleNamespace(load_embedder=lambda model, provider="cpu", device=None: ColourEmbedder()))
     out = tmp_path / "results"
     assert report(["--only", "covr", "--covr-root", str(covr_root), "--artifacts", str(artifacts),
-                   "--out", str(out), "--no-readme"]) == 0
+                   "--out", str(out), "--no-doc"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["covr.json"]
-    md = render(out, readme_dir=tmp_path)
+    md = render(out, doc_dir=tmp_path)
     assert "### CoVR composed video retrieval" in md
     assert "| webvid8m-covr_test.csv | 4 | 4 | 75.0 | 100.0 | 100.0 | 100.0 |" in md
 

@@ -329,7 +329,7 @@ def test_parquet_without_pyarrow_names_the_package(worked_root: Path, fake_runti
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     assert _run(worked_root) == 1
     path = worked_root / "MSCOCO_t2i" / "test-00000-of-00001.parquet"
-    assert _error_line(capsys) == f"{path}: reading MMEB's parquet files needs pyarrow (pip install pyarrow)"
+    assert _error_line(capsys) == f"{path}: reading MMEB's parquet files needs pyarrow, from the [mmeb] extra: pip install 'edge-gcl[mmeb]'"
 
 
 def test_empty_task_file(worked_root: Path, fake_runtime, capsys):
@@ -377,10 +377,10 @@ def test_report_runs_mmeb_only_when_its_root_is_given(worked_root: Path, tmp_pat
     monkeypatch.setitem(sys.modules, "edge_gcl.runtime",
                         types.SimpleNamespace(load_embedder=lambda model, provider="cpu", device=None: AngleEmbedder(ANGLES)))
     out = tmp_path / "results"
-    argv = ["--artifacts", str(artifacts), "--out", str(out), "--no-readme"]
+    argv = ["--artifacts", str(artifacts), "--out", str(out), "--no-doc"]
     assert report(["--only", "mmeb", "--mmeb-root", str(worked_root), *argv]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["mmeb.json"]
-    md = render(out, readme_dir=tmp_path)
+    md = render(out, doc_dir=tmp_path)
     assert "### MMEB retrieval" in md
     assert "| MSCOCO_t2i | 33.3 | 66.7 | 100.0 | 3 |" in md
     assert "Not in the root: VisDial, CIRR" in md

@@ -233,7 +233,7 @@ def test_build_shows_its_steps_and_logs_the_libraries_chatter(tiny_checkpoint, t
     assert done.stderr == ""
     assert "WARNING" not in done.stdout and "LIBNATIVE" not in done.stdout
     log = (out / "build.log").read_text()
-    assert "WARNING:root:" in log and "LIBNATIVE" in log  # produced, and kept
+    assert "WARNING:root:" in log  # produced, and kept (the QNN banner is dropped: edge_gcl.qnn_ep)
 
     # Quantize and verify (60-85 s on the default model) report each tower as it starts and ends.
     lines = [line.strip() for line in done.stdout.splitlines()]

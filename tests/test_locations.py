@@ -13,8 +13,10 @@ from edge_gcl.locations import (
     data_dir,
     default_index,
     default_model,
+    environment,
     record_artifacts,
     recorded_artifacts,
+    recorded_elsewhere,
 )
 
 pytestmark = pytest.mark.runtime  # runs in the torch-free install too (tests/test_runtime_install.py)
@@ -57,8 +59,10 @@ def test_model_order_explicit_environment_recorded_then_local_artifacts(home: Pa
     assert default_model().spec == "artifacts" and default_model().source == "./artifacts"
     built = fake_artifacts(tmp_path / "elsewhere" / "build")
     record = record_artifacts(built)
-    assert record == home / ARTIFACTS_RECORD and json.loads(record.read_text()) == {"path": str(built)}
+    assert record == home / ARTIFACTS_RECORD
+    assert json.loads(record.read_text())["environments"][environment()]["path"] == str(built)
     assert default_model().spec == str(built) and "export.compile" in default_model().source
+    assert environment() in default_model().source and str(record) in default_model().source  # says which, where
     monkeypatch.setenv("EDGE_GCL_MODEL", str(local))
     assert default_model().spec == str(local) and default_model().source == "$EDGE_GCL_MODEL"
     assert default_model("default").spec == "default" and default_model("default").source == "--model"
@@ -79,3 +83,28 @@ def test_only_artifacts_folders_are_recorded(home: Path, tmp_path: Path) -> None
     with pytest.raises(ValueError, match="not an artifacts folder"):
         record_artifacts(tmp_path)
     assert not (home / ARTIFACTS_RECORD).exists()
+
+
+def test_a_build_recorded_by_another_environment_is_named_never_used(home: Path, tmp_path: Path) -> None:
+    """A second clone with its own venv: the first clone's build is not its default model, and the
+    error that says so names it (issue 34: hidden per-user state)."""
+    first = fake_artifacts(tmp_path / "clone-a" / "artifacts")
+    record_artifacts(first, env=str(tmp_path / "clone-a" / ".venv"))
+    assert recorded_artifacts() is None and recorded_artifacts(env=str(tmp_path / "clone-a" / ".venv")) == first
+    assert recorded_elsewhere() == {str(tmp_path / "clone-a" / ".venv"): first}
+    with pytest.raises(NoModelError, match="other environments built .*clone-a/artifacts: pass one with --model"):
+        default_model()
+    mine = fake_artifacts(tmp_path / "clone-b" / "artifacts")
+    record_artifacts(mine)  # this environment's build; the other one's entry stays
+    assert default_model().spec == str(mine) and recorded_elsewhere() == {str(tmp_path / "clone-a" / ".venv"): first}
+
+
+def test_a_record_from_before_environments_is_not_used(home: Path, tmp_path: Path) -> None:
+    built = fake_artifacts(tmp_path / "build")
+    home.mkdir(parents=True)
+    (home / ARTIFACTS_RECORD).write_text(json.dumps({"path": str(built)}))  # edge-gcl 0.1.0's record: whose?
+    assert recorded_artifacts() is None
+    with pytest.raises(NoModelError):
+        default_model()
+    record_artifacts(built)
+    assert recorded_artifacts() == built

@@ -275,8 +275,8 @@ def test_cli_add_says_where_the_index_is(tmp_path: Path, cli) -> None:
 def test_cli_list_text_and_json(cli) -> None:
     run, photos, _ = cli
     status, out, _ = run("index", "list", model=False)
-    lines = out.splitlines()
-    assert status == 0 and len(lines) == 4
+    header, *lines = out.splitlines()
+    assert status == 0 and len(lines) == 4 and header.split() == ["id", "kind", "taken", "photo", "or", "note"]
     assert lines[0].startswith(photo_id(photos["leap"])) and "2024-02-29 08:00" in lines[0]
     assert "photo" in lines[1] and "2023-07-04 18:30" in lines[1] and str(photos["july"]) in lines[1]
     assert lines[3].startswith(note_id("call the plumber about the leak")) and "call the plumber" in lines[3]
@@ -287,6 +287,26 @@ def test_cli_list_text_and_json(cli) -> None:
                         "taken": "2023-07-04T18:30:00", "taken_from": "exif"}
     status, out, _ = run("index", "list", "--json", "--modality", "all", "-n", "1", model=False)
     assert [it["id"] for it in json.loads(out)] == [photo_id(photos["leap"])]
+
+
+def test_cli_says_when_nothing_is_found_on_stderr(cli) -> None:
+    """An empty result is said on stderr (issue 34: `--after 2027` printed nothing and exited 0), so a
+    --json output stays a clean []."""
+    run, photos, _ = cli
+    status, out, err = run("search", "a dog", "--after", "2027", "--json")
+    assert status == 0 and json.loads(out) == [] and "nothing found: none of the 4 items matches --after 2027" in err
+    status, out, err = run("search", "a dog", "-m", "photo+note", "--all")
+    assert status == 0 and out == "" and "nothing found: none of the 4 items matches -m photo+note" in err
+    status, out, err = run("index", "list", "-m", "photo", "--after", "2024-03", "--before", "2025", model=False)
+    assert status == 0 and out == "" and "matches -m photo --after 2024-03 --before 2025" in err
+    status, out, err = run("index", "list", "--json", "-m", "photo+note", model=False)
+    assert status == 0 and json.loads(out) == [] and "nothing found" in err
+    ids = [it["id"] for it in json.loads(run("index", "list", "--json", model=False)[1])]
+    assert run("index", "remove", *ids, model=False)[0] == 0
+    status, out, err = run("search", "a dog")
+    assert status == 0 and out == "" and "nothing found: the index is empty (edge-gcl index add PHOTOS" in err
+    status, out, err = run("search", "a dog", "--json")
+    assert json.loads(out) == [] and "the index is empty" in err
 
 
 def test_cli_remove_by_id_and_path(cli) -> None:
@@ -314,13 +334,14 @@ def test_cli_search_dates_sort_and_the_cut_off(cli) -> None:
     status, out, err = run("search", "-i", str(photos["july"]), "-k", "5", "--json")  # the model's cut-off
     shown = json.loads(out)
     assert [h["id"] for h in shown] == [h["id"] for h in everything if h["score"] >= 0.5]
-    assert f"{len(below)} result{'s' if len(below) > 1 else ''} below the cut-off 0.500 hidden" in err
+    assert f"{len(below)} result{'s' if len(below) > 1 else ''} scoring below the cut-off 0.500 hidden" in err
     status, out, err = run("search", "-i", str(photos["july"]), "-k", "5", "--min-score", "-1", "--json")
     assert len(json.loads(out)) == 4 and "hidden" not in err
     status, out, _ = run("search", "-i", str(photos["july"]), "--all", "--sort", "date", "-m", "photo", "--json")
     assert [h["id"] for h in json.loads(out)] == [photo_id(photos[n]) for n in ("leap", "july", "newyear")]
     status, out, _ = run("search", "-i", str(photos["july"]), "--all", "--after", "2023-01", "--before", "2024")
-    assert status == 0 and len(out.splitlines()) == 1 and "2023-07-04 18:30" in out
+    header, *lines = out.splitlines()
+    assert status == 0 and len(lines) == 1 and "2023-07-04 18:30" in lines[0] and header.split()[0] == "cosine"
     status, _, err = run("search", "x", "--after", "last week")
     assert status == 1 and "after 'last week': expected a date like 2024-07-31" in err
     status, _, err = run("search", "x", "--all", "--min-score", "0.2")

@@ -8,6 +8,7 @@ float towers with a dynamic batch and "qdq" towers with a static batch of 1); ot
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from edge_gcl.config import ImagePreprocess, ModelConfig, TextPreprocess
 from edge_gcl.embedding import Embedder
 from edge_gcl.manifest import Manifest, TowerArtifacts, tower_specs
 from edge_gcl.qnn_ep import QnnUnavailableError, qnn_available, qnn_session
-from edge_gcl.runtime import OnnxEmbedder, RuntimeConfigError, load_embedder
+from edge_gcl.runtime import OnnxEmbedder, RuntimeConfigError, describe, load_embedder
 from edge_gcl.tokenizer import Tokenizer, minilm_tokenizer_path
 from edge_gcl.transform import ImageDecodeError, preprocess
 
@@ -299,10 +300,11 @@ def test_load_embedder_sends_other_specs_to_the_torch_models(
 
     fake = types.ModuleType("edge_gcl.models")
     fake.load_model = lambda spec: ("model", spec)  # type: ignore[attr-defined]
-    fake.TorchEmbedder = lambda model, device: ("embedder", model)  # type: ignore[attr-defined]
+    fake.TorchEmbedder = lambda model, device, name: ("embedder", model, name)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "edge_gcl.models", fake)
-    assert load_embedder("default") == ("embedder", ("model", "default"))
-    assert load_embedder(tmp_path) == ("embedder", ("model", str(tmp_path)))  # a checkpoint folder
+    assert load_embedder("default") == ("embedder", ("model", "default"), "default")
+    # a checkpoint folder, named as export.compile records it (the folder's own name)
+    assert load_embedder(tmp_path) == ("embedder", ("model", str(tmp_path)), tmp_path.name)
     with pytest.raises(RuntimeConfigError, match="--provider qnn / --form None need an artifacts folder"):
         load_embedder("default", provider="qnn")
     with pytest.raises(RuntimeConfigError, match="--provider cpu / --form ctx need an artifacts folder"):
@@ -429,6 +431,18 @@ def test_qnn_provider_runs_qdq_towers_entirely_on_the_htp(qdq_artifacts: Path, p
 
 
 @needs_qnn
+def test_the_qnn_libraries_banner_reaches_neither_stdout_nor_stderr(qdq_artifacts: Path) -> None:
+    """The QNN libraries print " # LIBNATIVE: No alternate configuration ..." from native code when the
+    first HTP session opens: off stdout (it would corrupt --json) and dropped (issue 34: on every search)."""
+    code = ("import json, sys; from edge_gcl.runtime import OnnxEmbedder; "
+            f"e = OnnxEmbedder({str(qdq_artifacts)!r}, provider='qnn', form='qdq', threads=1); "
+            "print(json.dumps(e.embed_texts(['a dog']).shape))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == f"[1, {DIM}]\n" and "LIBNATIVE" not in done.stderr, done.stderr[-2000:]
+
+
+@needs_qnn
 def test_qnn_provider_fails_loudly_on_a_graph_the_htp_cannot_run(qdq_artifacts: Path, tmp_path: Path) -> None:
     """Never a silent CPU fallback: an op the HTP rejects (a standalone Erf) fails naming the file."""
     broken = tmp_path / "broken"
@@ -443,3 +457,21 @@ def test_qnn_provider_fails_loudly_on_a_graph_the_htp_cannot_run(qdq_artifacts: 
     ) as info:
         OnnxEmbedder(broken, provider="qnn", form="qdq")
     assert "fallback to CPU EP has been explicitly disabled" in str(info.value)
+
+
+def test_one_model_name_everywhere(tmp_path: Path) -> None:
+    """The name of an artifacts folder's model is the one it was built from, in the CLI's line, the index,
+    its stats and the app's /api/stats (issue 34: `lite`, `lite-12038ff96c01` and `default` before)."""
+    from edge_gcl.app.server import PhotoSearchApp
+    from edge_gcl.index import Index
+
+    folder = make_artifacts(tmp_path / "artifacts", model_id="lite-12038ff96c01")
+    manifest = Manifest.load(folder)
+    manifest.extra["source_model"] = "default"  # what export.compile records for --model default
+    manifest.save(folder)
+    embedder = OnnxEmbedder(folder)
+    assert describe(embedder).startswith(f"model default (lite-12038ff96c01), {DIM}-d, from {folder}: float32")
+    with Index.open(tmp_path / "index", model=embedder) as index:
+        assert index.model_name == "default" and index.stats().model_name == "default"
+        assert index.stats().model_id == "lite-12038ff96c01"
+        assert PhotoSearchApp(index).stats()["model_name"] == "default"

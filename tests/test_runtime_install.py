@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VENVS = Path.home() / ".cache" / "edge-gcl" / "test-venvs"
 # Test modules that need only the runtime install (marked `runtime`); copied out of the checkout
 # so the venv imports edge_gcl from what pip installed, not from the source tree.
-RUNTIME_TESTS = ["conftest.py", "test_locations.py", "test_torch_free.py", "test_app.py", "test_transform.py"]
+RUNTIME_TESTS = ["conftest.py", "test_locations.py", "test_torch_free.py", "test_app.py", "test_transform.py",
+                 "test_extras.py", "test_status.py"]
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,16 @@ def sh(*args: str | Path, cwd: Path | None = None, env: dict | None = None, time
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project as it is now, copied like a clone (export/ and benchmarks/ included)."""
+    build = tmp_path_factory.mktemp("src") / "edge-gcl"
+    shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                                "runs", "artifacts", "results"))
+    return build
+
+
+@pytest.fixture(scope="module")
+def venv(source: Path) -> Path:
     python = find_python313()
     if python is None:
         message = "Python 3.13 not found (pyenv install 3.13.0): the torch-free runtime install is not checked"
@@ -62,11 +72,8 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         sh(venv / "bin" / "python", "-m", "pip", "install", "-q", "--upgrade", "pip")
         (venv / "ok").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     # the project as it is now; plain `pip install .`, what a device does (pytest only to run tests)
-    build = tmp_path_factory.mktemp("src") / "edge-gcl"
-    shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
-                                                                "runs", "artifacts", "results"))
-    sh(venv / "bin" / "python", "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", build)
-    sh(venv / "bin" / "python", "-m", "pip", "install", "-q", build, "pytest")
+    sh(venv / "bin" / "python", "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", source)
+    sh(venv / "bin" / "python", "-m", "pip", "install", "-q", source, "pytest")
     return venv
 
 
@@ -80,8 +87,8 @@ def test_the_install_has_no_torch_and_runs_on_python_313(venv: Path, tmp_path: P
     py = venv / "bin" / "python"
     done = sh(py, "-c", "import sys, importlib.util as u, edge_gcl.runtime, edge_gcl.index, edge_gcl.app; "
               "print(sys.version_info[:2], [m for m in ('torch', 'transformers', 'onnx', 'qai_hub', "
-              "'safetensors') if u.find_spec(m)], edge_gcl.__file__)", cwd=tmp_path)
-    assert done.stdout.startswith("(3, 13) []"), done.stdout
+              "'safetensors', 'export', 'benchmarks') if u.find_spec(m)], edge_gcl.__file__)", cwd=tmp_path)
+    assert done.stdout.startswith("(3, 13) []"), done.stdout  # nor export/ and benchmarks/ (clone tools)
     assert str(venv) in done.stdout  # the installed package, not the checkout
     if sys.platform == "linux" and os.uname().machine == "x86_64":  # onnxruntime-qnn has a wheel here
         done = sh(py, "-c", "from edge_gcl.qnn_ep import qnn_available; print(qnn_available())", cwd=tmp_path)
@@ -93,7 +100,7 @@ def test_the_runtime_tests_pass_in_it(venv: Path, tmp_path: Path) -> None:
     tests.mkdir()
     for name in RUNTIME_TESTS:
         shutil.copy(ROOT / "tests" / name, tests / name)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: slow\n    runtime: runtime\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: slow\n    runtime: runtime\n    browser: browser\n")
     done = subprocess.run(
         [venv / "bin" / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "runtime", "tests"],
         capture_output=True, text=True, cwd=tmp_path, env=in_venv_env(tmp_path / "home"), timeout=900,
@@ -116,9 +123,11 @@ def test_the_cli_indexes_and_searches_compiled_artifacts_in_it(venv: Path, tmp_p
     photos = make_photos(tmp_path / "photos", 5)
     home = tmp_path / "home"
     env = in_venv_env(home)
+    prefix = sh(venv / "bin" / "python", "-c", "import sys; print(sys.prefix)").stdout.strip()
     os.environ["EDGE_GCL_HOME"], saved = str(home), os.environ.get("EDGE_GCL_HOME")
-    try:
-        record_artifacts(artifacts)  # as export.compile leaves it: no --model below
+    try:  # as export.compile leaves it in each environment: no --model below
+        record_artifacts(artifacts, env=str(Path(prefix).resolve()))  # the device's venv
+        record_artifacts(artifacts)  # this interpreter's, which reads the same index below
     finally:
         os.environ["EDGE_GCL_HOME"] = saved or ""
     cli = venv / "bin" / "edge-gcl"
@@ -169,3 +178,28 @@ def test_the_runtime_reads_the_words_in_photos_with_no_ocr_package(venv: Path, t
     assert "added 1" in done.stdout and "OCR: PP-OCR float32 graphs" in done.stderr
     (hit,) = json.loads(sh(cli, "search", "re16", "--json", "-k", "1", *common, env=env, cwd=tmp_path).stdout)
     assert hit["matched"] is True and hit["ocr"].splitlines()[-1] == "RE16 TGK"
+
+
+def test_a_missing_extra_is_one_line_in_it(venv: Path, source: Path, tmp_path: Path) -> None:
+    """torch, onnx and the dev tools are absent for real here: every command that needs them says which
+    extra to install, in one line, exit status 1 (issues 33 and 34: no traceback on a newcomer's path)."""
+    env = in_venv_env(tmp_path / "home")
+    py, cli = venv / "bin" / "python", venv / "bin" / "edge-gcl"
+    (tmp_path / "root").mkdir()
+    runs = {  # command, where it runs (the clone tools from the clone's root), what the line must say
+        "train": ([cli, "train", "--recipe", "default", "--out", tmp_path / "run"], tmp_path,
+                  "edge-gcl: error: edge-gcl train needs torch, from the [train] extra: pip install 'edge-gcl[train]'"),
+        "eval": ([cli, "eval", "mbeir", "--root", tmp_path / "root", "--model", "default"], tmp_path,
+                 "pip install 'edge-gcl[train]'"),
+        "compile": ([py, "-m", "export.compile", "--target", "snapdragon"], source,
+                    "error: python -m export.compile needs torch, safetensors, "),
+        "benchmarks": ([py, "-m", "benchmarks.report", "--smoke"], source,
+                       "error: the benchmarks need torch, onnx, matplotlib, faiss, from the [dev] extra: "
+                       "pip install -e '.[dev]' in the clone"),
+    }
+    for name, (command, cwd, says) in runs.items():
+        done = subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and "Traceback" not in done.stderr and len(lines) == 1, (name, done.stderr[-3000:])
+        assert says in lines[0], (name, lines[0])
+    assert not (tmp_path / "run").exists() and not (source / "artifacts").exists()

@@ -20,7 +20,7 @@ HTTP API (JSON in and out; errors are 4xx with {"error": "..."}):
                             the gallery of recent photos
     GET  /api/search?q=words[&like=<photo id>][&modality=all|photo|note|photo+note][&k=24]
                     [&after=DATE][&before=DATE][&sort=score|date][&min_score=S]
-                            words, an indexed photo (like=: "similar photos"), or both; hits below
+                            words, an indexed photo (like=: "similar photos", itself left out), or both; hits below
                             min_score (default: the model's calibrated cut-off) are left out and
                             counted in "hidden"; dates as `edge-gcl search --after/--before` takes them
     POST /api/search?...    the same, with a query photo as the raw request body (photo, or photo + q)
@@ -210,19 +210,26 @@ class PhotoSearchApp:
                     HTTPStatus.BAD_REQUEST, f"uploaded photo: {str(e).removeprefix('<bytes>: ')}"
                 ) from None
         started = time.perf_counter()
-        options: dict[str, Any] = dict(k=k, modalities=MODALITY_FILTERS[modality], sort=sort,
+        # "similar photos" (like=) never shows the photo itself: one more asked for, it left out
+        options: dict[str, Any] = dict(k=k + (like is not None), modalities=MODALITY_FILTERS[modality], sort=sort,
                                        query_modality=modality_of(q, image), words=q if image is None else None,
                                        **filters)  # fmt: skip
+
+        def found(**cut_off: Any) -> list[Hit]:
+            return [h for h in self.index.search(vector=vector, **cut_off, **options) if h.id != like][:k]
+
         try:
             with self._model_lock:
                 vector = self.index.query_vector(q, image)
-            hits = self.index.search(vector=vector, min_score=min_score, **options)
+            hits = found(min_score=min_score)
             hidden = 0
             if min_score is not None and len(hits) < k:  # what the cut-off left out of the k
-                hidden = len(self.index.search(vector=vector, **options)) - len(hits)
+                hidden = len(found()) - len(hits)
         except (ValueError, TypeError) as e:  # a text the tokenizer refuses, a like= photo now unreadable
             raise HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
         query = {"q": q, "photo": photo is not None, "like": like, "modality": modality, "k": k}
+        if like is not None:
+            query["like_name"] = os.path.basename(image)
         if filters or sort != "score":
             query.update(sort=sort, **filters)
         return {
@@ -273,6 +280,10 @@ class PhotoSearchApp:
         with self._model_lock:
             report = self.index.sync(self.photos, progress=False)
         self._signature = signature
+        return self.synced(report, trigger=trigger)
+
+    def synced(self, report: IngestReport, *, trigger: str) -> dict[str, Any]:
+        """Record `report` as the last sync (`/api/stats`); also for the sync `edge-gcl app` runs before serving."""
         counts = {name: len(ids) for name, ids in report.to_dict().items()}
         self.last_sync = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "trigger": trigger, "report": counts,
                           "skipped": [{"input": s.input, "reason": s.reason} for s in report.skipped[:20]]}
@@ -658,6 +669,7 @@ def cli_app(args: argparse.Namespace) -> int:
         except OSError as e:
             print(f"edge-gcl app: error: port {args.port}: {e.strerror} (try --port 0)", file=sys.stderr)
             return 1
+        server.app.synced(report, trigger="start-up")
         print(f"open {server.url} in a browser (Ctrl+C stops)", flush=True)
         try:
             server.serve_forever()

@@ -12,7 +12,7 @@ A row is one query and its own candidate list: `qry_text` (str), `qry_img_path` 
 `tgt_text` (list of str) and `tgt_img_path` (list of str, "" for none), the two lists of equal length with
 the positive first. A `tgt_text` given as the single string "" stands for an empty text for every candidate
 (VLM2Vec's readers expand it so). The twelve retrieval tasks (`RETRIEVAL_TASKS`) have 1,000 rows of 1,000
-candidates each. Reading parquet needs pyarrow (`pip install pyarrow`); JSON-lines files need nothing.
+candidates each. Reading parquet needs pyarrow (`pip install 'edge-gcl[mmeb]'`); JSON-lines files need nothing.
 
 Confirmed from the published sources (read, not copied):
 - file names: the Hub tree of TIGER-Lab/MMEB-eval (e.g. `MSCOCO/test-00000-of-00001.parquet`), which
@@ -112,7 +112,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise MMEBFormatError(f"{path}: reading MMEB's parquet files needs pyarrow (pip install pyarrow)") from None
+        raise MMEBFormatError(f"{path}: reading MMEB's parquet files needs pyarrow, from the [mmeb] extra: pip install 'edge-gcl[mmeb]'") from None
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow's errors (ArrowInvalid, OSError) name no file

@@ -258,6 +258,18 @@ def _when(taken: str | None) -> str:
     return taken[:16].replace("T", " ") if taken else "-"
 
 
+def _nothing(total: int, args: argparse.Namespace) -> str:
+    """Why a search or a listing shows nothing: an empty index, or the filters that left nothing."""
+    if not total:
+        return "nothing found: the index is empty (edge-gcl index add PHOTOS, edge-gcl index note TEXT)"
+    filters = [f"-m {m}" for m in args.modality or [] if m != "all"]
+    filters += [f"--{name} {getattr(args, name)}" for name in ("after", "before") if getattr(args, name, None)]
+    filters += [f"--where {w}" for w in getattr(args, "where", None) or []]
+    if filters:
+        return f"nothing found: none of the {total} items matches {' '.join(filters)}"
+    return f"nothing found among the {total} items"
+
+
 def cli_list(args: argparse.Namespace) -> int:
     def body() -> None:
         if args.limit is not None and args.limit < 1:
@@ -265,11 +277,16 @@ def cli_list(args: argparse.Namespace) -> int:
         with _open(args, model=False) as index:
             items = index.items(modalities=modalities(args.modality), after=args.after, before=args.before,
                                 limit=args.limit)  # fmt: skip
+            total = len(index)
+        if not items:  # on stderr: --json stays a clean []
+            print(_nothing(total, args), file=sys.stderr)
         if args.json:
             print(json.dumps([item_to_dict(it) for it in items], ensure_ascii=False, indent=2))
             return
+        if items:
+            print(f"{'id':<18}  {'kind':<10}  {'taken':<16}  photo or note")
         for it in items:
-            print(f"{it.id}  {it.modality:<10}  {_when(it.taken):<16}  {_line(it.path, it.text, it.ocr)}")
+            print(f"{it.id:<18}  {it.modality:<10}  {_when(it.taken):<16}  {_line(it.path, it.text, it.ocr)}")
 
     return _run(body)
 
@@ -304,14 +321,25 @@ def cli_search(args: argparse.Namespace) -> int:
             hidden = 0
             if cutoff is not None and len(hits) < args.k:  # how many the cut-off hid, of the k shown without it
                 hidden = len(index.search(vector=vector, **options)) - len(hits)
+            total = len(index)
         if hidden:
-            print(f"{hidden} result{'s' if hidden > 1 else ''} below the cut-off {cutoff:.3f} hidden "
+            print(f"{hidden} result{'s' if hidden > 1 else ''} scoring below the cut-off {cutoff:.3f} hidden "
                   "(--all shows them, --min-score S sets another)", file=sys.stderr)  # fmt: skip
+        if not hits and not hidden:  # on stderr: --json stays a clean []
+            print(_nothing(total, args), file=sys.stderr)
         if args.json:
             print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
             return
+        # cosine: the similarity, in [-1, 1]; score (only where some hit has one that differs): the cosine
+        # plus the model's cross-modal offset, what ranks the results and what the cut-off applies to
+        offset = any(h.score != h.cosine for h in hits)
+        if hits:
+            head = "   cosine    score" if offset else "   cosine"
+            print(f"{head}  {'kind':<10}  {'taken':<16}  {'id':<18}  photo or note")
         for h in hits:
-            mark = "=" if h.matched else " "  # its note or photo text holds the words
-            print(f"{h.score:7.4f}{mark} {h.modality:<10}  {_when(h.taken):<16}  {h.id}  {_line(h.path, h.text, h.ocr)}")
+            score = f"  {h.score:7.4f}" if offset else ""
+            mark = "=" if h.matched else " "  # "=": its note or photo text holds the query's words
+            print(f"  {h.cosine:7.4f}{score}{mark} {h.modality:<10}  {_when(h.taken):<16}  {h.id:<18}  "
+                  f"{_line(h.path, h.text, h.ocr)}")
 
     return _run(body)

@@ -39,7 +39,7 @@ import filelock
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..embedding import Embedder, fuse, modality_offsets
+from ..embedding import Embedder, fuse, modality_offset, modality_offsets, model_name
 from ..tokenizer import check_text
 from ..transform import ImageDecodeError
 from .sources import (
@@ -101,15 +101,6 @@ def parse_date(value: str | date, *, name: str = "date") -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def model_name(embedder: Embedder) -> str:
-    """A model's name for people: the model an artifacts folder was built from (`default`), else its
-    config name, else its id."""
-    manifest = getattr(embedder, "manifest", None)
-    extra = getattr(manifest, "extra", None) or {}
-    name = extra.get("source_model") or getattr(manifest, "model_name", None) or getattr(embedder, "model_name", None)
-    return str(name or embedder.model_id)
-
-
 def default_min_score(embedder: Embedder | None) -> float | None:
     """The model's relevance cut-off: the score calibrated on its dev benchmark (benchmarks/calibrate.py),
     as `export.compile` records it in the manifest (`extra["min_score"]`); for a PyTorch model, its
@@ -166,6 +157,10 @@ def modality_of(text: Any, image: Any) -> Modality:
 
 @dataclass(frozen=True)
 class Hit:
+    """A search result. `score` ranks: the cosine plus the model's cross-modal offset when the item is
+    of another modality than the query (the relevance cut-off applies to it too); `cosine` is the
+    similarity alone, in [-1, 1], what a person is shown."""
+
     id: str
     score: float  # cosine similarity (max over the item's chunks) + the cross-modal offset, if any
     modality: Modality
@@ -176,9 +171,15 @@ class Hit:
     taken: str | None = None  # photos: 'YYYY-MM-DDTHH:MM:SS', when it was taken (local time)
     ocr: str | None = None  # photos: the text read in it
     matched: bool = False  # the query's words are in its note or OCR text (words.py's merge rule)
+    cosine: float | None = None  # the score without the offset, in [-1, 1] (None: the score's)
+
+    def __post_init__(self) -> None:  # float16 / int8 vectors can put a photo's own cosine at 1.0001
+        cosine = self.score if self.cosine is None else self.cosine
+        object.__setattr__(self, "cosine", min(1.0, max(-1.0, float(cosine))))
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"id": self.id, "score": round(self.score, 6), "modality": self.modality}
+        d: dict[str, Any] = {"id": self.id, "cosine": round(float(self.cosine), 6), "score": round(self.score, 6),
+                             "modality": self.modality}
         if self.path is not None:
             d["path"] = self.path
         if self.taken is not None:
@@ -234,6 +235,7 @@ class IndexStats:
     notes: int
     photo_notes: int
     vectors: int
+    model_name: str  # for people (`edge_gcl.embedding.model_name`); model_id names the weights
     model_id: str
     embed_dim: int
     dtype: str
@@ -422,6 +424,7 @@ class Index:
             notes=counts.get("note", 0),
             photo_notes=counts.get("photo+note", 0),
             vectors=vectors,
+            model_name=self.model_name,
             model_id=info.model_id,
             embed_dim=info.embed_dim,
             dtype=info.dtype,
@@ -914,8 +917,10 @@ class Index:
             ranked = (matched + ranked)[:wanted]
             items = self.store.items_by_key([key for key, _, _ in ranked])
         first = {key for key, _, _ in matched}
+        offset = float(cross_modal_offset) if query_modality else 0.0
         hits = [
-            Hit(it.id, score, it.modality, it.path, it.text, it.meta, chunk, it.taken, it.ocr, key in first)
+            Hit(it.id, score, it.modality, it.path, it.text, it.meta, chunk, it.taken, it.ocr, key in first,
+                cosine=score - modality_offset(query_modality, it.modality, offset) if offset else score)
             for key, score, chunk in ranked
             if (it := items.get(key)) is not None
         ]

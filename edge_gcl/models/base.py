@@ -70,15 +70,18 @@ class TorchEmbedder:
     """`Embedder` over a PyTorch `DualEncoder` (float32, no grad) on `device` (default: the CPU; a
     `torch.device` or a `--device` spelling, `edge_gcl.device.resolve_device`).
 
-    `model_id` defaults to `weights_id(model)`, the id of artifacts exported from the same weights.
+    `model_id` defaults to `weights_id(model)`, the id of artifacts exported from the same weights;
+    `name` (what it was loaded by: `default`, a checkpoint folder's name) to the config's name.
     `tokenizer` is public: the index sizes note chunks with its `count_tokens`.
     """
 
-    def __init__(self, model: DualEncoder, *, model_id: str | None = None, device: torch.device | str = "cpu"):
+    def __init__(self, model: DualEncoder, *, model_id: str | None = None, device: torch.device | str = "cpu",
+                 name: str | None = None):
         from ..device import resolve_device
 
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model_id = model_id or weights_id(model)
+        self.model_name = name or model.config.name  # for people (`edge_gcl.embedding.model_name`)
         self.model = model.eval().to(self.device)
         self.embed_dim = model.config.embed_dim
         self.tokenizer = model.tokenizer()

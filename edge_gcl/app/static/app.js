@@ -95,8 +95,7 @@ async function search(event) {
       : await api("/api/search?" + params);
     state.searched = true;
     render(data.hits);
-    const same = state.like && data.hits.find((hit) => hit.id === state.like.id);
-    if (same) { state.like.name = same.name; showQueryPhoto(); }
+    if (state.like && data.query.like_name) { state.like.name = data.query.like_name; showQueryPhoto(); }
     const what = [q && `“${q}”`, state.photo && "your photo", state.like && `photos like ${state.like.name}`]
       .filter(Boolean).join(" + ");
     $("#view-title").textContent = state.like && !q && !state.photo ? `Similar photos: ${state.like.name}` : "";
@@ -149,13 +148,14 @@ function card(hit) {
     ? el("img", {className: "thumb", src: hit.thumb, alt: hit.name, loading: "lazy"})
     : el("div", {className: "thumb note-thumb", textContent: hit.text});
   const badge = {"photo": "badge", "note": "badge note", "photo+note": "badge photo-note"}[hit.modality];
-  const hasScore = typeof hit.score === "number";
+  const hasScore = typeof hit.cosine === "number";
+  const ranked = hasScore && hit.score !== hit.cosine ? `; ranked by ${hit.score.toFixed(3)}, the cosine plus the model's cross-modal offset for another kind of item than the query` : "";
   return el("article", {className: "card", "data-id": hit.id, "data-modality": hit.modality},
     visual,
     el("div", {className: "body"},
       el("div", {className: "row"},
         el("span", {className: badge, textContent: LABELS[hit.modality] || hit.modality}),
-        hasScore && el("span", {className: "score", title: "cosine similarity, plus the model's cross-modal offset for another modality than the query's", textContent: hit.score.toFixed(3)})),
+        hasScore && el("span", {className: "score", title: `cosine similarity${ranked}`, textContent: hit.cosine.toFixed(3)})),
       isPhoto && el("div", {className: "name", title: hit.path, textContent: hit.name}),
       hit.taken && el("div", {className: "date", title: "taken (local time)", textContent: shownDate(hit.taken)}),
       isPhoto && hit.text && el("p", {className: "note-text", textContent: hit.text}),
