@@ -219,6 +219,48 @@ def _rank_worker(spec: str) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- the photo table's memory
+def table_memory(rows: int, *, workers: int = 4) -> dict[str, Any]:
+    """Private memory (MB) of DataLoader workers after one pass reading every row's path and caption, for
+    `rows` LCS-558K-like entries held as `PhotoTable` buffers and as the Python lists of `Pairs`. Forked
+    workers copy list pages as reference counts touch them (pytorch/pytorch#13246); flat buffers stay shared."""
+    import torch
+
+    from edge_gcl.data import Pairs
+    from edge_gcl.train.data import PhotoTable
+
+    def private_mb(pid: int) -> float:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean", "Private_Dirty"))) / 1024
+
+    class Reads(torch.utils.data.Dataset):
+        def __init__(self, source: Any) -> None:
+            self.source = source
+
+        def __len__(self) -> int:
+            return rows
+
+        def __getitem__(self, i: int) -> int:
+            if isinstance(self.source, PhotoTable):
+                return len(self.source.path(i)) + len(self.source.caption(i, 0))
+            return len(str(self.source.images[i])) + len(self.source.captions[i][0])
+
+    out: dict[str, Any] = {"rows": rows, "workers": workers}
+    for name in ("lists", "table"):
+        pairs = Pairs([Path(f"/data/LCS-558K/{i // 1000:05d}/{i:09d}.jpg") for i in range(rows)],
+                      [[f"a caption of photo {i}: a dog running on a beach with a ball, people behind it"] for i in range(rows)])
+        source = PhotoTable(pairs) if name == "table" else pairs
+        del pairs
+        loader = torch.utils.data.DataLoader(Reads(source), batch_size=1024, shuffle=True, num_workers=workers,
+                                             persistent_workers=True)
+        it = iter(loader)
+        for _ in range(len(loader)):
+            next(it)
+        out[f"{name}_worker_private_mb"] = float(np.mean([private_mb(w.pid) for w in it._workers]))
+        del it, loader, source
+    return out
+
+
 # ----------------------------------------------------------------------------- output
 COLS = [Col("model_short", "model"), Col("where", "device"), Col("precision"), Col("batch"), Col("world"),
         Col("step_ms", "step ms", ".1f"), Col("step_pairs_per_s", "step pairs/s", ".0f"),
@@ -275,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--image-views", type=int, default=2, help="lite: cached views per photo")
     p.add_argument("--photos", type=int, help="synthetic photos (default: twice the largest batch, at least 64)")
     p.add_argument("--data", help="a captions.txt of real photos instead of synthetic ones")
+    p.add_argument("--table-memory", type=int, default=0, metavar="ROWS",
+                   help="also measure DataLoader workers' private memory for ROWS photos held as PhotoTable buffers "
+                   "and as Python lists (e.g. 558000, LCS-558K's size; Linux only; 0: skip)")
     p.add_argument("--workdir", help="where the synthetic photos and stem caches go (default: a temporary folder)")
     p.add_argument("--json", default=default_out("train_speed.json"), help="result JSON")
     p.add_argument("--plot", default=default_out("train_speed.png"), help="result PNG")
@@ -326,7 +371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = {"models": parse_list(args.models), "device": args.device, "precisions": parse_list(args.precisions),
               "batches": batches, "world_sizes": worlds, "steps": steps, "warmup": args.warmup,
               "prefetch": args.prefetch, "image_views": args.image_views, "data": args.data or "synthetic 480x360 JPEG"}
-    doc = make_document("train-speed", rows, config=config, machine=machine)
+    extra = {}
+    if args.table_memory:
+        mem = table_memory(args.table_memory)
+        extra["table_memory"] = mem
+        print(f"photo table of {mem['rows']:,} rows, {mem['workers']} DataLoader workers: "
+              f"{mem['table_worker_private_mb']:.0f} MB private per worker (PhotoTable) vs "
+              f"{mem['lists_worker_private_mb']:.0f} MB (Python lists)")
+    doc = make_document("train-speed", rows, config=config, machine=machine, **extra)
     print(table(doc))
     if rows:
         print(f"wrote {save_json(args.json, doc)}")

@@ -33,3 +33,8 @@ def test_rows_for_each_configuration_with_the_data_rate_apart(tmp_path, capsys):
     photos = sorted((tmp_path / "work" / "photos" / "images").glob("*.jpg"))
     assert len(photos) == 16
     assert (tmp_path / "work" / "photos" / "captions.txt").read_text().count("\n") == 1 + 2 * 16
+
+
+def test_the_photo_table_keeps_forked_workers_from_copying_it():
+    mem = train_speed.table_memory(50_000, workers=1)
+    assert mem["table_worker_private_mb"] < mem["lists_worker_private_mb"] / 2, mem
