@@ -19,7 +19,7 @@ word accuracy against the drawn text (1 - edit distance / length), ingest photos
 the phone dev benchmark's global recall with OCR on (the photo's OCR rows added to its vectors, the
 pool's photos read by the same engine).
 
-    python -m benchmarks.ocr --artifacts runs/art-ocr          # table, benchmarks/results/ocr.json and .png
+    python -m benchmarks.ocr --artifacts runs/art-ocr --json benchmarks/results/ocr.json --plot benchmarks/results/ocr.png
     python -m benchmarks.ocr --artifacts runs/art-ocr --tune   # the dev-split sweep of docs/ocr.md
 """
 
@@ -428,8 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--speed-photos", type=int, default=120)
     p.add_argument("--speed-only", action="store_true", help="only the ingest speed (OCR read only for the samples' files)")
-    p.add_argument("--json", default=str(RESULTS_DIR / "ocr.json"))
-    p.add_argument("--plot", default=str(RESULTS_DIR / "ocr.png"))
+    p.add_argument("--json", default=default_out("ocr.json"),
+                   help="result JSON (default: under runs/benchmarks; the committed one: benchmarks/results/ocr.json)")
+    p.add_argument("--plot", default=default_out("ocr.png"), help="result plot (PNG)")
     args = p.parse_args(argv)
     machine = machine_info()
     print(header_line(machine))
