@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from .common import (
-    RESULTS_DIR,
     Col,
+    default_out,
     format_table,
     header_line,
     machine_info,
