@@ -4,7 +4,7 @@
     edge-gcl eval mbeir ...               edge_gcl/eval/cli.py
     edge-gcl eval mmeb|covr ...           edge_gcl/eval/cli.py
     edge-gcl bench build-mbeir ...        edge_gcl/eval/cli.py
-    edge-gcl index add|sync|note|list|remove|reindex|repair|stats ...   edge_gcl/index/cli.py
+    edge-gcl index add|sync|note|list|remove|reindex|repair|read-text|stats ...   edge_gcl/index/cli.py
     edge-gcl search "query" ...           edge_gcl/index/cli.py
     edge-gcl app --photos DIR             edge_gcl/app/server.py
     edge-gcl status                       edge_gcl/status.py
@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cpu: ONNX Runtime on the CPU; qnn: the Hexagon NPU (default: cpu)")
         q.add_argument("--form", choices=["float", "qdq", "ctx"],
                        help="which graphs of the artifacts folder run (default: float on cpu, ctx on qnn)")
+        q.add_argument("--no-ocr", dest="ocr", action="store_false",
+                       help="do not read the words in photos (default: read them, with the OCR graphs the "
+                       "artifacts folder ships)")
 
     def modality_option(q: argparse.ArgumentParser) -> None:
         q.add_argument("-m", "--modality", action="append", choices=MODALITY_CHOICES, metavar="M",
@@ -283,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = ix.add_parser("repair", help="rebuild a damaged index from what can still be read (the damaged file is kept)")
     index_options(rp)
     rp.set_defaults(func=_handler("edge_gcl.index.cli:cli_repair"))
+    rt = ix.add_parser("read-text", help="read the words in the photos indexed before OCR (or with --no-ocr)")
+    index_options(rt)
+    rt.set_defaults(func=_handler("edge_gcl.index.cli:cli_read_text"))
     st = ix.add_parser("stats", help="what the index holds, as JSON")
     index_options(st, model=False)
     st.set_defaults(func=_handler("edge_gcl.index.cli:cli_stats"))

@@ -64,3 +64,28 @@ def recall_at_k(ranked_ids: np.ndarray, positives: Sequence[Collection], k: int)
     top = ranked[:, :k].tolist()
     hits = sum(1 for row, pos in zip(top, positives, strict=True) if not set(pos).isdisjoint(row))
     return hits / ranked.shape[0]
+
+
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance between two sequences (characters or words), one numpy row at a time."""
+    if not len(a):
+        return len(b)
+    if not len(b):
+        return len(a)
+    prev = np.arange(len(b) + 1)
+    bb = np.array([hash(x) for x in b])
+    steps = np.arange(len(b) + 1)
+    for i, x in enumerate(a, 1):
+        cur = np.empty_like(prev)
+        cur[0] = i
+        cur[1:] = np.minimum(prev[:-1] + (bb != hash(x)), prev[1:] + 1)  # substitution, deletion
+        prev = np.minimum.accumulate(cur - steps) + steps  # insertions, left to right
+    return int(prev[-1])
+
+
+def char_accuracy(reference: Sequence[str], read: Sequence[str]) -> float:
+    """OCR character accuracy: 1 - total edit distance / total reference length, over pairs of texts
+    (floored at 0)."""
+    total = sum(len(r) for r in reference)
+    errors = sum(edit_distance(r, o) for r, o in zip(reference, read, strict=True))
+    return max(0.0, 1.0 - errors / max(total, 1))

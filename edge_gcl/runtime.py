@@ -84,6 +84,15 @@ def rebuild_hint(folder: Path, manifest: Manifest, *, chip: str | None = None) -
     return f"rebuild with `python -m export.compile --target snapdragon{chip_flag} --out {folder}`"
 
 
+def verify_artifacts(folder: Path, manifest: Manifest, names: Sequence[str]) -> None:
+    """`manifest.verify_files` with the user data folder's cache; a mismatch is a RuntimeConfigError naming the
+    file and the command that rebuilds the folder."""
+    try:
+        verify_files(folder, manifest, names, cache=data_dir() / VERIFIED_CACHE)
+    except ArtifactIntegrityError as e:
+        raise RuntimeConfigError(f"{e}; {rebuild_hint(folder, manifest)}") from None
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -197,10 +206,7 @@ class OnnxEmbedder:
         for tower in ("image", "text"):
             files = self.manifest.towers[tower].files
             names += [files[self.form]] + ([files["ctx_bin"]] if self.form == "ctx" and "ctx_bin" in files else [])
-        try:
-            verify_files(self.folder, self.manifest, names, cache=data_dir() / VERIFIED_CACHE)
-        except ArtifactIntegrityError as e:
-            raise RuntimeConfigError(f"{e}; {rebuild_hint(self.folder, self.manifest)}") from None
+        verify_artifacts(self.folder, self.manifest, names)
 
     def _session(self, tower: str, threads: int) -> ort.InferenceSession:
         path = self.folder / self.manifest.towers[tower].files[self.form]

@@ -17,6 +17,10 @@ The recipe, step by step (each timed and shown in the summary):
    (cosine, max abs error). The fidelity gate: a tower whose lowest cosine is below
    `--min-fidelity` (0.98) fails the build (exit 1, naming the tower and a more faithful
    precision); `--skip-verify` skips the check and the manifest's `verification` says so.
+   Then the OCR graphs (`export/ocr.py`: PP-OCR's detector, angle classifier and recogniser from
+   the rapidocr wheel) go through the same quantize, compile and verify steps, gated on the
+   recogniser's character accuracy against float (`--min-char-accuracy`, 0.95); `--no-ocr` leaves
+   them out.
 6. Write `manifest.json` (contract, files with SHA-256, precision, chip, NPU share, fidelity, tool
    versions) and swap the finished folder into place (atomically on Linux; elsewhere a crash
    mid-swap is undone by the next build); a failed run leaves the old folder untouched.
@@ -216,6 +220,8 @@ def run(
     aihub_quantize: bool = False,
     aihub_poll_s: float = 10.0,
     verbose: bool = False,
+    ocr: bool = True,
+    min_char_accuracy: float | None = None,
     log=print,
 ) -> CompileResult:
     """The recipe of the module docstring; raises `FidelityError` when a tower fails the gate.
@@ -369,6 +375,21 @@ def run(
                     verification = {"checked": True, "min_fidelity": min_fidelity, "heldout_inputs": n_heldout,
                                     "on": f"QNN HTP backend, {platform.machine()}"}
 
+            ocr_extra = None
+            if ocr:
+                from .ocr import MIN_CHAR_ACCURACY, build_ocr
+
+                say("[OCR] the words in photos: quantizing, compiling and verifying the PP-OCR graphs")
+                built = build_ocr(
+                    stage, precision=precision, chip=chip, photos=_photos(captions, images, names, 24),
+                    skip_compile=skip_compile or via == "aihub", skip_verify=skip_verify or via == "aihub",
+                    min_char_accuracy=MIN_CHAR_ACCURACY if min_char_accuracy is None else min_char_accuracy,
+                    say=say, native=build_log.native,
+                )  # fmt: skip
+                towers.update(built.towers)
+                ocr_extra = built.extra
+                done("ocr")
+
             say("[6/6] writing the manifest")
             from edge_gcl.models.base import weights_id
 
@@ -387,7 +408,8 @@ def run(
                 tools=_tool_versions(),
                 extra={"onnx_parity_max_abs_error": parity, "source_model": _model_name(model_spec),
                        **_calibration(model_spec, weights_id(model)),
-                       **({"aihub": aihub_summary} if aihub_summary else {})},
+                       **({"aihub": aihub_summary} if aihub_summary else {}),
+                       **({"ocr": ocr_extra} if ocr_extra else {})},
             )
             manifest.save(stage)
             done("manifest")
@@ -400,6 +422,16 @@ def run(
         raise
     _remove(failed_log)  # an earlier failure's log no longer describes this folder
     return CompileResult(out, manifest, steps)
+
+
+def _photos(captions: Path, images: Path | None, names: set[str] | None, n: int) -> list[Path]:
+    """The first `n` calibration photos (sorted by name), for the OCR graphs' calibration."""
+    from edge_gcl.data import read_pairs
+
+    pairs = read_pairs(captions, images)
+    if names is not None:
+        pairs = pairs.subset(names)
+    return sorted(Path(p) for p in pairs.images)[:n]
 
 
 def _cosine(text: str) -> float:
@@ -473,7 +505,7 @@ def check_out(out: Path) -> None:
         raise OutputFolderError(f"--out {out}: a folder export.compile did not build (it holds {shown}); a build "
                                 "replaces --out whole: give another --out, or an empty or missing folder")
     others = sorted(n for n in names - set(manifest.files) - BUILD_EXTRAS
-                    if not n.startswith(".") and not n.startswith(("image", "text")))
+                    if not n.startswith(".") and not n.startswith(("image", "text", "ocr_")))
     if others:
         raise OutputFolderError(f"--out {out}: besides the build it holds {', '.join(others[:3])}"
                                 f"{', ...' if len(others) > 3 else ''}, which a rebuild would delete: move "
@@ -621,6 +653,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="do not run the compiled towers in HTP emulation (no fidelity gate; the manifest says so)")
     p.add_argument("--verbose", action="store_true",
                    help="show the quantizer's and the QNN libraries' own output (default: into build.log)")
+    p.add_argument("--no-ocr", dest="ocr", action="store_false",
+                   help="leave the OCR graphs (the words in photos) out of the artifacts")
+    p.add_argument("--min-char-accuracy", type=_cosine, metavar="ACC",
+                   help="fail the build if the compiled OCR recogniser's character accuracy against float, on held-out "
+                        "lines, is below this (default 0.95)")
     p.add_argument("--list-chipsets", action="store_true")
     args = p.parse_args(argv)
     if args.list_chipsets:
@@ -628,13 +665,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     require_or_exit("export", what="python -m export.compile", clone=True)  # one line, not a traceback
     from .aihub import AIHubError, AIHubNotConfigured
+    from .ocr import OcrFidelityError
 
     try:
         result = run(args.model, out=args.out, chipset=args.chipset, precision=args.precision, via=args.via,
                      device=args.device, calibration=args.calibration, n_calibration=args.calibration_size,
                      n_heldout=args.heldout_size, min_fidelity=args.min_fidelity, aihub_quantize=args.aihub_quantize,
-                     skip_compile=args.skip_compile, skip_verify=args.skip_verify, verbose=args.verbose)
-    except (AIHubError, FidelityError, OutputFolderError, UnknownChipsetError) as e:  # messages that say what to do
+                     skip_compile=args.skip_compile, skip_verify=args.skip_verify, verbose=args.verbose,
+                     ocr=args.ocr, min_char_accuracy=args.min_char_accuracy)
+    except (AIHubError, FidelityError, OcrFidelityError, OutputFolderError, UnknownChipsetError) as e:  # say what to do
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, AIHubNotConfigured) else 1
     # The build succeeded: `args.out` holds it.

@@ -245,7 +245,11 @@ def quantize_tower(
         # 2. QNN fusions.
         fused = tmp_dir / "fused.onnx"
         if not qnn_preprocess_model(model, fused, fuse_layernorm=True):
-            onnx.save(model, str(fused))  # nothing to fuse: it writes no file then
+            # nothing to fuse: it writes no file then, and may have left `model`'s weights pointing at
+            # external data files it deleted (the OCR angle classifier): save the model as read
+            model = onnx.load(str(float_onnx))
+            del model.metadata_props[:]
+            onnx.save(model, str(fused))
         del model
         result = fused
         architecture = architecture_of(onnx.load(str(fused), load_external_data=False))

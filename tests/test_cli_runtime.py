@@ -162,7 +162,7 @@ def default_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from export import compile as compile_cli
 
     out = tmp_path_factory.mktemp("default") / "artifacts"
-    argv = ["--model", "default", "--out", str(out), "--calibration-size", "16", "--skip-verify"]
+    argv = ["--model", "default", "--out", str(out), "--calibration-size", "16", "--skip-verify", "--no-ocr"]
     assert compile_cli.main(argv) == 0
     return out
 

@@ -65,7 +65,7 @@ def tiny_checkpoint(tmp_path_factory, photos):
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("art") / "artifacts"
-    code = compile_cli.main(["--model", str(tiny_checkpoint), "--target", "snapdragon", "--out", str(out),
+    code = compile_cli.main(["--no-ocr", "--model", str(tiny_checkpoint), "--target", "snapdragon", "--out", str(out),
                              "--calibration-size", "8", "--heldout-size", "8"])
     assert code == 0
     return out
@@ -153,7 +153,7 @@ def test_runtime_reads_the_artifacts_like_pytorch(artifacts, tiny_checkpoint, ph
 def test_failed_rebuild_keeps_the_old_artifacts(artifacts, tiny_checkpoint, tmp_path):
     before = (artifacts / "manifest.json").read_bytes()
     with pytest.raises(FileNotFoundError, match="--calibration"):
-        compile_cli.main(["--model", str(tiny_checkpoint), "--out", str(artifacts), "--calibration", str(tmp_path)])
+        compile_cli.main(["--no-ocr", "--model", str(tiny_checkpoint), "--out", str(artifacts), "--calibration", str(tmp_path)])
     assert (artifacts / "manifest.json").read_bytes() == before
     assert not list(artifacts.parent.glob(".artifacts.partial-*"))
 
@@ -176,7 +176,7 @@ def test_failure_mid_build_after_staging_keeps_the_old_artifacts(artifacts, tiny
 
     monkeypatch.setattr(export.quantize, "quantize_tower", quantize_then_die)
     with pytest.raises(KeyboardInterrupt):
-        compile_cli.main(["--model", str(tiny_checkpoint), "--out", str(artifacts), "--skip-compile",
+        compile_cli.main(["--no-ocr", "--model", str(tiny_checkpoint), "--out", str(artifacts), "--skip-compile",
                           "--calibration-size", "2", "--heldout-size", "2"])
     assert "image_tower_w8a16.onnx" in staged
     assert _tree(artifacts) == before
@@ -186,7 +186,7 @@ def test_failure_mid_build_after_staging_keeps_the_old_artifacts(artifacts, tiny
 def test_fidelity_gate_fails_the_build_naming_the_tower(artifacts, tiny_checkpoint, capfd):
     """w8a8 wrecks the tiny text transformer (cosine min ~0.4): the build must fail, replacing nothing."""
     before = _tree(artifacts)
-    code = compile_cli.main(["--model", str(tiny_checkpoint), "--out", str(artifacts), "--precision", "w8a8",
+    code = compile_cli.main(["--no-ocr", "--model", str(tiny_checkpoint), "--out", str(artifacts), "--precision", "w8a8",
                              "--calibration-size", "8", "--heldout-size", "8"])
     err = capfd.readouterr().err
     assert code == 1
@@ -200,7 +200,7 @@ def test_manifest_says_what_was_verified(artifacts, tiny_checkpoint, tmp_path):
     checked = Manifest.load(artifacts).verification
     assert checked == {"checked": True, "min_fidelity": 0.98, "heldout_inputs": 8,
                        "on": f"QNN HTP backend, {platform.machine()}"}  # x86_64: the emulator
-    result = compile_cli.run(str(tiny_checkpoint), out=tmp_path / "unchecked", n_calibration=2, n_heldout=2,
+    result = compile_cli.run(str(tiny_checkpoint), ocr=False, out=tmp_path / "unchecked", n_calibration=2, n_heldout=2,
                              skip_verify=True, log=lambda line: None)
     unchecked = Manifest.load(tmp_path / "unchecked").verification
     assert unchecked == result.manifest.verification
@@ -217,7 +217,7 @@ def test_min_fidelity_must_be_a_cosine(capsys):
 _BUILD = """
 import sys
 from export.compile import run
-run(sys.argv[1], out=sys.argv[2], n_calibration=4, n_heldout=4)
+run(sys.argv[1], out=sys.argv[2], n_calibration=4, n_heldout=4, ocr=False)
 """
 
 
@@ -294,7 +294,7 @@ def test_killed_between_renames_the_next_build_puts_the_old_folder_back(tmp_path
 
     # The next build, even one that fails at once, first puts the old build back.
     with pytest.raises(FileNotFoundError):
-        compile_cli.main(["--model", str(tiny_checkpoint), "--out", str(out), "--calibration", str(tmp_path / "x")])
+        compile_cli.main(["--no-ocr", "--model", str(tiny_checkpoint), "--out", str(out), "--calibration", str(tmp_path / "x")])
     assert (out / "manifest.json").read_text() == "old"
     assert not stale.exists() and not stage.exists() and not (tmp_path / ".artifacts.old").exists()
 
@@ -324,7 +324,7 @@ def test_aihub_rejected_token_is_one_line_without_the_token(tiny_checkpoint, tmp
     secret = "sk-qaihub-REJECTED-3b9e71c2"
     with FakeAIHub(lifetime_s=60) as hub:
         monkeypatch.setenv("QAIHUB_CLIENT_INI", str(hub.write_client_ini(tmp_path / "client.ini", token=secret)))
-        code = compile_cli.main(["--model", str(tiny_checkpoint), "--via", "aihub", "--out", str(tmp_path / "hub"),
+        code = compile_cli.main(["--no-ocr", "--model", str(tiny_checkpoint), "--via", "aihub", "--out", str(tmp_path / "hub"),
                                  "--calibration-size", "2", "--heldout-size", "2"])
     printed = capfd.readouterr()
     assert code == 1 and "HTTP 401" in printed.err and "Traceback" not in printed.err
@@ -346,7 +346,7 @@ def test_via_aihub_against_the_fake_server(tiny_checkpoint, tmp_path, monkeypatc
 
     with FakeAIHub(lifetime_s=60) as hub:
         monkeypatch.setenv("QAIHUB_CLIENT_INI", str(hub.write_client_ini(tmp_path / "client.ini")))
-        result = compile_cli.run(str(tiny_checkpoint), out=tmp_path / "hub", via="aihub", n_calibration=4,
+        result = compile_cli.run(str(tiny_checkpoint), ocr=False, out=tmp_path / "hub", via="aihub", n_calibration=4,
                                  n_heldout=4, aihub_quantize=aihub_quantize, aihub_poll_s=0.02, log=lambda *a: None)
     profile = result.manifest.extra["aihub"]
     assert profile["device"] == "Samsung Galaxy S24 (Family)"

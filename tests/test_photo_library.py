@@ -20,7 +20,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from test_index import FakeEmbedder  # noqa: E402
 
-from edge_gcl.index import Index, note_id, photo_id  # noqa: E402
+from edge_gcl.index import FORMAT_VERSION, Index, note_id, photo_id  # noqa: E402
 from edge_gcl.index.index import calibration, default_min_score, parse_date  # noqa: E402
 from edge_gcl.index.sources import capture_time  # noqa: E402
 from edge_gcl.transform import load_image  # noqa: E402
@@ -162,12 +162,16 @@ def test_a_format_1_index_is_migrated_and_sync_fills_the_dates(tmp_path: Path) -
     with Index.open(tmp_path / "idx", model=embedder) as index:
         index.add_photos(folder, progress=False)
     with sqlite3.connect(tmp_path / "idx" / "index.sqlite") as conn:  # what edge-gcl wrote before dates
+        for trigger in ("items_words_insert", "items_words_delete", "items_words_update"):  # ... and OCR
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DROP TABLE item_words")
+        conn.execute("ALTER TABLE items DROP COLUMN ocr")
         conn.execute("DROP INDEX items_taken")
         conn.execute("ALTER TABLE items DROP COLUMN taken")
         conn.execute("ALTER TABLE items DROP COLUMN taken_from")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
     with Index.open(tmp_path / "idx", model=embedder) as index:
-        assert index.stats().format_version == 2 and index[photo_id(photo)].taken is None
+        assert index.stats().format_version == FORMAT_VERSION and index[photo_id(photo)].taken is None
         report = index.sync(folder, progress=False)
         assert report.unchanged == [photo_id(photo)] and embedder.images_embedded == 1  # not re-embedded
         assert index[photo_id(photo)].taken == "2020-01-02T03:04:05"

@@ -10,6 +10,7 @@ it fails: the check must not vanish silently.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -152,6 +153,31 @@ def test_the_cli_indexes_and_searches_compiled_artifacts_in_it(venv: Path, tmp_p
                           env=in_venv_env(tmp_path / "empty-home"), cwd=elsewhere)
     assert bare.returncode == 1 and "python -m export.compile --target snapdragon" in bare.stderr
     assert len(bare.stderr.strip().splitlines()) == 1
+
+
+def test_the_runtime_reads_the_words_in_photos_with_no_ocr_package(venv: Path, tmp_path: Path) -> None:
+    """OCR is on by default on the device: the runtime install (no rapidocr, OpenCV, Shapely or onnx)
+    reads the words in a photo with the OCR graphs an artifacts folder ships, and finds it by them."""
+    if importlib.util.find_spec("rapidocr") is None:
+        pytest.skip("the OCR graphs come from the [export] extra's rapidocr wheel")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_ocr import screenshot
+    from test_runtime import make_artifacts
+
+    from export.ocr import add_float_graphs
+
+    artifacts = add_float_graphs(make_artifacts(tmp_path / "artifacts"))
+    (tmp_path / "photos").mkdir()
+    screenshot().save(tmp_path / "photos" / "boarding.png")
+    env = in_venv_env(tmp_path / "home")
+    cli, common = venv / "bin" / "edge-gcl", ["--model", artifacts, "--index", tmp_path / "idx"]
+    done = sh(venv / "bin" / "python", "-c", "import importlib.util as u; print([m for m in ('rapidocr', 'cv2', "
+              "'shapely', 'pyclipper', 'onnx', 'torch') if u.find_spec(m)])", cwd=tmp_path)
+    assert done.stdout.strip() == "[]"
+    done = sh(cli, "index", "add", tmp_path / "photos", *common, env=env, cwd=tmp_path)
+    assert "added 1" in done.stdout and "OCR: PP-OCR float32 graphs" in done.stderr
+    (hit,) = json.loads(sh(cli, "search", "re16", "--json", "-k", "1", *common, env=env, cwd=tmp_path).stdout)
+    assert hit["matched"] is True and hit["ocr"].splitlines()[-1] == "RE16 TGK"
 
 
 def test_a_missing_extra_is_one_line_in_it(venv: Path, source: Path, tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ from ..index import (
     default_min_score,
     modality_of,
 )
+from ..index.cli import _ocr
 from ..index.sources import list_photos
 from ..locations import default_index, default_model
 from ..runtime import describe, load_embedder
@@ -136,13 +137,14 @@ def build_index(
     model: Embedder | str | Path = "default",
     provider: str = "cpu",
     progress: bool = True,
+    ocr: Any = "auto",
 ) -> tuple[Index, IngestReport]:
     """Open (or create) the index at `index_dir` and mirror the folder `photos` into it.
 
-    Unusable files are listed in `report.skipped` and never stop the ingest. The caller closes
-    the returned index.
+    Unusable files are listed in `report.skipped` and never stop the ingest; `ocr` reads the words
+    in the photos (`Index.open`). The caller closes the returned index.
     """
-    index = Index.open(Path(index_dir).expanduser(), model=model, provider=provider)
+    index = Index.open(Path(index_dir).expanduser(), model=model, provider=provider, ocr=ocr)
     try:
         report = index.sync(Path(photos).expanduser(), progress=progress)
     except BaseException:
@@ -203,7 +205,8 @@ class PhotoSearchApp:
         started = time.perf_counter()
         # "similar photos" (like=) never shows the photo itself: one more asked for, it left out
         options: dict[str, Any] = dict(k=k + (like is not None), modalities=MODALITY_FILTERS[modality], sort=sort,
-                                       query_modality=modality_of(q, photo if photo is not None else image), **filters)
+                                       query_modality=modality_of(q, photo if photo is not None else image),
+                                       words=q if image is None and photo is None else None, **filters)  # fmt: skip
 
         def found(**cut_off: Any) -> list[Hit]:
             return [h for h in self.index.search(vector=vector, **cut_off, **options) if h.id != like][:k]
@@ -393,6 +396,8 @@ def item_to_json(item: Item) -> dict[str, Any]:
         d["taken"] = item.taken
     if item.text is not None:
         d["text"] = item.text
+    if item.ocr:
+        d["ocr"] = item.ocr
     return d
 
 
@@ -658,15 +663,16 @@ def cli_app(args: argparse.Namespace) -> int:
         print(f"index: {index_dir}\nloading {choice.spec} ({choice.source})...", flush=True)
         embedder = load_embedder(choice.spec, provider=args.provider, form=args.form)
         print(describe(embedder), flush=True)
+        ocr = _ocr(args, embedder) if getattr(args, "ocr", True) else False
         try:
-            index, report = build_index(photos, index_dir, model=embedder)
+            index, report = build_index(photos, index_dir, model=embedder, ocr=ocr if ocr is not None else False)
         except ModelMismatchError:
             if not args.reindex:
                 raise
             print(f"re-embedding the index with {embedder.model_id} (notes are kept)", flush=True)
             with Index.open(index_dir) as old:
-                old.reindex(embedder)
-            index, report = build_index(photos, index_dir, model=embedder)
+                old.reindex(embedder, ocr=ocr if ocr is not None else False)
+            index, report = build_index(photos, index_dir, model=embedder, ocr=ocr if ocr is not None else False)
     except ModelMismatchError as e:
         print(f"edge-gcl app: error: {e} (--reindex re-embeds it with this model)", file=sys.stderr)
         return 1

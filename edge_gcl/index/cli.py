@@ -13,7 +13,12 @@ command that migrates the index).
 
 `search` hides results below the model's relevance cut-off (`--min-score`, default
 `default_min_score`: calibrated on the model's dev benchmark, recorded in its manifest) and says
-so on stderr; `--all` shows everything.
+so on stderr; `--all` shows everything. Words typed alone also find the items whose note or photo
+text holds them, listed first (`edge_gcl/index/words.py`).
+
+Commands that add photos read the words in them (OCR) with the graphs the artifacts folder ships,
+or, for a PyTorch model, the rapidocr wheel's where it is installed; `--no-ocr` turns it off and
+`index read-text` reads the photos indexed without it.
 """
 
 from __future__ import annotations
@@ -75,11 +80,34 @@ def _open(args: argparse.Namespace, *, model: bool = True, create: bool = False)
     print(f"loading {choice.spec} ({choice.source})...", file=sys.stderr, flush=True)
     embedder = load_embedder(choice.spec, provider=args.provider, form=args.form)
     print(describe(embedder), file=sys.stderr, flush=True)
+    ocr = _ocr(args, embedder)
     try:
-        return Index.open(folder, model=embedder, create=create)
+        return Index.open(folder, model=embedder, create=create, ocr=ocr)
     except ModelMismatchError as e:  # the exact command: this index, this model
         command = f"edge-gcl index reindex --index {Path(folder)}"  # as Index.open names it
         raise ModelMismatchError(str(e).replace(f"`{command}`", f"`{command} --model {choice.spec}`")) from None
+
+
+def _ocr(args: argparse.Namespace, embedder: object) -> Any:
+    """The OCR engine of a command that adds photos (None for the others, and with --no-ocr); says
+    on stderr what reads the words, or why nothing does."""
+    if args.command == "search" or not getattr(args, "ocr", True):
+        return None
+    from ..ocr import OcrEngine, load_ocr
+
+    engine = load_ocr(embedder, "auto", provider=args.provider, form=args.form)
+    if engine is None and getattr(embedder, "manifest", None) is None:  # a PyTorch model: the wheel's graphs
+        try:
+            engine = OcrEngine.from_package()
+        except FileNotFoundError as e:
+            print(f"words in photos are not read: {e}", file=sys.stderr)
+            return None
+    if engine is None:
+        print(f"words in photos are not read: {getattr(embedder, 'folder', 'the model')} ships no OCR graphs "
+              "(rebuild it with `python -m export.compile`)", file=sys.stderr)  # fmt: skip
+        return None
+    print(engine.description or repr(engine), file=sys.stderr, flush=True)
+    return engine
 
 
 def parse_pairs(pairs: list[str], *, flag: str) -> dict[str, Any]:
@@ -185,7 +213,20 @@ def cli_reindex(args: argparse.Namespace) -> int:
             print(f"loading {choice.spec} ({choice.source})...", file=sys.stderr, flush=True)
             embedder = load_embedder(choice.spec, provider=args.provider, form=args.form)
             print(describe(embedder), file=sys.stderr, flush=True)
-            _print_report(index.reindex(embedder, progress=True))
+            ocr = _ocr(args, embedder)
+            _print_report(index.reindex(embedder, progress=True, ocr=ocr if ocr is not None else False))
+
+    return _run(body)
+
+
+def cli_read_text(args: argparse.Namespace) -> int:
+    def body() -> None:
+        if not args.ocr:
+            raise ValueError("index read-text: reads the words in photos; --no-ocr leaves nothing to do")
+        with _open(args) as index:
+            if index.ocr is None:
+                raise RuntimeError("index read-text: no OCR engine for this model (see above)")
+            _print_report(index.read_text(progress=True))
 
     return _run(body)
 
@@ -223,6 +264,8 @@ def item_to_dict(item: Item) -> dict[str, Any]:
         d["taken"], d["taken_from"] = item.taken, item.taken_from
     if item.text is not None:
         d["text"] = item.text
+    if item.ocr:
+        d["ocr"] = item.ocr
     if item.meta:
         d["meta"] = item.meta
     return d
@@ -239,12 +282,14 @@ def terminal_text(text: str) -> str:
                          text)
 
 
-def _line(what_path: str | None, text: str | None) -> str:
-    """A list or search line's path and note snippet, terminal-safe (a note's text is anyone's)."""
+def _line(what_path: str | None, text: str | None, ocr: str | None = None) -> str:
+    """A list or search line's path, note and read-text snippets, terminal-safe (a note's text is anyone's, and
+    so are the words in a photo)."""
     what = what_path if what_path is not None else ""
-    if text is not None:
-        snippet = " ".join(text.split())
-        what = f"{what}  {snippet[:80]}{'...' if len(snippet) > 80 else ''}".strip()
+    for part, label in ((text, ""), (ocr, "reads: ")):
+        if part:
+            snippet = " ".join(part.split())
+            what = f"{what}  {label}{snippet[:80]}{'...' if len(snippet) > 80 else ''}".strip()
     return terminal_text(what)
 
 
@@ -281,7 +326,7 @@ def cli_list(args: argparse.Namespace) -> int:
         if items:
             print(f"{'id':<18}  {'kind':<10}  {'taken':<16}  photo or note")
         for it in items:
-            print(f"{it.id:<18}  {it.modality:<10}  {_when(it.taken):<16}  {_line(it.path, it.text)}")
+            print(f"{it.id:<18}  {it.modality:<10}  {_when(it.taken):<16}  {_line(it.path, it.text, it.ocr)}")
 
     return _run(body)
 
@@ -312,7 +357,8 @@ def cli_search(args: argparse.Namespace) -> int:
                 before=args.before, sort=args.sort, approximate=args.approximate,
             )  # fmt: skip
             vector = index.query_vector(args.query, args.image)  # embedded once, searched twice at most
-            options.update(query_modality=modality_of(args.query, args.image), cross_modal_offset=args.cross_modal_offset)
+            options.update(query_modality=modality_of(args.query, args.image), cross_modal_offset=args.cross_modal_offset,
+                           words=args.query if args.image is None else None)  # fmt: skip
             hits = index.search(vector=vector, min_score=cutoff, **options)
             hidden = 0
             if cutoff is not None and len(hits) < args.k:  # how many the cut-off hid, of the k shown without it
@@ -334,6 +380,8 @@ def cli_search(args: argparse.Namespace) -> int:
             print(f"{head}  {'kind':<10}  {'taken':<16}  {'id':<18}  photo or note")
         for h in hits:
             score = f"  {h.score:7.4f}" if offset else ""
-            print(f"  {h.cosine:7.4f}{score}  {h.modality:<10}  {_when(h.taken):<16}  {h.id:<18}  {_line(h.path, h.text)}")
+            mark = "=" if h.matched else " "  # "=": its note or photo text holds the query's words
+            print(f"  {h.cosine:7.4f}{score}{mark} {h.modality:<10}  {_when(h.taken):<16}  {h.id:<18}  "
+                  f"{_line(h.path, h.text, h.ocr)}")
 
     return _run(body)

@@ -7,6 +7,11 @@ A long note is stored as one vector per chunk; an item's score is the max over i
 (for photo+note: over normalize(e_i + e_chunk)), plus the model's cross-modal offset when the
 item's modality differs from the query's (`search`).
 
+Words in photos: with an OCR engine (`ocr=`, on by default where the model's artifacts ship the
+PP-OCR graphs; `edge_gcl.ocr`), each photo's text is read at ingest and stored with it
+(`Item.ocr`); it adds chunks to the photo's vectors (`OCR_VECTORS`) and is searchable word for
+word with the notes (`words.py`, which states how word matches merge into the ranking).
+
 Photos are re-embedded only when their content changed: size and mtime first, then SHA-256.
 Ingest commits every `batch_size` photos, so a killed process loses at most the current batch;
 an input that cannot be used is listed in the report with a reason and never stops the ingest.
@@ -29,7 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import filelock
 import numpy as np
@@ -39,6 +44,7 @@ from ..embedding import Embedder, fuse, modality_offset, modality_offsets, model
 from ..tokenizer import check_text
 from ..transform import ImageDecodeError
 from .sources import (
+    MAX_NOTE_CHARS,
     abspath,
     capture_time,
     check_note,
@@ -64,6 +70,10 @@ from .store import (
     dump_meta,
 )
 from .vectors import ApproximateIndex, VectorMatrix, scan_bytes, top_rows
+from .words import matching_keys
+
+if TYPE_CHECKING:
+    from ..ocr import OcrEngine
 
 INDEX_FILE = "index.sqlite"
 APPROXIMATE_FILE = "index.usearch"
@@ -72,6 +82,11 @@ VECTORS_FILE = "index.vectors"  # the stored vectors packed for a memory-mapped 
 # or False forces either); below it exact search is one scan of the memory-mapped (V, D) matrix in the
 # stored dtype (V x D x 1, 2 or 4 bytes: 25-100 MB and a few ms per query at 100k x 256; see vectors.py).
 APPROXIMATE_MIN_VECTORS = 100_000
+# How a photo's OCR text joins its vectors: "fused", one chunk normalize(e_photo + e_text) per chunk of
+# the text (a photo+note, as GCL trains); "text", the text's own vectors e_text; "both". Chosen on the
+# dev half of `python -m benchmarks.ocr` (docs/ocr.md).
+OCR_VECTORS: Literal["fused", "text", "both"] = "fused"
+MAX_OCR_CHUNKS = 8  # a document photo's text beyond this many chunks is stored and word-searchable only
 
 
 _DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?)?)?)?")
@@ -198,6 +213,8 @@ class Hit:
     meta: dict[str, Any]
     chunk: int = 0  # which chunk of a long note matched best
     taken: str | None = None  # photos: 'YYYY-MM-DDTHH:MM:SS', when it was taken (local time)
+    ocr: str | None = None  # photos: the text read in it
+    matched: bool = False  # the query's words are in its note or OCR text (words.py's merge rule)
     cosine: float | None = None  # the score without the offset, in [-1, 1] (None: the score's)
 
     def __post_init__(self) -> None:  # float16 / int8 vectors can put a photo's own cosine at 1.0001
@@ -213,6 +230,10 @@ class Hit:
             d["taken"] = self.taken
         if self.text is not None:
             d["text"] = self.text
+        if self.ocr:
+            d["ocr"] = self.ocr
+        if self.matched:
+            d["matched"] = True
         if self.meta:
             d["meta"] = self.meta
         return d
@@ -300,10 +321,11 @@ class Index:
     open the same index; one writes at a time (SQLite WAL), readers never wait for it.
     """
 
-    def __init__(self, store: Store, embedder: Embedder | None, folder: Path) -> None:
+    def __init__(self, store: Store, embedder: Embedder | None, folder: Path, ocr: OcrEngine | None = None) -> None:
         self.store = store
         self.folder = folder
         self._embedder = embedder
+        self.ocr = ocr  # reads the text in photos at ingest (None: off)
         self._vectors = VectorMatrix(store, cache=folder / VECTORS_FILE)
         # (vectors.version, row -> modality code, {(query modality, offset): (V,) offsets})
         self._offset_rows: tuple[int, np.ndarray, dict[tuple[str, float], np.ndarray]] | None = None
@@ -323,6 +345,7 @@ class Index:
         provider: str = "cpu",
         form: str | None = None,
         timeout_s: float = 30.0,
+        ocr: OcrEngine | bool | Literal["auto"] | None = "auto",
     ) -> Index:
         """Open the index at `path` (a folder holding index.sqlite, or a `.sqlite` file).
 
@@ -332,7 +355,9 @@ class Index:
         len / in / [] / remove / stats / reindex and `search(vector=...)` work, ingest and text or
         image search do not. `provider` and `form` choose how an artifacts folder runs
         (`edge_gcl.runtime.OnnxEmbedder`). `dtype` ("float16", "int8" with a per-vector scale, or
-        "float32") applies when creating.
+        "float32") applies when creating. `ocr` reads the words in photos at ingest: "auto" when the
+        model's artifacts folder ships the OCR graphs (`edge_gcl.ocr.load_ocr`), True to require it
+        (a PyTorch model takes the rapidocr wheel's graphs), False never, or an `OcrEngine`.
         """
         path = Path(path)
         file = path if path.suffix in (".sqlite", ".db") or path.is_file() else path / INDEX_FILE
@@ -341,10 +366,13 @@ class Index:
                 f"{file}: no index here (create one with `edge-gcl index add` or create=True)"
             )
         embedder = None
+        engine = ocr if not isinstance(ocr, (bool, str)) else None
         if model is not None:
+            from ..ocr import load_ocr
             from ..runtime import load_embedder
 
             embedder = load_embedder(model, provider=provider, form=form)  # type: ignore[arg-type]
+            engine = load_ocr(embedder, ocr, provider=provider, form=form)
         store = Store.open(
             file,
             create=create,
@@ -354,7 +382,7 @@ class Index:
             dtype=dtype,
             timeout_s=timeout_s,
         )
-        index = cls(store, embedder, file.parent)
+        index = cls(store, embedder, file.parent, engine)
         try:
             if embedder is not None:
                 index._check_model(embedder)
@@ -537,6 +565,18 @@ class Index:
         with self._ingest_lock(progress):
             return self._sync(root, batch_size=batch_size, progress=progress)
 
+    def read_text(self, *, batch_size: int = 32, progress: bool = True) -> IngestReport:
+        """Read the text in every photo not read yet (indexed before OCR, or with it off) and add it
+        to its vectors and the words table; the photos read are `report.updated`. Needs an OCR engine
+        (`Index.open(..., ocr=...)`)."""
+        if self.ocr is None:
+            raise RuntimeError(f"{self.store.path}: no OCR engine (open the index with a model that ships one, or ocr=True)")
+        with self._ingest_lock(progress):
+            unread = [it.path for it in self.store.all_items(where_sql="WHERE path IS NOT NULL AND ocr IS NULL")]
+            report = IngestReport()
+            self._ingest([p for p in unread if p is not None], report, meta=None, batch_size=batch_size, progress=progress)
+        return report
+
     def _sync(self, root: Path, *, batch_size: int, progress: bool) -> IngestReport:
         files, problems = list_photos(root)
         files = self._not_excluded(files)
@@ -586,15 +626,20 @@ class Index:
         if isinstance(st, str):
             raise ImageDecodeError(f"{photo}: {st}")
         sha = sha256_file(path)
-        (vectors,) = self._embed_sources([(path, text)], self.embedder)
+        item_id = photo_id(path)
+        existing = self.store.get(item_id)
+        ocr = existing.ocr if existing is not None and existing.sha256 == sha and existing.ocr is not None else None
+        if ocr is None:
+            (ocr,) = self._read_texts([path])
+        (vectors,) = self._embed_sources([(path, text)], self.embedder, ocr=[ocr])
         if isinstance(vectors, str):
             raise ImageDecodeError(f"{photo}: {vectors}")
-        item_id = photo_id(path)
         with self.store.write() as conn:
             conn.execute("DELETE FROM excluded WHERE path = ?", (path,))  # named: taken back if removed
             key = self.store.upsert(
                 conn, item_id=item_id, modality="photo+note", path=path, text=text, meta=meta,
                 size_bytes=st.st_size, mtime_ns=mtime_ns(st), sha256=sha, taken=capture_time(path, st.st_mtime_ns),
+                ocr=ocr,
             )  # fmt: skip
             self.store.set_vectors(conn, key, vectors)
         return item_id
@@ -725,7 +770,8 @@ class Index:
                 existing = self.store.get(photo_id(path))
                 has_photo = existing is not None and existing.modality != "note"
                 meta_changed = meta is not None and existing is not None and dict(meta) != existing.meta
-                if has_photo and (existing.size_bytes, existing.mtime_ns) == (st.st_size, mtime_ns(st)):
+                unread = has_photo and self.ocr is not None and existing.ocr is None  # indexed without OCR
+                if has_photo and not unread and (existing.size_bytes, existing.mtime_ns) == (st.st_size, mtime_ns(st)):
                     if meta_changed or existing.taken is None:  # no date yet: indexed by an older edge-gcl
                         touch.append((path, st, existing, meta_changed))
                     else:
@@ -736,18 +782,20 @@ class Index:
                 except OSError as e:
                     report.skipped.append(Skip(path, reason(e, path)))
                     continue
-                if has_photo and existing.sha256 == sha:
+                if has_photo and not unread and existing.sha256 == sha:
                     touch.append((path, st, existing, meta_changed))
                 else:
                     embed.append((path, st, sha, existing))
+            texts = self._read_texts([p for p, _, _, _ in embed])
             vectors = self._embed_sources(
                 [(p, e.text if e is not None else None) for p, _, _, e in embed],
                 embedder,
                 batch_size=batch_size,
+                ocr=texts,
             )
             done: list[tuple[list[str], str]] = []
             with self.store.write() as conn:
-                for (path, st, sha, existing), v in zip(embed, vectors, strict=True):
+                for (path, st, sha, existing), v, ocr in zip(embed, vectors, texts, strict=True):
                     if isinstance(v, str):
                         report.skipped.append(Skip(path, v))  # the stored item (if any) is kept as it was
                         continue
@@ -755,7 +803,7 @@ class Index:
                     key = self.store.upsert(
                         conn, item_id=photo_id(path), modality="photo+note" if text else "photo", path=path,
                         text=text, meta=meta, size_bytes=st.st_size, mtime_ns=mtime_ns(st), sha256=sha,
-                        taken=capture_time(path, st.st_mtime_ns),
+                        taken=capture_time(path, st.st_mtime_ns), ocr=ocr,
                     )  # fmt: skip
                     self.store.set_vectors(conn, key, v)
                     done.append((report.updated if existing is not None else report.added, photo_id(path)))
@@ -779,12 +827,25 @@ class Index:
             bar.update(len(batch))
         bar.close()
 
+    def _read_texts(self, paths: Sequence[str]) -> list[str | None]:
+        """The text read in each photo ("" none), or None: OCR is off, or the photo cannot be decoded
+        (embedding it says why)."""
+        if self.ocr is None or not paths:
+            return [None] * len(paths)
+        return [r.text if not isinstance(r, str) else None for r in self.ocr.read_many(paths)]
+
     def _embed_sources(
-        self, sources: Sequence[tuple[str | None, str | None]], embedder: Embedder, *, batch_size: int = 32
+        self,
+        sources: Sequence[tuple[str | None, str | None]],
+        embedder: Embedder,
+        *,
+        batch_size: int = 32,
+        ocr: Sequence[str | None] | None = None,
     ) -> list[np.ndarray | str]:
         """Per (photo path | None, note | None): its (C, D) search vectors, or a reason string when
         the photo cannot be used. Photos are embedded in one batch, falling back to one at a time
-        to isolate bad files; notes are chunked and all chunks embedded together."""
+        to isolate bad files; notes are chunked and all chunks embedded together. `ocr[i]`, the text
+        read in photo i, adds up to MAX_OCR_CHUNKS rows after its own (`OCR_VECTORS` says how)."""
         paths = list(dict.fromkeys(p for p, _ in sources if p is not None))
         images: dict[str, np.ndarray | str] = {}
         if paths:
@@ -800,22 +861,33 @@ class Index:
                         images[p] = reason(e, p)
         tokenizer = getattr(embedder, "tokenizer", None)
         chunks = [chunk_note(t, tokenizer) if t is not None else [] for _, t in sources]
-        flat = [c for cs in chunks for c in cs]
+        read = [
+            chunk_note(t[:MAX_NOTE_CHARS], tokenizer)[:MAX_OCR_CHUNKS] if t and p is not None else []
+            for (p, _), t in zip(sources, ocr or [None] * len(sources), strict=True)
+        ]
+        flat = [c for cs in chunks for c in cs] + [c for rs in read for c in rs]
         text_vectors = (
             embedder.embed_texts(flat, batch_size=64) if flat else np.zeros((0, embedder.embed_dim))
         )
         out: list[np.ndarray | str] = []
         offset = 0
-        for (p, _), cs in zip(sources, chunks, strict=True):
+        ocr_offset = sum(len(cs) for cs in chunks)
+        for (p, _), cs, rs in zip(sources, chunks, read, strict=True):
             t = np.asarray(text_vectors[offset : offset + len(cs)], np.float32)  # (C, D)
             offset += len(cs)
+            r = np.asarray(text_vectors[ocr_offset : ocr_offset + len(rs)], np.float32)  # (R, D)
+            ocr_offset += len(rs)
             image = images.get(p) if p is not None else None
             if isinstance(image, str):
                 out.append(image)
             elif image is None:
                 out.append(t)
             else:
-                out.append(fuse(image[None, :], t) if len(cs) else np.asarray(image, np.float32)[None, :])
+                rows = fuse(image[None, :], t) if len(cs) else np.asarray(image, np.float32)[None, :]
+                if len(rs):
+                    extra = {"fused": [fuse(image[None, :], r)], "text": [r], "both": [fuse(image[None, :], r), r]}
+                    rows = np.concatenate([rows, *extra[OCR_VECTORS]])
+                out.append(rows)
         return out
 
     # --- searching -------------------------------------------------------------------------
@@ -836,6 +908,7 @@ class Index:
         sort: Literal["score", "date"] = "score",
         query_modality: Modality | None = None,
         cross_modal_offset: float | None = None,
+        words: str | None = None,
     ) -> list[Hit]:
         """The `k` best items for a text, a photo (path or PIL image), or both (fused), best first.
 
@@ -856,6 +929,10 @@ class Index:
         is the model's calibrated one). `after` <= taken < `before` keeps photos by when they were
         taken (`parse_date`: "2024", "2024-07", "2024-07-31", datetimes; notes have no date and
         drop out). `sort="date"`: the `k` newest of the items above `min_score`, newest first.
+
+        `words`: items whose note or OCR text contains every word of it (substrings, case and accents
+        ignored) come first, whatever `min_score` (`Hit.matched`; the rule is in `words.py`). By
+        default the query text when the query is words alone; "" turns it off.
         """
         after, before = check_search_options(k=k, min_score=min_score, after=after, before=before,
                                              cross_modal_offset=cross_modal_offset)
@@ -870,6 +947,8 @@ class Index:
             raise ValueError(f"query_modality {query_modality!r}: expected one of {list(MODALITIES)}")
         if vector is None:
             query_modality = modality_of(text, image)
+            if words is None and image is None:
+                words = text
         if cross_modal_offset is None:
             cross_modal_offset = default_cross_modal_offset(self._embedder)
         query = self._query(text, image, vector)  # (D,) float32, unit norm
@@ -884,22 +963,33 @@ class Index:
             if not len(vectors):
                 return []
             mask = None
+            keys = None
             if modalities is not None or where or after is not None or before is not None:
                 keys = self.store.filter_keys(modalities, where, after=after, before=before)
                 mask = np.isin(vectors.items, keys)
             use_approximate = len(vectors) >= APPROXIMATE_MIN_VECTORS if approximate is None else approximate
             wanted = k if sort == "score" else len(self)  # by date: every item above the cut-off, then k
             offsets = self._row_offsets(query_modality, float(cross_modal_offset)) if query_modality else None
+            matched: list[tuple[int, float, int]] = []
+            if words and words.strip():  # words.py's merge rule: the items holding the words first
+                with self.store.lock:
+                    found = matching_keys(self.store.conn, words, within=keys)
+                if len(found):
+                    in_found = np.isin(vectors.items, found)
+                    matched = self._search_exact(query, min(wanted, len(found)), in_found, offsets)
+                    mask = ~in_found if mask is None else mask & ~in_found
             if use_approximate:
                 ranked = self._search_approximate(query, wanted, mask, offsets)
             else:
                 ranked = self._search_exact(query, wanted, mask, offsets)
             if min_score is not None:
                 ranked = [r for r in ranked if r[1] >= min_score]
+            ranked = (matched + ranked)[:wanted]
             items = self.store.items_by_key([key for key, _, _ in ranked])
+        first = {key for key, _, _ in matched}
         offset = float(cross_modal_offset) if query_modality else 0.0
         hits = [
-            Hit(it.id, score, it.modality, it.path, it.text, it.meta, chunk, it.taken,
+            Hit(it.id, score, it.modality, it.path, it.text, it.meta, chunk, it.taken, it.ocr, key in first,
                 cosine=score - modality_offset(query_modality, it.modality, offset) if offset else score)
             for key, score, chunk in ranked
             if (it := items.get(key)) is not None
@@ -1054,9 +1144,13 @@ class Index:
         form: str | None = None,
         batch_size: int = 32,
         progress: bool = True,
+        ocr: OcrEngine | bool | Literal["auto"] | None = "auto",
         drop_unreadable: bool = False,
     ) -> IngestReport:
         """Re-embed every item with another model, atomically.
+
+        `ocr` (as in `Index.open`, for the new model) reads the text in the photos not read yet;
+        text already read is kept and embedded with the new model.
 
         Vectors are computed from the stored sources (photo files, note texts) into a staging
         table, committed in batches (readers keep searching the old model meanwhile), then
@@ -1066,13 +1160,23 @@ class Index:
         then such a photo is removed (photo+note: keeps its note as a "note"); see `report.skipped`.
         """
         with self._ingest_lock(progress):
-            return self._reindex(model, provider=provider, form=form, batch_size=batch_size, progress=progress,
-                                 drop_unreadable=drop_unreadable)
+            return self._reindex(
+                model, provider=provider, form=form, batch_size=batch_size, progress=progress, ocr=ocr,
+                drop_unreadable=drop_unreadable,
+            )
 
     def _reindex(
-        self, model: Embedder | str | Path, *, provider: str, form: str | None, batch_size: int, progress: bool,
+        self,
+        model: Embedder | str | Path,
+        *,
+        provider: str,
+        form: str | None,
+        batch_size: int,
+        progress: bool,
+        ocr: OcrEngine | bool | str,
         drop_unreadable: bool,
     ) -> IngestReport:
+        from ..ocr import load_ocr
         from ..runtime import load_embedder
 
         if not drop_unreadable:  # before the model loads: an unplugged card fails at once
@@ -1081,6 +1185,10 @@ class Index:
             if missing:
                 raise UnreadablePhotosError(self.store.path, missing)
         new = load_embedder(model, provider=provider, form=form)  # type: ignore[arg-type]
+        engine = load_ocr(new, ocr, provider=provider, form=form)  # type: ignore[arg-type]
+        if engine is not None or not ocr:
+            self.ocr = engine
+        read: dict[int, str] = {}  # key -> text read now (stored with the swap)
         report = IngestReport()
         with self.store.write() as conn:
             conn.execute("DROP TABLE IF EXISTS reindex_staging")
@@ -1093,7 +1201,7 @@ class Index:
             fate: dict[int, str] = {}  # key -> "remove" | "note"
             bar = tqdm(total=len(items), unit="item", desc="reindex", disable=not progress)
             for start in range(0, len(items), batch_size):
-                self._stage(items[start : start + batch_size], new, fate, report, batch_size)
+                self._stage(items[start : start + batch_size], new, fate, report, batch_size, read)
                 if fate and not drop_unreadable:  # a photo that no longer decodes
                     raise UnreadablePhotosError(self.store.path, [(s.input, s.reason) for s in report.skipped])
                 bar.update(min(batch_size, len(items) - start))
@@ -1105,7 +1213,7 @@ class Index:
                     for it in self.store.all_items()
                     if staged.get(it.key) != it.updated and it.key not in fate
                 ]
-                self._stage(late, new, fate, report, batch_size)  # changed while we worked
+                self._stage(late, new, fate, report, batch_size, read)  # changed while we worked
                 if fate and not drop_unreadable:
                     raise UnreadablePhotosError(self.store.path, [(s.input, s.reason) for s in report.skipped])
                 for key, what in fate.items():
@@ -1117,6 +1225,9 @@ class Index:
                             "sha256 = NULL, taken = NULL, taken_from = NULL WHERE key = ?",
                             (key,),
                         )
+                conn.executemany(
+                    "UPDATE items SET ocr = ? WHERE key = ? AND path IS NOT NULL", [(t, k) for k, t in read.items()]
+                )
                 conn.execute("DELETE FROM embeddings")
                 conn.execute(
                     "INSERT INTO embeddings (item, chunk, vector, scale) SELECT s.item, s.chunk, s.vector, s.scale "
@@ -1153,10 +1264,19 @@ class Index:
         fate: dict[int, str],
         report: IngestReport,
         batch_size: int,
+        read: dict[int, str],
     ) -> None:
         if not items:
             return
-        vectors = self._embed_sources([(it.path, it.text) for it in items], embedder, batch_size=batch_size)
+        unread = [it for it in items if it.path is not None and it.ocr is None and it.key not in read]
+        read.update(
+            (it.key, text) for it, text in zip(unread, self._read_texts([it.path for it in unread]), strict=True)
+            if text is not None
+        )  # fmt: skip
+        texts = [it.ocr if it.ocr is not None else read.get(it.key) for it in items]
+        vectors = self._embed_sources(
+            [(it.path, it.text) for it in items], embedder, batch_size=batch_size, ocr=texts
+        )
         notes = [
             (it, v)
             for it, v in zip(items, vectors, strict=True)

@@ -17,6 +17,7 @@ rebuilt from it. Schema, format 2::
                 taken TEXT                       photos: when it was taken, local wall-clock time
                                                  'YYYY-MM-DDTHH:MM:SS' (NULL for notes)
                 taken_from TEXT                  'exif' (DateTimeOriginal) | 'mtime' (the file's)
+                ocr TEXT                         photos: the text read in it ('' none; NULL not read)
                 created, updated REAL            unix seconds
     embeddings  vid INTEGER PRIMARY KEY AUTOINCREMENT   never reused: a vid's vector never changes
                 item INTEGER -> items(key) ON DELETE CASCADE
@@ -25,6 +26,8 @@ rebuilt from it. Schema, format 2::
                 scale REAL                       int8 only: value = int8 * scale (NULL otherwise)
     excluded    path TEXT PRIMARY KEY, removed REAL   photos removed by hand: folder adds and syncs
                                                  skip them until the file is added by name
+    item_words  FTS5 (trigram) over each item's folded note + OCR text, rowid = items.key, kept
+                in step by triggers (`words.py`)
 
 Connections use WAL (readers never block the writer), `synchronous=FULL` (a committed batch
 survives power loss), `foreign_keys=ON` and a busy timeout; every write is one
@@ -36,10 +39,12 @@ refused as it is (`NotAnIndexError`). A file or folder that cannot be written op
 and search work). Every SQLite error names the file (`named`); a damaged file (SQLite's "malformed")
 says how to repair it, and a connection runs `PRAGMA quick_check` before its first write, so nothing
 is written into a damaged file (0.14-0.23 s for 100k x 512 float16, 155 MB, on 2 loaded cores).
-`salvage` reads what a damaged file still holds, for `Index.repair`.
+`salvage` reads what a damaged file still holds, for `edge_gcl.index.repair`.
 
-Format 1 (before capture dates) is migrated in place on open: the two columns are added empty
-and the next `add_photos` / `sync` fills them, without re-embedding anything.
+Older formats are migrated in place on open, without re-embedding anything. Format 1 (before
+capture dates): the two columns are added empty and the next `add_photos` / `sync` fills them.
+Format 2 (before OCR): the `ocr` column is added empty and the words table built from the notes;
+`edge-gcl index read-text` (or a reindex) reads the photos.
 """
 
 from __future__ import annotations
@@ -58,7 +63,9 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-FORMAT_VERSION = 2
+from . import words
+
+FORMAT_VERSION = 3
 
 VectorDType = Literal["float16", "int8", "float32"]
 Modality = Literal["photo", "note", "photo+note"]
@@ -81,6 +88,7 @@ _SCHEMA = [
         updated REAL NOT NULL,
         taken TEXT,
         taken_from TEXT,
+        ocr TEXT,
         CHECK ((modality = 'note') = (path IS NULL)),
         CHECK ((modality = 'photo') = (text IS NULL))
     )""",
@@ -93,6 +101,7 @@ _SCHEMA = [
         UNIQUE (item, chunk)
     )""",
     "CREATE INDEX IF NOT EXISTS items_taken ON items (taken)",
+    *words.SCHEMA,
 ]
 # created on every open when missing (added within format 2: no version change needed)
 _EXCLUDED = "CREATE TABLE IF NOT EXISTS excluded (path TEXT PRIMARY KEY, removed REAL NOT NULL) WITHOUT ROWID"
@@ -103,6 +112,7 @@ _MIGRATIONS = {
         "ALTER TABLE items ADD COLUMN taken_from TEXT",
         "CREATE INDEX IF NOT EXISTS items_taken ON items (taken)",
     ],
+    2: [words.migrate],  # a statement, or a function of the connection
 }
 
 
@@ -221,11 +231,12 @@ class Item:
     sha256: str | None = None
     taken: str | None = None  # photos: 'YYYY-MM-DDTHH:MM:SS', local time it was taken
     taken_from: str | None = None  # 'exif' (DateTimeOriginal) or 'mtime' (the file's)
+    ocr: str | None = None  # photos: the text read in it ("" none found; None not read)
     key: int = -1  # internal row key
 
 
 _ITEM_COLUMNS = (
-    "id, modality, path, text, meta, created, updated, size_bytes, mtime_ns, sha256, taken, taken_from, key"
+    "id, modality, path, text, meta, created, updated, size_bytes, mtime_ns, sha256, taken, taken_from, ocr, key"
 )
 
 
@@ -307,6 +318,7 @@ class Store:
                                    check_same_thread=False, factory=_Connection)
         conn.path = self.path  # type: ignore[attr-defined]
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+        words.register(conn)  # the words table's triggers fold text with it
         return conn
 
     def _reopen_read_only(self) -> None:
@@ -574,23 +586,25 @@ class Store:
         mtime_ns: int | None = None,
         sha256: str | None = None,
         taken: tuple[str, str] | None = None,
+        ocr: str | None = None,
     ) -> int:
         """Insert or update an item by id; `meta=None` keeps the stored metadata; `taken` is a photo's
-        (time, 'exif' | 'mtime') from `sources.capture_time`. Returns its key."""
+        (time, 'exif' | 'mtime') from `sources.capture_time`; `ocr` the text read in it ("" none,
+        None not read). Returns its key."""
         now = time.time()
         meta_json = dump_meta(meta) if meta is not None else None
         when, source = taken if taken is not None else (None, None)
         row = conn.execute(
             """INSERT INTO items (id, modality, path, text, meta, size_bytes, mtime_ns, sha256, taken, taken_from,
-                                 created, updated)
-               VALUES (?, ?, ?, ?, coalesce(?, '{}'), ?, ?, ?, ?, ?, ?, ?)
+                                 ocr, created, updated)
+               VALUES (?, ?, ?, ?, coalesce(?, '{}'), ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (id) DO UPDATE SET
                    modality = excluded.modality, path = excluded.path, text = excluded.text,
                    meta = coalesce(?, items.meta), size_bytes = excluded.size_bytes,
                    mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, taken = excluded.taken,
-                   taken_from = excluded.taken_from, updated = excluded.updated
+                   taken_from = excluded.taken_from, ocr = excluded.ocr, updated = excluded.updated
                RETURNING key""",
-            (item_id, modality, path, text, meta_json, size_bytes, mtime_ns, sha256, when, source, now, now,
+            (item_id, modality, path, text, meta_json, size_bytes, mtime_ns, sha256, when, source, ocr, now, now,
              meta_json),
         ).fetchone()
         return int(row[0])
@@ -723,7 +737,7 @@ class Store:
 # --- salvaging a damaged file ------------------------------------------------------------------
 
 ITEM_COLUMNS = ("key", "id", "modality", "path", "text", "meta", "size_bytes", "mtime_ns", "sha256", "created",
-                "updated", "taken", "taken_from")
+                "updated", "taken", "taken_from", "ocr")
 EMBEDDING_COLUMNS = ("vid", "item", "chunk", "vector", "scale")
 
 
@@ -750,9 +764,19 @@ def salvage(path: Path, *, timeout_s: float = 30.0) -> Salvaged:
         conn, unreadable = store.conn, []
 
         def table(name: str, columns: Sequence[str], *, rowid: bool) -> list[tuple[Any, ...]]:
-            rows, complete = _walk(conn, name, columns, rowid=rowid)
+            try:  # an older format lacks some columns (format 2 has no ocr): read those it has, None for the rest
+                present = {r[1] for r in conn.execute(f"PRAGMA table_info({name})").fetchall()}
+            except sqlite3.DatabaseError:
+                present = set(columns)
+            have = [c for c in columns if c in present]
+            if columns[0] not in have:
+                unreadable.append(name)
+                return []
+            rows, complete = _walk(conn, name, have, rowid=rowid)
             if not complete:
                 unreadable.append(name)
+            if len(have) < len(columns):
+                rows = [tuple(dict(zip(have, row, strict=True)).get(c) for c in columns) for row in rows]
             return rows
 
         meta = dict(table("meta", ("key", "value"), rowid=False))
@@ -819,7 +843,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         version = -1
     while version in _MIGRATIONS:
         for statement in _MIGRATIONS[version]:
-            conn.execute(statement)
+            statement(conn) if callable(statement) else conn.execute(statement)
         version += 1
         conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (str(version),))
 

@@ -159,6 +159,9 @@ function card(hit) {
       isPhoto && el("div", {className: "name", title: hit.path, textContent: hit.name}),
       hit.taken && el("div", {className: "date", title: "taken (local time)", textContent: shownDate(hit.taken)}),
       isPhoto && hit.text && el("p", {className: "note-text", textContent: hit.text}),
+      isPhoto && hit.ocr && el("p", {className: "ocr-text", title: "the words read in this photo" +
+                                     (hit.matched ? " (they hold your search's words)" : ""),
+                                     textContent: hit.ocr}),
       el("div", {className: "actions"},
         isPhoto && el("button", {type: "button", className: "link", textContent: hit.text ? "Edit note" : "Add note",
                                  onclick: () => attachTo(hit)}),

@@ -1,0 +1,40 @@
+"""Words in photos: PP-OCR on edge-gcl's own ONNX Runtime sessions (`engine.py`), its graphs'
+contract (`contract.py`) and the numpy geometry that replaces OpenCV (`boxes.py`)."""
+
+from __future__ import annotations
+
+from .contract import GRAPHS, OcrConfig, OcrFiles
+from .engine import OcrEngine, OcrLine, OcrResult
+
+__all__ = ["GRAPHS", "OcrConfig", "OcrEngine", "OcrFiles", "OcrLine", "OcrResult", "load_ocr"]
+
+
+def load_ocr(
+    embedder: object, ocr: OcrEngine | bool | str | None = "auto", *, provider: str = "cpu", form: str | None = None
+) -> OcrEngine | None:
+    """The OCR engine an index uses beside `embedder`.
+
+    `ocr`: an `OcrEngine` (returned as is); False or None (none); "auto": the OCR graphs of the embedder's
+    artifacts folder when its manifest lists them, run like its towers (`provider`, `form`), else
+    none; True: the same, but a model whose folder has none (a PyTorch model) takes the rapidocr
+    wheel's float graphs (the `[export]` extra), and FileNotFoundError says so where it is missing.
+    """
+    if isinstance(ocr, OcrEngine) or hasattr(ocr, "read_many"):  # an engine, or one that stands for it
+        return ocr  # type: ignore[return-value]
+    if ocr is False or ocr is None:
+        return None
+    if ocr not in (True, "auto"):
+        raise ValueError(f"ocr {ocr!r}: expected True, False, 'auto' or an OcrEngine")
+    from .artifacts import from_artifacts, has_ocr
+
+    manifest = getattr(embedder, "manifest", None)
+    folder = getattr(embedder, "folder", None)
+    if manifest is not None and folder is not None and has_ocr(manifest):
+        return from_artifacts(folder, manifest, provider=provider, form=form or getattr(embedder, "form", None))
+    if ocr is True:
+        if manifest is not None:
+            raise FileNotFoundError(
+                f"{folder}: these artifacts have no OCR graphs; rebuild them with `python -m export.compile`"
+            )
+        return OcrEngine.from_package()
+    return None

@@ -1,0 +1,308 @@
+"""Words in photos: the OCR engine (PP-OCR graphs of the rapidocr wheel on edge-gcl's own ONNX
+Runtime sessions), the words table and its merge into search, the CLI, the app, an old index
+gaining text, and the OCR graphs compiled for the HTP (emulated; slow, one test).
+
+The photos are drawn here (matplotlib's DejaVu font, always installed with the dev extra); the
+embedder is test_runtime's tiny ONNX model, so rankings by vectors mean little and the tests check
+what the words do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_runtime import make_artifacts  # noqa: E402
+
+from edge_gcl.index import FORMAT_VERSION, Index, chunk_note, photo_id  # noqa: E402
+from edge_gcl.index.words import fold, matching_keys, terms  # noqa: E402
+from edge_gcl.ocr.boxes import find_boxes, min_area_rect, side_lengths  # noqa: E402
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("rapidocr") is None, reason="the [export] extra (rapidocr's models)")
+
+LINES = ["Boarding pass", "Gate B22  Seat 14C", "Café crème 3,50", "RE16 TGK"]
+
+
+def font(size: int) -> ImageFont.FreeTypeFont:
+    import matplotlib
+
+    return ImageFont.truetype(str(Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+
+
+def screenshot(lines: list[str] = LINES, size: tuple[int, int] = (720, 400)) -> Image.Image:
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    for i, line in enumerate(lines):
+        d.text((30, 30 + 80 * i), line, fill=(20, 20, 20), font=font(44))
+    return img
+
+
+def save_sideways_with_exif(img: Image.Image, path: Path) -> Path:
+    """Stored turned by 90 degrees counter-clockwise, with EXIF orientation 6 (the viewer turns it back)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.rotate(90, expand=True).save(path, "JPEG", quality=95, exif=exif.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from edge_gcl.ocr import OcrEngine
+
+    return OcrEngine.from_package()
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, engine):
+    """A folder: the screenshot upright, turned 90 degrees in its pixels, stored sideways with EXIF,
+    and two text-free photos; an index of it with OCR on."""
+    root = tmp_path_factory.mktemp("ocr")
+    photos = root / "photos"
+    photos.mkdir()
+    screenshot().save(photos / "upright.png")
+    screenshot(["Lease agreement", "RE16 TGK"]).rotate(90, expand=True).save(photos / "turned.png")
+    save_sideways_with_exif(screenshot(["Croissant 1,20", "Zürich"]), photos / "exif.jpg")
+    for i in range(2):  # text-free: smooth colour ramps
+        ramp = np.linspace(0, 255, 320, dtype=np.float32)[None, :, None] * np.array([1.0, 0.5 + 0.4 * i, 0.2])
+        Image.fromarray(np.repeat(ramp, 240, axis=0).astype(np.uint8)).save(photos / f"noise{i}.jpg")
+    artifacts = make_artifacts(root / "artifacts")
+    index = Index.open(root / "idx", model=str(artifacts), ocr=engine)
+    report = index.add_photos(photos, progress=False)
+    assert len(report.added) == 5 and not report.skipped
+    yield index, photos, artifacts
+    index.close()
+
+
+# --- the engine --------------------------------------------------------------------------------
+
+
+def test_a_screenshot_is_read_upright_turned_in_its_pixels_and_turned_by_exif(engine, tmp_path) -> None:
+    upright = engine.read_image(screenshot()).text
+    assert upright.splitlines() == ["Boarding pass", "Gate B22 Seat 14C", "Café crème 3,50", "RE16 TGK"]
+    for degrees in (90, 180, 270):  # turned in the pixels: tall boxes turned back, 180 by the classifier
+        assert engine.read_image(screenshot().rotate(degrees, expand=True)).text == upright, degrees
+    assert engine.read(save_sideways_with_exif(screenshot(), tmp_path / "sideways.jpg")).text == upright
+
+
+def test_a_photo_without_text_stops_after_the_gate(engine) -> None:
+    plain = Image.new("RGB", (640, 480), (90, 140, 200))
+    result = engine.read_image(plain)
+    assert result.text == "" and "gate" in result.timings_ms and "det" not in result.timings_ms and "rec" not in result.timings_ms
+
+
+def test_long_lines_are_cut_between_words_into_the_recognisers_fixed_width(engine) -> None:
+    line = "The quick brown fox jumps over the lazy dog"
+    img = screenshot([line], size=(1100, 120))
+    assert engine.config.rec_width < 48 * img.width / 60  # the line is several pieces long
+    assert engine.read_image(img).text == line
+
+
+def test_db_boxes_from_a_probability_map() -> None:
+    prob = np.zeros((60, 120), np.float32)
+    prob[10:20, 10:70] = 0.9  # a line
+    prob[40:50, 30:40] = 0.4  # too faint for the box threshold
+    boxes = find_boxes(prob, threshold=0.3, box_threshold=0.5, unclip_ratio=1.6)
+    assert len(boxes) == 1
+    (box, score), = boxes
+    w, h = side_lengths(box)
+    assert score == pytest.approx(0.9) and w > 60 and h > 10  # grown by DB's unclip offset
+    points = np.array([[0, 0], [10, 10], [0, 20], [-10, 10]], np.float32)  # a square turned by 45 degrees
+    rect = min_area_rect(points)
+    assert np.prod(side_lengths(rect)) == pytest.approx(200, rel=1e-4)
+
+
+# --- words: folding and the FTS table ----------------------------------------------------------
+
+
+def test_fold_ignores_case_and_accents() -> None:
+    assert fold("Café CRÈME", None, "Zürich") == "cafe creme\nzurich"
+    assert terms("  RE16   re16 tgk ") == ["re16", "tgk"]
+
+
+def test_quotes_and_percent_signs_in_a_query_are_words(tmp_path) -> None:
+    from edge_gcl.index.store import Store
+
+    store = Store.open(tmp_path / "i.sqlite", model_id="m", embed_dim=4)
+    with store.write() as conn:
+        conn.execute("INSERT INTO items (id, modality, text, created, updated) VALUES ('n1', 'note', ?, 0, 0)",
+                     ('he said "50% off" at 5_6',))
+    conn = store.conn
+    assert len(matching_keys(conn, '"50% off"')) == 1 and len(matching_keys(conn, "5_6")) == 1
+    assert len(matching_keys(conn, "60%")) == 0 and len(matching_keys(conn, "5x6")) == 0
+    store.close()
+
+
+# --- the index ---------------------------------------------------------------------------------
+
+
+def test_the_text_is_stored_and_a_substring_finds_a_plate(library) -> None:
+    index, photos, _ = library
+    assert index[photo_id(photos / "upright.png")].ocr.splitlines()[-1] == "RE16 TGK"
+    assert index[photo_id(photos / "noise0.jpg")].ocr == ""  # read, nothing found
+    hits = index.search("RE16", k=5)
+    assert {h.path for h in hits if h.matched} == {str(photos / "upright.png"), str(photos / "turned.png")}
+    assert all(h.matched for h in hits[:2]) and not any(h.matched for h in hits[2:])
+    assert [h.path for h in index.search("gate b22", k=1)] == [str(photos / "upright.png")]
+    assert index.search("b22seat", k=1)[0].matched  # OCR's spaces do not matter: "Lemoine -Guest" is "Lemoine-Guest"
+    assert index.search("14", k=1)[0].path == str(photos / "upright.png")  # a term under 3 characters
+
+
+def test_accents_and_case_do_not_matter(library) -> None:
+    index, photos, _ = library
+    for query in ("CAFE CREME", "café crème", "Creme"):
+        assert index.search(query, k=1)[0].path == str(photos / "upright.png"), query
+    assert index.search("zurich croissant", k=1)[0].path == str(photos / "exif.jpg")  # read through its EXIF turn
+    assert index.search("LEASE", k=1)[0].path == str(photos / "turned.png")  # read turned by 90 in its pixels
+
+
+def test_word_matches_come_first_whatever_the_cut_off_and_respect_the_filters(library) -> None:
+    index, photos, _ = library
+    hits = index.search("lease agreement", k=5, min_score=0.9999)  # a cut-off nothing else passes
+    assert [h.path for h in hits] == [str(photos / "turned.png")] and hits[0].matched
+    assert index.search("lease agreement", k=5, modalities=["note"]) == []
+    assert index.search("lease agreement", k=5, after="2999") == []
+    assert not index.search("lease agreement", k=5, words="")[0].matched  # words="" turns the rule off
+    assert [h.id for h in index.search("lease agreement", k=5, sort="date", min_score=0.9999)] == [hits[0].id]
+
+
+def test_the_ocr_text_adds_vectors_to_the_photo(library) -> None:
+    index, photos, _ = library
+    rows = index.store.conn.execute(
+        "SELECT count(*) FROM embeddings WHERE item = (SELECT key FROM items WHERE id = ?)", (photo_id(photos / "upright.png"),)
+    ).fetchone()[0]
+    chunks = chunk_note(index[photo_id(photos / "upright.png")].ocr, index.embedder.tokenizer)
+    assert rows == 1 + len(chunks) >= 2  # the photo, then the photo fused with each chunk of its text
+    assert index.search(image=photos / "noise1.jpg", k=1)[0].path == str(photos / "noise1.jpg")  # still found by what it shows
+
+
+def test_no_ocr_reads_nothing_and_read_text_adds_it_later(tmp_path, engine) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    screenshot().save(photos / "s.png")
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    with Index.open(tmp_path / "idx", model=str(artifacts), ocr=False) as index:
+        index.add_photos(photos, progress=False)
+        assert index[photo_id(photos / "s.png")].ocr is None and not index.search("RE16", k=1)[0].matched
+    with Index.open(tmp_path / "idx", model=str(artifacts), ocr=engine) as index:
+        report = index.read_text(progress=False)
+        assert report.updated == [photo_id(photos / "s.png")]
+        assert index.search("RE16", k=1)[0].matched
+        assert index.read_text(progress=False).updated == []  # nothing left to read
+
+
+def test_a_format_2_index_is_migrated_and_reindex_reads_its_photos(tmp_path, engine) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    screenshot().save(photos / "s.png")
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    with Index.open(tmp_path / "idx", model=str(artifacts), ocr=False) as index:
+        index.add_photos(photos, progress=False)
+        index.add_note("Gate change: now B24")
+    with sqlite3.connect(tmp_path / "idx" / "index.sqlite") as conn:  # what edge-gcl wrote before OCR
+        for trigger in ("items_words_insert", "items_words_delete", "items_words_update"):
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DROP TABLE item_words")
+        conn.execute("ALTER TABLE items DROP COLUMN ocr")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'format_version'")
+    with Index.open(tmp_path / "idx") as index:
+        assert index.stats().format_version == FORMAT_VERSION == 3 and len(index) == 2
+        assert [h.text for h in index.search(vector=np.ones(16), words="b24", k=1)] == ["Gate change: now B24"]
+        report = index.reindex(str(artifacts), ocr=engine, progress=False)
+        assert sorted(report.updated) == sorted(index)
+        assert index[photo_id(photos / "s.png")].ocr.endswith("RE16 TGK")
+    with Index.open(tmp_path / "idx", model=str(artifacts), ocr=False) as index:
+        assert index.search("re16", k=1)[0].path == str(photos / "s.png")
+
+
+def test_the_cli_reads_lists_and_finds_the_words(library, tmp_path, capsys, monkeypatch) -> None:
+    from edge_gcl.cli import main
+    from edge_gcl.ocr import OcrEngine
+
+    _, photos, artifacts = library
+    engine = OcrEngine.from_package()  # the tiny artifacts ship no OCR graphs: as if they did
+    monkeypatch.setattr("edge_gcl.ocr.load_ocr", lambda _, ocr="auto", **k: engine if ocr in ("auto", True) else ocr or None)
+    common = ["--index", str(tmp_path / "idx"), "--model", str(artifacts)]
+    assert main(["index", "add", str(photos / "upright.png"), *common]) == 0
+    assert "PP-OCR" in capsys.readouterr().err
+    assert main(["index", "list", "--json", "--index", str(tmp_path / "idx")]) == 0
+    (item,) = json.loads(capsys.readouterr().out)
+    assert item["ocr"].endswith("RE16 TGK")
+    assert main(["search", "re16", "--json", "-k", "1", *common]) == 0
+    (hit,) = json.loads(capsys.readouterr().out)
+    assert hit["matched"] is True and hit["ocr"].endswith("RE16 TGK")
+    assert main(["index", "add", str(photos / "exif.jpg"), "--no-ocr", *common]) == 0
+    assert "PP-OCR" not in capsys.readouterr().err
+    assert main(["index", "list", "--index", str(tmp_path / "idx")]) == 0
+    assert "reads: Boarding pass" in capsys.readouterr().out
+    assert main(["index", "read-text", *common]) == 0
+    assert "updated 1" in capsys.readouterr().out
+
+
+def test_the_app_shows_the_text(library) -> None:
+    from edge_gcl.app.server import PhotoSearchApp, static_file
+
+    index, photos, _ = library
+    app = PhotoSearchApp(index)
+    found = app.search({"q": "re16 tgk", "k": "3"})
+    assert found["hits"][0]["ocr"].endswith("RE16 TGK") and found["hits"][0]["matched"] is True
+    items = {it["name"]: it for it in app.items({})["items"]}
+    assert items["upright.png"]["ocr"].startswith("Boarding pass") and "ocr" not in items["noise0.jpg"]
+    assert b"hit.ocr" in static_file("app.js") and b".ocr-text" in static_file("app.css")
+
+
+# --- the NPU -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_ocr_graphs_compile_fully_for_the_htp_and_read_in_emulation(tmp_path) -> None:
+    """export.ocr at a small detector size: every node of every graph on the NPU, the gate's
+    character accuracy measured in HTP emulation, and `--provider qnn` reading a small crop."""
+    pytest.importorskip("onnx")
+    from edge_gcl.ocr import OcrConfig
+    from edge_gcl.ocr.artifacts import from_artifacts
+    from edge_gcl.qnn_ep import qnn_available
+    from export.chipsets import get_chipset
+    from export.ocr import build_ocr
+
+    if not qnn_available():
+        pytest.skip("onnxruntime-qnn is not installed here")
+    photos = []
+    for i in range(2):
+        photos.append(tmp_path / f"p{i}.jpg")
+        Image.new("RGB", (160, 120), (40 * i, 120, 200)).save(photos[-1])
+    config = OcrConfig(det_size=128, gate_size=96)
+    built = build_ocr(tmp_path, precision="w8a16", chip=get_chipset("8 Gen 3"), photos=photos, config=config,
+                      n_calibration=4, n_heldout=1, n_heldout_lines=2, say=lambda s: None)
+    for name, tower in built.towers.items():
+        assert tower.npu_node_share == 1.0, name
+    fidelity = built.extra["fidelity"]
+    assert fidelity["checked"] and fidelity["form"] == "ctx" and fidelity["rec_char_accuracy"] >= 0.95
+
+    class Manifest:  # what from_artifacts reads of a manifest
+        towers = built.towers
+        extra = {"ocr": built.extra}
+        chipset = {"soc_model": 57, "htp_arch": "v75"}
+        precision = "w8a16"
+
+    engine = from_artifacts(tmp_path, Manifest, provider="qnn")
+    assert "Hexagon NPU" in engine.description
+    img = Image.new("RGB", (128, 64), "white")
+    ImageDraw.Draw(img).text((8, 16), "RE16", fill="black", font=font(28))
+    assert engine.read_image(img).text == "RE16"
+
+
+def test_character_accuracy_is_one_minus_the_edit_distance_share() -> None:
+    from edge_gcl.metrics import char_accuracy, edit_distance
+
+    assert edit_distance("kitten", "sitting") == 3 and edit_distance("", "abc") == 3 and edit_distance("flaw", "lawn") == 2
+    assert edit_distance("gate B22 seat".split(), "gate seat".split()) == 1
+    assert char_accuracy(["RE16 TGK", "B22"], ["RE16 TCK", "B22"]) == pytest.approx(1 - 1 / 11)
+    assert char_accuracy(["ab"], ["xyzxyz"]) == 0.0
