@@ -134,6 +134,8 @@ def _decode(source: str | Path | bytes, *, draft_size: int | None, max_pixels: i
                 if draft_size and img.format in ("JPEG", "HEIF"):  # HEIF: an embedded thumbnail that covers it
                     img.draft("RGB", (draft_size, draft_size))
                 cost = decode_bytes(img)
+                if cost > DECODING.limit_bytes and img.format == "HEIF" and _largest_thumbnail_within(img, DECODING.limit_bytes):
+                    cost = decode_bytes(img)  # a phone's 48 MP HEIC: read from its thumbnail, not refused
                 if cost > DECODING.limit_bytes:
                     raise ImageDecodeError(
                         f"{name}: {img.width}x{img.height} ({img.mode}) would take {cost / 2**20:,.0f} MB to decode, "
@@ -165,6 +167,23 @@ def _decode(source: str | Path | bytes, *, draft_size: int | None, max_pixels: i
     except Exception:  # a broken EXIF block should not lose the photo
         pass
     return _to_rgb(img)
+
+
+def _largest_thumbnail_within(img: Image.Image, limit_bytes: int) -> bool:
+    """Point an opened HEIC at its largest embedded thumbnail whose decoding fits `limit_bytes`; False when it
+    has none (or was drafted already). A 48 MP phone HEIC takes about 400 MB to decode whole, over the
+    budget, while its thumbnail is still larger than the image tower's input."""
+    try:
+        frame = img._heif_file[img.tell()]  # pillow-heif's own handle: the thumbnails' sizes
+        thumbnails = [frame.get_thumbnail(i) for i in range(len(frame.info.get("thumbnails", [])))]
+        sizes = sorted((t.size for t in thumbnails), key=lambda wh: wh[0] * wh[1], reverse=True)
+    except Exception:  # another pillow-heif, or none: refused as before
+        return False
+    per_pixel = decode_bytes(img) / max(1, img.width * img.height)
+    for w, h in sizes:
+        if w * h * per_pixel <= limit_bytes and img.draft("RGB", (w, h)) is not None:
+            return True
+    return False
 
 
 def _orientation(img: Image.Image) -> int | None:
