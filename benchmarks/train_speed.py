@@ -5,13 +5,18 @@ data pipeline's own rate measured apart from the model step, so a starved GPU sh
     python -m benchmarks.train_speed --device cuda --precisions fp32,bf16 --batches 256,1024 --world-sizes 1,2
     python -m benchmarks.train_speed --json benchmarks/results/train_speed.json --plot benchmarks/results/train_speed.png
 
-For each configuration, three rates, each over `--steps` timed steps after `--warmup`:
+For each configuration, three rates, each timed over a window of `max(--steps, 2 x workers)` batches:
   step   the optimizer step alone (`edge_gcl.train.loop.TrainStep`: forward under autocast, the fp32 loss
-         with every rank's features, backward, AdamW) on batches already on the device;
+         with every rank's features, backward, AdamW) on a batch already on the device, after `--warmup`;
   data   the batches alone, as training draws them: decoded and augmented by `--workers` DataLoader
-         processes per rank into pinned memory (tinyclip), or gathered from the stem cache (lite);
-  train  both together, as `edge-gcl train` runs them; its data-wait share is the time the step waited
-         for a batch. A data rate below the step rate means the accelerator waits.
+         processes per rank into pinned memory (tinyclip), or gathered from the stem cache (lite). The
+         `workers x prefetch` batches the workers decode ahead are drained first, so this is the rate at
+         which batches are made, not the rate a full queue hands them out;
+  train  both together, as `edge-gcl train` runs them, from a fresh pass of the loader (its queue drained
+         the same way); its data-wait share is the time the step waited for a batch. A data rate below
+         the step rate means the accelerator waits.
+The run is built by `edge_gcl.train.loop.build_run`, as `edge-gcl train` builds it (TF32 on CUDA,
+SyncBatchNorm across GPUs, the same seeds).
 The `lite` rows train on cached stems (the family's only mode); the cache is built first, on the device,
 and its rate is reported too (photos/s, centre view plus `--image-views - 1` augmented views).
 
@@ -32,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,106 +93,88 @@ def synthetic_photos(folder: Path, n: int, *, seed: int = 0, size: tuple[int, in
 
 
 # ----------------------------------------------------------------------------- one configuration
-def _rate(fn: Callable[[], Any], *, warmup: int, steps: int, sync: Callable[[], None]) -> list[float]:
-    """Seconds of each of `steps` calls of `fn` after `warmup` untimed ones; `sync` waits for the device."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def measure(model_name: str, *, data: Path, device: str, precision: str, batch: int, steps: int, warmup: int,
             workers: int, prefetch: int, image_views: int, cache_dir: Path) -> dict[str, Any]:
-    """This process's (or, under torchrun, this rank's) rates for one configuration; see the module docstring."""
+    """This process's (or, under torchrun, this rank's) rates for one configuration; see the module docstring.
+
+    The run is built as `edge-gcl train` builds it (`edge_gcl.train.loop.build_run`). A rate is timed over a
+    window of `max(steps, 2 x workers)` batches, after what the workers decoded ahead has been drained
+    (`workers x prefetch` batches, plus `warmup`), so it is the rate at which batches are made, not a queue's.
+    """
+    import itertools
+
     import torch
 
-    from edge_gcl.data import read_pairs
-    from edge_gcl.loss import create_loss
-    from edge_gcl.models import load_model
     from edge_gcl.train import TrainConfig
     from edge_gcl.train.distributed import init_distributed_device
-    from edge_gcl.train.loop import CachedSteps, PixelSteps, TrainForward, TrainStep, make_optimizer
-    from edge_gcl.train.precision import Precision
-    from edge_gcl.train.stems import StemCache
+    from edge_gcl.train.loop import CachedSteps, build_run
 
     env = init_distributed_device(device)
-    cfg = TrainConfig(model=model_name, batch_size=batch, workers=workers, prefetch=prefetch, precision=precision,
-                      image_views=image_views, cache_dir=str(cache_dir), data=[str(data)])
-    shard = slice(env.rank * batch // env.size, (env.rank + 1) * batch // env.size)
+    cfg = TrainConfig(model=model_name, data=[str(data)], batch_size=batch, steps=10**9, warmup=1, workers=workers,
+                      prefetch=prefetch, precision=precision, image_views=image_views, cache_dir=str(cache_dir),
+                      out=str(cache_dir / "unused"))
+    run = build_run(cfg, env, log=lambda *_: None)
     dev = env.device
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    torch.manual_seed(0)
-    pairs = read_pairs(data)
-    model = load_model(model_name).to(dev)
+    cached = isinstance(run.batches, CachedSteps)
     row: dict[str, Any] = {"model": model_name, "device": dev.type, "precision": precision, "batch": batch,
-                           "world": env.size, "workers": workers}
+                           "world": env.size, "workers": 0 if cached else workers, "prefetch": 0 if cached else prefetch}
     if dev.type == "cuda":
         row["gpu"] = torch.cuda.get_device_name(dev)
-    cached = hasattr(model, "freeze_stems")
-    if cached:
-        for turn in range(env.size):  # rank 0 builds, the others read
-            if turn == env.rank:
-                cache, pairs = StemCache.build_sources(model, [pairs], cfg, dev, log=lambda *_: None)
-                if env.rank == 0 and cache.built_s:  # built now, not read from an earlier row's build
-                    row["cache_photos_per_s"] = len(pairs) / cache.built_s
-            if env.distributed:
-                torch.distributed.barrier()
-        n_caps = np.array([len(c) for c in pairs.captions])
-        batches = CachedSteps(cache, cfg, env, n_caps, shard, None)
-    else:
-        from edge_gcl.train.data import PhotoTable
+    if cached and run.batches.cache.built_s and env.is_master:  # built now, not read from an earlier row's build
+        row["cache_photos_per_s"] = len(run.pairs) / run.batches.cache.built_s
+    ahead = 0 if cached else workers * prefetch  # batches the DataLoader decodes before the first is asked for
+    window = max(steps, 2 * workers)
 
-        batches = PixelSteps(PhotoTable(pairs), model, cfg, env, shard)
-    if cached and dev.type == "cpu":
-        model.visual.top.to(memory_format=torch.channels_last)
-    forward: torch.nn.Module = TrainForward(model, cached=cached)
-    if env.distributed:
-        forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=[dev.index] if dev.type == "cuda" else None)
-    prec = Precision(precision)
-    prec.check(dev)
-    optimizer = make_optimizer(model, cfg)
-    step = TrainStep(model, forward, create_loss("gcl"), optimizer, prec, dev, prec.scaler(dev))
-    model.train()
-    total = 10**9  # the schedule's length does not matter here
-    counter = iter(range(total))
+    def timed(fn: Any, before: int) -> tuple[float, float]:
+        """(seconds per call over `window` calls after `before` untimed ones, seconds of it in `waits`)."""
+        for _ in range(before):
+            fn()
+        sync()
+        waits.clear()
+        t0 = time.perf_counter()
+        for _ in range(window):
+            fn()
+        sync()
+        return (time.perf_counter() - t0) / window, sum(waits)
 
-    def next_batch():
-        return batches.get(next(counter), total)
+    waits: list[float] = []
+    steps_of = itertools.count()  # data alone: one pass of the loader, nothing else running
 
-    # data alone: this rank's loader (workers decoding into pinned memory) or cache gathers
-    data_s = _rate(lambda: [x.shape for x in next_batch()], warmup=warmup, steps=steps, sync=sync)
-    fixed = next_batch()
+    def data_only() -> None:
+        run.batches.get(next(steps_of), run.total)
+
+    data_s, _ = timed(data_only, ahead + warmup)
+    fixed = run.batches.get(next(steps_of), run.total)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    step_s = _rate(lambda: step(fixed).item(), warmup=warmup, steps=steps, sync=sync)
-    waits: list[float] = []
+    step_s, _ = timed(lambda: run.step(fixed).item(), warmup)  # the step alone, on one batch already there
+    train_steps = itertools.count(10**8)  # a jump: a fresh pass of the loader, its queue empty
 
-    def train_step():
+    def train_step() -> None:
         t0 = time.perf_counter()
-        b = next_batch()
+        batch_ = run.batches.get(next(train_steps), run.total)
         waits.append(time.perf_counter() - t0)
-        step(b).item()
+        run.step(batch_).item()
 
-    train_s = _rate(train_step, warmup=warmup, steps=steps, sync=sync)
+    train_s, waited = timed(train_step, ahead + warmup)
     local = batch // env.size
-    row |= {"step_ms": 1000 * float(np.median(step_s)), "step_pairs_per_s": batch / float(np.median(step_s)),
-            "data_pairs_per_s": local / float(np.median(data_s)),  # this rank's; summed over ranks below
-            "train_pairs_per_s": batch / float(np.median(train_s)),
-            "data_wait_share": float(np.sum(waits[-steps:]) / np.sum(train_s))}
+    row |= {"step_ms": 1000 * step_s, "step_pairs_per_s": batch / step_s, "data_pairs_per_s": local / data_s,
+            "train_pairs_per_s": batch / train_s, "data_wait_share": waited / (train_s * window), "window": window}
     if dev.type == "cuda":
         row["gpu_peak_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
-    if env.distributed:
-        parts: list[Any] = [None] * env.size
-        torch.distributed.all_gather_object(parts, row["data_pairs_per_s"])
-        row["data_pairs_per_s"] = float(sum(parts))
+    if env.distributed:  # the data rate of every rank's loader together
+        row["data_pairs_per_s"] = float(sum(all_gather(row["data_pairs_per_s"])))
         torch.distributed.destroy_process_group()
     return row
+
+
+def all_gather(value: float) -> list[float]:
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, value)
+    return parts
 
 
 def measure_world(world: int, **kwargs: Any) -> dict[str, Any]:

@@ -505,3 +505,12 @@ def test_a_stem_cache_too_big_for_memory_is_refused_before_it_is_computed(data, 
     _refused(capsys, "the lite stem cache of 25 photos x 2 views needs",
              lambda: _train(data, tmp_path / "big", tmp_path / "cache", "--steps", "1"))
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_fewer_photos_than_a_batch_is_one_line(data, tmp_path, capsys):
+    """A batch holds distinct photos, the same number on every rank: 24 photos cannot make a batch of 32."""
+    capsys.readouterr()
+    assert _train(data, tmp_path / "small", tmp_path / "cache", "--steps", "1", "--batch-size", "32") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "edge-gcl: error: --batch-size 32: only 24 training photos"), err

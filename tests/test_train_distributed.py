@@ -112,3 +112,42 @@ def test_lite_trains_on_two_processes_from_its_stem_cache(tmp_path):
     one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
     assert sorted(two) == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in two.values())
     assert abs(one[1]["loss"] - two[1]["loss"]) < 0.05 * one[1]["loss"]
+
+
+_NODE_STORAGE = """
+import sys
+from pathlib import Path
+from edge_gcl.train.distributed import cleanup, init_distributed_device
+from edge_gcl.train.loop import _agreed_checkpoint
+env = init_distributed_device("cpu")
+out = Path(sys.argv[1 + env.rank])  # each rank its own --out, as two machines with local disks
+report = Path(sys.argv[3]) / f"rank{env.rank}.txt"
+try:
+    report.write_text(f"resumes from {_agreed_checkpoint(out, env)}")
+except ValueError as e:
+    report.write_text(f"refused: {e}")
+cleanup(env)
+"""
+
+
+def test_resume_needs_the_checkpoint_on_every_node(tmp_path):
+    """Rank 0 picks the checkpoint; a rank that cannot read it (its --out on another disk) stops every rank
+    with one line, where it used to start afresh while the others resumed."""
+    shared, local = tmp_path / "shared", tmp_path / "local"
+    (shared / "checkpoints" / "step_3").mkdir(parents=True)
+    for name in ("train_state.pt", "model.safetensors"):
+        (shared / "checkpoints" / "step_3" / name).write_bytes(b"x")
+    local.mkdir()
+    script = tmp_path / "storage.py"
+    script.write_text(_NODE_STORAGE)
+
+    def launch(*outs):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                               "127.0.0.1", "--master-port", free_port(), str(script), *map(str, outs), str(tmp_path)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+
+    assert launch(shared, shared) == [f"resumes from {shared / 'checkpoints' / 'step_3'}"] * 2
+    lines = launch(shared, local)
+    assert len(lines) == 2 and all(x.startswith("refused: --resume: ") and "not there for rank 1" in x for x in lines)

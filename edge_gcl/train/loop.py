@@ -43,6 +43,8 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -69,7 +71,7 @@ from .data import (
     pair_caption_choice,
     pixel_loader,
 )
-from .distributed import DistEnv, barrier, cleanup, init_distributed_device
+from .distributed import DistEnv, all_gather_objects, barrier, cleanup, init_distributed_device
 from .precision import Precision
 from .stems import CachedBatches, StemCache
 
@@ -159,11 +161,76 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def _train(cfg: TrainConfig, env: DistEnv) -> Path:
+    log = print if env.is_master else _silent
+    run = build_run(cfg, env, log=log)
+    model, out, total = run.model, Path(cfg.out), run.total
+    train_log = _open_log(out / "train_log.jsonl", run.start) if env.is_master else None
+    t0, waited, step_s = time.perf_counter(), 0.0, []
+    bar = tqdm(range(run.start, total), initial=run.start, total=total, desc=f"train {cfg.loss}", disable=not env.is_master)
+    last: dict[str, Any] = {}
+    for step in bar:
+        lr = lr_at(step, cfg, total)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+        t_wait = time.perf_counter()
+        batch = run.batches.get(step, total)
+        t_step = time.perf_counter()
+        waited += t_step - t_wait
+        loss = run.step(batch)
+        last = {"step": step + 1, "loss": loss.item(), "lr": lr, "temperature": 1 / model.logit_scale.exp().item()}
+        step_s.append(time.perf_counter() - t_step)  # after .item(): the device has finished the step
+        if train_log is not None:
+            train_log.write(json.dumps(last) + "\n")
+        bar.set_postfix(loss=f"{last['loss']:.3f}", tau=f"{last['temperature']:.3f}")
+        if env.is_master and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            train_log.flush()
+            _save_training_state(out / "checkpoints" / f"step_{step + 1}", run, step + 1)
+    seconds = time.perf_counter() - t0
+    if not env.is_master:
+        return out
+    train_log.close()
+    pairs, n_caps = run.pairs, run.n_caps
+    save_checkpoint(out, model, step=total, train=portable_record(cfg), data={
+        "photos": len(pairs), "captions": int(n_caps.sum()), "skipped": dict(pairs.skipped),
+        "sources": [{"data": d, "photos": len(src)} for d, src in zip(cfg.data, run.sources, strict=True)]},
+        run=_run_record(env, run.precision) | (speed := _speed(cfg, seconds, waited, step_s)))
+    rate = f", {speed['pairs_per_s']:.0f} pairs/s" if "pairs_per_s" in speed else ""
+    print(f"done: {total - run.start} steps in {seconds:.0f} s{rate}, waiting for data "
+          f"{100 * speed['data_wait_share']:.0f}% of it, final loss {last.get('loss', float('nan')):.4f}")
+    if pairs.skipped:
+        print("skipped rows: " + ", ".join(f"{v} {k}" for k, v in pairs.skipped.items()))
+    print(f"model saved to {out}/ (use --model {out})")
+    return out
+
+
+@dataclass
+class Run:
+    """What a training run steps through, built by `build_run`: the model on its device, the pairs, the
+    batches of each step (`batches.get(step, total)`), and the step itself (`step(batch) -> loss`)."""
+
+    cfg: TrainConfig
+    env: DistEnv
+    precision: Precision
+    model: DualEncoder  # the model itself (not its DDP wrapper): checkpoints save it
+    sources: list[Pairs]
+    pairs: Pairs  # the photos trained on, the undecodable dropped
+    n_caps: np.ndarray  # (photos,) captions per photo
+    batches: CachedSteps | PixelSteps
+    step: TrainStep
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    total: int  # steps of the whole run
+    start: int = 0  # the step it resumes at
+
+
+def build_run(cfg: TrainConfig, env: DistEnv, *, log: Callable[..., None] = print,
+              sources: list[Pairs] | None = None) -> Run:
+    """Steps 2 to 6 of the module docstring up to the first step: data, model, stem cache or photo check,
+    resume, DDP, optimizer. `edge-gcl train` and `benchmarks.train_speed` both build their runs here."""
     from ..loss import create_loss
 
     precision = Precision(cfg.precision)
     precision.check(env.device)
-    log = print if env.is_master else _silent
     if cfg.batch_size % env.size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {env.size} processes")
     shard = slice(env.rank * cfg.batch_size // env.size, (env.rank + 1) * cfg.batch_size // env.size)
@@ -171,8 +238,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> Path:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     log(f"device: {_describe(env)}, precision {precision.name}")
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    sources = load_training_sources(cfg, log=log)
+    sources = load_training_sources(cfg, log=log) if sources is None else sources
     model = load_model(cfg.model)
     if cfg.temperature is not None:
         with torch.no_grad():
@@ -191,6 +257,9 @@ def _train(cfg: TrainConfig, env: DistEnv) -> Path:
             pairs.extend(source)
         pairs = check_photos(pairs, model.config.image, cfg, env, log=log)
     n = len(pairs)
+    if n < cfg.batch_size:  # a batch holds distinct photos, the same number on every rank
+        raise ValueError(f"--batch-size {cfg.batch_size}: only {n} training photos; a batch holds distinct photos, "
+                         "so give more photos or a smaller batch")
     groups = None
     if cfg.hard_negatives:
         if cache is None:
@@ -203,10 +272,10 @@ def _train(cfg: TrainConfig, env: DistEnv) -> Path:
     if cached and env.device.type == "cpu":  # oneDNN's CPU conv backward is ~30% faster in NHWC; results agree to float rounding
         model.visual.top.to(memory_format=torch.channels_last)
 
-    start, state = 0, None
-    resume_from = latest_checkpoint(out) if cfg.resume else None
+    resume_from = _agreed_checkpoint(Path(cfg.out), env) if cfg.resume else None
     if cfg.resume and resume_from is None:
-        log(f"--resume: no checkpoint under {out / 'checkpoints'}; starting at step 0")
+        log(f"--resume: no checkpoint under {Path(cfg.out) / 'checkpoints'}; starting at step 0")
+    start, state = 0, None
     if resume_from is not None:
         state = torch.load(resume_from / "train_state.pt", map_location=env.device, weights_only=True)
         from safetensors.torch import load_file
@@ -239,45 +308,25 @@ def _train(cfg: TrainConfig, env: DistEnv) -> Path:
         f"{total} steps ({total / steps_per_epoch:.1f} epochs)")
     batches = (CachedSteps(cache, cfg, env, n_caps, shard, groups) if cache is not None
                else PixelSteps(PhotoTable(pairs), model, cfg, env, shard))
-
     model.train()
-    step_fn = TrainStep(model, forward, loss_fn, optimizer, precision, env.device, scaler)
-    train_log = _open_log(out / "train_log.jsonl", start) if env.is_master else None
-    t0, waited, step_s = time.perf_counter(), 0.0, []
-    bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {cfg.loss}", disable=not env.is_master)
-    last: dict[str, Any] = {}
-    for step in bar:
-        lr = lr_at(step, cfg, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
-        t_wait = time.perf_counter()
-        batch = batches.get(step, total)
-        t_step = time.perf_counter()
-        waited += t_step - t_wait
-        loss = step_fn(batch)
-        last = {"step": step + 1, "loss": loss.item(), "lr": lr, "temperature": 1 / model.logit_scale.exp().item()}
-        step_s.append(time.perf_counter() - t_step)  # after .item(): the device has finished the step
-        if train_log is not None:
-            train_log.write(json.dumps(last) + "\n")
-        bar.set_postfix(loss=f"{last['loss']:.3f}", tau=f"{last['temperature']:.3f}")
-        if env.is_master and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-            train_log.flush()
-            _save_training_state(out / "checkpoints" / f"step_{step + 1}", model, optimizer, scaler, step + 1, cfg, env)
-    seconds = time.perf_counter() - t0
-    if not env.is_master:
-        return out
-    train_log.close()
-    save_checkpoint(out, model, step=total, train=portable_record(cfg), data={
-        "photos": n, "captions": int(n_caps.sum()), "skipped": dict(pairs.skipped),
-        "sources": [{"data": d, "photos": len(src)} for d, src in zip(cfg.data, sources, strict=True)]},
-        run=_run_record(env, precision) | (speed := _speed(cfg, seconds, waited, step_s)))
-    rate = f", {speed['pairs_per_s']:.0f} pairs/s" if "pairs_per_s" in speed else ""
-    print(f"done: {total - start} steps in {seconds:.0f} s{rate}, waiting for data "
-          f"{100 * speed['data_wait_share']:.0f}% of it, final loss {last.get('loss', float('nan')):.4f}")
-    if pairs.skipped:
-        print("skipped rows: " + ", ".join(f"{v} {k}" for k, v in pairs.skipped.items()))
-    print(f"model saved to {out}/ (use --model {out})")
-    return out
+    step = TrainStep(model, forward, loss_fn, optimizer, precision, env.device, scaler)
+    return Run(cfg, env, precision, model, sources, pairs, n_caps, batches, step, optimizer, scaler, total, start)
+
+
+def _agreed_checkpoint(out: Path, env: DistEnv) -> Path | None:
+    """The newest checkpoint under `out`, as rank 0 sees it, which every rank must be able to read: a node
+    whose `--out` is not the storage rank 0 writes to would otherwise start afresh while the others resume."""
+    found = latest_checkpoint(out) if env.is_master else None
+    name = all_gather_objects(found.name if found is not None else None, env)[0]
+    if name is None:
+        return None
+    path = out / "checkpoints" / name
+    readable = all_gather_objects((path / "train_state.pt").is_file() and (path / "model.safetensors").is_file(), env)
+    if not all(readable):
+        missing = [r for r, ok in enumerate(readable) if not ok]
+        raise ValueError(f"--resume: {path} is not there for rank {', '.join(map(str, missing))}: every node must see "
+                         "--out on storage they share (rank 0 alone writes the checkpoints)")
+    return path
 
 
 class TrainStep:
@@ -390,13 +439,12 @@ def _run_record(env: DistEnv, precision: Precision) -> dict[str, Any]:
     return record
 
 
-def _save_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                         scaler: torch.amp.GradScaler | None, step: int, cfg: TrainConfig, env: DistEnv) -> None:
+def _save_training_state(folder: Path, run: Run, step: int) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(tmp, model, step=step, train=portable_record(cfg))
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "world_size": env.size,
-                "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "train_state.pt")
+    save_checkpoint(tmp, run.model, step=step, train=portable_record(run.cfg))
+    torch.save({"optimizer": run.optimizer.state_dict(), "step": step, "world_size": run.env.size,
+                "scaler": run.scaler.state_dict() if run.scaler is not None else None}, tmp / "train_state.pt")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
