@@ -82,13 +82,14 @@ def small_photos(n: int, *, source: Path = SHARED_PHOTOS, cache: Path = CACHE) -
     return folder
 
 
-def measure_one(model: str, photos: Path, *, form: str | None, decode_threads: int | None) -> dict[str, Any]:
+def measure_one(model: str, photos: Path, *, form: str | None, decode_threads: int | None,
+                device: str | None = None) -> dict[str, Any]:
     """In this process: load the model, ingest `photos` into a fresh index; times and peak RSS."""
     from edge_gcl.index import Index
     from edge_gcl.runtime import OnnxEmbedder, load_embedder
 
     t0 = time.perf_counter()
-    embedder = load_embedder(model, form=form)
+    embedder = load_embedder(model, form=form, device=device)
     if decode_threads is not None and isinstance(embedder, OnnxEmbedder):
         embedder.decode_threads = decode_threads
     load_s = time.perf_counter() - t0
@@ -105,9 +106,12 @@ def measure_one(model: str, photos: Path, *, form: str | None, decode_threads: i
             "decode_threads": getattr(embedder, "decode_threads", None)}
 
 
-def run_one(model: str, photos: Path, *, form: str | None = None, decode_threads: int | None = None) -> dict:
+def run_one(model: str, photos: Path, *, form: str | None = None, decode_threads: int | None = None,
+            device: str | None = None) -> dict:
     """`measure_one` in a fresh interpreter."""
     cmd = [sys.executable, "-m", "benchmarks.ingest", "--one", "--model", model, "--photos-dir", str(photos)]
+    if device:
+        cmd += ["--device", device]
     if form:
         cmd += ["--form", form]
     if decode_threads is not None:
@@ -128,7 +132,8 @@ COLS = [
 ]
 
 
-def run(artifacts: str, *, n: int, sets: Sequence[str], torch_model: str | None, log=print) -> list[dict]:
+def run(artifacts: str, *, n: int, sets: Sequence[str], torch_model: str | None, device: str = "cpu",
+        log=print) -> list[dict]:
     folders = {}
     for name in sets:
         log(f"preparing {n} {name} photos...")
@@ -136,12 +141,13 @@ def run(artifacts: str, *, n: int, sets: Sequence[str], torch_model: str | None,
     paths = [("default: artifacts float, ORT CPU", artifacts, None, None),
              ("artifacts float, no decode threads", artifacts, None, 0)]
     if torch_model:
-        paths.append((f"PyTorch ({torch_model}), CPU", torch_model, None, None))
+        paths.append((f"PyTorch ({torch_model}), {device}", torch_model, None, None))
     rows = []
     for name, folder in folders.items():
         for label, model, form, threads in paths:
             log(f"{label} on {name}...")
-            row = run_one(model, folder, form=form, decode_threads=threads)
+            row = run_one(model, folder, form=form, decode_threads=threads,
+                          device=device if model == torch_model else None)
             rows.append({"path": label, "set": name, "model": model, **row})
             log(f"  {row['photos_per_s']:.1f} photos/s, peak RSS {row['peak_rss_mb']:.0f} MB")
     return rows
@@ -186,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", default="artifacts", help="artifacts folder of the default path")
     p.add_argument("--torch-model", default="default", help="PyTorch model shown beside it ('' to skip)")
+    p.add_argument("--device", default="cpu", help="where the PyTorch model runs: cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--photos", type=int, default=200, help="photos per set")
     p.add_argument("--sets", default="small,12mp",
                    help="photo sets, comma-separated: small (the shared Flickr8k photos as they are), 12mp (the same "
@@ -201,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--decode-threads", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        row = measure_one(args.model, Path(args.photos_dir), form=args.form, decode_threads=args.decode_threads)
+        row = measure_one(args.model, Path(args.photos_dir), form=args.form, decode_threads=args.decode_threads,
+                          device=args.device)
         print(json.dumps(row))
         return 0
     if args.photos < 1:
@@ -212,9 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     machine = machine_info()
     print(header_line(machine))
-    config = {"artifacts": args.artifacts, "torch_model": args.torch_model or None, "photos": args.photos,
+    config = {"artifacts": args.artifacts, "torch_model": args.torch_model or None, "device": args.device,
+              "photos": args.photos,
               "sets": args.sets.split(","), "phone_size": list(PHONE_SIZE), "jpeg_quality": 90}
-    rows = run(args.artifacts, n=args.photos, sets=config["sets"], torch_model=config["torch_model"],
+    rows = run(args.artifacts, n=args.photos, sets=config["sets"], torch_model=config["torch_model"], device=args.device,
                log=lambda s: print(s, file=sys.stderr))
     if "12mp" in config["sets"]:
         files = list(phone_photos(args.photos).glob("*.jpg"))

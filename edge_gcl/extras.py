@@ -28,6 +28,7 @@ EXTRA_OF = {
     "onnx": "train",  # the lite stem cache runs the exported stems in ONNX Runtime
     "onnxscript": "export",
     "qai_hub": "export",
+    "rapidocr": "export",  # the OCR graphs export.compile quantizes and compiles come from its wheel
     "av": "video",
     "pyarrow": "mmeb",
     "matplotlib": "dev",

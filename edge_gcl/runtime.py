@@ -204,8 +204,7 @@ class OnnxEmbedder:
         user data folder, so only a changed file is hashed again)."""
         names = [TOKENIZER_NAME]
         for tower in ("image", "text"):
-            files = self.manifest.towers[tower].files
-            names += [files[self.form]] + ([files["ctx_bin"]] if self.form == "ctx" and "ctx_bin" in files else [])
+            names += form_files(self.manifest.towers[tower].files, self.form)
         verify_artifacts(self.folder, self.manifest, names)
 
     def _session(self, tower: str, threads: int) -> ort.InferenceSession:
@@ -424,6 +423,12 @@ def _qnn_target(chipset: dict | None) -> dict[str, int | None]:
     }
 
 
+def form_files(files: dict[str, str], form: str) -> list[str]:
+    """The files a graph of `form` loads, as a tower's manifest entry names them: its ONNX file, and the
+    EPContext binary beside a compiled (ctx) graph."""
+    return [files[form]] + ([files["ctx_bin"]] if form == "ctx" and "ctx_bin" in files else [])
+
+
 def load_embedder(
     spec: str | Path | Embedder, *, provider: Provider = "cpu", form: Form | None = None, device: str | None = None
 ) -> Embedder:
@@ -436,13 +441,13 @@ def load_embedder(
       is a `--device` spelling, default the CPU). Without torch installed that is a
       `RuntimeConfigError` saying how to get either.
 
-    `device` is for PyTorch models only: naming one (other than auto) with an artifacts folder is a
-    `RuntimeConfigError` (artifacts choose where they run with `provider`).
+    `device` is for PyTorch models only: naming one (other than auto, or cpu with the cpu provider) with an
+    artifacts folder is a `RuntimeConfigError` (artifacts choose where they run with `provider`).
     """
     if isinstance(spec, Embedder):
         return spec
     if is_artifacts_folder(spec):
-        if device not in (None, "auto"):
+        if device not in (None, "auto") and not (device == "cpu" and provider == "cpu"):
             raise RuntimeConfigError(f"{spec}: --device {device} is for PyTorch models; an artifacts folder runs on "
                                      "ONNX Runtime (--provider cpu or qnn)")
         return OnnxEmbedder(spec, provider=provider, form=form)

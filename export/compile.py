@@ -40,6 +40,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -471,6 +472,10 @@ class OutputFolderError(ValueError):
 MADE_BY = "export.compile"  # the manifest's made_by: a folder this module built, which a later build may replace
 # what a build leaves in its folder besides the files its manifest lists (AI Hub's summary, the libraries' log)
 BUILD_EXTRAS = frozenset({MANIFEST_NAME, "build.log", "aihub_profile.json"})
+# Files a build writes that an older manifest may not list: the towers' and OCR graphs' ONNX files, their
+# external data and EPContext binaries, and the build's own temporaries. Nothing else (an `images/` folder, a
+# `textbook.pdf`, a `.notes` file) may be in a folder a rebuild replaces.
+BUILD_FILE = re.compile(r"\.?(?:image|text)_(?:tower|b\d+)[\w.-]*\.(?:onnx|data|bin)|\.?ocr_[a-z]+[\w.-]*\.(?:onnx|data|bin|txt)")
 
 
 def check_out(out: Path) -> None:
@@ -504,8 +509,7 @@ def check_out(out: Path) -> None:
         shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
         raise OutputFolderError(f"--out {out}: a folder export.compile did not build (it holds {shown}); a build "
                                 "replaces --out whole: give another --out, or an empty or missing folder")
-    others = sorted(n for n in names - set(manifest.files) - BUILD_EXTRAS
-                    if not n.startswith(".") and not n.startswith(("image", "text", "ocr_")))
+    others = sorted(n for n in names - set(manifest.files) - BUILD_EXTRAS if not BUILD_FILE.fullmatch(n))
     if others:
         raise OutputFolderError(f"--out {out}: besides the build it holds {', '.join(others[:3])}"
                                 f"{', ...' if len(others) > 3 else ''}, which a rebuild would delete: move "

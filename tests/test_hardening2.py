@@ -567,8 +567,11 @@ def compile_main(*args: str | Path) -> int:
     return main([*map(str, args)])
 
 
+USERS_FILES = ["thesis.txt", "images/photo.jpg", "textbook.pdf", ".notes", "ocr_notes.docx"]
+
+
 @pytest.mark.parametrize("what", ["a folder of other files", "a file", "the working folder", "the project's parent",
-                                  "a build with a file added"])
+                                  *(f"a build with {name} added" for name in USERS_FILES)])
 def test_compile_out_never_replaces_what_it_did_not_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str], what: str) -> None:
     import export.compile
@@ -589,19 +592,23 @@ def test_compile_out_never_replaces_what_it_did_not_build(tmp_path: Path, monkey
         out = Path(".")
     elif what == "the project's parent":
         out = ROOT.parent
-    else:  # a folder export.compile built, and a file the user put in it since
+    else:  # a folder export.compile built, and a file the user put in it since (names alike a build's too)
         make_artifacts(out)
         manifest = Manifest.load(out)
         manifest.made_by = "export.compile"
         manifest.save(out)
-        (out / "thesis.txt").write_text("four years of work")
+        users = out / what.removeprefix("a build with ").removesuffix(" added")
+        users.parent.mkdir(exist_ok=True)
+        users.write_text("four years of work")
     before = sorted(p.name for p in tmp_path.iterdir())
     assert compile_main("--out", out, "--skip-compile") == 1  # was exit 0 after deleting it (or, for ., a traceback)
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"error: --out {out}: ") and len(line.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing built, moved or deleted
-    if what in ("a folder of other files", "a build with a file added"):
+    if what == "a folder of other files":
         assert (out / "thesis.txt").read_text() == "four years of work"
+    elif what.startswith("a build with"):
+        assert users.read_text() == "four years of work"
     elif what == "a file":
         assert out.read_text() == "four years of work"
 

@@ -308,3 +308,27 @@ def test_character_accuracy_is_one_minus_the_edit_distance_share() -> None:
     assert edit_distance("gate B22 seat".split(), "gate seat".split()) == 1
     assert char_accuracy(["RE16 TGK", "B22"], ["RE16 TCK", "B22"]) == pytest.approx(1 - 1 / 11)
     assert char_accuracy(["ab"], ["xyzxyz"]) == 0.0
+
+
+def test_repair_embeds_a_photo_again_with_its_text_read(tmp_path, engine) -> None:
+    """`index repair` re-embeds an item whose vectors were lost: a photo with text gets its OCR rows back,
+    from the text already stored (not read again)."""
+    from edge_gcl.index.repair import repair
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    screenshot().save(photos / "s.png")
+    artifacts = make_artifacts(tmp_path / "artifacts")
+    key_of = "SELECT key FROM items WHERE id = ?"
+    with Index.open(tmp_path / "idx", model=str(artifacts), ocr=engine) as index:
+        index.add_photos(photos, progress=False)
+        pid = photo_id(photos / "s.png")
+        before = index.store.conn.execute(f"SELECT count(*) FROM embeddings WHERE item = ({key_of})", (pid,)).fetchone()[0]
+        with index.store.write() as conn:  # as a damaged page would leave it: the item, no vectors
+            conn.execute(f"DELETE FROM embeddings WHERE item = ({key_of})", (pid,))
+    assert before >= 2
+    report = repair(tmp_path / "idx", model=str(artifacts), progress=False)
+    assert report.reembedded == [pid]
+    with Index.open(tmp_path / "idx", model=str(artifacts), ocr=False) as index:
+        after = index.store.conn.execute(f"SELECT count(*) FROM embeddings WHERE item = ({key_of})", (pid,)).fetchone()[0]
+        assert after == before and index.search("gate B22", k=1)[0].path == str(photos / "s.png")

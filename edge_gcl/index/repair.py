@@ -154,7 +154,8 @@ def _embed_again(index: Index, items: list[Item], model: Any, *, provider: str, 
     bar = tqdm(total=len(items), unit="item", desc="repair", disable=not progress)
     for start in range(0, len(items), BATCH):
         batch = items[start : start + BATCH]
-        vectors = index._embed_sources([(it.path, it.text) for it in batch], embedder)  # noqa: SLF001
+        vectors = index._embed_sources([(it.path, it.text) for it in batch], embedder,  # noqa: SLF001
+                                       ocr=[it.ocr for it in batch])  # its OCR rows too
         with store.write() as conn:
             for it, v in zip(batch, vectors, strict=True):
                 if isinstance(v, str) and it.text is not None:  # the photo is gone: its note stays, as a note

@@ -28,7 +28,14 @@ def has_ocr(manifest: Any) -> bool:
 
 def from_artifacts(folder: str | Path, manifest: Any, *, provider: str = "cpu", form: str | None = None) -> OcrEngine:
     """An `OcrEngine` over the OCR graphs of `folder` in `form` (default: float on the CPU, ctx on the NPU)."""
-    from ..runtime import DEFAULT_FORM, RuntimeConfigError, _qnn_target, rebuild_hint, verify_artifacts
+    from ..runtime import (
+        DEFAULT_FORM,
+        RuntimeConfigError,
+        _qnn_target,
+        form_files,
+        rebuild_hint,
+        verify_artifacts,
+    )
 
     folder = Path(folder)
     form = form or DEFAULT_FORM[provider]  # type: ignore[index]
@@ -44,7 +51,8 @@ def from_artifacts(folder: str | Path, manifest: Any, *, provider: str = "cpu", 
         if not paths[g].is_file():
             raise RuntimeConfigError(f"{paths[g]}: the OCR {g} graph named by the manifest is missing; {rebuild_hint(folder, manifest)}")
     dictionary = folder / manifest.towers[f"{TOWER_PREFIX}rec"].files["dictionary"]
-    verify_artifacts(folder, manifest, [p.relative_to(folder).as_posix() for p in (*paths.values(), dictionary)])
+    loaded = [name for g in GRAPHS for name in form_files(manifest.towers[f"{TOWER_PREFIX}{g}"].files, form)]
+    verify_artifacts(folder, manifest, [*loaded, dictionary.relative_to(folder).as_posix()])
     config = OcrConfig.from_dict((manifest.extra.get("ocr") or {}).get("config", {}))
     where = "ONNX Runtime CPU"
     if provider == "qnn":
