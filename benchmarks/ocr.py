@@ -180,8 +180,9 @@ def engine_for(artifacts: Path | None, config: Any, form: str = "float") -> Any:
 
 # ----------------------------------------------------------------------------- retrieval
 def retrieval(embedder: Any, photos: list[Path], texts: dict[str, str] | None, qs: list[dict[str, Any]],
-              ids: dict[str, str], *, work: Path, ocr_vectors: str = "fused") -> dict[str, dict[str, float]]:
-    """{kind: {"R@1", "R@5", "queries"}} over one index of `photos` (OCR texts given, or off)."""
+              ids: dict[str, str], *, work: Path, ocr_vectors: str = "fused", meaning: bool = True) -> dict[str, dict[str, float]]:
+    """{kind: {"R@1", "R@5", "queries"}} over one index of `photos` (OCR texts given, or off; `meaning`:
+    the artifacts' sentence encoder lifts photos by the meaning of their text, where they ship one)."""
     from edge_gcl.index import Index
     from edge_gcl.index import index as index_module
 
@@ -189,7 +190,8 @@ def retrieval(embedder: Any, photos: list[Path], texts: dict[str, str] | None, q
     index_module.OCR_VECTORS = ocr_vectors
     try:
         with tempfile.TemporaryDirectory(dir=work) as folder:
-            with Index.open(folder, model=embedder, ocr=CachedOcr(texts) if texts is not None else False) as index:
+            with Index.open(folder, model=embedder, ocr=CachedOcr(texts) if texts is not None else False,
+                            meaning="auto" if meaning else False) as index:
                 report = index.add_photos([str(p) for p in photos], progress=False)
                 if report.skipped:
                     raise RuntimeError(f"skipped {report.skipped[:3]}")
@@ -207,12 +209,16 @@ def retrieval(embedder: Any, photos: list[Path], texts: dict[str, str] | None, q
 
 
 # ----------------------------------------------------------------------------- phone dev benchmark
-def phone_dev(embedder: Any, root: Path, texts: dict[str, str], *, offset: float, ocr_vectors: str = "fused") -> dict[str, Any]:
+def phone_dev(embedder: Any, root: Path, texts: dict[str, str], *, offset: float, ocr_vectors: str = "fused",
+              meaning: Any = None) -> dict[str, Any]:
     """Global recall@1/5 per task of the phone dev benchmark at `root`, OCR off and on: a candidate with
-    a photo whose OCR text is not empty also scores by its OCR row (as the index stores it)."""
+    a photo whose OCR text is not empty also scores by its OCR row (as the index stores it), and, with a
+    sentence encoder (`meaning`), a text query lifts it by the meaning of that text (`Index.search`'s rule)."""
     from edge_gcl.embedding import fuse, modality_offsets
     from edge_gcl.eval.mbeir import embed_items, global_pool_path, read_pool, read_qrels, read_queries
+    from edge_gcl.index.meaning import item_cosines
     from edge_gcl.index.sources import chunk_note
+    from edge_gcl.ocr.meaning import MAX_CHUNKS, boost, clean
 
     pool = read_pool(global_pool_path(root, "test"), root=root)
     cache: dict = {}
@@ -233,7 +239,16 @@ def phone_dev(embedder: Any, root: Path, texts: dict[str, str], *, offset: float
         extra = {"fused": fuse(base, e), "text": e, "both": np.concatenate([fuse(base, e), e])}[ocr_vectors]
         if ocr_vectors == "both":
             ocr_of = ocr_of + ocr_of
-    out: dict[str, Any] = {"ocr_rows": len(ocr_rows), "photos_with_text": len(set(ocr_of)), "tasks": {}}
+    sense_rows, sense_of = [], []  # the meaning rows of the photos with text (cleaned, chunked), and whose
+    if meaning is not None:
+        for j, c in enumerate(pool):
+            t = texts.get(str(Path(c.img_path).resolve())) if c.img_path is not None else None
+            for chunk in chunk_note(clean(t), meaning.tokenizer)[:MAX_CHUNKS] if t and clean(t) else []:
+                sense_rows.append(chunk)
+                sense_of.append(j)
+    sense = meaning.embed(sense_rows) if sense_rows else None  # (R, d)
+    out: dict[str, Any] = {"ocr_rows": len(ocr_rows), "photos_with_text": len(set(ocr_of)), "meaning_rows": len(sense_rows),
+                           "tasks": {}}
     for qfile in sorted((root / "query" / "test").glob("mbeir_*_test.jsonl")):
         qs = read_queries(qfile, root=root)
         qrels = read_qrels(root / "qrels" / "test" / qfile.name.replace(".jsonl", "_qrels.txt"))
@@ -248,6 +263,10 @@ def phone_dev(embedder: Any, root: Path, texts: dict[str, str], *, offset: float
                 if mode == "on" and len(ocr_of):
                     s2 = q[rows] @ extra.T + bias[ocr_of]
                     np.maximum.at(scores.T, np.array(ocr_of), s2.T)
+                if mode == "on" and sense is not None and m == "text":  # a query of words alone: the lift
+                    for r, qv in enumerate(meaning.embed([qs[i].txt for i in rows])):
+                        items, cos = item_cosines(np.array(sense_of), sense, qv)
+                        scores[r, items] += boost(cos)
                 top = np.argsort(-scores, axis=1)[:, :5]
                 for r, i in enumerate(rows):
                     pos = qrels.get(qs[i].qid, set())
@@ -334,7 +353,8 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         off = retrieval(embedder, photos, None, qs, ids, work=work)
         vectors = args.ocr_vectors.split(",")
         for mode in vectors:
-            on = retrieval(embedder, photos, {str(p): texts[str(p)] for p in photos}, qs, ids, work=work, ocr_vectors=mode)
+            on = retrieval(embedder, photos, {str(p): texts[str(p)] for p in photos}, qs, ids, work=work, ocr_vectors=mode,
+                           meaning=not args.no_meaning)
             for kind in QUERY_KINDS:
                 rows.append({"split": split, "ocr_vectors": mode, "kind": kind, "queries": on[kind]["queries"],
                              "off R@1": off[kind]["R@1"], "off R@5": off[kind]["R@5"], "on R@1": on[kind]["R@1"], "on R@5": on[kind]["R@5"]})
@@ -347,7 +367,10 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     if not args.skip_phone_dev and not args.speed_only:
         root = ensure_phone_dev(Path(args.phone_dev), data_root)
         offset = default_cross_modal_offset(embedder)
-        doc_extra["phone_dev"] = {mode: phone_dev(embedder, root, texts, offset=offset, ocr_vectors=mode)
+        from edge_gcl.ocr.meaning import load_meaning
+
+        sense = load_meaning(embedder) if not args.no_meaning else None
+        doc_extra["phone_dev"] = {mode: phone_dev(embedder, root, texts, offset=offset, ocr_vectors=mode, meaning=sense)
                                   for mode in args.ocr_vectors.split(",")}
         doc_extra["phone_dev_offset"] = offset
         for mode, pd in doc_extra["phone_dev"].items():
@@ -369,7 +392,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         doc_extra["ingest"] = speed
     config_doc = {"samples": args.samples, "seed": args.seed, "ocr": asdict(config), "ocr_form": args.ocr_form,
                   "artifacts": str(artifacts) if artifacts else None, "model": getattr(embedder, "model_id", None),
-                  "pool_photos": len(pool), "splits": splits, "ocr_vectors": args.ocr_vectors}
+                  "pool_photos": len(pool), "splits": splits, "ocr_vectors": args.ocr_vectors, "meaning": not args.no_meaning}
     return make_document("ocr", rows, config=config_doc, machine=machine_info(), **doc_extra)
 
 
@@ -418,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gate-size", type=int, default=OcrConfigDefaults.gate_size)
     p.add_argument("--tile-ratio", type=float, help="OcrConfig.tile_ratio (default: its default; 100: no tiles)")
     p.add_argument("--ocr-vectors", default="fused", help="fused, text or both (fused and text rows); several with commas")
+    p.add_argument("--no-meaning", action="store_true",
+                   help="without the sentence encoder's lift (the artifacts' ocr_meaning graph), as before it")
     p.add_argument("--samples", type=int, default=N_SAMPLES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tune", action="store_true", help="the dev split only (what choices are made on)")

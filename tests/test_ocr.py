@@ -278,9 +278,10 @@ def test_a_format_2_index_is_migrated_and_reindex_reads_its_photos(tmp_path, eng
         index.add_photos(photos, progress=False)
         index.add_note("Gate change: now B24")
     with sqlite3.connect(tmp_path / "idx" / "index.sqlite") as conn:  # what edge-gcl wrote before OCR
-        for trigger in ("items_words_insert", "items_words_delete", "items_words_update"):
+        for trigger in ("items_words_insert", "items_words_delete", "items_words_update", "items_meaning_update"):
             conn.execute(f"DROP TRIGGER {trigger}")
         conn.execute("DROP TABLE item_words")
+        conn.execute("DROP TABLE ocr_meaning")
         conn.execute("ALTER TABLE items DROP COLUMN ocr")
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'format_version'")
     with Index.open(tmp_path / "idx") as index:

@@ -28,6 +28,8 @@ rebuilt from it. Schema, format 2::
                                                  skip them until the file is added by name
     item_words  FTS5 (trigram) over each item's folded note + OCR text, rowid = items.key, kept
                 in step by triggers (`words.py`)
+    ocr_meaning the sentence vectors of each photo's OCR text (`meaning.py`; derived, created when
+                missing)
 
 Connections use WAL (readers never block the writer), `synchronous=FULL` (a committed batch
 survives power loss), `foreign_keys=ON` and a busy timeout; every write is one
@@ -55,7 +57,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from . import words
+from . import meaning, words
 
 FORMAT_VERSION = 3
 
@@ -238,6 +240,7 @@ class Store:
                 else:
                     _migrate(conn, path)
                 conn.execute(_EXCLUDED)
+                meaning.create(conn)  # the text-meaning vectors (derived; created when missing)
             store.info = store.read_info()
         except BaseException:
             store.close()
