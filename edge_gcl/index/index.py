@@ -282,6 +282,7 @@ class Index:
         self.ocr = ocr  # reads the text in photos at ingest (None: off)
         self.meaning = meaning  # embeds the meaning of that text and of queries (None: not used)
         self._meaning_rows: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None  # (change token, keys, vectors)
+        self._meaning_last: tuple[str, np.ndarray] | None = None  # (query words, their sentence vector)
         self._vectors = VectorMatrix(store, cache=folder / VECTORS_FILE)
         # (vectors.version, row -> modality code, {(query modality, offset): (V,) offsets})
         self._offset_rows: tuple[int, np.ndarray, dict[tuple[str, float], np.ndarray]] | None = None
@@ -891,8 +892,8 @@ class Index:
         ignored) come first, whatever `min_score` (`Hit.matched`; the rule is in `words.py`). By
         default the query text when the query is words alone; "" turns it off.
 
-        The meaning of the text read in photos (a query of words alone, with a sentence encoder,
-        `meaning=` of `Index.open`): a photo whose text's sentence vector has cosine c > THRESHOLD
+        The meaning of the text read in photos (a query of words alone, or a "note" `vector` with its
+        `words`, as the CLI and the app search; with a sentence encoder, `meaning=` of `Index.open`): a photo whose text's sentence vector has cosine c > THRESHOLD
         (0.1) with the query's gains WEIGHT x (c - THRESHOLD) on its score (`edge_gcl.ocr.meaning.boost`,
         `Hit.meaning` says how much), so "bakery bill" lifts a receipt reading "BOULANGERIE ...
         Croissant"; every other item keeps its score. It applies before the word matches are put
@@ -922,9 +923,8 @@ class Index:
         elif not (isinstance(cross_modal_offset, (int, float)) and np.isfinite(cross_modal_offset)):
             raise ValueError(f"cross_modal_offset {cross_modal_offset!r}: expected a finite number")
         query = self._query(text, image, vector)  # (D,) float32, unit norm
-        meaning_query = None  # the query's sentence vector (d,): a query of words alone
-        if self.meaning is not None and vector is None and image is None and text is not None:
-            meaning_query = self.meaning.embed([text])[0]
+        said = text if vector is None and image is None else words if vector is not None and query_modality == "note" else None
+        meaning_query = self._meaning_query(said) if said and said.strip() else None  # (d,): a query of words alone
         with self._lock:
             self._refresh()
             vectors = self._vectors
@@ -1004,6 +1004,14 @@ class Index:
             before=parse_date(before, name="before") if before is not None else None,
             limit=limit,
         )
+
+    def _meaning_query(self, text: str) -> np.ndarray | None:
+        """The sentence vector (d,) of a query's words (the last one kept: a search is often run twice)."""
+        if self.meaning is None:
+            return None
+        if self._meaning_last is None or self._meaning_last[0] != text:
+            self._meaning_last = (text, self.meaning.embed([text])[0])
+        return self._meaning_last[1]
 
     def _meaning_boosts(self, query: np.ndarray, keys: np.ndarray | None) -> dict[int, float]:
         """{item key: what its score gains} for the photos whose text means what the query says
