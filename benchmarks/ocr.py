@@ -291,8 +291,10 @@ def ensure_phone_dev(root: Path, data_root: Path = SHARED) -> Path:
 
 # ----------------------------------------------------------------------------- ingest speed
 def ingest_rate(embedder: Any, engine: Any, photos: Sequence[Path], work: Path) -> dict[str, float]:
-    """Photos/s of `Index.add_photos` into a fresh index with `engine` reading the text (None: off), and
-    the process's CPU time per photo (all threads)."""
+    """Photos/s of `Index.add_photos` into a fresh index with `engine` reading the text (None: off; the
+    artifacts' sentence encoder stores the meaning of the text read, as by default), the process's CPU
+    time per photo (all threads), and the cores it got on average (CPU time / wall time: under 2 on
+    2 cores when other jobs took the rest)."""
     from edge_gcl.index import Index
 
     with tempfile.TemporaryDirectory(dir=work) as folder, Index.open(folder, model=embedder, ocr=engine or False) as index:
@@ -302,7 +304,7 @@ def ingest_rate(embedder: Any, engine: Any, photos: Sequence[Path], work: Path) 
     n = len(report.added)
     # CPU seconds of the whole process (all its threads): what a shared machine distorts least
     return {"photos": n, "seconds": s, "photos_per_s": n / s, "cpu_ms_per_photo": 1e3 * cpu_s / n,
-            "photos_per_cpu_s": n / cpu_s}
+            "photos_per_cpu_s": n / cpu_s, "cores_used": cpu_s / s}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -385,10 +387,14 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         warm = engine_for(artifacts, config, form=args.ocr_form)
         for name, photos in (("ordinary (shared, 256 px)", ordinary), ("ordinary (12 MP JPEG)", twelve), ("text-heavy screenshots", screens)):
             for label, eng in (("OCR off", None), ("OCR on", warm)):
-                r = ingest_rate(embedder, eng, photos, work)
-                speed.append({"set": name, "ocr": label, **r, "load_1min": os.getloadavg()[0]})
-                log(f"ingest {name}, {label}: {r['photos_per_s']:.1f} photos/s, {r['cpu_ms_per_photo']:.0f} CPU-ms a photo "
-                    f"(load {os.getloadavg()[0]:.2f})")
+                runs = []  # the fastest of --speed-repeat runs: a shared machine only ever slows one down
+                for _ in range(args.speed_repeat):
+                    runs.append({**ingest_rate(embedder, eng, photos, work), "load_1min": os.getloadavg()[0]})
+                r = max(runs, key=lambda x: x["photos_per_s"])
+                speed.append({"set": name, "ocr": label, **r, "runs": runs,
+                              "cpu_ms_per_photo_median": float(np.median([x["cpu_ms_per_photo"] for x in runs]))})
+                log(f"ingest {name}, {label}: {r['photos_per_s']:.1f} photos/s on {r['cores_used']:.1f} cores, "
+                    f"{r['cpu_ms_per_photo']:.0f} CPU-ms a photo (best of {len(runs)}; load {r['load_1min']:.2f})")
         doc_extra["ingest"] = speed
     config_doc = {"samples": args.samples, "seed": args.seed, "ocr": asdict(config), "ocr_form": args.ocr_form,
                   "artifacts": str(artifacts) if artifacts else None, "model": getattr(embedder, "model_id", None),
@@ -422,8 +428,8 @@ def markdown(doc: dict[str, Any]) -> str:
         kinds = ", ".join(f"{k} {v:.1f}" for k, v in a["per_kind"].items())
         lines.append(f"- {split}: character accuracy {a['char_accuracy']:.1f}%, word accuracy {a['word_accuracy']:.1f}% ({kinds})")
     for r in doc.get("ingest", []):
-        lines.append(f"- ingest, {r['set']}, {r['ocr']}: {r['photos_per_s']:.1f} photos/s, {r['cpu_ms_per_photo']:.0f} CPU-ms a "
-                     f"photo ({r['photos']} photos; 1-minute load {r['load_1min']:.1f})")
+        lines.append(f"- ingest, {r['set']}, {r['ocr']}: {r['photos_per_s']:.1f} photos/s on {r.get('cores_used', 0):.1f} cores, "
+                     f"{r['cpu_ms_per_photo']:.0f} CPU-ms a photo ({r['photos']} photos; 1-minute load {r['load_1min']:.1f})")
     for pd in doc.get("phone_dev", {}).values():
         a = pd["average"]
         lines.append(f"- phone dev benchmark, global average R@1 / R@5 with the offset {doc.get('phone_dev_offset')}: OCR off "
@@ -452,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-phone-dev", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--speed-photos", type=int, default=120)
+    p.add_argument("--speed-repeat", type=int, default=3, help="ingest runs per set and mode; the fastest is reported")
     p.add_argument("--speed-only", action="store_true", help="only the ingest speed (OCR read only for the samples' files)")
     p.add_argument("--json", default=default_out("ocr.json"),
                    help="result JSON (default: under runs/benchmarks; the committed one: benchmarks/results/ocr.json)")
@@ -464,8 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for split, a in doc["accuracy"].items():
         print(f"{split}: character accuracy {a['char_accuracy']:.1f}%, word accuracy {a['word_accuracy']:.1f}%  {a['per_kind']}")
     for r in doc.get("ingest", []):
-        print(f"ingest {r['set']}, {r['ocr']}: {r['photos_per_s']:.1f} photos/s, {r['cpu_ms_per_photo']:.0f} CPU-ms a photo "
-              f"({r['photos']} photos, load {r['load_1min']:.2f})")
+        print(f"ingest {r['set']}, {r['ocr']}: {r['photos_per_s']:.1f} photos/s on {r['cores_used']:.1f} cores, "
+              f"{r['cpu_ms_per_photo']:.0f} CPU-ms a photo ({r['photos']} photos, best of {len(r['runs'])}, load {r['load_1min']:.2f})")
     for mode, pd in doc.get("phone_dev", {}).items():
         print(f"phone dev ({mode}): global average R@1/R@5 OCR off {pd['average']['off R@1']:.2f}/{pd['average']['off R@5']:.2f}, "
               f"on {pd['average']['on R@1']:.2f}/{pd['average']['on R@5']:.2f} ({pd['photos_with_text']} pool photos with text)")
