@@ -4,7 +4,7 @@
     edge-gcl eval mbeir ...               edge_gcl/eval/cli.py
     edge-gcl eval mmeb|covr ...           edge_gcl/eval/cli.py
     edge-gcl bench build-mbeir ...        edge_gcl/eval/cli.py
-    edge-gcl index add|sync|note|list|remove|reindex|read-text|stats ...   edge_gcl/index/cli.py
+    edge-gcl index add|sync|note|list|remove|reindex|repair|read-text|stats ...   edge_gcl/index/cli.py
     edge-gcl search "query" ...           edge_gcl/index/cli.py
     edge-gcl app --photos DIR             edge_gcl/app/server.py
     edge-gcl status                       edge_gcl/status.py
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -282,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     ri = ix.add_parser("reindex", help="re-embed every item with another model (notes and dates kept)")
     index_options(ri)
     ri.set_defaults(func=_handler("edge_gcl.index.cli:cli_reindex"))
+    rp = ix.add_parser("repair", help="rebuild a damaged index from what can still be read (the damaged file is kept)")
+    index_options(rp)
+    rp.set_defaults(func=_handler("edge_gcl.index.cli:cli_repair"))
     rt = ix.add_parser("read-text", help="read the words in the photos indexed before OCR (or with --no-ocr)")
     index_options(rt)
     rt.set_defaults(func=_handler("edge_gcl.index.cli:cli_read_text"))
@@ -352,6 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `edge-gcl index list | head`: the reader has all it wanted
+        # Python would still flush stdout at exit and report that pipe too: point it at /dev/null
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command that stopped the same way
 
 
 if __name__ == "__main__":

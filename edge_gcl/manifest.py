@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +91,7 @@ class Manifest:
     tools: dict[str, str] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {sha256, size_bytes}
     extra: dict[str, Any] = field(default_factory=dict)
+    made_by: str | None = None  # "export.compile" for a folder it built: the only kind a build may replace
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,10 +99,28 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        """The manifest a JSON object describes; TypeError/ValueError name a field of the wrong kind (a
+        hand-edited manifest must fail here, in one line, not as an AttributeError deep in the runtime)."""
+        _expect(d, dict, "the manifest")
         if d.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"manifest format_version {d.get('format_version')!r}, expected {FORMAT_VERSION}")
+        for key, kind in (("towers", dict), ("model_id", str), ("model_name", str), ("embed_dim", int),
+                          ("image", dict), ("text", dict)):
+            _expect(d[key], kind, key)
+        for key, kind in (("precision", str), ("made_by", str), ("chipset", dict), ("calibration", dict), ("verification", dict),
+                          ("tools", dict), ("files", dict), ("extra", dict)):
+            if d.get(key) is not None:
+                _expect(d[key], kind, key)
+        for name, record in (d.get("files") or {}).items():
+            _expect(record, dict, f"files[{name!r}]")
+        for key, kinds in (("name", str), ("soc_model", int), ("htp_arch", (str, int))):  # htp_arch: "v75" or 75
+            value = (d.get("chipset") or {}).get(key)
+            if value is not None:
+                _expect(value, kinds, f"chipset.{key}")
         towers = {}
         for name, t in d["towers"].items():
+            _expect(t, dict, f"towers[{name!r}]")
+            _expect(t.get("files"), dict, f"towers[{name!r}].files")
             spec = TowerSpec(
                 inputs=tuple(TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in t["spec"]["inputs"]),
                 outputs=tuple(TensorSpec(o["name"], tuple(o["shape"]), o["dtype"]) for o in t["spec"]["outputs"]),
@@ -121,6 +141,7 @@ class Manifest:
             tools=d.get("tools", {}),
             files=d.get("files", {}),
             extra=d.get("extra", {}),
+            made_by=d.get("made_by"),
         )
 
     def save(self, folder: str | Path) -> Path:
@@ -147,6 +168,68 @@ class Manifest:
                 if got != info["sha256"]:
                     raise ValueError(f"{Path(folder) / name}: SHA-256 {got[:12]}.. does not match the manifest")
         return manifest
+
+
+def _expect(value: Any, kinds: type | tuple[type, ...], what: str) -> None:
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = {dict: "an object", str: "a string", int: "an integer"}
+        expected = " or ".join(names.get(k, k.__name__) for k in kinds)
+        raise TypeError(f"{what}: expected {expected}, got {type(value).__name__}")
+
+
+class ArtifactIntegrityError(ValueError):
+    """A file of an artifacts folder that is not the one the manifest recorded (changed or damaged since)."""
+
+
+def verify_files(folder: str | Path, manifest: Manifest, names: Iterable[str], *, cache: Path | None = None) -> None:
+    """Check each of `names` (files of `folder`) against the SHA-256 its manifest recorded when it was built;
+    raise ArtifactIntegrityError naming the first that differs or that the manifest does not list.
+
+    A file once found whole is not hashed again while its size, mtime, ctime and inode stay the same:
+    `cache` (a JSON file, e.g. in edge-gcl's user data folder) remembers them, so a start-up costs a `stat`
+    per file. A cache that cannot be read or written is ignored (every file is hashed)."""
+    folder = Path(folder)
+    seen = _read_verified(cache)
+    changed = False
+    for name in names:
+        path = (folder / name).absolute()
+        want = (manifest.files.get(name) or {}).get("sha256")
+        if not isinstance(want, str):
+            raise ArtifactIntegrityError(f"{path}: the manifest records no SHA-256 for it, so it cannot be checked")
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, want]
+        if seen.get(str(path)) == stamp:
+            continue
+        got = file_digest(path)["sha256"]
+        if got != want:
+            raise ArtifactIntegrityError(
+                f"{path}: SHA-256 {got[:12]}.. differs from the manifest's {want[:12]}..: the file was changed or "
+                "damaged after export.compile built it"
+            )
+        seen.pop(str(path), None)
+        seen[str(path)] = stamp
+        changed = True
+    if changed and cache is not None:
+        try:
+            write_json_atomic(cache, {"format": VERIFIED_FORMAT, "files": dict(list(seen.items())[-VERIFIED_MAX:])})
+        except OSError:
+            pass
+
+
+VERIFIED_FORMAT = "edge-gcl-verified-artifacts"
+VERIFIED_MAX = 256  # files remembered (the most recently checked)
+
+
+def _read_verified(cache: Path | None) -> dict[str, list[Any]]:
+    if cache is None:
+        return {}
+    try:
+        record = json.loads(cache.read_text(encoding="utf-8"))
+        files = record["files"] if record.get("format") == VERIFIED_FORMAT else {}
+        return {k: v for k, v in files.items() if isinstance(v, list)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def is_artifacts_folder(path: str | Path) -> bool:

@@ -43,7 +43,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .embedding import Embedder, ImageInput, l2_normalize, model_label, model_name
-from .manifest import TOKENIZER_NAME, Manifest, TowerSpec, is_artifacts_folder
+from .locations import data_dir
+from .manifest import (
+    TOKENIZER_NAME,
+    ArtifactIntegrityError,
+    Manifest,
+    TowerSpec,
+    is_artifacts_folder,
+    verify_files,
+)
 from .tokenizer import Tokenizer, check_text
 from .transform import preprocess
 
@@ -62,6 +70,7 @@ DECODE_THREADS = min(4, os.cpu_count() or 1)  # photos decoded while the image t
 # peak: 1 row 16 ms, 2 rows 12.5 ms / 250 MB, 4 rows 12.5 ms / 285 MB, 8 rows 13.6 ms / 335 MB,
 # 32 rows 15.7 ms / 665 MB (CPU time, so a loaded machine still compares them).
 IMAGE_ROWS = 4
+VERIFIED_CACHE = "verified-artifacts.json"  # in the user data folder: artifacts files already checked
 
 
 class RuntimeConfigError(ValueError):
@@ -73,6 +82,15 @@ def rebuild_hint(folder: Path, manifest: Manifest, *, chip: str | None = None) -
     chip = chip or (manifest.chipset or {}).get("name")
     chip_flag = f' --chipset "{chip}"' if chip else ""
     return f"rebuild with `python -m export.compile --target snapdragon{chip_flag} --out {folder}`"
+
+
+def verify_artifacts(folder: Path, manifest: Manifest, names: Sequence[str]) -> None:
+    """`manifest.verify_files` with the user data folder's cache; a mismatch is a RuntimeConfigError naming the
+    file and the command that rebuilds the folder."""
+    try:
+        verify_files(folder, manifest, names, cache=data_dir() / VERIFIED_CACHE)
+    except ArtifactIntegrityError as e:
+        raise RuntimeConfigError(f"{e}; {rebuild_hint(folder, manifest)}") from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -92,6 +110,9 @@ class OnnxEmbedder:
     `embed_*` and `encode_*` alike.
     `threads` sets ONNX Runtime's intra-op threads (0: its default); `decode_threads` how many
     photos are decoded at once, overlapping the image tower (0: decode in the calling thread).
+    `verify` checks the files it loads against the manifest's SHA-256 (a changed or damaged tower
+    would embed silently wrong); a file found whole is remembered by size, mtime, ctime and inode in
+    the user data folder (`VERIFIED_CACHE`), so later starts only `stat` it.
     Raises `RuntimeConfigError` (what to run or rebuild) for a combination that cannot run,
     `edge_gcl.qnn_ep.QnnUnavailableError` where the QNN EP cannot be loaded.
     """
@@ -104,6 +125,7 @@ class OnnxEmbedder:
         form: Form | None = None,
         threads: int = 0,
         decode_threads: int = DECODE_THREADS,
+        verify: bool = True,
     ) -> None:
         if provider not in PROVIDERS:
             raise RuntimeConfigError(f"provider {provider!r}: expected one of {', '.join(PROVIDERS)}")
@@ -117,6 +139,8 @@ class OnnxEmbedder:
         self.provider = provider
         self.form = form
         self._check_combination()
+        if verify:
+            self._verify()
         self.decode_threads = decode_threads
         text_cfg = dataclasses.replace(self.manifest.text, tokenizer_file=TOKENIZER_NAME)
         self.tokenizer = Tokenizer.from_config(text_cfg, self.folder)
@@ -175,6 +199,15 @@ class OnnxEmbedder:
                     f"the manifest is missing; {hint}"
                 )
 
+    def _verify(self) -> None:
+        """The files this form loads against the manifest's SHA-256 (`manifest.verify_files`; remembered in the
+        user data folder, so only a changed file is hashed again)."""
+        names = [TOKENIZER_NAME]
+        for tower in ("image", "text"):
+            files = self.manifest.towers[tower].files
+            names += [files[self.form]] + ([files["ctx_bin"]] if self.form == "ctx" and "ctx_bin" in files else [])
+        verify_artifacts(self.folder, self.manifest, names)
+
     def _session(self, tower: str, threads: int) -> ort.InferenceSession:
         path = self.folder / self.manifest.towers[tower].files[self.form]
         if self.provider == "qnn":
@@ -205,7 +238,14 @@ class OnnxEmbedder:
                     f"{rebuild_hint(self.folder, self.manifest, chip='YOUR CHIP')} "
                     "(`python -m export.compile --list-chipsets` names them)"
                 ) from error
-        return _cpu_session(path, threads=threads)
+        try:
+            return _cpu_session(path, threads=threads)
+        except Exception as error:  # ONNX Runtime's own exception types (InvalidProtobuf, Fail, ...)
+            if not type(error).__module__.startswith("onnxruntime"):
+                raise
+            raise RuntimeConfigError(
+                f"{path}: ONNX Runtime cannot load it ({_first_line(error)}); {rebuild_hint(self.folder, self.manifest)}"
+            ) from None
 
     def embed_images(
         self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False
@@ -406,6 +446,11 @@ def load_embedder(
             raise RuntimeConfigError(f"{spec}: --device {device} is for PyTorch models; an artifacts folder runs on "
                                      "ONNX Runtime (--provider cpu or qnn)")
         return OnnxEmbedder(spec, provider=provider, form=form)
+    if Path(spec).suffix.lower() == ".onnx":
+        raise RuntimeConfigError(
+            f"{spec}: one .onnx file is not a model edge-gcl runs: --model takes the artifacts folder "
+            "`python -m export.compile` builds (manifest.json, both towers, the tokenizer)"
+        )
     if provider != "cpu" or form is not None:
         raise RuntimeConfigError(
             f"{spec}: --provider {provider} / --form {form} need an artifacts folder (manifest.json) "
@@ -420,7 +465,9 @@ def load_embedder(
     from .models import TorchEmbedder, load_model
 
     name = Path(spec).name if Path(spec).exists() else str(spec)  # as export.compile records it
-    return TorchEmbedder(load_model(str(spec)), device=device or "cpu", name=name)
+    # seed 0: a fresh (untrained) preset such as `lite` gets the same weights, so the same model id, in every
+    # process; otherwise an index built with it could never be opened again
+    return TorchEmbedder(load_model(str(spec), seed=0), device=device or "cpu", name=name)
 
 
 def describe(embedder: Embedder) -> str:

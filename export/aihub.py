@@ -227,20 +227,27 @@ def _hub_errors(client: hub.Client, source: str) -> Iterator[None]:
     import requests
     from qai_hub.public_rest_api import APIException
 
+    token = client.config.api_token
     try:
         yield
     except APIException as e:
         if e.status_code == 401:
             raise AIHubAuthError(_auth_message(client, source)) from None
-        raise
+        # Not chained, and redacted: the client quotes the response body, and a body that echoes the request
+        # (a proxy's error page, a debugging server) holds the Authorization header.
+        raise AIHubError(f"AI Hub refused a request (HTTP {e.status_code}): {_redact(str(e), token)}") from None
     except requests.exceptions.RequestException as e:  # raised past the client's own retries
         # Not chained, and redacted: requests quotes a malformed Authorization header, token included.
-        reason = _redact(f"{type(e).__name__}: {e}", client.config.api_token)
+        reason = _redact(f"{type(e).__name__}: {e}", token)
         raise AIHubError(f"could not reach AI Hub at {client.config.api_url}: {reason}") from None
     except hub.UserError as e:
         # The client turns HTTP 401 into UserError("Failed to authenticate. ...").
         if str(e).startswith("Failed to authenticate"):
             raise AIHubAuthError(_auth_message(client, source)) from None
+        raise AIHubError(f"AI Hub: {_redact(str(e), token)}") from None
+    except Exception as e:
+        if _redact(str(e), token) != str(e):  # anything else that quotes the token: never shown as it is
+            raise AIHubError(f"AI Hub: {type(e).__name__}: {_redact(str(e), token)}") from None
         raise
 
 

@@ -26,6 +26,8 @@ The recipe, step by step (each timed and shown in the summary):
 6. Write `manifest.json` (contract, files with SHA-256, precision, chip, NPU share, fidelity, tool
    versions) and swap the finished folder into place (atomically on Linux; elsewhere a crash
    mid-swap is undone by the next build); a failed run leaves the old folder untouched.
+   `--out` may only name a missing or empty folder or one this module built (its manifest's
+   `made_by`): a file, the working folder, the project or another folder is refused before step 1.
 With `--via aihub`, steps 4-5 run on Qualcomm AI Hub instead: compile there and profile on a
 real device (inference ms, peak memory, layer placement), written into the manifest.
 
@@ -52,10 +54,10 @@ import numpy as np
 from edge_gcl.embedding import l2_normalize, model_label
 from edge_gcl.extras import require_or_exit
 from edge_gcl.locations import environment, record_artifacts
-from edge_gcl.manifest import TOKENIZER_NAME, Manifest, TowerArtifacts, tower_specs
+from edge_gcl.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, TowerArtifacts, tower_specs
 from edge_gcl.transform import ImageDecodeError, preprocess
 
-from .chipsets import DEFAULT_TARGET, format_table, get_chipset
+from .chipsets import DEFAULT_TARGET, UnknownChipsetError, format_table, get_chipset
 
 TOWERS = ("image", "text")
 PARITY_ATOL = 1e-4  # PyTorch vs ONNX Runtime (CPU, float32), on L2-normalised embeddings
@@ -230,14 +232,15 @@ def run(
     may ship. Unless `verbose`, the libraries' own output goes to `build.log` in the folder (kept
     beside `out` as `<out>-failed-build.log` when the build fails).
     """
+    out = Path(out)
+    check_out(out)  # before any work: a build must never destroy what it would replace
+    chip = get_chipset(chipset)
     from edge_gcl.models import load_model
 
     from . import onnx_export
     from .buildlog import LOG_NAME, BuildLog
     from .quantize import quantize_tower
 
-    chip = get_chipset(chipset)
-    out = Path(out)
     if not 0.0 <= min_fidelity <= 1.0:
         raise ValueError(f"min_fidelity {min_fidelity}: a cosine threshold in [0, 1]")
     if via == "aihub":
@@ -406,6 +409,7 @@ def run(
             from edge_gcl.models.base import weights_id
 
             manifest = Manifest(
+                made_by=MADE_BY,
                 model_id=weights_id(model),  # = TorchEmbedder(model).model_id: indexes built either way agree
                 model_name=model.config.name,
                 embed_dim=model.config.embed_dim,
@@ -485,6 +489,54 @@ def _run_cpu(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)[0]
+
+
+class OutputFolderError(ValueError):
+    """`--out` names something a build must not replace; nothing was touched."""
+
+
+MADE_BY = "export.compile"  # the manifest's made_by: a folder this module built, which a later build may replace
+# what a build leaves in its folder besides the files its manifest lists (AI Hub's summary, the libraries' log)
+BUILD_EXTRAS = frozenset({MANIFEST_NAME, "build.log", "aihub_profile.json"})
+
+
+def check_out(out: Path) -> None:
+    """Refuse an `--out` the build would destroy, before any work: a build replaces `out` whole, so it may only
+    be missing, an empty folder, or an artifacts folder this module built (its manifest says so) holding
+    nothing else. The working folder, the project and the folders above them, a file, a link or another
+    folder (a thesis, photos) are refused naming what is there."""
+    here, resolved = Path.cwd().resolve(), out.resolve()
+    guarded = {here, *here.parents, Path(__file__).resolve().parents[1], *Path(__file__).resolve().parents[1].parents,
+               Path.home().resolve()}
+    if resolved in guarded:
+        raise OutputFolderError(
+            f"--out {out}: {resolved} is the working folder, the project, your home or a folder above them; "
+            "a build replaces its --out whole: give a folder of its own, e.g. --out artifacts")
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink():
+        raise OutputFolderError(f"--out {out}: a symbolic link; give the folder itself (a build replaces --out whole)")
+    if not out.is_dir():
+        raise OutputFolderError(f"--out {out}: a file, not an artifacts folder; a build would replace it: "
+                                "give another --out")
+    names = {p.name for p in out.iterdir()}
+    if not names:
+        return
+    try:
+        manifest = Manifest.load(out)
+    except (OSError, ValueError, TypeError):
+        manifest = None
+    legacy = manifest is not None and manifest.made_by is None and "onnx" in manifest.tools  # built before made_by
+    if manifest is None or not (manifest.made_by == MADE_BY or legacy):
+        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+        raise OutputFolderError(f"--out {out}: a folder export.compile did not build (it holds {shown}); a build "
+                                "replaces --out whole: give another --out, or an empty or missing folder")
+    others = sorted(n for n in names - set(manifest.files) - BUILD_EXTRAS
+                    if not n.startswith(".") and not n.startswith(("image", "text", "ocr_")))
+    if others:
+        raise OutputFolderError(f"--out {out}: besides the build it holds {', '.join(others[:3])}"
+                                f"{', ...' if len(others) > 3 else ''}, which a rebuild would delete: move "
+                                f"{'them' if len(others) > 1 else 'it'} out first, or give another --out")
 
 
 def _replace_folder(stage: Path, out: Path) -> None:
@@ -615,7 +667,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", help="AI Hub device for --via aihub, e.g. 'Samsung Galaxy S24 (Family)'")
     p.add_argument("--aihub-quantize", action="store_true",
                    help="with --via aihub: upload float towers and quantize them on AI Hub (same calibration data)")
-    p.add_argument("--out", default="artifacts", help="output folder (replaced only when the build succeeds)")
+    p.add_argument("--out", default="artifacts", help="output folder: missing, empty or one export.compile built "
+                   "(replaced only when the build succeeds)")
     p.add_argument("--calibration", help="Flickr-style folder (captions.txt + images/); default: the training data")
     p.add_argument("--calibration-size", type=int, default=64, help="photos and captions to calibrate on")
     p.add_argument("--heldout-size", type=int, default=32, help="other photos and captions to measure fidelity on")
@@ -647,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      n_heldout=args.heldout_size, min_fidelity=args.min_fidelity, aihub_quantize=args.aihub_quantize,
                      skip_compile=args.skip_compile, skip_verify=args.skip_verify, verbose=args.verbose,
                      ocr=args.ocr, min_char_accuracy=args.min_char_accuracy)
-    except (AIHubError, FidelityError, OcrFidelityError) as e:  # messages that say what to do; a traceback would add nothing
+    except (AIHubError, FidelityError, OcrFidelityError, OutputFolderError, UnknownChipsetError) as e:  # say what to do
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, AIHubNotConfigured) else 1
     # The build succeeded: `args.out` holds it.

@@ -190,8 +190,10 @@ class FakeAIHub:
         profiles: Mapping[str, FakeProfile] | None = None,
         max_part_size: int = 5 * 2**20,
         lifetime_s: float = 60.0,
+        echo_status: int | None = None,
     ):
         self.token = token
+        self.echo_status = echo_status  # answer every API call with this error, its body echoing the headers
         self.devices = devices
         self.fail_compile = dict(fail_compile or {})
         self.fail_quantize = dict(fail_quantize or {})
@@ -293,6 +295,8 @@ class FakeAIHub:
                 if headers.get("Authorization") != f"token {self.token}":
                     self.rejected_tokens += 1
                     raise _HTTPError(401, "Invalid token.")
+                if self.echo_status is not None:  # a misbehaving proxy or server: the token comes back in the body
+                    raise _HTTPError(self.echo_status, f"request refused; it carried {json.dumps(dict(headers))}")
                 route = [p for p in path.removeprefix(API_PREFIX).split("/") if p]
                 return self._api(method, route, query, body)
             except _HTTPError as e:

@@ -357,3 +357,18 @@ def test_summarize_profile_units():
         "peak_memory_range_mb": [1.0, 4.0],
         "layer_counts": {"NPU": 3, "GPU": 0, "CPU": 1},
     }
+
+
+@pytest.mark.parametrize("status", [400, 403, 404])  # the codes whose body the client quotes
+def test_an_error_body_that_echoes_the_request_never_shows_the_token(towers, tmp_path, monkeypatch, status):
+    """Issue 33: a non-401 error whose body quotes the request headers was re-raised as it came, token included."""
+    with _aihub(tmp_path, monkeypatch, echo_status=status) as hub:  # the token is right; the answer quotes it
+        with pytest.raises(AIHubError) as failure:
+            _run(towers, tmp_path / "out")
+        with pytest.raises(AIHubError) as listing:
+            list_devices()
+    for error in (failure, listing):
+        printed = "".join(traceback.format_exception(error.value))
+        assert hub.token not in printed and "Authorization" in printed and "token <token>" in printed
+        assert error.value.__cause__ is None and error.value.__suppress_context__  # the raw error is not shown
+    assert f"(HTTP {status})" in str(failure.value)

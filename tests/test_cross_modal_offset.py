@@ -132,7 +132,7 @@ def test_the_cli_ranks_a_text_query_as_a_note(library, tmp_path: Path, monkeypat
         ["0.7500", "note"], ["0.7000", "photo"]]
     assert main(["search", "dog", "--cross-modal-offset", "nan", *common]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert "cross_modal_offset nan: expected a finite number" in err[-1] and "Traceback" not in "".join(err)
+    assert "--cross-modal-offset nan: expected a number from -2 to 2" in err[-1] and "Traceback" not in "".join(err)
 
 
 def test_evaluation_ranks_with_the_offset(toy_root: Path) -> None:  # noqa: F811

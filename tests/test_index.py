@@ -22,7 +22,15 @@ from PIL import Image
 
 from edge_gcl.config import TextPreprocess
 from edge_gcl.embedding import Embedder, fuse, l2_normalize
-from edge_gcl.index import Index, IngestReport, ModelMismatchError, chunk_note, note_id, photo_id
+from edge_gcl.index import (
+    Index,
+    IngestReport,
+    ModelMismatchError,
+    UnreadablePhotosError,
+    chunk_note,
+    note_id,
+    photo_id,
+)
 from edge_gcl.tokenizer import Tokenizer, check_text
 from edge_gcl.transform import ImageDecodeError, load_image
 
@@ -280,12 +288,16 @@ def test_model_mismatch_and_reindex(tmp_path: Path) -> None:
     # a model that crashes half-way leaves the index as it was
     with Index.open(tmp_path / "idx") as index:
         with pytest.raises(RuntimeError, match="model crashed"):
-            index.reindex(FakeEmbedder("fake@2", 24, seed=5, fail_after=2), batch_size=2, progress=False)
+            index.reindex(FakeEmbedder("fake@2", 24, seed=5, fail_after=2), batch_size=2, progress=False,
+                          drop_unreadable=True)
     assert reader.search(text="plumber", k=1)[0].text == "call the plumber"
     with sqlite3.connect(tmp_path / "idx" / "index.sqlite") as conn:
         assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'reindex_staging'").fetchone()
     with Index.open(tmp_path / "idx") as index:
-        report = index.reindex(new, batch_size=2, progress=False)
+        with pytest.raises(UnreadablePhotosError, match="2 photos cannot be read"):  # nothing dropped unasked
+            index.reindex(new, batch_size=2, progress=False)
+        assert index.model_id == "fake@1" and len(index) == 7
+        report = index.reindex(new, batch_size=2, progress=False, drop_unreadable=True)
         assert index.model_id == "fake@2" and index.embed_dim == 24
     assert report.removed == [photo_id(photos[1])]
     assert {s.input for s in report.skipped} == {str(photos[0]), str(photos[1])}

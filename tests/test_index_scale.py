@@ -1,4 +1,4 @@
-"""Search at scale, tested small (issue 17): the memory-mapped vectors file (`index.vectors`, a derived cache of
+"""Search at scale, tested small (issue 17): the vectors file (`index.vectors`, a derived cache of
 SQLite), exact vs approximate agreement on clustered synthetic vectors, the size threshold and the switch that
 forces either path. The 1M figures are `python -m benchmarks.index --million`, never a test."""
 
@@ -56,7 +56,7 @@ def brute_force(table: TableEmbedder, alive: Sequence[int], query: np.ndarray, k
 
 
 @pytest.mark.parametrize("dtype", ["float16", "int8", "float32"])
-def test_vectors_file_is_written_on_close_and_mapped_on_open(tmp_path: Path, table: TableEmbedder, dtype: str):
+def test_vectors_file_is_written_on_close_and_read_on_open(tmp_path: Path, table: TableEmbedder, dtype: str):
     path = tmp_path / "idx"
     index = build(path, table, dtype, range(600))
     from_sqlite = results(index, table, approximate=False)
@@ -68,7 +68,7 @@ def test_vectors_file_is_written_on_close_and_mapped_on_open(tmp_path: Path, tab
         assert results(again, table, approximate=False) == from_sqlite  # same ids, same scores
         vectors = again._vectors
         assert vectors.from_cache == 600
-        assert Path(vectors.matrix.base.filename) == path / "index.vectors"  # a view of the memory map
+        assert vectors.matrix.base is None  # read into memory: never a map a truncation could turn into SIGBUS
         assert str(vectors.matrix.dtype) == dtype == again.stats().search_dtype  # scanned as stored, no copy
         assert np.array_equal(vectors.vids, np.sort(vectors.vids))
     assert (path / "index.vectors").stat().st_size == size  # unchanged: not rewritten
@@ -93,7 +93,6 @@ def test_a_stale_vectors_file_catches_up_from_sqlite(tmp_path: Path, table: Tabl
     with Index.open(path) as index:  # the close above rewrote it
         index.search(vector=table.queries[0], k=3)
         assert index._vectors.from_cache == 600
-        assert isinstance(index._vectors.matrix.base, np.memmap)
 
 
 def test_an_open_index_sees_writes_made_after_it_mapped_the_file(tmp_path: Path, table: TableEmbedder):
@@ -165,8 +164,7 @@ def test_a_crash_while_writing_the_vectors_file_keeps_the_old_one(tmp_path: Path
         raise OSError("power cut")
 
     monkeypatch.setattr(os, "replace", power_cut)
-    with pytest.raises(OSError, match="power cut"):
-        index.close()
+    index.close()  # best-effort: the cache is not saved, the index closes
     monkeypatch.undo()
     assert (path / "index.vectors").read_bytes() == before
     assert sorted(p.name for p in path.iterdir() if p.name.startswith(".")) == []  # no temp file left

@@ -338,6 +338,7 @@ def test_the_ocr_graphs_compile_fully_for_the_htp_and_read_in_emulation(tmp_path
     """export.ocr at a small detector size: every node of every graph on the NPU, the gate's
     character accuracy measured in HTP emulation, and `--provider qnn` reading a small crop."""
     pytest.importorskip("onnx")
+    from edge_gcl.manifest import file_digest
     from edge_gcl.ocr import OcrConfig
     from edge_gcl.ocr.artifacts import from_artifacts
     from edge_gcl.qnn_ep import qnn_available
@@ -360,6 +361,7 @@ def test_the_ocr_graphs_compile_fully_for_the_htp_and_read_in_emulation(tmp_path
 
     class Manifest:  # what from_artifacts reads of a manifest
         towers = built.towers
+        files = {f: file_digest(tmp_path / f) for t in built.towers.values() for f in t.files.values()}  # as saved
         extra = {"ocr": built.extra}
         chipset = {"soc_model": 57, "htp_arch": "v75"}
         precision = "w8a16"

@@ -431,3 +431,20 @@ def test_a_heic_with_a_thumbnail_decodes_it_when_it_covers_the_model_input(tmp_p
     x = preprocess(path, cfg)  # (3, 64, 64) from the thumbnail, close to the same from the full image
     y = preprocess(full, cfg)
     assert np.abs(x - y).mean() < 0.05
+
+
+@pytest.mark.runtime
+def test_a_heic_over_the_decode_budget_is_read_from_its_largest_thumbnail(tmp_path: Path, monkeypatch) -> None:
+    """A 48 MP phone HEIC takes about 400 MB to decode whole, over the budget: its embedded thumbnail is read
+    instead of refusing the photo. Scaled down here: a 2048 x 1536 HEIC under a 4 MB budget."""
+    import edge_gcl.transform as transform
+    from edge_gcl.transform import ImageDecodeError
+
+    img = two_tone(2048, 1536)
+    path = tmp_path / "IMG_0048.HEIC"
+    img.save(path, quality=90, thumbnails=[256, 512])
+    monkeypatch.setattr(transform.DECODING, "limit_bytes", 4 * 2**20)
+    assert load_image(path, draft_size=800).size == (512, 384)  # no thumbnail covers 800: the largest that fits
+    img.save(tmp_path / "bare.heic", quality=90, thumbnails=[])
+    with pytest.raises(ImageDecodeError, match="over the 4 MB limit"):
+        load_image(tmp_path / "bare.heic")  # no thumbnail: refused by name, as before

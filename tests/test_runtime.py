@@ -278,6 +278,9 @@ def test_bad_artifacts_folders_are_named(artifacts: Path, tmp_path: Path) -> Non
     model.graph.input[0].name = "images"  # breaks the contract: the manifest says "pixels"
     model.graph.node[0].input[0] = "images"
     onnx.save(model, broken / "image_tower.onnx")
+    with pytest.raises(RuntimeConfigError, match=r"image_tower.onnx: SHA-256 \w+\.\. differs from the manifest's"):
+        OnnxEmbedder(broken)
+    Manifest.load(broken).save(broken)  # the manifest now vouches for the file: the contract check still holds
     with pytest.raises(ValueError, match=r"image_tower.onnx: graph inputs \['images'\] lack \['pixels'\]"):
         OnnxEmbedder(broken)
     (broken / "image_tower.onnx").unlink()
@@ -299,7 +302,7 @@ def test_load_embedder_sends_other_specs_to_the_torch_models(
     import types
 
     fake = types.ModuleType("edge_gcl.models")
-    fake.load_model = lambda spec: ("model", spec)  # type: ignore[attr-defined]
+    fake.load_model = lambda spec, seed=None: ("model", spec)  # type: ignore[attr-defined]
     fake.TorchEmbedder = lambda model, device, name: ("embedder", model, name)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "edge_gcl.models", fake)
     assert load_embedder("default") == ("embedder", ("model", "default"), "default")
@@ -452,6 +455,7 @@ def test_qnn_provider_fails_loudly_on_a_graph_the_htp_cannot_run(qdq_artifacts: 
     model.graph.node[-1].output[0] = "projected"
     model.graph.node.append(helper.make_node("Erf", ["projected"], ["embedding"]))
     onnx.save(model, broken / "image_tower_w8a16.onnx")
+    Manifest.load(broken).save(broken)  # vouches for the changed graph (else its SHA-256 stops it first)
     with pytest.raises(
         RuntimeError, match="image_tower_w8a16.onnx: the QNN execution provider cannot run this graph"
     ) as info:

@@ -41,9 +41,11 @@ so tests and other programs can run it in a thread.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import sqlite3
 import sys
@@ -51,7 +53,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -66,15 +68,15 @@ from ..index import (
     IngestReport,
     Item,
     ModelMismatchError,
+    check_search_options,
     default_min_score,
     modality_of,
-    parse_date,
 )
 from ..index.cli import _ocr
 from ..index.sources import list_photos
 from ..locations import default_index, default_model
 from ..runtime import describe, load_embedder
-from ..transform import ImageDecodeError, load_image
+from ..transform import ImageDecodeError, decoded
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MODALITY_FILTERS: dict[str, list[str] | None] = {
@@ -166,7 +168,6 @@ class PhotoSearchApp:
         self.last_sync: dict[str, Any] | None = None  # {"at", "trigger", "report"} of the last sync
         self._signature: int | None = None  # of the folder as last synced (names, sizes, times)
         self._model_lock = threading.Lock()
-        self._decode_lock = threading.Lock()
         self._thumbs: OrderedDict[tuple[str, str | None], bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
         self._thumb_cache_items = thumb_cache_items
@@ -201,25 +202,21 @@ class PhotoSearchApp:
         if photo is not None and like is not None:
             raise HTTPError(HTTPStatus.BAD_REQUEST, "give one query photo: an upload or like=, not both")
         image: Any = self._photo(like).path if like is not None else None
-        if photo is not None:
-            try:
-                with self._decode_lock:  # one upload decoded at a time: memory stays bounded
-                    image = load_image(photo, draft_size=QUERY_DRAFT_PX, max_pixels=QUERY_MAX_PIXELS)
-            except ImageDecodeError as e:
-                raise HTTPError(
-                    HTTPStatus.BAD_REQUEST, f"uploaded photo: {str(e).removeprefix('<bytes>: ')}"
-                ) from None
         started = time.perf_counter()
         # "similar photos" (like=) never shows the photo itself: one more asked for, it left out
         options: dict[str, Any] = dict(k=k + (like is not None), modalities=MODALITY_FILTERS[modality], sort=sort,
-                                       query_modality=modality_of(q, image), words=q if image is None else None,
-                                       **filters)  # fmt: skip
+                                       query_modality=modality_of(q, photo if photo is not None else image),
+                                       words=q if image is None and photo is None else None, **filters)  # fmt: skip
 
         def found(**cut_off: Any) -> list[Hit]:
             return [h for h in self.index.search(vector=vector, **cut_off, **options) if h.id != like][:k]
 
         try:
-            with self._model_lock:
+            # the model first, then the upload's decoding memory (transform.decoded, held until it is embedded):
+            # a sync holds the model while it decodes, so taking them the other way round could deadlock
+            with self._model_lock, contextlib.ExitStack() as upload:
+                if photo is not None:
+                    image = upload.enter_context(_uploaded(photo))
                 vector = self.index.query_vector(q, image)
             hits = found(min_score=min_score)
             hidden = 0
@@ -342,11 +339,11 @@ class PhotoSearchApp:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key]
-        try:
-            img = load_image(item.path, draft_size=THUMB_DRAFT_PX)
+        try:  # decoded within the process's decoding budget: cold thumbnails at once cannot add up
+            with decoded(item.path, draft_size=THUMB_DRAFT_PX) as img:
+                img.thumbnail((THUMB_PX, THUMB_PX))
         except ImageDecodeError as e:
             raise HTTPError(HTTPStatus.NOT_FOUND, f"{item_id}: photo cannot be read ({e})") from None
-        img.thumbnail((THUMB_PX, THUMB_PX))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=82)
         data = buf.getvalue()
@@ -363,6 +360,17 @@ class PhotoSearchApp:
         if item.path is None:
             raise HTTPError(HTTPStatus.NOT_FOUND, f"{item_id}: a note, not a photo")
         return item
+
+
+@contextlib.contextmanager
+def _uploaded(photo: bytes) -> Iterator[Any]:
+    """A query photo's bytes decoded (`transform.decoded`), or a 400 naming what is wrong with it."""
+    try:
+        with decoded(photo, draft_size=QUERY_DRAFT_PX, max_pixels=QUERY_MAX_PIXELS) as image:
+            yield image
+            return
+    except ImageDecodeError as e:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, f"uploaded photo: {str(e).removeprefix('<bytes>: ')}") from None
 
 
 def folder_signature(folder: Path) -> int:
@@ -402,16 +410,14 @@ def _parse_modality(params: Mapping[str, str]) -> str:
 
 
 def _parse_filters(params: Mapping[str, str]) -> dict[str, str]:
-    """after= and before= as `Index.search` takes them (checked here: a bad date is a 400)."""
-    out = {}
-    for name in ("after", "before"):
-        value = params.get(name, "").strip()
-        if value:
-            try:
-                out[name] = parse_date(value, name=name)
-            except ValueError as e:
-                raise HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
-    return out
+    """after= and before= as `Index.search` takes them (checked here: a bad date, or a before= that is not
+    after after=, is a 400)."""
+    given = {name: params.get(name, "").strip() or None for name in ("after", "before")}
+    try:
+        after, before = check_search_options(**given)
+    except ValueError as e:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, str(e)) from None
+    return {name: value for name, value in (("after", after), ("before", before)) if value is not None}
 
 
 def hit_to_json(hit: Hit) -> dict[str, Any]:
@@ -546,6 +552,8 @@ class _Handler(BaseHTTPRequestHandler):
                 note = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise HTTPError(HTTPStatus.BAD_REQUEST, f"request body: not JSON ({e})") from None
+            except RecursionError:  # [[[[...]]]] a hundred thousand deep: the parser's stack, not ours
+                raise HTTPError(HTTPStatus.BAD_REQUEST, "request body: JSON nested too deeply") from None
             self._send_json(HTTPStatus.CREATED, app.add_note(note))
         elif route == "/api/stats" and method == "GET":
             self._send_json(HTTPStatus.OK, app.stats())
@@ -611,6 +619,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("X-Frame-Options", "DENY")
         self.send_header("Content-Security-Policy", CSP)
+        # another site may not load our answers (a thumbnail's 200 or 404 would tell it a path is indexed: ids
+        # are hashes of paths), keep a window on us, or learn our URLs from a Referer
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Referrer-Policy", "no-referrer")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -630,12 +643,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli_app(build_parser().parse_args(["app", *(sys.argv[1:] if argv is None else argv)]))
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def cli_app(args: argparse.Namespace) -> int:
     photos = os.path.expanduser(args.photos)
     if not os.path.isdir(photos):
         print(f"edge-gcl app: error: --photos {args.photos}: not a folder", file=sys.stderr)
         return 1
+    if not 0 <= args.port <= 65535:  # before indexing anything
+        print(f"edge-gcl app: error: --port {args.port}: expected 0 to 65535 (0: any free port)", file=sys.stderr)
+        return 1
     index_dir = Path(args.index).expanduser() if args.index else default_index()
+    if threading.current_thread() is threading.main_thread():  # `kill PID` (SIGTERM) stops it like Ctrl+C:
+        signal.signal(signal.SIGTERM, _interrupt)  # the index is closed, its caches saved
     try:
         choice = default_model(args.model)
         print(f"index: {index_dir}\nloading {choice.spec} ({choice.source})...", flush=True)
@@ -670,8 +692,8 @@ def cli_app(args: argparse.Namespace) -> int:
             print(f"edge-gcl app: error: port {args.port}: {e.strerror} (try --port 0)", file=sys.stderr)
             return 1
         server.app.synced(report, trigger="start-up")
-        print(f"open {server.url} in a browser (Ctrl+C stops)", flush=True)
-        try:
+        try:  # the line inside: Ctrl+C or SIGTERM right after it still stops cleanly
+            print(f"open {server.url} in a browser (Ctrl+C stops)", flush=True)
             server.serve_forever()
         except KeyboardInterrupt:
             print("stopped")

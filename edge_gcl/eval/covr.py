@@ -241,8 +241,9 @@ def middle_index(n: int) -> int:
 
 def frame_weights(scores: Sequence[float], *, temperature: float = SCORE_TEMPERATURE) -> np.ndarray:
     """CoVR's emb_pool=query weights: softmax(scores / temperature), (k,) float64 summing to 1."""
-    z = np.asarray(scores, np.float64) / temperature  # (k,)
-    w = np.exp(z - z.max())
+    s = np.asarray(scores, np.float64)  # (k,)
+    with np.errstate(over="ignore"):  # a score far below the best becomes -inf: weight 0, as it should
+        w = np.exp((s - s.max()) / temperature)  # shifted before dividing: 1e308 / 0.1 would be inf, inf - inf NaN
     return w / w.sum()
 
 

@@ -10,8 +10,8 @@
         recent = index.items(modalities=["photo"], limit=20)  # newest first, by when taken
 
 Files: `store.py` (the SQLite file: schema, transactions, vector codec), `vectors.py` (exact
-in-memory matrix and the usearch approximate index), `index.py` (the `Index` API),
-`cli.py` (the `edge-gcl index ...` and `edge-gcl search` handlers).
+in-memory matrix and the usearch approximate index), `index.py` (the `Index` API), `repair.py`
+(rebuilding a damaged file), `cli.py` (the `edge-gcl index ...` and `edge-gcl search` handlers).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from .index import (
     IndexStats,
     IngestReport,
     Skip,
+    UnreadablePhotosError,
+    check_search_options,
     chunk_note,
     default_cross_modal_offset,
     default_min_score,
@@ -31,7 +33,8 @@ from .index import (
     parse_date,
     photo_id,
 )
-from .store import FORMAT_VERSION, Item, ModelMismatchError
+from .repair import RepairReport, repair
+from .store import FORMAT_VERSION, IndexDamagedError, Item, ModelMismatchError, NotAnIndexError
 
 __all__ = [
     "APPROXIMATE_MIN_VECTORS",
@@ -41,8 +44,13 @@ __all__ = [
     "IndexStats",
     "IngestReport",
     "Item",
+    "IndexDamagedError",
     "ModelMismatchError",
+    "NotAnIndexError",
+    "RepairReport",
     "Skip",
+    "UnreadablePhotosError",
+    "check_search_options",
     "chunk_note",
     "default_cross_modal_offset",
     "default_min_score",
@@ -50,4 +58,5 @@ __all__ = [
     "note_id",
     "parse_date",
     "photo_id",
+    "repair",
 ]

@@ -1,4 +1,4 @@
-"""Handlers of `edge-gcl index add|sync|note|list|remove|reindex|stats` and `edge-gcl search` (parsers: edge_gcl/cli.py).
+"""Handlers of `edge-gcl index add|sync|note|list|remove|reindex|repair|stats` and `edge-gcl search` (parsers: edge_gcl/cli.py).
 
 `--index` is a folder holding `index.sqlite` (created by the first `index add` / `index note`),
 `--model` what `edge_gcl.runtime.load_embedder` accepts; both default as `edge_gcl.locations`
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -34,13 +35,13 @@ from typing import Any
 
 from ..locations import default_index, default_model
 from ..transform import ImageDecodeError
-from .index import Index, IngestReport, default_min_score, modality_of
+from .index import Index, IngestReport, check_search_options, default_min_score, modality_of
+from .repair import repair
 from .sources import MAX_NOTE_CHARS, photo_id, printable
 from .store import Item, ModelMismatchError
 
 _ERRORS = (
-    FileNotFoundError,
-    NotADirectoryError,
+    OSError,  # a file or folder that cannot be read or written (BrokenPipeError excepted: edge_gcl.cli)
     ValueError,
     TypeError,
     RuntimeError,
@@ -49,9 +50,15 @@ _ERRORS = (
 )
 
 
+FLAGS = {"k": "-k", "min_score": "--min-score", "after": "--after", "before": "--before",
+         "cross_modal_offset": "--cross-modal-offset"}  # how check_search_options names the options
+
+
 def _run(body: Callable[[], int | None]) -> int:
     try:
         return int(body() or 0)
+    except BrokenPipeError:  # `edge-gcl index list | head`: edge_gcl.cli.main ends quietly
+        raise
     except (ModelMismatchError, ImageDecodeError, *_ERRORS) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"edge-gcl: error: {message}", file=sys.stderr)
@@ -120,7 +127,7 @@ def parse_pairs(pairs: list[str], *, flag: str) -> dict[str, Any]:
 
 def _print_report(report: IngestReport) -> None:
     for skip in report.skipped:
-        print(f"skipped {skip.input}: {skip.reason}", file=sys.stderr)
+        print(terminal_text(f"skipped {skip.input}: {skip.reason}"), file=sys.stderr)
     print(report)
 
 
@@ -224,6 +231,25 @@ def cli_read_text(args: argparse.Namespace) -> int:
     return _run(body)
 
 
+def cli_repair(args: argparse.Namespace) -> int:
+    def body() -> None:
+        from ..locations import NoModelError
+
+        folder = args.index or default_index()
+        try:  # needed only for items whose vectors were lost
+            model: str | None = default_model(args.model).spec
+        except NoModelError:
+            model = None
+        report = repair(folder, model=model, provider=args.provider, form=args.form, progress=True)
+        for lost in report.lost:
+            print(f"lost {lost}", file=sys.stderr)
+        if report.lost:
+            print("photos among what was lost come back with `edge-gcl index add FOLDER`", file=sys.stderr)
+        print(report)
+
+    return _run(body)
+
+
 def modalities(values: list[str] | None) -> list[str] | None:
     """--modality values -> Index filters: none given or "all" among them: no filter."""
     return None if not values or "all" in values else list(dict.fromkeys(values))
@@ -245,13 +271,26 @@ def item_to_dict(item: Item) -> dict[str, Any]:
     return d
 
 
+# C0 and C1 controls (ESC starts the sequences that recolour, retitle or clear a terminal; CR hides a line) and the
+# bidirectional overrides that reorder what follows them
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_text(text: str) -> str:
+    """`text` safe to print on a terminal: control characters written as escapes (`\\x1b`), never sent."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
+                         text)
+
+
 def _line(what_path: str | None, text: str | None, ocr: str | None = None) -> str:
+    """A list or search line's path, note and read-text snippets, terminal-safe (a note's text is anyone's, and
+    so are the words in a photo)."""
     what = what_path if what_path is not None else ""
     for part, label in ((text, ""), (ocr, "reads: ")):
         if part:
             snippet = " ".join(part.split())
             what = f"{what}  {label}{snippet[:80]}{'...' if len(snippet) > 80 else ''}".strip()
-    return what
+    return terminal_text(what)
 
 
 def _when(taken: str | None) -> str:
@@ -274,6 +313,7 @@ def cli_list(args: argparse.Namespace) -> int:
     def body() -> None:
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit {args.limit}: expected a positive number")
+        check_search_options(after=args.after, before=args.before, names=FLAGS)
         with _open(args, model=False) as index:
             items = index.items(modalities=modalities(args.modality), after=args.after, before=args.before,
                                 limit=args.limit)  # fmt: skip
@@ -305,6 +345,8 @@ def cli_search(args: argparse.Namespace) -> int:
             raise ValueError("search: give a query text, --image, or both")
         if args.all and args.min_score is not None:
             raise ValueError("search: give --all or --min-score, not both")
+        check_search_options(k=args.k, min_score=args.min_score, after=args.after, before=args.before,
+                             cross_modal_offset=args.cross_modal_offset, names=FLAGS)  # before the model loads
         where = parse_pairs(args.where, flag="--where") or None
         with _open(args) as index:
             cutoff = None if args.all else args.min_score

@@ -24,6 +24,7 @@ which `search(after=, before=, sort="date")` and `items()` use.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -52,14 +53,25 @@ from .sources import (
     check_note,
     chunk_note,
     list_photos,
+    mtime_ns,
     note_id,
     photo_id,
     printable,
     reason,
     sha256_file,
     stat_photo,
+    taken_text,
 )
-from .store import MODALITIES, Item, Modality, ModelMismatchError, Store, StoreInfo, VectorDType, dump_meta
+from .store import (
+    MODALITIES,
+    Item,
+    Modality,
+    ModelMismatchError,
+    Store,
+    StoreInfo,
+    VectorDType,
+    dump_meta,
+)
 from .vectors import ApproximateIndex, VectorMatrix, scan_bytes, top_rows
 from .words import matching_keys
 
@@ -89,9 +101,9 @@ def parse_date(value: str | date, *, name: str = "date") -> str:
     "2024-07", "2024-07-31", "2024-07-31T18:30[:00]" (or a space for the T), a date or a datetime.
     Times are local wall-clock time, like the stored capture times."""
     if isinstance(value, datetime):
-        return value.replace(tzinfo=None).strftime("%Y-%m-%dT%H:%M:%S")
+        return taken_text(value)
     if isinstance(value, date):
-        return value.strftime("%Y-%m-%dT00:00:00")
+        return taken_text(datetime(value.year, value.month, value.day))
     m = _DATE.fullmatch(value.strip()) if isinstance(value, str) else None
     try:
         if m is None:
@@ -102,7 +114,39 @@ def parse_date(value: str | date, *, name: str = "date") -> str:
         raise ValueError(
             f"{name} {value!r}: expected a date like 2024-07-31, 2024-07 or 2024 (or 2024-07-31T18:30)"
         ) from None
-    return when.strftime("%Y-%m-%dT%H:%M:%S")
+    return taken_text(when)
+
+
+MAX_CROSS_MODAL_OFFSET = 2.0  # a cosine lies in [-1, 1]: a larger offset ranks nothing by similarity any more
+
+
+def check_search_options(
+    *,
+    k: Any = 10,
+    min_score: Any = None,
+    after: str | date | None = None,
+    before: str | date | None = None,
+    cross_modal_offset: Any = None,
+    names: Mapping[str, str] | None = None,
+) -> tuple[str | None, str | None]:
+    """Check what `search` takes besides the query, before any model runs; returns (after, before) as
+    'YYYY-MM-DDTHH:MM:SS'. `names` maps an option to what the caller calls it (the CLI: {"k": "-k", ...})."""
+    name = {"k": "k", "min_score": "min_score", "after": "after", "before": "before",
+            "cross_modal_offset": "cross_modal_offset", **(names or {})}
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"{name['k']} {k!r}: must be a positive int")
+    if min_score is not None and not (isinstance(min_score, (int, float)) and np.isfinite(min_score)):
+        raise ValueError(f"{name['min_score']} {min_score!r}: expected a finite number (a cosine, -1 to 1)")
+    if cross_modal_offset is not None and not (
+        isinstance(cross_modal_offset, (int, float)) and abs(cross_modal_offset) <= MAX_CROSS_MODAL_OFFSET
+    ):
+        raise ValueError(f"{name['cross_modal_offset']} {cross_modal_offset!r}: expected a number from "
+                         f"-{MAX_CROSS_MODAL_OFFSET:g} to {MAX_CROSS_MODAL_OFFSET:g} (it is added to a cosine)")
+    lower = parse_date(after, name=name["after"]) if after is not None else None
+    upper = parse_date(before, name=name["before"]) if before is not None else None
+    if lower is not None and upper is not None and upper <= lower:
+        raise ValueError(f"{name['before']} {before} is not after {name['after']} {after}: no date can match")
+    return lower, upper
 
 
 def default_min_score(embedder: Embedder | None) -> float | None:
@@ -231,6 +275,26 @@ class IngestReport:
         return asdict(self)
 
 
+class UnreadablePhotosError(ValueError):
+    """A reindex that would drop photos it cannot read (their files are gone or no longer decode)."""
+
+    def __init__(self, index_file: Path, unreadable: Sequence[tuple[str, str]]) -> None:
+        self.unreadable = list(unreadable)
+        folders = sorted({os.path.dirname(p) for p, _ in self.unreadable if not os.path.isdir(os.path.dirname(p))})
+        if folders:
+            where = f"the folder {printable(folders[0])} is missing" + (
+                f", and {len(folders) - 1} more" if len(folders) > 1 else "")
+        else:
+            where = f"{printable(self.unreadable[0][0])}: {self.unreadable[0][1]}"
+        n = len(self.unreadable)
+        super().__init__(
+            f"{index_file}: {n} photo{'s' if n > 1 else ''} cannot be read ({where}); reindex re-embeds every "
+            "photo from its file and would drop them, so nothing was changed. Reconnect the card or folder they "
+            "are on, or take them out first (`edge-gcl index remove PATH`, or `edge-gcl index sync FOLDER` for a "
+            "folder that lost them), then reindex"
+        )
+
+
 @dataclass(frozen=True)
 class IndexStats:
     """What `Index.stats()` reports; `dtype` is how vectors are stored, `search_dtype` what the exact
@@ -320,7 +384,7 @@ class Index:
         the sentence encoder (`edge_gcl.ocr.meaning.load_meaning`), False never, or an encoder.
         """
         path = Path(path)
-        file = path if path.suffix in (".sqlite", ".db") else path / INDEX_FILE
+        file = path if path.suffix in (".sqlite", ".db") or path.is_file() else path / INDEX_FILE
         if not create and not file.exists():
             raise FileNotFoundError(
                 f"{file}: no index here (create one with `edge-gcl index add` or create=True)"
@@ -355,10 +419,19 @@ class Index:
         return index
 
     def close(self) -> None:
+        """Save the search caches (best-effort: a full disk or a read-only folder costs the next open a rebuild
+        from index.sqlite, never an answer) and close the database."""
         with self._lock:
             try:
-                self._approximate.save()
-                self._vectors.save()
+                for cache, path in ((self._approximate, self.folder / APPROXIMATE_FILE),
+                                    (self._vectors, self.folder / VECTORS_FILE)):
+                    try:
+                        cache.save()
+                    except (OSError, RuntimeError) as e:  # usearch reports a failed write as a RuntimeError
+                        if not (isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)):
+                            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                            print(f"edge-gcl: {path}: search cache not saved ({why}); the next open rebuilds it",
+                                  file=sys.stderr)
             finally:
                 self.store.close()
 
@@ -494,6 +567,7 @@ class Index:
         """One ingest (add, sync, reindex) at a time per index, across processes: a second one waits,
         then finds the photos the first embedded unchanged, so no photo is embedded twice and each
         run's report says what that run did. An advisory lock file beside index.sqlite."""
+        self.store.check_writable()  # a read-only index: one line, not the lock file's PermissionError
         lock = filelock.FileLock(f"{self.store.path}.ingest-lock")
         try:
             lock.acquire(timeout=0)
@@ -591,7 +665,7 @@ class Index:
             conn.execute("DELETE FROM excluded WHERE path = ?", (path,))  # named: taken back if removed
             key = self.store.upsert(
                 conn, item_id=item_id, modality="photo+note", path=path, text=text, meta=meta,
-                size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha, taken=capture_time(path, st.st_mtime_ns),
+                size_bytes=st.st_size, mtime_ns=mtime_ns(st), sha256=sha, taken=capture_time(path, st.st_mtime_ns),
                 ocr=ocr,
             )  # fmt: skip
             self.store.set_vectors(conn, key, vectors)
@@ -725,7 +799,7 @@ class Index:
                 has_photo = existing is not None and existing.modality != "note"
                 meta_changed = meta is not None and existing is not None and dict(meta) != existing.meta
                 unread = has_photo and self.ocr is not None and existing.ocr is None  # indexed without OCR
-                if has_photo and not unread and (existing.size_bytes, existing.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                if has_photo and not unread and (existing.size_bytes, existing.mtime_ns) == (st.st_size, mtime_ns(st)):
                     if meta_changed or existing.taken is None:  # no date yet: indexed by an older edge-gcl
                         touch.append((path, st, existing, meta_changed))
                     else:
@@ -756,7 +830,7 @@ class Index:
                     text = existing.text if existing is not None else None
                     key = self.store.upsert(
                         conn, item_id=photo_id(path), modality="photo+note" if text else "photo", path=path,
-                        text=text, meta=meta, size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+                        text=text, meta=meta, size_bytes=st.st_size, mtime_ns=mtime_ns(st), sha256=sha,
                         taken=capture_time(path, st.st_mtime_ns), ocr=ocr,
                     )  # fmt: skip
                     self.store.set_vectors(conn, key, v)
@@ -768,7 +842,7 @@ class Index:
                         "taken_from = ? WHERE key = ?",
                         (
                             st.st_size,
-                            st.st_mtime_ns,
+                            mtime_ns(st),
                             dump_meta(meta) if meta_changed and meta is not None else None,
                             taken,
                             taken_from,
@@ -811,10 +885,12 @@ class Index:
         if paths:
             try:
                 images = dict(zip(paths, embedder.embed_images(paths, batch_size=batch_size), strict=True))
-            except (ImageDecodeError, OSError, ValueError):
+            except (ImageDecodeError, OSError, ValueError, MemoryError):
                 for p in paths:
                     try:
                         images[p] = embedder.embed_images([p])[0]
+                    except MemoryError:  # one photo too large for this device: the others still go in
+                        images[p] = "out of memory while embedding it"
                     except (ImageDecodeError, OSError, ValueError) as e:
                         images[p] = reason(e, p)
         tokenizer = getattr(embedder, "tokenizer", None)
@@ -899,14 +975,10 @@ class Index:
         Croissant"; every other item keeps its score. It applies before the word matches are put
         first and before `min_score`.
         """
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k {k!r}: must be a positive int")
+        after, before = check_search_options(k=k, min_score=min_score, after=after, before=before,
+                                             cross_modal_offset=cross_modal_offset)
         if sort not in ("score", "date"):
             raise ValueError(f"sort {sort!r}: expected 'score' or 'date'")
-        if min_score is not None and not (isinstance(min_score, (int, float)) and np.isfinite(min_score)):
-            raise ValueError(f"min_score {min_score!r}: expected a finite number (a cosine, -1 to 1)")
-        after = parse_date(after, name="after") if after is not None else None
-        before = parse_date(before, name="before") if before is not None else None
         if modalities is not None:
             modalities = list(modalities)
             bad = [m for m in modalities if m not in MODALITIES]
@@ -920,8 +992,6 @@ class Index:
                 words = text
         if cross_modal_offset is None:
             cross_modal_offset = default_cross_modal_offset(self._embedder)
-        elif not (isinstance(cross_modal_offset, (int, float)) and np.isfinite(cross_modal_offset)):
-            raise ValueError(f"cross_modal_offset {cross_modal_offset!r}: expected a finite number")
         query = self._query(text, image, vector)  # (D,) float32, unit norm
         said = text if vector is None and image is None else words if vector is not None and query_modality == "note" else None
         meaning_query = self._meaning_query(said) if said and said.strip() else None  # (d,): a query of words alone
@@ -998,12 +1068,8 @@ class Index:
             bad = [m for m in modalities if m not in MODALITIES]
             if bad:
                 raise ValueError(f"modalities {bad}: expected any of {list(MODALITIES)}")
-        return self.store.list_items(
-            modalities,  # type: ignore[arg-type]
-            after=parse_date(after, name="after") if after is not None else None,
-            before=parse_date(before, name="before") if before is not None else None,
-            limit=limit,
-        )
+        after, before = check_search_options(after=after, before=before)
+        return self.store.list_items(modalities, after=after, before=before, limit=limit)  # type: ignore[arg-type]
 
     def _meaning_query(self, text: str) -> np.ndarray | None:
         """The sentence vector (d,) of a query's words (the last one kept: a search is often run twice)."""
@@ -1158,6 +1224,7 @@ class Index:
         batch_size: int = 32,
         progress: bool = True,
         ocr: OcrEngine | bool | Literal["auto"] | None = "auto",
+        drop_unreadable: bool = False,
     ) -> IngestReport:
         """Re-embed every item with another model, atomically.
 
@@ -1166,12 +1233,15 @@ class Index:
 
         Vectors are computed from the stored sources (photo files, note texts) into a staging
         table, committed in batches (readers keep searching the old model meanwhile), then
-        swapped in with the new model id in one transaction. A photo whose file is gone or no
-        longer decodes is removed (photo+note: keeps its note as a "note"); see `report.skipped`.
+        swapped in with the new model id in one transaction. Every photo is re-read from its file:
+        when one is gone (an unmounted card, a moved folder) or no longer decodes, the reindex fails
+        before anything changes (`UnreadablePhotosError`, naming them), unless `drop_unreadable`:
+        then such a photo is removed (photo+note: keeps its note as a "note"); see `report.skipped`.
         """
         with self._ingest_lock(progress):
             return self._reindex(
-                model, provider=provider, form=form, batch_size=batch_size, progress=progress, ocr=ocr
+                model, provider=provider, form=form, batch_size=batch_size, progress=progress, ocr=ocr,
+                drop_unreadable=drop_unreadable,
             )
 
     def _reindex(
@@ -1183,10 +1253,16 @@ class Index:
         batch_size: int,
         progress: bool,
         ocr: OcrEngine | bool | str,
+        drop_unreadable: bool,
     ) -> IngestReport:
         from ..ocr import load_ocr
         from ..runtime import load_embedder
 
+        if not drop_unreadable:  # before the model loads: an unplugged card fails at once
+            missing = [(it.path, st) for it in self.store.all_items(where_sql="WHERE path IS NOT NULL")
+                       if isinstance(st := stat_photo(it.path), str)]  # fmt: skip
+            if missing:
+                raise UnreadablePhotosError(self.store.path, missing)
         new = load_embedder(model, provider=provider, form=form)  # type: ignore[arg-type]
         engine = load_ocr(new, ocr, provider=provider, form=form)  # type: ignore[arg-type]
         if engine is not None or not ocr:
@@ -1205,6 +1281,8 @@ class Index:
             bar = tqdm(total=len(items), unit="item", desc="reindex", disable=not progress)
             for start in range(0, len(items), batch_size):
                 self._stage(items[start : start + batch_size], new, fate, report, batch_size, read)
+                if fate and not drop_unreadable:  # a photo that no longer decodes
+                    raise UnreadablePhotosError(self.store.path, [(s.input, s.reason) for s in report.skipped])
                 bar.update(min(batch_size, len(items) - start))
             bar.close()
             with self.store.write() as conn:
@@ -1215,6 +1293,8 @@ class Index:
                     if staged.get(it.key) != it.updated and it.key not in fate
                 ]
                 self._stage(late, new, fate, report, batch_size, read)  # changed while we worked
+                if fate and not drop_unreadable:
+                    raise UnreadablePhotosError(self.store.path, [(s.input, s.reason) for s in report.skipped])
                 for key, what in fate.items():
                     if what == "remove":
                         conn.execute("DELETE FROM items WHERE key = ?", (key,))

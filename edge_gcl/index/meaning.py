@@ -93,7 +93,10 @@ def fill(store: Any, encoder: Any, *, batch: int = 256) -> int:
 
 
 def load(conn: sqlite3.Connection, model_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """(item keys (R,), vectors (R, d) float32) of the rows `model_id` made, grouped by item."""
+    """(item keys (R,), vectors (R, d) float32) of the rows `model_id` made, grouped by item (none in an
+    index opened read-only before the table existed)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'ocr_meaning'").fetchone():
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (MODEL_KEY,)).fetchone()
     if row is None or row[0] != model_id:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)

@@ -168,27 +168,48 @@ def stat_photo(path: str) -> os.stat_result | str:
     return st
 
 
+def mtime_ns(st: os.stat_result) -> int:
+    """A file's mtime in ns as the index stores it: clamped to SQLite's signed 64-bit integers (1677 to 2262).
+    ext4 keeps times up to 2446: a photo dated past 2262 must not fail the batch it is in."""
+    return max(-(2**63), min(st.st_mtime_ns, 2**63 - 1))
+
+
 EXIF_IFD = 0x8769
 EXIF_DATETIME_ORIGINAL = 0x9003
-TAKEN_FORMAT = "%Y-%m-%dT%H:%M:%S"
+TAKEN_FORMAT = "%Y-%m-%dT%H:%M:%S"  # written by `taken_text`: zero-padded, so the text sorts as the time does
+EXIF_MIN_YEAR = 1800  # an EXIF date before photography is a broken clock or a forged tag: the file's date instead
+
+
+def taken_text(when: datetime) -> str:
+    """'YYYY-MM-DDTHH:MM:SS' with a four-digit year (strftime writes the year 999 as '999', which sorts
+    after '2024')."""
+    return when.replace(microsecond=0, tzinfo=None).isoformat(timespec="seconds")
 
 
 def capture_time(path: str, mtime_ns: int) -> tuple[str, str]:
     """(when the photo was taken as 'YYYY-MM-DDTHH:MM:SS', 'exif' | 'mtime'): EXIF DateTimeOriginal
-    when the file has a valid one, else `mtime_ns` in local time. Reads the header only."""
+    when the file has a valid one (a year from EXIF_MIN_YEAR on), else `mtime_ns` in local time. Reads the
+    header only."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a large photo's DecompressionBombWarning: decoding is not ours
             with Image.open(path) as img:
-                value = img.getexif().get_ifd(EXIF_IFD).get(EXIF_DATETIME_ORIGINAL)
+                # a PNG's EXIF after its pixels is only found by decoding them all (Pillow's getexif does): not read
+                exif = img.getexif() if img.format != "PNG" or "exif" in img.info else Image.Exif()
+                value = exif.get_ifd(EXIF_IFD).get(EXIF_DATETIME_ORIGINAL)
         if isinstance(value, bytes):
             value = value.decode("ascii", "replace")
         if isinstance(value, str):
             taken = datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
-            return taken.strftime(TAKEN_FORMAT), "exif"
+            if taken.year >= EXIF_MIN_YEAR:
+                return taken_text(taken), "exif"
     except Exception:  # noqa: BLE001 - no EXIF, a broken one, not an image Pillow opens: the file's date
         pass
-    return datetime.fromtimestamp(mtime_ns / 1e9).strftime(TAKEN_FORMAT), "mtime"
+    try:
+        when = datetime.fromtimestamp(mtime_ns / 1e9)
+    except (OverflowError, OSError, ValueError):  # past what a datetime holds (year 9999), or before year 1
+        when = datetime.max if mtime_ns > 0 else datetime.min
+    return taken_text(when), "mtime"
 
 
 def sha256_file(path: str) -> str:

@@ -1,4 +1,4 @@
-"""Search over the stored vectors: a memory-mapped matrix (exact) and a usearch HNSW (approximate).
+"""Search over the stored vectors: an in-memory matrix (exact) and a usearch HNSW (approximate).
 
 Neither is a source of truth. `VectorMatrix` mirrors the `embeddings` table and catches up
 incrementally whenever SQLite says something changed (`PRAGMA data_version` + this connection's
@@ -8,13 +8,14 @@ matrix the same way and keeps a file beside the database; a stale, foreign or br
 patched or rebuilt from the matrix.
 
 The matrix itself is cached beside the database too (`index.vectors`, `VectorCache`): the stored
-bytes packed row after row, written on close (temp file, fsync, rename) and memory-mapped on open,
-so opening a 1M x 256 int8 index reads a 4 KB header instead of a million SQLite rows, and the exact
-scan reads the file's pages directly (the OS keeps them, not a float copy in the heap). The file
-names the database it mirrors (db_uuid) and its last vid; anything else (another database, a
-reindex, a wrong size, garbage) is ignored and rebuilt, and rows added or removed since it was
-written are caught up from SQLite as above. The first such change copies the arrays into memory
-(numpy cannot grow a map); the next close writes the whole file again.
+bytes packed row after row, written on close (temp file, fsync, rename) and read back on open, so
+opening a 1M x 256 int8 index reads one file sequentially instead of a million SQLite rows. The file
+names the database it mirrors (db_uuid), its last vid and the SHA-256 of everything after its header;
+anything else (another database, a reindex, a wrong size, a changed byte, garbage) is ignored and
+rebuilt from SQLite, and rows added or removed since it was written are caught up from SQLite as
+above. It is read into memory, never memory-mapped: a mapped file truncated under a running reader
+kills it with SIGBUS. Writing it is best-effort (`Index.close`): a full disk costs the next open a
+rebuild, never an answer.
 
 The exact scan reads the vectors as stored: float32 (4 bytes per element), float16 (2) or int8 (1,
 with a per-vector scale), so an exact search moves V x D x that many bytes and a smaller type is a
@@ -33,6 +34,7 @@ imported usearch first anyway, the scan warns once and decodes to float32 instea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -113,64 +115,77 @@ def _warn_once(message: str) -> None:
 
 
 class VectorCache:
-    """The matrix's arrays in one file, memory-mapped when read (`index.vectors`). Layout, little-endian::
+    """The matrix's arrays in one file, read into memory (`index.vectors`). Layout, little-endian::
 
-        header   4096 bytes: one JSON object (format, version, db_uuid, dtype, dim, count, last_vid), space-padded
+        header   4096 bytes: one JSON object (format, version, db_uuid, dtype, dim, count, last_vid, sha256),
+                 space-padded; sha256 is the digest of every byte after the header
         vids     (V,) int64      items (V,) int64      chunks (V,) int32      scales (V,) float32
         matrix   (V, D) float16 | int8 | float32, as stored in SQLite
 
     `write` goes through a temp file, fsync and rename (a crash leaves the old file or none); `read` returns
-    None for a file that is missing, foreign (another db_uuid, dtype or dim) or not exactly the size its
-    header implies."""
+    None for a file that is missing, foreign (another db_uuid, dtype or dim), not exactly the size its
+    header implies, or whose bytes do not match its SHA-256 (random bytes, one changed row, shifted ids)."""
 
     FORMAT = "edge-gcl-vectors"
-    VERSION = 1
+    VERSION = 2  # 1 had no checksum: such a file is rebuilt once
     HEADER_BYTES = 4096
+    READ_BYTES = 16 << 20  # read and hashed this much at a time
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    @staticmethod
+    def _layout(count: int, dim: int, dtype: str) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+        return (("vids", "<i8", (count,)), ("items", "<i8", (count,)), ("chunks", "<i4", (count,)),
+                ("scales", "<f4", (count,)), ("matrix", dtype, (count, dim)))
 
     def read(self, db_uuid: str, dtype: str, dim: int) -> dict[str, np.ndarray] | None:
         try:
             with open(self.path, "rb") as f:
                 head = json.loads(f.read(self.HEADER_BYTES).decode("utf-8"))
-            if (head.get("format"), head.get("version"), head.get("db_uuid"), head.get("dtype"), head.get("dim")) != (
-                self.FORMAT, self.VERSION, db_uuid, dtype, dim
-            ):
-                return None
-            count = int(head["count"])
-            if os.path.getsize(self.path) != self.HEADER_BYTES + count * (24 + dim * np.dtype(dtype).itemsize):
-                return None
+                if (head.get("format"), head.get("version"), head.get("db_uuid"), head.get("dtype"),
+                        head.get("dim")) != (self.FORMAT, self.VERSION, db_uuid, dtype, dim):
+                    return None
+                count = int(head["count"])
+                if count <= 0 or os.fstat(f.fileno()).st_size != self.HEADER_BYTES + count * (
+                        24 + dim * np.dtype(dtype).itemsize):
+                    return None
+                digest = hashlib.sha256()
+                out: dict[str, np.ndarray] = {}
+                for name, kind, shape in self._layout(count, dim, dtype):
+                    out[name] = np.empty(shape, kind)
+                    view = memoryview(out[name]).cast("B")
+                    for start in range(0, len(view), self.READ_BYTES):
+                        part = view[start : start + self.READ_BYTES]
+                        if f.readinto(part) != len(part):  # truncated while we read
+                            return None
+                        digest.update(part)
         except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
             return None
-        if count == 0:
+        if digest.hexdigest() != head.get("sha256"):
             return None
-        out: dict[str, np.ndarray] = {}
-        offset = self.HEADER_BYTES
-        for name, kind, shape in (("vids", "<i8", (count,)), ("items", "<i8", (count,)), ("chunks", "<i4", (count,)),
-                                  ("scales", "<f4", (count,)), ("matrix", dtype, (count, dim))):
-            # a plain ndarray over the map (its .base is the np.memmap): numpy's memmap subclass adds ~15 us
-            # to every indexing, four of which a search makes
-            out[name] = np.asarray(np.memmap(self.path, dtype=kind, mode="r", offset=offset, shape=shape))
-            offset += out[name].nbytes
-        if count and int(out["vids"][-1]) != int(head["last_vid"]):
+        if int(out["vids"][-1]) != int(head["last_vid"]) or not np.all(out["vids"][1:] > out["vids"][:-1]):
             return None
         return out
 
     def write(self, db_uuid: str, vectors: VectorMatrix) -> None:
         v = vectors
-        head = json.dumps({"format": self.FORMAT, "version": self.VERSION, "db_uuid": db_uuid,
-                           "dtype": v.matrix.dtype.name, "dim": int(v.matrix.shape[1]), "count": len(v),
-                           "last_vid": int(v.vids[-1]) if len(v) else 0}).encode()
+        head = {"format": self.FORMAT, "version": self.VERSION, "db_uuid": db_uuid, "dtype": v.matrix.dtype.name,
+                "dim": int(v.matrix.shape[1]), "count": len(v), "last_vid": int(v.vids[-1]) if len(v) else 0}
         remove_stale_temps(self.path)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             with open(tmp, "wb") as f:
-                f.write(head.ljust(self.HEADER_BYTES, b" "))
+                f.write(b" " * self.HEADER_BYTES)  # the header, with the digest, once the rest is written
+                digest = hashlib.sha256()
                 for array, kind in ((v.vids, "<i8"), (v.items, "<i8"), (v.chunks, "<i4"), (v.scales, "<f4"),
                                     (v.matrix, v.matrix.dtype)):
                     for s in range(0, len(array), SQLITE_CHUNK_ROWS):  # bounded temporaries
-                        f.write(np.ascontiguousarray(array[s : s + SQLITE_CHUNK_ROWS], kind).tobytes())
+                        data = np.ascontiguousarray(array[s : s + SQLITE_CHUNK_ROWS], kind).tobytes()
+                        digest.update(data)
+                        f.write(data)
+                f.seek(0)
+                f.write(json.dumps({**head, "sha256": digest.hexdigest()}).encode().ljust(self.HEADER_BYTES, b" "))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
@@ -183,8 +198,8 @@ class VectorMatrix:
     """Every stored vector: `vids` (V,) ascending, `items` (V,), `chunks` (V,) (which chunk of its item),
     `matrix` (V, D) in the stored dtype, `scales` (V,) float32 (value = matrix row x scale; 1 unless int8).
 
-    With a `cache` path the arrays start as memory maps of that file (`VectorCache`) when it matches the
-    database; `save()` rewrites it when the arrays changed since."""
+    With a `cache` path the arrays start as that file's (`VectorCache`) when it matches the database and its
+    checksum; `save()` rewrites it when the arrays changed since."""
 
     def __init__(self, store: Store, cache: Path | None = None) -> None:
         self.store = store
@@ -310,7 +325,11 @@ class VectorMatrix:
         return self._groups
 
     def rows_of(self, vids: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.vids, vids)
+        """The rows of those `vids` the matrix holds (a damaged or stale HNSW may name others: dropped)."""
+        rows = np.searchsorted(self.vids, vids)
+        inside = rows < len(self.vids)
+        rows, vids = rows[inside], np.asarray(vids)[inside]
+        return rows[self.vids[rows] == vids]
 
 
 class ApproximateIndex:
@@ -357,16 +376,23 @@ class ApproximateIndex:
         return np.asarray(matches.keys, dtype=np.int64)
 
     def save(self) -> None:
-        """Write the HNSW (temp file + rename) and its sidecar; a crash leaves the old pair."""
+        """Write the HNSW (temp file + rename) and its sidecar (db_uuid, dims and the file's SHA-256, checked when
+        it is loaded); a crash leaves the old pair, or a pair that does not match and is rebuilt."""
         if self._index is None or not self.dirty:
             return
         remove_stale_temps(self.path)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self._index.save(str(tmp))
-        os.replace(tmp, self.path)
         side = self.sidecar.with_name(f".{self.sidecar.name}.{os.getpid()}.tmp")
-        side.write_text(json.dumps({"db_uuid": self._db_uuid, "ndim": int(self._index.ndim)}))
-        os.replace(side, self.sidecar)
+        try:
+            self._index.save(str(tmp))
+            with open(tmp, "rb") as f:
+                sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+            os.replace(tmp, self.path)
+            side.write_text(json.dumps({"db_uuid": self._db_uuid, "ndim": int(self._index.ndim), "sha256": sha256}))
+            os.replace(side, self.sidecar)
+        finally:
+            for leftover in (tmp, side):
+                leftover.unlink(missing_ok=True)
         self.dirty = False
 
     def _new(self, dim: int):  # -> usearch.index.Index
@@ -388,6 +414,9 @@ class ApproximateIndex:
             side = json.loads(self.sidecar.read_text())
             if side.get("db_uuid") != vectors.db_uuid or side.get("ndim") != dim:
                 raise ValueError("built for another database or model")
+            with open(self.path, "rb") as f:  # damaged bytes would pick wrong candidates (or crash the loader)
+                if hashlib.file_digest(f, "sha256").hexdigest() != side.get("sha256"):
+                    raise ValueError("damaged")
             index = HNSW.restore(str(self.path))
             if index is None or index.ndim != dim:
                 raise ValueError("unreadable")

@@ -27,6 +27,16 @@ def create_model(config: ModelConfig | str) -> DualEncoder:
     raise ValueError(f"unknown model family {config.family!r}")
 
 
+def _fresh(config: ModelConfig | str, seed: int | None) -> DualEncoder:
+    if seed is None:
+        return create_model(config)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(config)
+
+
 def resolve_model(spec: str | Path) -> str | Path:
     """What a model spec names: 'default' -> the shipped checkpoint folder; else unchanged."""
     return DEFAULT_CHECKPOINT if str(spec) == "default" else spec
@@ -38,8 +48,12 @@ def load_checkpoint(folder: str | Path) -> DualEncoder:
     return apply_checkpoint(create_model(config), state, folder)
 
 
-def load_model(spec: str | Path) -> DualEncoder:
+def load_model(spec: str | Path, *, seed: int | None = None) -> DualEncoder:
     """Load a model from any of the layouts users have.
+
+    `seed`: a fresh model (a preset or a config) initialises its new weights from it, in a forked torch RNG, so
+    the same spec gives the same weights, and the same model id, in every process (what an index needs to be
+    opened again); None draws them from torch's global RNG (training seeds that itself).
 
     - `"default"`: the GCL-trained checkpoint shipped in the package (`edge_gcl/weights/default`)
     - a preset name (`lite`, `tinyclip-vit-8m-16-text-3m`, ...): a fresh model
@@ -61,15 +75,16 @@ def load_model(spec: str | Path) -> DualEncoder:
         raise ValueError(f"{path}: not a checkpoint folder (no edge_gcl.json, no Hugging Face CLIP config.json)")
     if path.is_file() and path.suffix == ".json":
         try:
-            return create_model(ModelConfig.from_dict(json.loads(path.read_text())))
+            config = ModelConfig.from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a model config ({e})") from e
+        return _fresh(config, seed)
     if path.is_file():
         from .clip import load_open_clip_pt
 
         return load_open_clip_pt(path)
     if str(spec) in list_presets():
-        return create_model(str(spec))
+        return _fresh(str(spec), seed)
     if path == DEFAULT_CHECKPOINT:
         raise FileNotFoundError(f"{path}: the default checkpoint is missing from this installation")
     raise FileNotFoundError(f"{spec}: no such model (not a file, folder or preset: {', '.join(list_presets())})")

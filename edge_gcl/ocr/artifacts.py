@@ -28,7 +28,7 @@ def has_ocr(manifest: Any) -> bool:
 
 def from_artifacts(folder: str | Path, manifest: Any, *, provider: str = "cpu", form: str | None = None) -> OcrEngine:
     """An `OcrEngine` over the OCR graphs of `folder` in `form` (default: float on the CPU, ctx on the NPU)."""
-    from ..runtime import DEFAULT_FORM, RuntimeConfigError, _qnn_target, rebuild_hint
+    from ..runtime import DEFAULT_FORM, RuntimeConfigError, _qnn_target, rebuild_hint, verify_artifacts
 
     folder = Path(folder)
     form = form or DEFAULT_FORM[provider]  # type: ignore[index]
@@ -44,6 +44,7 @@ def from_artifacts(folder: str | Path, manifest: Any, *, provider: str = "cpu", 
         if not paths[g].is_file():
             raise RuntimeConfigError(f"{paths[g]}: the OCR {g} graph named by the manifest is missing; {rebuild_hint(folder, manifest)}")
     dictionary = folder / manifest.towers[f"{TOWER_PREFIX}rec"].files["dictionary"]
+    verify_artifacts(folder, manifest, [p.relative_to(folder).as_posix() for p in (*paths.values(), dictionary)])
     config = OcrConfig.from_dict((manifest.extra.get("ocr") or {}).get("config", {}))
     where = "ONNX Runtime CPU"
     if provider == "qnn":

@@ -118,7 +118,7 @@ def load_meaning(
     manifest, folder = getattr(embedder, "manifest", None), getattr(embedder, "folder", None)
     if manifest is None or folder is None or TOWER not in (getattr(manifest, "towers", None) or {}):
         return None
-    from ..runtime import DEFAULT_FORM, RuntimeConfigError, _qnn_target, rebuild_hint
+    from ..runtime import DEFAULT_FORM, RuntimeConfigError, _qnn_target, rebuild_hint, verify_artifacts
 
     form = form or getattr(embedder, "form", None) or DEFAULT_FORM[provider]  # type: ignore[index]
     art = manifest.towers[TOWER]
@@ -129,6 +129,7 @@ def load_meaning(
     for path in (graph, tokenizer):
         if not path.is_file():
             raise RuntimeConfigError(f"{path}: named by the manifest's {TOWER} and missing; {rebuild_hint(Path(folder), manifest)}")
+    verify_artifacts(Path(folder), manifest, [p.relative_to(folder).as_posix() for p in (graph, tokenizer)])  # SHA-256
     what = {"float": "float32", "qdq": f"quantized (QDQ) {manifest.precision}", "ctx": f"compiled (EPContext) {manifest.precision}"}
     where = "ONNX Runtime CPU" if provider == "cpu" else "the Hexagon NPU"
     return MeaningEncoder(graph, tokenizer, spec=art.spec, provider=provider,
