@@ -822,6 +822,7 @@ class Index:
                 ocr=texts,
             )
             done: list[tuple[list[str], str]] = []
+            read: list[int] = []  # keys of the photos stored with text read now
             with self.store.write() as conn:
                 for (path, st, sha, existing), v, ocr in zip(embed, vectors, texts, strict=True):
                     if isinstance(v, str):
@@ -834,6 +835,8 @@ class Index:
                         taken=capture_time(path, st.st_mtime_ns), ocr=ocr,
                     )  # fmt: skip
                     self.store.set_vectors(conn, key, v)
+                    if ocr:
+                        read.append(key)
                     done.append((report.updated if existing is not None else report.added, photo_id(path)))
                 for path, st, existing, meta_changed in touch:
                     taken, taken_from = capture_time(path, st.st_mtime_ns)  # the content changed, or no date yet
@@ -852,14 +855,16 @@ class Index:
                     done.append((report.updated if meta_changed else report.unchanged, existing.id))
             for bucket, item_id in done:  # reported only once committed
                 bucket.append(item_id)
-            self._fill_meaning()
+            if read:
+                self._fill_meaning(read)
             bar.update(len(batch))
         bar.close()
         self._fill_meaning()  # photos read before the encoder was at hand (read-text fills them too)
 
-    def _fill_meaning(self) -> int:
-        """Store the meaning vectors of the photos whose text has none yet (`meaning.py`)."""
-        return meaning_rows.fill(self.store, self.meaning) if self.meaning is not None else 0
+    def _fill_meaning(self, keys: Sequence[int] | None = None) -> int:
+        """Store the meaning vectors of the photos whose text has none yet (`meaning.py`): those of
+        `keys`, or all (one scan of the items)."""
+        return meaning_rows.fill(self.store, self.meaning, keys=keys) if self.meaning is not None else 0
 
     def _read_texts(self, paths: Sequence[str]) -> list[str | None]:
         """The text read in each photo ("" none), or None: OCR is off, or the photo cannot be decoded

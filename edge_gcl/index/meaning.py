@@ -46,32 +46,36 @@ def create(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-def missing(conn: sqlite3.Connection, *, after: int = -1, limit: int = -1) -> list[tuple[int, str]]:
-    """(item key, OCR text) of the photos with text read and no meaning rows (keys over `after`)."""
+def missing(conn: sqlite3.Connection, *, after: int = -1, limit: int = -1, keys: Sequence[int] | None = None
+            ) -> list[tuple[int, str]]:
+    """(item key, OCR text) of the photos with text read and no meaning rows (keys over `after`; among
+    `keys` if given)."""
+    among = f"AND key IN ({','.join(str(int(k)) for k in keys)}) " if keys is not None else ""
     return conn.execute(
-        "SELECT key, ocr FROM items WHERE key > ? AND ocr IS NOT NULL AND ocr != '' AND path IS NOT NULL "
+        f"SELECT key, ocr FROM items WHERE key > ? {among}AND ocr IS NOT NULL AND ocr != '' AND path IS NOT NULL "
         "AND NOT EXISTS (SELECT 1 FROM ocr_meaning WHERE item = items.key) ORDER BY key LIMIT ?",
         (after, limit),
     ).fetchall()
 
 
-def fill(store: Any, encoder: Any, *, batch: int = 256) -> int:
-    """Embed the photos `missing` rows with `encoder` (`embed`, `tokenizer`, `model_id`, `dim`) and
-    store them, `batch` photos per transaction (embedded outside it); rows of another encoder are
-    dropped first. A row is kept only if its photo's text is still what was embedded. Returns how
-    many photos were embedded."""
+def fill(store: Any, encoder: Any, *, batch: int = 256, keys: Sequence[int] | None = None) -> int:
+    """Embed the photos `missing` rows (of `keys`, else all: one scan of the items) with `encoder`
+    (`embed`, `tokenizer`, `model_id`, `dim`) and store them, `batch` photos per transaction
+    (embedded outside it); rows of another encoder are dropped first. A row is kept only if its
+    photo's text is still what was embedded. Returns how many photos were embedded."""
     from ..ocr.meaning import MAX_CHUNKS, clean
     from .sources import chunk_note
 
-    with store.write() as conn:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (MODEL_KEY,)).fetchone()
-        if row is None or row[0] != encoder.model_id:
+    with store.lock:
+        row = store.conn.execute("SELECT value FROM meta WHERE key = ?", (MODEL_KEY,)).fetchone()
+    if row is None or row[0] != encoder.model_id:  # none yet, or another encoder's
+        with store.write() as conn:
             conn.execute("DELETE FROM ocr_meaning")
             conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (MODEL_KEY, encoder.model_id))
     done, after = 0, -1
     while True:
         with store.lock:
-            todo = missing(store.conn, after=after, limit=batch)
+            todo = missing(store.conn, after=after, limit=batch, keys=keys)
         if not todo:
             return done
         chunks = [chunk_note(clean(text), encoder.tokenizer)[:MAX_CHUNKS] if clean(text) else [] for _, text in todo]
