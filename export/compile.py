@@ -19,8 +19,10 @@ The recipe, step by step (each timed and shown in the summary):
    precision); `--skip-verify` skips the check and the manifest's `verification` says so.
    Then the OCR graphs (`export/ocr.py`: PP-OCR's detector, angle classifier and recogniser from
    the rapidocr wheel) go through the same quantize, compile and verify steps, gated on the
-   recogniser's character accuracy against float (`--min-char-accuracy`, 0.95); `--no-ocr` leaves
-   them out.
+   recogniser's character accuracy against float (`--min-char-accuracy`, 0.95), and so does the
+   text-meaning graph (`export/meaning.py`: the pretrained all-MiniLM-L6-v2 sentence encoder that
+   compares a query with the text read in photos), gated on `--min-fidelity` like a tower;
+   `--no-ocr` leaves them out.
 6. Write `manifest.json` (contract, files with SHA-256, precision, chip, NPU share, fidelity, tool
    versions) and swap the finished folder into place (atomically on Linux; elsewhere a crash
    mid-swap is undone by the next build); a failed run leaves the old folder untouched.
@@ -389,6 +391,19 @@ def run(
                 )  # fmt: skip
                 towers.update(built.towers)
                 ocr_extra = built.extra
+                from edge_gcl.ocr.meaning import TOWER as MEANING
+
+                from .meaning import build_meaning
+
+                towers[MEANING], ocr_extra["meaning"] = build_meaning(
+                    stage, precision=precision, chip=chip, texts=_captions(captions, images, names, 36),
+                    skip_compile=skip_compile or via == "aihub", skip_verify=skip_verify or via == "aihub",
+                    say=say, native=build_log.native,
+                )  # fmt: skip
+                fidelity = towers[MEANING].fidelity
+                if fidelity and fidelity["cosine_min"] < min_fidelity:
+                    raise FidelityError({"text-meaning": fidelity["cosine_min"]}, min_fidelity, precision,
+                                        ocr_extra["meaning"]["fidelity"]["heldout_texts"])
                 done("ocr")
 
             say("[6/6] writing the manifest")
@@ -433,6 +448,18 @@ def _photos(captions: Path, images: Path | None, names: set[str] | None, n: int)
     if names is not None:
         pairs = pairs.subset(names)
     return sorted(Path(p) for p in pairs.images)[:n]
+
+
+def _captions(captions: Path, images: Path | None, names: set[str] | None, n: int) -> list[str]:
+    """The first caption of the first `n` calibration photos (sorted by name): texts to calibrate and
+    verify the text-meaning graph on."""
+    from edge_gcl.data import read_pairs
+
+    pairs = read_pairs(captions, images)
+    if names is not None:
+        pairs = pairs.subset(names)
+    order = sorted(range(len(pairs)), key=lambda i: str(pairs.images[i]))[:n]
+    return [pairs.captions[i][0] for i in order]
 
 
 def _cosine(text: str) -> float:

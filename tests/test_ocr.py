@@ -105,6 +105,77 @@ def test_long_lines_are_cut_between_words_into_the_recognisers_fixed_width(engin
     assert engine.read_image(img).text == line
 
 
+def test_the_detector_looks_only_where_the_gate_saw_text(engine) -> None:
+    """A long screenshot with text in its top third: of its three tiles only the first is detected
+    at full size, and on a graph that takes any size only around the text (the blank rest costs nothing)."""
+    tall = Image.new("RGB", (500, 1500), "white")
+    tall.paste(screenshot(["Gate B22", "RE16 TGK"], size=(500, 260)), (0, 40))
+    runs: list[tuple[str, tuple[int, ...]]] = []
+    run = engine._run
+
+    def spy(graph: str, x: np.ndarray) -> np.ndarray:
+        runs.append((graph, x.shape))
+        return run(graph, x)
+
+    engine._run = spy
+    try:
+        text = engine.read_image(tall).text
+    finally:
+        del engine._run
+    assert text.splitlines() == ["Gate B22", "RE16 TGK"]
+    det = [shape for graph, shape in runs if graph == "det"]
+    assert [g for g, _ in runs].count("gate") == 3 and len(det) == 1  # three tiles gated, one detected
+    assert det[0][2] * det[0][3] < 0.6 * engine.config.det_size**2  # just the text's part of that tile
+
+
+def test_lines_are_read_at_their_own_width_on_the_cpu_and_at_the_fixed_one_alike(engine) -> None:
+    from edge_gcl.ocr.engine import rec_inputs
+
+    cfg = engine.config
+    short = screenshot(["RE16"], size=(200, 90))
+    (piece, _), = rec_inputs(short, cfg.rec_height, cfg.rec_width, pad=False)
+    assert piece.shape[0] == 3 and piece.shape[1] == cfg.rec_height and piece.shape[2] < cfg.rec_width
+    line = screenshot(["The quick brown fox jumps over the lazy dog"], size=(1100, 120))
+    pieces = rec_inputs(line, cfg.rec_height, cfg.rec_width, pad=False)
+    assert len(pieces) > 1 and all(p.shape[2] <= cfg.rec_width for p, _ in pieces)
+    assert [j for _, j in pieces] == [j for _, j in rec_inputs(line, cfg.rec_height, cfg.rec_width)]  # cut alike
+    grouped = engine.read_image(screenshot()).text
+    engine._any_size["rec"] = False  # the NPU's way: every piece padded to rec_width
+    try:
+        assert engine.read_image(screenshot()).text == grouped
+    finally:
+        engine._any_size["rec"] = True
+
+
+def test_read_many_reads_photos_at_once_in_their_order(tmp_path) -> None:
+    from edge_gcl.ocr import OcrEngine
+
+    paths = []
+    for i, words in enumerate([["Gate B22"], ["RE16 TGK"], ["Croissant"], ["Zürich"]]):
+        screenshot(words, size=(400, 120)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not a photo")
+    paths.insert(2, tmp_path / "broken.jpg")
+    two = OcrEngine.from_package(workers=2)
+    assert two.workers == 2
+    got = two.read_many(paths)
+    assert [r.text for r in got if not isinstance(r, str)] == ["Gate B22", "RE16 TGK", "Croissant", "Zürich"]
+    assert isinstance(got[2], str) and "broken.jpg" in got[2]
+
+
+def test_components_join_runs_that_touch_only_through_others() -> None:
+    from edge_gcl.ocr.boxes import components
+
+    mask = np.zeros((9, 12), np.float32)
+    mask[1:8, 1] = mask[7, 1:10] = mask[1:8, 9] = 0.8  # a U: its arms meet only at the bottom row
+    mask[1, 3:6] = 0.8  # a bar apart from it
+    mask[2, 6] = 0.8  # touching the bar diagonally only
+    mask[5, 11] = 0.4  # a faint speck: under min_score
+    found = sorted((c.pixels, round(c.score, 3)) for c in components(mask, 0.3, min_score=0.5))
+    assert found == [(4, 0.8), (21, 0.8)]
+    assert len(components(mask, 0.3)) == 3
+
+
 def test_db_boxes_from_a_probability_map() -> None:
     prob = np.zeros((60, 120), np.float32)
     prob[10:20, 10:70] = 0.9  # a line
@@ -207,9 +278,10 @@ def test_a_format_2_index_is_migrated_and_reindex_reads_its_photos(tmp_path, eng
         index.add_photos(photos, progress=False)
         index.add_note("Gate change: now B24")
     with sqlite3.connect(tmp_path / "idx" / "index.sqlite") as conn:  # what edge-gcl wrote before OCR
-        for trigger in ("items_words_insert", "items_words_delete", "items_words_update"):
+        for trigger in ("items_words_insert", "items_words_delete", "items_words_update", "items_meaning_update"):
             conn.execute(f"DROP TRIGGER {trigger}")
         conn.execute("DROP TABLE item_words")
+        conn.execute("DROP TABLE ocr_meaning")
         conn.execute("ALTER TABLE items DROP COLUMN ocr")
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'format_version'")
     with Index.open(tmp_path / "idx") as index:

@@ -162,9 +162,10 @@ def test_a_format_1_index_is_migrated_and_sync_fills_the_dates(tmp_path: Path) -
     with Index.open(tmp_path / "idx", model=embedder) as index:
         index.add_photos(folder, progress=False)
     with sqlite3.connect(tmp_path / "idx" / "index.sqlite") as conn:  # what edge-gcl wrote before dates
-        for trigger in ("items_words_insert", "items_words_delete", "items_words_update"):  # ... and OCR
+        for trigger in ("items_words_insert", "items_words_delete", "items_words_update", "items_meaning_update"):  # ... and OCR
             conn.execute(f"DROP TRIGGER {trigger}")
         conn.execute("DROP TABLE item_words")
+        conn.execute("DROP TABLE ocr_meaning")
         conn.execute("ALTER TABLE items DROP COLUMN ocr")
         conn.execute("DROP INDEX items_taken")
         conn.execute("ALTER TABLE items DROP COLUMN taken")

@@ -380,7 +380,8 @@ def cli_search(args: argparse.Namespace) -> int:
             print(f"{head}  {'kind':<10}  {'taken':<16}  {'id':<18}  photo or note")
         for h in hits:
             score = f"  {h.score:7.4f}" if offset else ""
-            mark = "=" if h.matched else " "  # "=": its note or photo text holds the query's words
+            mark = "=" if h.matched else "~" if h.meaning else " "  # "=": its note or photo text holds the query's
+            # words; "~": the text read in the photo means what they say (lifted, `Index.search`)
             print(f"  {h.cosine:7.4f}{score}{mark} {h.modality:<10}  {_when(h.taken):<16}  {h.id:<18}  "
                   f"{_line(h.path, h.text, h.ocr)}")
 

@@ -10,7 +10,9 @@ item's modality differs from the query's (`search`).
 Words in photos: with an OCR engine (`ocr=`, on by default where the model's artifacts ship the
 PP-OCR graphs; `edge_gcl.ocr`), each photo's text is read at ingest and stored with it
 (`Item.ocr`); it adds chunks to the photo's vectors (`OCR_VECTORS`) and is searchable word for
-word with the notes (`words.py`, which states how word matches merge into the ranking).
+word with the notes (`words.py`, which states how word matches merge into the ranking). Where the
+artifacts ship the sentence encoder (`meaning=`, `edge_gcl.ocr.meaning`), the text's meaning is
+stored too (`meaning.py`) and lifts a photo whose text means what a query says (`search`).
 
 Photos are re-embedded only when their content changed: size and mtime first, then SHA-256.
 Ingest commits every `batch_size` photos, so a killed process loses at most the current batch;
@@ -43,6 +45,7 @@ from tqdm.auto import tqdm
 from ..embedding import Embedder, fuse, modality_offset, modality_offsets, model_name
 from ..tokenizer import check_text
 from ..transform import ImageDecodeError
+from . import meaning as meaning_rows
 from .sources import (
     MAX_NOTE_CHARS,
     abspath,
@@ -74,6 +77,7 @@ from .words import matching_keys
 
 if TYPE_CHECKING:
     from ..ocr import OcrEngine
+    from ..ocr.meaning import MeaningEncoder
 
 INDEX_FILE = "index.sqlite"
 APPROXIMATE_FILE = "index.usearch"
@@ -215,7 +219,8 @@ class Hit:
     taken: str | None = None  # photos: 'YYYY-MM-DDTHH:MM:SS', when it was taken (local time)
     ocr: str | None = None  # photos: the text read in it
     matched: bool = False  # the query's words are in its note or OCR text (words.py's merge rule)
-    cosine: float | None = None  # the score without the offset, in [-1, 1] (None: the score's)
+    cosine: float | None = None  # the score without the offset and the lift, in [-1, 1] (None: the score's)
+    meaning: float = 0.0  # what the meaning of its text added to the score (`Index.search`)
 
     def __post_init__(self) -> None:  # float16 / int8 vectors can put a photo's own cosine at 1.0001
         cosine = self.score if self.cosine is None else self.cosine
@@ -234,6 +239,8 @@ class Hit:
             d["ocr"] = self.ocr
         if self.matched:
             d["matched"] = True
+        if self.meaning:
+            d["meaning"] = round(self.meaning, 6)
         if self.meta:
             d["meta"] = self.meta
         return d
@@ -313,6 +320,14 @@ class IndexStats:
         return asdict(self)
 
 
+def _lifted(ranked: list[tuple[int, float, int]], boosts: Mapping[int, float], k: int) -> list[tuple[int, float, int]]:
+    """(key, score, chunk) rows with each key's boost added, best first, the first `k`."""
+    if not boosts:
+        return ranked[:k]
+    out = [(key, score + boosts.get(key, 0.0), chunk) for key, score, chunk in ranked]
+    return sorted(out, key=lambda r: (-r[1], r[0]))[:k]
+
+
 class Index:
     """Photos and notes of one device, searchable by text, photo or both.
 
@@ -321,11 +336,17 @@ class Index:
     open the same index; one writes at a time (SQLite WAL), readers never wait for it.
     """
 
-    def __init__(self, store: Store, embedder: Embedder | None, folder: Path, ocr: OcrEngine | None = None) -> None:
+    def __init__(
+        self, store: Store, embedder: Embedder | None, folder: Path, ocr: OcrEngine | None = None,
+        meaning: MeaningEncoder | None = None,
+    ) -> None:
         self.store = store
         self.folder = folder
         self._embedder = embedder
         self.ocr = ocr  # reads the text in photos at ingest (None: off)
+        self.meaning = meaning  # embeds the meaning of that text and of queries (None: not used)
+        self._meaning_rows: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None  # (change token, keys, vectors)
+        self._meaning_last: tuple[str, np.ndarray] | None = None  # (query words, their sentence vector)
         self._vectors = VectorMatrix(store, cache=folder / VECTORS_FILE)
         # (vectors.version, row -> modality code, {(query modality, offset): (V,) offsets})
         self._offset_rows: tuple[int, np.ndarray, dict[tuple[str, float], np.ndarray]] | None = None
@@ -346,6 +367,7 @@ class Index:
         form: str | None = None,
         timeout_s: float = 30.0,
         ocr: OcrEngine | bool | Literal["auto"] | None = "auto",
+        meaning: MeaningEncoder | bool | Literal["auto"] | None = "auto",
     ) -> Index:
         """Open the index at `path` (a folder holding index.sqlite, or a `.sqlite` file).
 
@@ -357,7 +379,9 @@ class Index:
         (`edge_gcl.runtime.OnnxEmbedder`). `dtype` ("float16", "int8" with a per-vector scale, or
         "float32") applies when creating. `ocr` reads the words in photos at ingest: "auto" when the
         model's artifacts folder ships the OCR graphs (`edge_gcl.ocr.load_ocr`), True to require it
-        (a PyTorch model takes the rapidocr wheel's graphs), False never, or an `OcrEngine`.
+        (a PyTorch model takes the rapidocr wheel's graphs), False never, or an `OcrEngine`. `meaning`
+        compares a query with the meaning of the text read in photos: "auto" when the artifacts ship
+        the sentence encoder (`edge_gcl.ocr.meaning.load_meaning`), False never, or an encoder.
         """
         path = Path(path)
         file = path if path.suffix in (".sqlite", ".db") or path.is_file() else path / INDEX_FILE
@@ -367,12 +391,15 @@ class Index:
             )
         embedder = None
         engine = ocr if not isinstance(ocr, (bool, str)) else None
+        encoder = meaning if not isinstance(meaning, (bool, str)) else None
         if model is not None:
             from ..ocr import load_ocr
+            from ..ocr.meaning import load_meaning
             from ..runtime import load_embedder
 
             embedder = load_embedder(model, provider=provider, form=form)  # type: ignore[arg-type]
             engine = load_ocr(embedder, ocr, provider=provider, form=form)
+            encoder = load_meaning(embedder, meaning, provider=provider, form=form)
         store = Store.open(
             file,
             create=create,
@@ -382,7 +409,7 @@ class Index:
             dtype=dtype,
             timeout_s=timeout_s,
         )
-        index = cls(store, embedder, file.parent, engine)
+        index = cls(store, embedder, file.parent, engine, encoder)
         try:
             if embedder is not None:
                 index._check_model(embedder)
@@ -642,6 +669,7 @@ class Index:
                 ocr=ocr,
             )  # fmt: skip
             self.store.set_vectors(conn, key, vectors)
+        self._fill_meaning()
         return item_id
 
     def add_notes(
@@ -794,6 +822,7 @@ class Index:
                 ocr=texts,
             )
             done: list[tuple[list[str], str]] = []
+            read: list[int] = []  # keys of the photos stored with text read now
             with self.store.write() as conn:
                 for (path, st, sha, existing), v, ocr in zip(embed, vectors, texts, strict=True):
                     if isinstance(v, str):
@@ -806,6 +835,8 @@ class Index:
                         taken=capture_time(path, st.st_mtime_ns), ocr=ocr,
                     )  # fmt: skip
                     self.store.set_vectors(conn, key, v)
+                    if ocr:
+                        read.append(key)
                     done.append((report.updated if existing is not None else report.added, photo_id(path)))
                 for path, st, existing, meta_changed in touch:
                     taken, taken_from = capture_time(path, st.st_mtime_ns)  # the content changed, or no date yet
@@ -824,8 +855,16 @@ class Index:
                     done.append((report.updated if meta_changed else report.unchanged, existing.id))
             for bucket, item_id in done:  # reported only once committed
                 bucket.append(item_id)
+            if read:
+                self._fill_meaning(read)
             bar.update(len(batch))
         bar.close()
+        self._fill_meaning()  # photos read before the encoder was at hand (read-text fills them too)
+
+    def _fill_meaning(self, keys: Sequence[int] | None = None) -> int:
+        """Store the meaning vectors of the photos whose text has none yet (`meaning.py`): those of
+        `keys`, or all (one scan of the items)."""
+        return meaning_rows.fill(self.store, self.meaning, keys=keys) if self.meaning is not None else 0
 
     def _read_texts(self, paths: Sequence[str]) -> list[str | None]:
         """The text read in each photo ("" none), or None: OCR is off, or the photo cannot be decoded
@@ -933,6 +972,13 @@ class Index:
         `words`: items whose note or OCR text contains every word of it (substrings, case and accents
         ignored) come first, whatever `min_score` (`Hit.matched`; the rule is in `words.py`). By
         default the query text when the query is words alone; "" turns it off.
+
+        The meaning of the text read in photos (a query of words alone, or a "note" `vector` with its
+        `words`, as the CLI and the app search; with a sentence encoder, `meaning=` of `Index.open`): a photo whose text's sentence vector has cosine c > THRESHOLD
+        (0.1) with the query's gains WEIGHT x (c - THRESHOLD) on its score (`edge_gcl.ocr.meaning.boost`,
+        `Hit.meaning` says how much), so "bakery bill" lifts a receipt reading "BOULANGERIE ...
+        Croissant"; every other item keeps its score. It applies before the word matches are put
+        first and before `min_score`.
         """
         after, before = check_search_options(k=k, min_score=min_score, after=after, before=before,
                                              cross_modal_offset=cross_modal_offset)
@@ -952,6 +998,8 @@ class Index:
         if cross_modal_offset is None:
             cross_modal_offset = default_cross_modal_offset(self._embedder)
         query = self._query(text, image, vector)  # (D,) float32, unit norm
+        said = text if vector is None and image is None else words if vector is not None and query_modality == "note" else None
+        meaning_query = self._meaning_query(said) if said and said.strip() else None  # (d,): a query of words alone
         with self._lock:
             self._refresh()
             vectors = self._vectors
@@ -970,18 +1018,28 @@ class Index:
             use_approximate = len(vectors) >= APPROXIMATE_MIN_VECTORS if approximate is None else approximate
             wanted = k if sort == "score" else len(self)  # by date: every item above the cut-off, then k
             offsets = self._row_offsets(query_modality, float(cross_modal_offset)) if query_modality else None
+            boosts = self._meaning_boosts(meaning_query, keys) if meaning_query is not None else {}
             matched: list[tuple[int, float, int]] = []
             if words and words.strip():  # words.py's merge rule: the items holding the words first
                 with self.store.lock:
                     found = matching_keys(self.store.conn, words, within=keys)
                 if len(found):
                     in_found = np.isin(vectors.items, found)
-                    matched = self._search_exact(query, min(wanted, len(found)), in_found, offsets)
+                    found_k = len(found) if boosts else min(wanted, len(found))  # a lift may reorder them all
+                    matched = _lifted(self._search_exact(query, found_k, in_found, offsets), boosts, wanted)
                     mask = ~in_found if mask is None else mask & ~in_found
+            lifted: list[tuple[int, float, int]] = []
+            if boosts:  # the photos whose text means what the query says, scored exactly, then lifted
+                in_boosted = np.isin(vectors.items, np.fromiter(boosts, np.int64, len(boosts)))
+                scope = in_boosted if mask is None else mask & in_boosted
+                lifted = self._search_exact(query, len(boosts), scope, offsets) if scope.any() else []
+                mask = ~in_boosted if mask is None else mask & ~in_boosted
             if use_approximate:
                 ranked = self._search_approximate(query, wanted, mask, offsets)
             else:
                 ranked = self._search_exact(query, wanted, mask, offsets)
+            if lifted:
+                ranked = _lifted(ranked + lifted, boosts, wanted)
             if min_score is not None:
                 ranked = [r for r in ranked if r[1] >= min_score]
             ranked = (matched + ranked)[:wanted]
@@ -990,7 +1048,8 @@ class Index:
         offset = float(cross_modal_offset) if query_modality else 0.0
         hits = [
             Hit(it.id, score, it.modality, it.path, it.text, it.meta, chunk, it.taken, it.ocr, key in first,
-                cosine=score - modality_offset(query_modality, it.modality, offset) if offset else score)
+                cosine=score - boosts.get(key, 0.0) - (modality_offset(query_modality, it.modality, offset) if offset else 0.0),
+                meaning=boosts.get(key, 0.0))
             for key, score, chunk in ranked
             if (it := items.get(key)) is not None
         ]
@@ -1016,6 +1075,31 @@ class Index:
                 raise ValueError(f"modalities {bad}: expected any of {list(MODALITIES)}")
         after, before = check_search_options(after=after, before=before)
         return self.store.list_items(modalities, after=after, before=before, limit=limit)  # type: ignore[arg-type]
+
+    def _meaning_query(self, text: str) -> np.ndarray | None:
+        """The sentence vector (d,) of a query's words (the last one kept: a search is often run twice)."""
+        if self.meaning is None:
+            return None
+        if self._meaning_last is None or self._meaning_last[0] != text:
+            self._meaning_last = (text, self.meaning.embed([text])[0])
+        return self._meaning_last[1]
+
+    def _meaning_boosts(self, query: np.ndarray, keys: np.ndarray | None) -> dict[int, float]:
+        """{item key: what its score gains} for the photos whose text means what the query says
+        (`query`, its sentence vector: `edge_gcl.ocr.meaning.boost` > 0), among `keys` if given."""
+        assert self.meaning is not None
+        from ..ocr.meaning import boost
+
+        token = self.store.change_token()
+        if self._meaning_rows is None or self._meaning_rows[0] != token:
+            with self.store.snapshot() as conn:
+                self._meaning_rows = (token, *meaning_rows.load(conn, self.meaning.model_id))
+        _, row_keys, rows = self._meaning_rows
+        if not len(row_keys):
+            return {}
+        items, cosines = meaning_rows.item_cosines(row_keys, rows, query, within=keys)
+        gain = boost(cosines)
+        return {int(k): float(g) for k, g in zip(items, gain, strict=True) if g > 0}
 
     def query_vector(self, text: str | None = None, image: Any = None) -> np.ndarray:
         """The (D,) unit query vector `search(text, image)` would use: embed once, then
@@ -1255,6 +1339,10 @@ class Index:
             raise
         self.store.info = self.store.read_info()
         self._embedder = new
+        from ..ocr.meaning import load_meaning
+
+        self.meaning = load_meaning(new, "auto", provider=provider, form=form) or self.meaning
+        self._fill_meaning()
         return report
 
     def _stage(

@@ -28,6 +28,8 @@ rebuilt from it. Schema, format 2::
                                                  skip them until the file is added by name
     item_words  FTS5 (trigram) over each item's folded note + OCR text, rowid = items.key, kept
                 in step by triggers (`words.py`)
+    ocr_meaning the sentence vectors of each photo's OCR text (`meaning.py`; derived, created when
+                missing)
 
 Connections use WAL (readers never block the writer), `synchronous=FULL` (a committed batch
 survives power loss), `foreign_keys=ON` and a busy timeout; every write is one
@@ -63,7 +65,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from . import words
+from . import meaning, words
 
 FORMAT_VERSION = 3
 
@@ -390,7 +392,8 @@ class Store:
                     raise FileNotFoundError(f"{path}: not an initialised index") from None
             version = int(store.conn.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()[0]) \
                 if kind == "index" else FORMAT_VERSION
-            if (kind == "empty" or version in _MIGRATIONS or "excluded" not in tables) and not store.read_only:
+            missing = "excluded" not in tables or "ocr_meaning" not in tables  # added within format 3
+            if (kind == "empty" or version in _MIGRATIONS or missing) and not store.read_only:
                 store._initialise(model_id=model_id, embed_dim=embed_dim, model_name=model_name, dtype=dtype,
                                   create=create)
             store.info = store.read_info()
@@ -428,6 +431,7 @@ class Store:
             else:
                 _migrate(conn, path)
             conn.execute(_EXCLUDED)
+            meaning.create(conn)  # the text-meaning vectors (derived; created when missing)
 
     def read_info(self) -> StoreInfo:
         with self.lock:

@@ -1,5 +1,6 @@
 """Words in photos: PP-OCR on edge-gcl's own ONNX Runtime sessions (`engine.py`), its graphs'
-contract (`contract.py`) and the numpy geometry that replaces OpenCV (`boxes.py`)."""
+contract (`contract.py`), the numpy geometry that replaces OpenCV (`boxes.py`), and the sentence
+encoder that compares a query with what the text read means (`meaning.py`)."""
 
 from __future__ import annotations
 

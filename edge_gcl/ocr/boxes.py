@@ -4,7 +4,7 @@ PP-OCR's detector (DB, "Differentiable Binarization") outputs a per-pixel text p
 usual post-processing (OpenCV contours, Shapely and pyclipper polygon offsetting) is replaced here by:
 
 1. `components`: 8-connected components of `prob > threshold`, labelled over horizontal runs
-   (run-length union-find: a few thousand runs even on a text-heavy screenshot);
+   (a union of touching runs in numpy: a few thousand runs even on a text-heavy screenshot);
 2. `min_area_rect`: each component's minimum-area rectangle (rotating calipers on the convex hull
    of its run end points), kept if the mean probability over the component is >= `box_threshold`;
 3. `unclip`: the rectangle grown by DB's offset d = area * ratio / perimeter on every side (what
@@ -28,13 +28,20 @@ TALL_RATIO = 1.5  # a crop this much taller than wide is a rotated line: turned 
 
 @dataclass(frozen=True)
 class Component:
-    points: np.ndarray  # (P, 2) float32: run end points (pixel corners), enough for the hull
+    points: np.ndarray  # (P, 2) float32: each row's outer pixel corners, enough for the hull
     score: float  # mean probability over the component's pixels
     pixels: int
 
 
-def components(prob: np.ndarray, threshold: float) -> list[Component]:
-    """8-connected components of `prob > threshold`. `prob` (H, W) float32 in [0, 1]."""
+def components(prob: np.ndarray, threshold: float, *, min_score: float = 0.0) -> list[Component]:
+    """8-connected components of `prob > threshold` whose mean probability is at least `min_score`.
+    `prob` (H, W) float32 in [0, 1].
+
+    Labelled over horizontal runs, all in numpy: the runs of consecutive rows that touch (diagonally
+    included) are edges of a graph, whose components are found by hooking roots and halving paths
+    until no edge joins two trees (a few rounds). A text-heavy 640 px map has thousands of runs and,
+    on a detector fed just the image (no letterbox), hundreds of faint specks, which a Python loop
+    per run or per speck made the slowest part of reading a screenshot."""
     mask = prob > threshold
     if not mask.any():
         return []
@@ -45,70 +52,77 @@ def components(prob: np.ndarray, threshold: float) -> list[Component]:
     rows, starts = np.nonzero(edges == 1)
     _, ends = np.nonzero(edges == -1)  # row-major order on both: the i-th start pairs with the i-th end
     n = len(rows)
+    # run a (row r) touches run b (row r + 1) when starts[b] <= ends[a] and ends[b] >= starts[a]
+    # (ends exclusive: a run starting just past a's last pixel touches it diagonally); runs are
+    # sorted row-major, so b ranges over one slice found by binary search on global keys
+    stride = w + 2
+    start_key = rows.astype(np.int64) * stride + starts
+    end_key = rows.astype(np.int64) * stride + ends
+    next_row = (rows.astype(np.int64) + 1) * stride
+    lo = np.searchsorted(end_key, next_row + starts, side="left")
+    hi = np.searchsorted(start_key, next_row + ends, side="right")
+    counts = np.maximum(hi - lo, 0)
+    a = np.repeat(np.arange(n), counts)
+    b = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
     parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first = np.searchsorted(rows, np.arange(h + 1))  # runs of row r: first[r]:first[r + 1]
-    for r in range(h - 1):
-        a0, a1, b0, b1 = first[r], first[r + 1], first[r + 1], first[r + 2]
-        if a0 == a1 or b0 == b1:
-            continue
-        j = b0
-        for i in range(a0, a1):  # both rows sorted by start: a sweep
-            while j < b1 and ends[j] < starts[i]:  # ends exclusive; 8-connected: touching diagonally
-                j += 1
-            k = j
-            while k < b1 and starts[k] <= ends[i]:
-                ri, rk = find(i), find(k)
-                if ri != rk:
-                    parent[rk] = ri
-                k += 1
-    roots = np.array([find(i) for i in range(n)])
+    while True:
+        pa, pb = parent[a], parent[b]
+        apart = pa != pb
+        if not apart.any():
+            break
+        a, b, pa, pb = a[apart], b[apart], pa[apart], pb[apart]
+        np.minimum.at(parent, np.maximum(pa, pb), np.minimum(pa, pb))  # hook the larger root under the smaller
+        while True:  # flatten: every run points at its root
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
     # mean probability over each component: per-run sums from a row-wise cumulative sum
     cum = np.zeros((h, w + 1), np.float64)
     np.cumsum(prob, axis=1, out=cum[:, 1:])
     run_sum = cum[rows, ends] - cum[rows, starts]
     run_len = ends - starts
-    labels, inverse = np.unique(roots, return_inverse=True)
+    labels, inverse = np.unique(parent, return_inverse=True)
     sums = np.bincount(inverse, run_sum, len(labels))
-    counts = np.bincount(inverse, run_len, len(labels))
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(len(labels) + 1))
+    pixels = np.bincount(inverse, run_len, len(labels))
+    keep = np.flatnonzero(sums >= min_score * pixels)  # the mean, without dividing
+    if not len(keep):
+        return []
+    kept = np.isin(inverse, keep)
+    order = np.flatnonzero(kept)[np.argsort(inverse[kept], kind="stable")]  # by component, then row-major
+    comp, row = inverse[order], rows[order]
+    # a row's leftmost start and rightmost end are all of it the hull can touch
+    first = np.flatnonzero(np.r_[True, (comp[1:] != comp[:-1]) | (row[1:] != row[:-1])])  # (G,) per (component, row)
+    last = np.r_[first[1:], len(order)] - 1
+    r = row[first].astype(np.float32)
+    s, e = starts[order[first]].astype(np.float32), ends[order[last]].astype(np.float32)
+    corners = np.stack([np.stack([s, r], 1), np.stack([e, r], 1), np.stack([s, r + 1], 1), np.stack([e, r + 1], 1)], 1)  # (G, 4, 2)
+    bounds = np.searchsorted(comp[first], keep, side="left")
     out = []
-    for c in range(len(labels)):
-        idx = order[bounds[c] : bounds[c + 1]]
-        r, s, e = rows[idx].astype(np.float32), starts[idx].astype(np.float32), ends[idx].astype(np.float32)
-        points = np.concatenate(
-            [np.stack([s, r], 1), np.stack([e, r], 1), np.stack([s, r + 1], 1), np.stack([e, r + 1], 1)]
-        )
-        out.append(Component(points, float(sums[c] / counts[c]), int(counts[c])))
+    for c, lo_c, hi_c in zip(keep, bounds, [*bounds[1:], len(first)], strict=True):
+        out.append(Component(corners[lo_c:hi_c].reshape(-1, 2), float(sums[c] / pixels[c]), int(pixels[c])))
     return out
 
 
 def convex_hull(points: np.ndarray) -> np.ndarray:
-    """(P, 2) -> (K, 2) hull corners, counter-clockwise (Andrew's monotone chain)."""
+    """(P, 2) -> (K, 2) hull corners, counter-clockwise (Andrew's monotone chain, each chain pruned
+    in numpy: every corner that does not turn left is dropped, round after round, until all do)."""
     pts = np.unique(points, axis=0)  # sorted by x, then y
     if len(pts) < 3:
         return pts
 
-    def half(seq: np.ndarray) -> list[np.ndarray]:
-        hull: list[np.ndarray] = []
-        for p in seq:
-            while len(hull) >= 2:
-                (ax, ay), (bx, by) = hull[-2], hull[-1]
-                if (bx - ax) * (p[1] - ay) - (by - ay) * (p[0] - ax) > 0:
-                    break
-                hull.pop()
-            hull.append(p)
-        return hull
+    def chain(seq: np.ndarray) -> np.ndarray:
+        while len(seq) > 2:
+            a, b, c = seq[:-2], seq[1:-1], seq[2:]
+            turn = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+            left = turn > 0
+            if left.all():
+                break
+            seq = np.concatenate([seq[:1], b[left], seq[-1:]])
+        return seq
 
-    lower, upper = half(pts), half(pts[::-1])
-    return np.array(lower[:-1] + upper[:-1], np.float32)
+    lower, upper = chain(pts), chain(pts[::-1])
+    return np.concatenate([lower[:-1], upper[:-1]]).astype(np.float32)
 
 
 def min_area_rect(points: np.ndarray) -> np.ndarray:
@@ -173,9 +187,7 @@ def find_boxes(
     `max_height`: regions whose short side is longer are dropped (PP-OCR's detector also lights up
     flat areas of a photo: a sky, a wall; a line of text is a thin strip)."""
     found = []
-    for comp in sorted(components(prob, threshold), key=lambda c: -c.pixels)[:max_boxes]:
-        if comp.score < box_threshold:
-            continue
+    for comp in sorted(components(prob, threshold, min_score=box_threshold), key=lambda c: -c.pixels)[:max_boxes]:
         if max_height is not None:  # a strip of short side t and length L has L * t >= pixels, L <= the diagonal
             span = comp.points.max(0) - comp.points.min(0)
             if comp.pixels > float(np.hypot(*span)) * max_height:

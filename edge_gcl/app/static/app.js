@@ -160,7 +160,8 @@ function card(hit) {
       hit.taken && el("div", {className: "date", title: "taken (local time)", textContent: shownDate(hit.taken)}),
       isPhoto && hit.text && el("p", {className: "note-text", textContent: hit.text}),
       isPhoto && hit.ocr && el("p", {className: "ocr-text", title: "the words read in this photo" +
-                                     (hit.matched ? " (they hold your search's words)" : ""),
+                                     (hit.matched ? " (they hold your search's words)" :
+                                      hit.meaning ? " (they mean what you searched for)" : ""),
                                      textContent: hit.ocr}),
       el("div", {className: "actions"},
         isPhoto && el("button", {type: "button", className: "link", textContent: hit.text ? "Edit note" : "Add note",
