@@ -460,8 +460,10 @@ def markdown(doc: dict[str, Any]) -> str:
         a = pd["average"]
         lines.append(f"- phone dev benchmark, global average R@1 / R@5 with the offset {doc.get('phone_dev_offset')}: OCR off "
                      f"{a['off R@1']:.2f} / {a['off R@5']:.2f}, on {a['on R@1']:.2f} / {a['on R@5']:.2f} "
-                     f"(without the words rule {a['vectors R@1']:.2f} / {a['vectors R@5']:.2f}; "
-                     f"{pd['photos_with_text']} of its pool's photos have text read, {pd['word_matched_queries']} text queries match words)")
+                     + (f"(without the words rule {a['vectors R@1']:.2f} / {a['vectors R@5']:.2f}; "
+                        f"{pd['photos_with_text']} of its pool's photos have text read, {pd['word_matched_queries']} text "
+                        "queries match words)" if "vectors R@1" in a else  # a run before the words rule joined it
+                        f"(without the words-first rule; {pd['photos_with_text']} of its pool's photos have text read)"))
     return "\n".join(lines)
 
 

@@ -298,6 +298,18 @@ def ingest_markdown(doc: Mapping[str, Any]) -> str:
     return markdown(dict(doc))
 
 
+def ocr_markdown(doc: Mapping[str, Any]) -> str:
+    from .ocr import markdown
+
+    return markdown(dict(doc))
+
+
+def train_speed_markdown(doc: Mapping[str, Any]) -> str:
+    from .train_speed import table
+
+    return table(dict(doc), markdown=True)
+
+
 def mmeb_markdown(doc: Mapping[str, Any]) -> str:
     """hit@1 and local recall@k per MMEB task, then the average."""
     rows = doc["rows"]
@@ -343,6 +355,9 @@ SECTIONS = [("recall", "Recall per deployed form", recall_markdown),
             ("latency", "Latency", latency_markdown),
             ("index", "Index search", index_markdown),
             ("ingest", "Photo ingest", ingest_markdown),
+            ("ocr", "Words in photos (OCR)", ocr_markdown),
+            ("ocr_phone_dev", "The phone dev benchmark with OCR on (dev split of the OCR samples)", ocr_markdown),
+            ("train_speed_cpu", "Training throughput on this machine's CPU", train_speed_markdown),
             ("index_million", "Index search at a million vectors", index_markdown),
             ("mmeb", "MMEB retrieval", mmeb_markdown),
             ("covr", "CoVR composed video retrieval", covr_markdown)]
@@ -370,6 +385,12 @@ COMMANDS = {
                           "--models default,runs/trials/margin08-s0 --json benchmarks/results/modality_gap_phone.json",
     "index_million": "python -m benchmarks.index --million --json benchmarks/results/index_million.json "
                      "--plot benchmarks/results/index_million.png",
+    "ocr": "python -m benchmarks.ocr --artifacts runs/art-ocr --ocr-vectors fused,both "
+           "--json benchmarks/results/ocr.json --plot benchmarks/results/ocr.png",
+    "ocr_phone_dev": "python -m benchmarks.ocr --artifacts runs/art-ocr --tune --skip-speed "
+                     "--json benchmarks/results/ocr_phone_dev.json --plot ''",
+    "train_speed_cpu": "python -m benchmarks.train_speed --device cpu --table-memory 558000 "
+                       "--json benchmarks/results/train_speed_cpu.json --plot benchmarks/results/train_speed_cpu.png",
     "mmeb": "python -m benchmarks.report --only mmeb --mmeb-root DIR --out benchmarks/results",
     "covr": "python -m benchmarks.report --only covr --covr-root DIR --out benchmarks/results",
 } | {name: f"python -m benchmarks.{name} --json benchmarks/results/{name}.json --plot benchmarks/results/{name}.png"
