@@ -347,8 +347,8 @@ class OcrEngine:
             x = np.zeros((len(group), *pieces[group[0]].shape[:2], width), np.float32)  # (G, 3, H, width)
             for row, j in enumerate(group):
                 x[row, :, :, : pieces[j].shape[2]] = pieces[j]
-            for j, decoded in zip(group, self.decode(self._run("rec", x)), strict=True):
-                out[j] = decoded
+            for j, line in zip(group, self.decode(self._run("rec", x)), strict=True):
+                out[j] = line
         return out
 
     def decode(self, probs: np.ndarray) -> list[tuple[str, list[float]]]:
