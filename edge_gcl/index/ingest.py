@@ -213,8 +213,8 @@ class Ingester:
         batch_size: int = 32, ocr: Sequence[str | None] | None = None,
     ) -> list[np.ndarray | str]:
         """`embed_sources` with this index's `ocr_vectors` and model (or `embedder`)."""
-        return embed_sources(sources, embedder if embedder is not None else self.embedder, batch_size=batch_size, ocr=ocr,
-                             ocr_vectors=self.ocr_vectors)
+        model = embedder if embedder is not None else self.embedder
+        return embed_sources(sources, model, batch_size=batch_size, ocr=ocr, ocr_vectors=self.ocr_vectors)
 
     def read_texts(self, paths: Sequence[str]) -> list[str | None]:
         return read_texts(self.ocr, paths)
