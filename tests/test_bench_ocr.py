@@ -32,3 +32,14 @@ def test_accuracy_and_recall() -> None:
     assert char == 1 - 1 / 8 and word == 0.5
     assert recall([["a", "b"], ["c", "d"]], [["b"], ["x"]], 1) == 0.0
     assert recall([["a", "b"], ["c", "d"]], [["b"], ["x"]], 2) == 50.0
+
+
+def test_the_phone_dev_words_rule_uses_the_index_matcher_on_notes_and_text_read() -> None:
+    from benchmarks.ocr import _words_table
+    from edge_gcl.index.words import matching_keys
+
+    table = _words_table([("a dog on the beach", None), (None, None), (None, "GATE B22 RE16 TGK"), ("lemon cake", "Café")])
+    assert matching_keys(table, "dog beach").tolist() == [0]
+    assert matching_keys(table, "re16").tolist() == [2]  # the text read in a photo
+    assert matching_keys(table, "cafe cake").tolist() == [3]  # note and text read together, accents folded
+    assert matching_keys(table, "on cake").tolist() == []

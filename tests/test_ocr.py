@@ -92,6 +92,31 @@ def test_a_screenshot_is_read_upright_turned_in_its_pixels_and_turned_by_exif(en
     assert engine.read(save_sideways_with_exif(screenshot(), tmp_path / "sideways.jpg")).text == upright
 
 
+def test_a_photo_is_read_while_its_decoding_counts_against_the_budget(engine, tmp_path, monkeypatch) -> None:
+    """Photos read in several threads stay under the decoding budget together: each decoded image is
+    read inside its reservation, one reservation at a time."""
+    from edge_gcl.transform import DECODING
+
+    path = tmp_path / "shot.png"
+    screenshot().save(path)
+    held: dict[str, int] = {}
+    detect, recognize = engine.detect, engine.recognize
+
+    def spy_detect(image, **kw):  # noqa: ANN001, ANN202
+        held.setdefault(kw["graph"], DECODING.used_bytes)
+        return detect(image, **kw)
+
+    def spy_recognize(crops):  # noqa: ANN001, ANN202
+        held.setdefault("rec", DECODING.used_bytes)
+        return recognize(crops)
+
+    monkeypatch.setattr(engine, "detect", spy_detect)
+    monkeypatch.setattr(engine, "recognize", spy_recognize)
+    assert engine.read(path).text.splitlines()[0] == "Boarding pass"
+    assert held["gate"] > 0 and held["det"] > 0 and held["rec"] > 0, held
+    assert DECODING.used_bytes == 0
+
+
 def test_a_photo_without_text_stops_after_the_gate(engine) -> None:
     plain = Image.new("RGB", (640, 480), (90, 140, 200))
     result = engine.read_image(plain)
@@ -209,6 +234,35 @@ def test_quotes_and_percent_signs_in_a_query_are_words(tmp_path) -> None:
     assert len(matching_keys(conn, '"50% off"')) == 1 and len(matching_keys(conn, "5_6")) == 1
     assert len(matching_keys(conn, "60%")) == 0 and len(matching_keys(conn, "5x6")) == 0
     store.close()
+
+
+def test_a_short_term_is_a_whole_word_a_longer_one_a_substring(tmp_path) -> None:
+    from edge_gcl.index.store import Store
+
+    store = Store.open(tmp_path / "i.sqlite", model_id="m", embed_dim=4)
+    notes = {"n1": "lemon cake", "n2": "cake on the table", "n3": "gate B2, seat 14A", "n4": "gate B22"}
+    with store.write() as conn:
+        for key, text in notes.items():
+            conn.execute("INSERT INTO items (id, modality, text, created, updated) VALUES (?, 'note', ?, 0, 0)",
+                         (key, text))
+    ids = dict(store.conn.execute("SELECT key, id FROM items"))
+
+    def found(query: str) -> set[str]:
+        return {ids[int(k)] for k in matching_keys(store.conn, query)}
+
+    assert found("on cake") == {"n2"}  # "on" inside "lemon" is no word of it
+    assert found("b2") == {"n3"} and found("b22") == {"n4"}  # "B22" holds "B2", not as a word
+    assert found("mon cake") == {"n1"}  # 3 characters: a substring, as "RE16" in "RE16 TGK"
+    assert found("14a") == {"n3"} and found("a") == set()
+    store.close()
+
+
+def test_an_sqlite_without_the_trigram_tokenizer_is_one_line(tmp_path) -> None:
+    from edge_gcl.index.words import check_sqlite
+
+    check_sqlite("3.34.0")
+    with pytest.raises(RuntimeError, match=r"SQLite 3\.31\.1 .* older than 3\.34"):
+        check_sqlite("3.31.1")
 
 
 # --- the index ---------------------------------------------------------------------------------

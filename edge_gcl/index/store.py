@@ -305,6 +305,7 @@ class Store:
         self._checked = False  # quick_check passed before this connection's first write
         self.timeout_s = timeout_s
         self.read_only = read_only
+        words.check_sqlite()  # before a file is made or opened
         self.conn = self._connect(read_only)
         self.info: StoreInfo | None = None
 

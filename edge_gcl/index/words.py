@@ -9,9 +9,11 @@ keep it in step with every write (the SQL functions `edge_gcl_fold` and `edge_gc
 registered on each connection by the store).
 
 A query matches an item when every term of `fold(query)` (split on white space) occurs in the
-item's folded text, or in its squeezed text, as a substring: "RE16" finds "RE16 TGK", "crème" finds "CREME BRULEE". Terms of
-3 characters or more use the trigram index (`MATCH`); shorter ones a `LIKE` on the matched rows (the
-trigram index cannot look up fewer than 3 characters).
+item's folded text, or in its squeezed text, as a substring: "RE16" finds "RE16 TGK", "crème" finds
+"CREME BRULEE". Terms of 3 characters or more use the trigram index (`MATCH`). A shorter term ("a",
+"on", "B2") must be a whole word of the text (`edge_gcl_word`): as a substring it would be in
+nearly every note, and "on cake" would find "lemon cake" (the trigram index cannot look up fewer than
+3 characters either). The trigram tokenizer needs SQLite 3.34 or later (`check_sqlite`).
 
 The merge rule (`Index.search`, for a query of words alone):
 
@@ -26,15 +28,19 @@ The merge rule (`Index.search`, for a query of words alone):
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import unicodedata
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
 FOLD_FUNCTION = "edge_gcl_fold"
 SQUEEZE_FUNCTION = "edge_gcl_squeeze"
+WORD_FUNCTION = "edge_gcl_word"
 MIN_TRIGRAM = 3  # FTS5's trigram tokenizer finds substrings of at least 3 characters
+MIN_SQLITE = (3, 34, 0)  # the first SQLite with FTS5's trigram tokenizer
 
 SCHEMA = [
     "CREATE VIRTUAL TABLE IF NOT EXISTS item_words USING fts5(words, squeezed, tokenize = 'trigram')",
@@ -67,10 +73,33 @@ def squeeze(*texts: str | None) -> str:
     return "".join(fold(*texts).split())
 
 
+@lru_cache(maxsize=256)
+def _word_pattern(term: str) -> re.Pattern[str]:
+    return re.compile(r"(?<!\w)" + re.escape(term) + r"(?!\w)")
+
+
+def has_word(text: str | None, term: str) -> bool:
+    """Whether `term` is a whole word of `text` (both folded): not inside a longer word."""
+    return bool(text) and _word_pattern(term).search(text) is not None
+
+
+def check_sqlite(version: str = sqlite3.sqlite_version) -> None:
+    """One line where this Python's SQLite has no FTS5 trigram tokenizer (older than 3.34)."""
+    found = tuple(int(part) for part in version.split(".")[:3])
+    if found < MIN_SQLITE:
+        raise RuntimeError(
+            f"SQLite {version} (in this Python's sqlite3 module) is older than 3.34, the first with FTS5's "
+            f"trigram tokenizer, which an edge-gcl index uses to find words in notes and photos; use a "
+            f"Python built with a newer SQLite (Python 3.11 or later from python.org or a current distribution)"
+        )
+
+
 def register(conn: sqlite3.Connection) -> None:
-    """Make `edge_gcl_fold` and `edge_gcl_squeeze` callable on this connection (the triggers use them)."""
+    """Make `edge_gcl_fold`, `edge_gcl_squeeze` (the triggers use them) and `edge_gcl_word` callable
+    on this connection."""
     conn.create_function(FOLD_FUNCTION, -1, fold, deterministic=True)
     conn.create_function(SQUEEZE_FUNCTION, -1, squeeze, deterministic=True)
+    conn.create_function(WORD_FUNCTION, 2, has_word, deterministic=True)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -106,10 +135,9 @@ def matching_keys(conn: sqlite3.Connection, query: str, *, within: Sequence[int]
     if long:
         clauses.append("item_words MATCH ?")
         params.append(" AND ".join('"' + t.replace('"', '""') + '"' for t in long))
-    for t in short:
-        clauses.append("(words LIKE ? ESCAPE '\\' OR squeezed LIKE ? ESCAPE '\\')")
-        pattern = "%" + t.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        params += [pattern, pattern]
+    for t in short:  # a whole word: LIKE narrows the rows, the word test decides
+        clauses.append(f"words LIKE ? ESCAPE '\\' AND {WORD_FUNCTION}(words, ?)")
+        params += ["%" + t.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%", t]
     rows = conn.execute(f"SELECT rowid FROM item_words WHERE {' AND '.join(clauses)}", params).fetchall()
     keys = np.fromiter((r[0] for r in rows), np.int64, len(rows))
     if within is not None:

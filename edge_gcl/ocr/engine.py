@@ -9,7 +9,8 @@ Shapely and pyclipper is a few hundred lines of numpy and Pillow here (`boxes.py
 
 `read(photo)`, step by step:
 
-1. Decode upright (`transform.load_image`: EXIF orientation applied, HEIC, JPEG at reduced scale).
+1. Decode upright (`transform.decoded`: EXIF orientation applied, HEIC, JPEG at reduced scale; the
+   decoding memory counts against the process's budget until the photo is read).
 2. Gate: the detector on the photo letterboxed into `gate_size` (a cheap pass; 320 px costs a
    quarter of 640). No text region: stop, the photo has no text (most photos end here). A region
    whose short side is over `max_box_height` of the input is a flat area (sky, wall), not text.
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from ..transform import ImageDecodeError, load_image
+from ..transform import ImageDecodeError, decoded, load_image
 from .boxes import crop, find_boxes, reading_order
 from .contract import DEFAULT_CONFIG, GRAPHS, OcrConfig, OcrFiles, package_files, read_dictionary
 
@@ -160,21 +161,29 @@ class OcrEngine:
         """The text in one photo (a path or a PIL image). Raises ImageDecodeError naming a bad file.
 
         A file is decoded twice at most: first just large enough for the gate (a 12 MP JPEG at 1/8
-        scale), then, only when the gate finds text, large enough for the detector."""
+        scale), then, only when the gate finds text, large enough for the detector. Each decoded image
+        is read inside its `decoded` block, so its memory counts against the process's decoding budget
+        until the read is done (photos read in several threads stay under it together), and one block
+        ends before the next begins (a thread never holds two reservations)."""
         if isinstance(photo, Image.Image):
             return self.read_image(load_image(photo))
         cfg = self.config
         if not cfg.gate_size:
-            return self.read_image(load_image(photo, draft_size=cfg.det_size))
+            with decoded(photo, draft_size=cfg.det_size) as image:
+                return self.read_image(image)
         t = time.perf_counter()
-        small = load_image(photo, draft_size=cfg.gate_size)
-        gate = self.detect(small, size=cfg.gate_size, graph="gate", split=_long_side(small))
-        if not gate:
-            return OcrResult(timings_ms={"gate": (time.perf_counter() - t) * 1e3})
-        gate_ms = (time.perf_counter() - t) * 1e3
-        image = small if max(small.size) >= cfg.det_size else load_image(photo, draft_size=cfg.det_size)
-        scale = image.width / small.width
-        gate = [(b * scale, sc) for b, sc in gate]
+        with decoded(photo, draft_size=cfg.gate_size) as small:
+            gate = self.detect(small, size=cfg.gate_size, graph="gate", split=_long_side(small))
+            if not gate:
+                return OcrResult(timings_ms={"gate": (time.perf_counter() - t) * 1e3})
+            gate_ms = (time.perf_counter() - t) * 1e3
+            if max(small.size) >= cfg.det_size:
+                return self._read_gated(small, gate, gate_ms)
+            small_width = small.width
+        with decoded(photo, draft_size=cfg.det_size) as image:
+            return self._read_gated(image, [(b * (image.width / small_width), sc) for b, sc in gate], gate_ms)
+
+    def _read_gated(self, image: Image.Image, gate: list[tuple[np.ndarray, float]], gate_ms: float) -> OcrResult:
         result = self.read_image(image, gated=True, split=self.tile_axis(image, gate), near=[b for b, _ in gate])
         result.timings_ms["gate"] = gate_ms
         return result
