@@ -188,21 +188,15 @@ def retrieval(embedder: Any, photos: list[Path], texts: dict[str, str] | None, q
     """{kind: {"R@1", "R@5", "queries"}} over one index of `photos` (OCR texts given, or off; `meaning`:
     the artifacts' sentence encoder lifts photos by the meaning of their text, where they ship one)."""
     from edge_gcl.index import Index
-    from edge_gcl.index import index as index_module
 
-    saved = index_module.OCR_VECTORS
-    index_module.OCR_VECTORS = ocr_vectors
-    try:
-        with tempfile.TemporaryDirectory(dir=work) as folder:
-            with Index.open(folder, model=embedder, ocr=CachedOcr(texts) if texts is not None else False,
-                            meaning="auto" if meaning else False) as index:
-                report = index.add_photos([str(p) for p in photos], progress=False)
-                if report.skipped:
-                    raise RuntimeError(f"skipped {report.skipped[:3]}")
-                by_path = {str(p): ids.get(str(p), str(p)) for p in photos}
-                ranked = [[by_path[h.path] for h in index.search(q["text"], k=5)] for q in qs]
-    finally:
-        index_module.OCR_VECTORS = saved
+    with tempfile.TemporaryDirectory(dir=work) as folder:
+        with Index.open(folder, model=embedder, ocr=CachedOcr(texts) if texts is not None else False,
+                        meaning="auto" if meaning else False, ocr_vectors=ocr_vectors) as index:  # type: ignore[arg-type]
+            report = index.add_photos([str(p) for p in photos], progress=False)
+            if report.skipped:
+                raise RuntimeError(f"skipped {report.skipped[:3]}")
+            by_path = {str(p): ids.get(str(p), str(p)) for p in photos}
+            ranked = [[by_path[h.path] for h in index.search(q["text"], k=5)] for q in qs]
     out = {}
     for kind in QUERY_KINDS:
         rows = [i for i, q in enumerate(qs) if q["kind"] == kind]
@@ -339,7 +333,7 @@ COLS = [Col("split"), Col("kind", "queries"), Col("queries", "n", "d"), Col("off
 
 
 def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
-    from edge_gcl.index.index import default_cross_modal_offset
+    from edge_gcl.index.search import default_cross_modal_offset
     from edge_gcl.ocr import OcrConfig
     from edge_gcl.runtime import load_embedder
 

@@ -144,10 +144,10 @@ class OnnxEmbedder:
         self.decode_threads = decode_threads
         text_cfg = dataclasses.replace(self.manifest.text, tokenizer_file=TOKENIZER_NAME)
         self.tokenizer = Tokenizer.from_config(text_cfg, self.folder)
-        self._image = _Tower(
+        self._image = Tower(
             self._session("image", threads), self.manifest.towers["image"].spec, self.embed_dim, max_rows=IMAGE_ROWS
         )
-        self._text = _Tower(self._session("text", threads), self.manifest.towers["text"].spec, self.embed_dim)
+        self._text = Tower(self._session("text", threads), self.manifest.towers["text"].spec, self.embed_dim)
         s, length = self.manifest.image.size, self.tokenizer.context_length
         self._image.check_fixed_dims(2, s, "image size")
         self._text.check_fixed_dims(1, length, "context length")
@@ -213,7 +213,7 @@ class OnnxEmbedder:
             # imports onnxruntime-qnn's registration code only when asked
             from .qnn_ep import QnnUnavailableError, device_htp_arch, qnn_session
 
-            target = _qnn_target(self.manifest.chipset)
+            target = qnn_target(self.manifest.chipset)
             device_arch = device_htp_arch()
             if device_arch is not None and target["htp_arch"] is not None and device_arch != target["htp_arch"]:
                 chip = (self.manifest.chipset or {}).get("name")
@@ -238,7 +238,7 @@ class OnnxEmbedder:
                     "(`python -m export.compile --list-chipsets` names them)"
                 ) from error
         try:
-            return _cpu_session(path, threads=threads)
+            return cpu_session(path, threads=threads)
         except Exception as error:  # ONNX Runtime's own exception types (InvalidProtobuf, Fail, ...)
             if not type(error).__module__.startswith("onnxruntime"):
                 raise
@@ -323,8 +323,10 @@ class OnnxEmbedder:
         return self._text.run({ids_name: ids, mask_name: mask})
 
 
-class _Tower:
-    """One ONNX Runtime session checked against its manifest contract."""
+class Tower:
+    """One ONNX Runtime session checked against its manifest contract (`TowerSpec`): its inputs' names and
+    dtypes, fixed dims, and `run` in batches of at most `max_rows` rows. The embedder's towers and other
+    graphs run on edge-gcl's sessions (the OCR sentence encoder, `edge_gcl.ocr.meaning`) use it."""
 
     def __init__(
         self, session: ort.InferenceSession, spec: TowerSpec, embed_dim: int, *, max_rows: int | None = None
@@ -407,14 +409,17 @@ def _session_options(threads: int) -> ort.SessionOptions:
     return so
 
 
-def _cpu_session(path: Path, *, threads: int = 0) -> ort.InferenceSession:
+def cpu_session(path: Path, *, threads: int = 0) -> ort.InferenceSession:
+    """An ONNX Runtime session of the graph at `path` on the CPU provider, with edge-gcl's session options
+    (`threads`: intra-op threads, 0 for ONNX Runtime's default)."""
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
 
 
-def _qnn_target(chipset: dict | None) -> dict[str, int | None]:
-    """`soc_model`/`htp_arch` for `edge_gcl.qnn_ep` from a manifest's chipset ({"htp_arch": "v75", ...})."""
+def qnn_target(chipset: dict | None) -> dict[str, int | None]:
+    """`soc_model`/`htp_arch` for `edge_gcl.qnn_ep` from a manifest's chipset ({"htp_arch": "v75", ...}): the
+    Hexagon target every graph of an artifacts folder runs on (towers, OCR, sentence encoder)."""
     chipset = chipset or {}
     soc_model, htp_arch = chipset.get("soc_model"), chipset.get("htp_arch")
     return {

@@ -473,7 +473,7 @@ def _calibration(model_spec: str, model_id: str) -> dict[str, float]:
     """{"min_score", "cross_modal_offset"} when the model's folder holds a calibration.json calibrated for
     these very weights (benchmarks/calibrate.py; the index's default relevance cut-off and cross-modal
     offset, `edge_gcl.index.default_min_score` and `default_cross_modal_offset`); else {}."""
-    from edge_gcl.index.index import calibration
+    from edge_gcl.index.search import calibration
 
     return calibration(model_id, model_spec)
 

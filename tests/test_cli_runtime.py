@@ -216,15 +216,15 @@ def test_npu_ingest_and_search_agree_with_the_cpu_form(
 
 
 def test_search_can_force_exact_or_approximate(home: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    from edge_gcl.index import Index
+    from edge_gcl.index.search import Searcher
 
     artifacts = make_artifacts(tmp_path / "artifacts")
     photos = make_photos(tmp_path / "photos", 4)
     common = ["--model", str(artifacts), "--json", "-a"]
     assert main(["index", "add", str(tmp_path / "photos"), "--model", str(artifacts)]) == 0
     calls = []
-    real = Index._search_approximate
-    monkeypatch.setattr(Index, "_search_approximate", lambda self, *a: calls.append(1) or real(self, *a))
+    real = Searcher.search_approximate
+    monkeypatch.setattr(Searcher, "search_approximate", lambda self, *a: calls.append(1) or real(self, *a))
     found = {}
     for flag in ("--exact", "--approximate"):
         capsys.readouterr()

@@ -538,3 +538,40 @@ def test_report_str() -> None:
         str(IngestReport(added=["a"], removed=["b", "c"]))
         == "added 1, updated 0, unchanged 0, removed 2, skipped 0"
     )
+
+
+class _GivenText:
+    """Stands for an `OcrEngine`: every photo reads as `text`."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def read_many(self, photos: Sequence) -> list:
+        from edge_gcl.ocr import OcrLine, OcrResult
+
+        out = []
+        for _ in photos:
+            result = OcrResult()
+            result.lines = [OcrLine(self.text, 1.0, ((0, 0), (1, 0), (1, 1), (0, 1)))]
+            out.append(result)
+        return out
+
+
+@pytest.mark.parametrize("mode", ["fused", "text", "both"])
+def test_ocr_vectors_say_how_a_photos_text_joins_its_vectors(tmp_path: Path, embedder: FakeEmbedder, mode: str) -> None:
+    photo = make_photo(tmp_path / "receipt.png", seed=3)
+    with Index.open(tmp_path / "idx", model=embedder, dtype="float32", ocr=_GivenText("boulangerie croissant"),
+                    ocr_vectors=mode) as index:  # type: ignore[arg-type]
+        assert index.ocr_vectors == mode
+        index.add_photos(photo, progress=False)
+        index._vectors.refresh()
+        rows = index._vectors.decoded(np.flatnonzero(index._vectors.items == index[photo_id(photo)].key))
+    e_photo, e_text = embedder.embed_images([photo])[0], embedder.embed_texts(["boulangerie croissant"])[0]
+    want = {"fused": [fuse(e_photo, e_text)], "text": [e_text], "both": [fuse(e_photo, e_text), e_text]}[mode]
+    assert np.allclose(rows, [e_photo, *want], atol=1e-5)  # the photo's own row, then its text's
+
+
+def test_an_unknown_ocr_vectors_is_refused_by_name(tmp_path: Path, embedder: FakeEmbedder) -> None:
+    with pytest.raises(ValueError, match="ocr_vectors 'fusion': expected one of 'fused', 'text', 'both'"):
+        Index.open(tmp_path / "idx", model=embedder, ocr_vectors="fusion")  # type: ignore[arg-type]
+    assert not (tmp_path / "idx").exists()  # refused before anything is created

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import edge_gcl.index.index as index_module
+import edge_gcl.index.ingest as ingest_module
+import edge_gcl.index.search as search_module
 from benchmarks.recall import index_recall
 from edge_gcl.data import read_split
 from edge_gcl.embedding import l2_normalize
@@ -122,7 +123,8 @@ def test_a_different_fusion_in_the_index_is_caught(bench: Path, harness: dict, t
                                                    monkeypatch: pytest.MonkeyPatch):
     """The equality can fail: make the index fuse a photo with its note as the photo alone (and a photo + text
     query as its first part) and the image+text tasks disagree with the harness."""
-    monkeypatch.setattr(index_module, "fuse", lambda a, b: l2_normalize(np.asarray(a, np.float32)))
+    for module in (ingest_module, search_module):
+        monkeypatch.setattr(module, "fuse", lambda a, b: l2_normalize(np.asarray(a, np.float32)))
     wrong = index_recall(FakeEmbedder(), bench, dtype="float32", index_dir=tmp_path / "index")
     assert wrong["average"] != harness["average"]
     assert wrong["mbeir_flickr8k_task2_test"] != harness["mbeir_flickr8k_task2_test"]

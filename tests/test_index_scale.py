@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edge_gcl.index.index as index_module
+import edge_gcl.index.search as search_module
 from benchmarks.index import synthetic
 from edge_gcl.index import Index, note_id
 from edge_gcl.index.vectors import VectorCache, remove_stale_temps
@@ -188,10 +188,10 @@ def test_exact_and_approximate_agree_and_the_switch_forces_either(tmp_path: Path
         for a, e in zip(approx, exact, strict=True):  # the approximate path re-scores exactly: the same scores
             scores = dict(e)
             assert all(s == pytest.approx(scores[i], abs=1e-6) for i, s in a if i in scores)
-        monkeypatch.setattr(index_module, "APPROXIMATE_MIN_VECTORS", 1000)
+        monkeypatch.setattr(search_module, "APPROXIMATE_MIN_VECTORS", 1000)
         calls = []
-        real = index._search_approximate
-        monkeypatch.setattr(index, "_search_approximate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+        real = index._searcher.search_approximate
+        monkeypatch.setattr(index._searcher, "search_approximate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
         index.search(vector=table.queries[0], k=10)
         assert calls == [1]  # above the threshold: approximate by default
         index.search(vector=table.queries[0], k=10, approximate=False)

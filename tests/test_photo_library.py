@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_index import FakeEmbedder  # noqa: E402
 
 from edge_gcl.index import FORMAT_VERSION, Index, note_id, photo_id  # noqa: E402
-from edge_gcl.index.index import calibration, default_min_score, parse_date  # noqa: E402
+from edge_gcl.index.search import calibration, default_min_score, parse_date  # noqa: E402
 from edge_gcl.index.sources import capture_time  # noqa: E402
 from edge_gcl.transform import load_image  # noqa: E402
 

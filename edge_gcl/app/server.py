@@ -72,7 +72,6 @@ from ..index import (
     default_min_score,
     modality_of,
 )
-from ..index.cli import _ocr
 from ..index.sources import list_photos
 from ..locations import default_index, default_model
 from ..runtime import describe, load_embedder
@@ -663,7 +662,9 @@ def cli_app(args: argparse.Namespace) -> int:
         print(f"index: {index_dir}\nloading {choice.spec} ({choice.source})...", flush=True)
         embedder = load_embedder(choice.spec, provider=args.provider, form=args.form)
         print(describe(embedder), flush=True)
-        ocr = _ocr(args, embedder) if getattr(args, "ocr", True) else False
+        from ..ocr import ocr_for_command
+
+        ocr = ocr_for_command(embedder, provider=args.provider, form=args.form) if getattr(args, "ocr", True) else False
         try:
             index, report = build_index(photos, index_dir, model=embedder, ocr=ocr if ocr is not None else False)
         except ModelMismatchError:

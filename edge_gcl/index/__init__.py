@@ -10,30 +10,29 @@
         recent = index.items(modalities=["photo"], limit=20)  # newest first, by when taken
 
 Files: `store.py` (the SQLite file: schema, transactions, vector codec), `vectors.py` (exact
-in-memory matrix and the usearch approximate index), `index.py` (the `Index` API), `repair.py`
+in-memory matrix and the usearch approximate index), `index.py` (the `Index` API), `ingest.py`
+(adding photos, notes and the text read in photos), `search.py` (ranking, search options, `Hit`),
+`reindex.py` (re-embedding with another model), `sources.py` (ids, note chunks, photo files),
+`words.py` and `meaning.py` (the text read in photos, word for word and by meaning), `repair.py`
 (rebuilding a damaged file), `cli.py` (the `edge-gcl index ...` and `edge-gcl search` handlers).
 """
 
 from __future__ import annotations
 
-from .index import (
+from .index import Index, IndexStats
+from .ingest import IngestReport, Skip
+from .reindex import UnreadablePhotosError
+from .repair import RepairReport, repair
+from .search import (
     APPROXIMATE_MIN_VECTORS,
     Hit,
-    Index,
-    IndexStats,
-    IngestReport,
-    Skip,
-    UnreadablePhotosError,
     check_search_options,
-    chunk_note,
     default_cross_modal_offset,
     default_min_score,
     modality_of,
-    note_id,
     parse_date,
-    photo_id,
 )
-from .repair import RepairReport, repair
+from .sources import chunk_note, note_id, photo_id
 from .store import FORMAT_VERSION, IndexDamagedError, Item, ModelMismatchError, NotAnIndexError
 
 __all__ = [

@@ -89,25 +89,13 @@ def _open(args: argparse.Namespace, *, model: bool = True, create: bool = False)
 
 
 def _ocr(args: argparse.Namespace, embedder: object) -> Any:
-    """The OCR engine of a command that adds photos (None for the others, and with --no-ocr); says
-    on stderr what reads the words, or why nothing does."""
+    """The OCR engine of a command that adds photos (`edge_gcl.ocr.ocr_for_command`); None for the
+    others, and with --no-ocr."""
     if args.command == "search" or not getattr(args, "ocr", True):
         return None
-    from ..ocr import OcrEngine, load_ocr
+    from ..ocr import ocr_for_command
 
-    engine = load_ocr(embedder, "auto", provider=args.provider, form=args.form)
-    if engine is None and getattr(embedder, "manifest", None) is None:  # a PyTorch model: the wheel's graphs
-        try:
-            engine = OcrEngine.from_package()
-        except FileNotFoundError as e:
-            print(f"words in photos are not read: {e}", file=sys.stderr)
-            return None
-    if engine is None:
-        print(f"words in photos are not read: {getattr(embedder, 'folder', 'the model')} ships no OCR graphs "
-              "(rebuild it with `python -m export.compile`)", file=sys.stderr)  # fmt: skip
-        return None
-    print(engine.description or repr(engine), file=sys.stderr, flush=True)
-    return engine
+    return ocr_for_command(embedder, provider=args.provider, form=args.form)
 
 
 def parse_pairs(pairs: list[str], *, flag: str) -> dict[str, Any]:

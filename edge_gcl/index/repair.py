@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ..embedding import Embedder
 from .index import APPROXIMATE_FILE, INDEX_FILE, VECTORS_FILE, Index
+from .ingest import embed_sources
 from .store import _NUMPY, EMBEDDING_COLUMNS, ITEM_COLUMNS, Item, ModelMismatchError, Store, salvage
 
 BATCH = 32  # items embedded again at a time
@@ -154,14 +155,14 @@ def _embed_again(index: Index, items: list[Item], model: Any, *, provider: str, 
     bar = tqdm(total=len(items), unit="item", desc="repair", disable=not progress)
     for start in range(0, len(items), BATCH):
         batch = items[start : start + BATCH]
-        vectors = index._embed_sources([(it.path, it.text) for it in batch], embedder,  # noqa: SLF001
-                                       ocr=[it.ocr for it in batch])  # its OCR rows too
+        vectors = embed_sources([(it.path, it.text) for it in batch], embedder,
+                                ocr=[it.ocr for it in batch], ocr_vectors=index.ocr_vectors)  # its OCR rows too
         with store.write() as conn:
             for it, v in zip(batch, vectors, strict=True):
                 if isinstance(v, str) and it.text is not None:  # the photo is gone: its note stays, as a note
                     conn.execute("UPDATE items SET modality = 'note', path = NULL, size_bytes = NULL, mtime_ns = NULL, "
                                  "sha256 = NULL, taken = NULL, taken_from = NULL WHERE key = ?", (it.key,))
-                    v = index._embed_sources([(None, it.text)], embedder)[0]  # noqa: SLF001
+                    v = embed_sources([(None, it.text)], embedder)[0]
                 if isinstance(v, str):  # a photo whose file is gone: a later add or sync brings it back
                     conn.execute("DELETE FROM items WHERE key = ?", (it.key,))
                     report.lost.append(it.path or it.id)

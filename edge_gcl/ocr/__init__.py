@@ -4,10 +4,12 @@ encoder that compares a query with what the text read means (`meaning.py`)."""
 
 from __future__ import annotations
 
+import sys
+
 from .contract import GRAPHS, OcrConfig, OcrFiles
 from .engine import OcrEngine, OcrLine, OcrResult
 
-__all__ = ["GRAPHS", "OcrConfig", "OcrEngine", "OcrFiles", "OcrLine", "OcrResult", "load_ocr"]
+__all__ = ["GRAPHS", "OcrConfig", "OcrEngine", "OcrFiles", "OcrLine", "OcrResult", "load_ocr", "ocr_for_command"]
 
 
 def load_ocr(
@@ -39,3 +41,22 @@ def load_ocr(
             )
         return OcrEngine.from_package()
     return None
+
+
+def ocr_for_command(embedder: object, *, provider: str = "cpu", form: str | None = None) -> OcrEngine | None:
+    """The OCR engine of a command that adds photos (`edge-gcl index add|sync|note|reindex|read-text`,
+    `edge-gcl app`): the graphs of the embedder's artifacts folder ("auto" of `load_ocr`), or for a
+    PyTorch model the rapidocr wheel's. Says on stderr what reads the words, or why nothing does (None)."""
+    engine = load_ocr(embedder, "auto", provider=provider, form=form)
+    if engine is None and getattr(embedder, "manifest", None) is None:  # a PyTorch model: the wheel's graphs
+        try:
+            engine = OcrEngine.from_package()
+        except FileNotFoundError as e:
+            print(f"words in photos are not read: {e}", file=sys.stderr)
+            return None
+    if engine is None:
+        print(f"words in photos are not read: {getattr(embedder, 'folder', 'the model')} ships no OCR graphs "
+              "(rebuild it with `python -m export.compile`)", file=sys.stderr)  # fmt: skip
+        return None
+    print(engine.description or repr(engine), file=sys.stderr, flush=True)
+    return engine

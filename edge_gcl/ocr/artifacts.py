@@ -31,8 +31,8 @@ def from_artifacts(folder: str | Path, manifest: Any, *, provider: str = "cpu", 
     from ..runtime import (
         DEFAULT_FORM,
         RuntimeConfigError,
-        _qnn_target,
         form_files,
+        qnn_target,
         rebuild_hint,
         verify_artifacts,
     )
@@ -62,6 +62,6 @@ def from_artifacts(folder: str | Path, manifest: Any, *, provider: str = "cpu", 
         OcrFiles(dictionary=dictionary, **paths),
         config=config,
         provider=provider,
-        qnn_target=_qnn_target(manifest.chipset) if provider == "qnn" else None,
+        qnn_target=qnn_target(manifest.chipset) if provider == "qnn" else None,
         description=f"OCR: PP-OCR {what.get(form, form)} graphs (detector {config.det_size} px, gate {config.gate_size} px) on {where}",
     )

@@ -5,7 +5,7 @@ map "bakery bill" to a receipt reading "BOULANGERIE MONNIER ... Croissant 4.13".
 trained to compare sentences does: the pretrained all-MiniLM-L6-v2 (its 6 layers, mean pooling
 over the tokens, L2 norm), the `lite` text tower's own backbone before fine-tuning. It embeds the
 query and each photo's OCR text, and the cosine between them lifts a photo whose text means what
-the query says (`boost`; the merge rule is in `edge_gcl.index.index`, `Index.search`).
+the query says (`boost`; the merge rule is in `edge_gcl.index.search`, `Index.search`).
 
 The graph ships in the artifacts folder like the towers (`export.meaning`: float, QDQ with the
 BERT recipe, EPContext), as `towers["ocr_meaning"]` with its own tokenizer, so the runtime needs
@@ -66,7 +66,7 @@ class MeaningEncoder:
     def __init__(self, graph: Path, tokenizer: Path, *, spec: Any, provider: str = "cpu",
                  qnn_target: dict[str, int | None] | None = None, threads: int = 0, description: str = "") -> None:
         from ..config import TextPreprocess
-        from ..runtime import _cpu_session, _Tower
+        from ..runtime import Tower, cpu_session
         from ..tokenizer import Tokenizer
 
         length = int(spec.inputs[0].shape[1])
@@ -82,8 +82,8 @@ class MeaningEncoder:
 
             session = qnn_session(graph, threads=threads, **(qnn_target or {}))
         else:
-            session = _cpu_session(Path(graph), threads=threads)
-        self._tower = _Tower(session, spec, int(spec.outputs[0].shape[1]))
+            session = cpu_session(Path(graph), threads=threads)
+        self._tower = Tower(session, spec, int(spec.outputs[0].shape[1]))
         self._tower.check_fixed_dims(1, length, "context length")
         self.dim = int(spec.outputs[0].shape[1])
 
@@ -118,7 +118,7 @@ def load_meaning(
     manifest, folder = getattr(embedder, "manifest", None), getattr(embedder, "folder", None)
     if manifest is None or folder is None or TOWER not in (getattr(manifest, "towers", None) or {}):
         return None
-    from ..runtime import DEFAULT_FORM, RuntimeConfigError, _qnn_target, rebuild_hint, verify_artifacts
+    from ..runtime import DEFAULT_FORM, RuntimeConfigError, qnn_target, rebuild_hint, verify_artifacts
 
     form = form or getattr(embedder, "form", None) or DEFAULT_FORM[provider]  # type: ignore[index]
     art = manifest.towers[TOWER]
@@ -133,5 +133,5 @@ def load_meaning(
     what = {"float": "float32", "qdq": f"quantized (QDQ) {manifest.precision}", "ctx": f"compiled (EPContext) {manifest.precision}"}
     where = "ONNX Runtime CPU" if provider == "cpu" else "the Hexagon NPU"
     return MeaningEncoder(graph, tokenizer, spec=art.spec, provider=provider,
-                          qnn_target=_qnn_target(manifest.chipset) if provider == "qnn" else None,
+                          qnn_target=qnn_target(manifest.chipset) if provider == "qnn" else None,
                           description=f"text meaning: {MODEL} {what.get(form, form)} on {where}")
