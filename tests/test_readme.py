@@ -28,9 +28,6 @@ from edge_gcl.cli import build_parser  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "examples/photo_search/README.md", "edge_gcl/weights/default/MODEL_CARD.md",
         "benchmarks/EXPERIMENTS.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
-# Pages the README links to that other work in flight adds (issue 32: OCR; issue 33: hardening);
-# checked like any other link once they exist.
-PENDING = {"docs/ocr.md", "docs/reliability.md"}
 
 
 def blocks(path: Path, language: str) -> list[tuple[int, str]]:
@@ -81,8 +78,7 @@ def test_relative_links_lead_to_files() -> None:
             if re.match(r"[a-z]+:", target) or target.startswith("#"):
                 continue
             path = (ROOT / doc).parent / target.split("#")[0]
-            shown = path.resolve().relative_to(ROOT).as_posix() if path.resolve().is_relative_to(ROOT) else str(path)
-            if not path.exists() and shown not in PENDING:
+            if not path.exists():
                 broken.append(f"{doc}: {target}")
     assert not broken, broken
 
