@@ -33,10 +33,13 @@ HEIF_EXTENSIONS = (".heic", ".heif")
 MAX_IMAGE_PIXELS = 100_000_000
 # What decoding one photo may take in memory: its pixels as decoded (after a JPEG's reduced-scale decoding or a
 # HEIC's thumbnail) x the bytes Pillow keeps per pixel (4 for RGB), plus the RGB copy and an EXIF rotation's copy
-# (`decode_bytes`). 256 MiB: a 64 MP RGB PNG; a camera JPEG of any size decodes at a reduced scale far below it.
-# With the default model's ~260 MB, a process stays under 600 MB whatever a photo holds. Photos decoded at once
-# in threads (ingest, the app's thumbnails) share the same budget, so together they stay under it too.
-MAX_DECODE_BYTES = 256 * 2**20
+# (`decode_bytes`). 128 MiB: a 33 MP RGB PNG; a camera JPEG of any size decodes at a reduced scale far below it,
+# and a phone's HEIC over about 14 MP is read from its embedded thumbnail. The default artifacts on the CPU (float
+# towers, OCR graphs and the text-meaning encoder) take a process to about 450 MB, and a decode costs up to the
+# budget rounded up to Pillow's 64 MiB blocks, so a process stays under 600 MB whatever a photo holds (256 MiB
+# kept it there before the OCR graphs joined the model: 690 MB with them). Photos decoded at once in threads
+# (ingest, the app's thumbnails) share the same budget, so together they stay under it too.
+MAX_DECODE_BYTES = 128 * 2**20
 STRIP_PIXELS = 1 << 20  # modes other than RGB are converted this many pixels at a time (bounded temporaries)
 # A resize whose intermediate (short side to the output size, long side in proportion) would exceed this many
 # times the output's pixels crops first: a 40000 x 2 photo would otherwise make a 4.5M x 224 image (3 GB).
