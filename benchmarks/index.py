@@ -23,7 +23,7 @@ one query per call (the on-device case); the table gives the median and p90 per 
 Memory: `rss_mb` is the resident memory a method added while building/loading (RSS after minus before;
 for the index: opening it and its first search, which loads the stored vectors into memory); `disk_mb` the SQLite
 file. `open_s` / `open_rss_mb` (index-exact rows): `Index.open` plus a first exact search in a fresh process once
-the index was closed (so its vectors file exists and is memory-mapped), and that process's peak RSS, Python and
+the index was closed (so its vectors file exists: it is read and its checksum verified), and that process's peak RSS, Python and
 imports included; `vectors_mb` the vectors file. `build_s` (index-approx, usearch-hnsw): building the HNSW.
 
 --million runs N = 100k and 1M, D = 256 and 512, float16 and int8 (approximate: int8 at 512; the plain usearch

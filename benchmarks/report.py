@@ -262,7 +262,9 @@ def index_markdown(doc: Mapping[str, Any]) -> str:
     approx = [r for r in rows if not r["exact"]]
     if scale:
         parts += ["", "`open s`: `Index.open` and a first exact search in a fresh process, the index closed before "
-                  "(its vectors file memory-mapped); `open RSS MB` that process's peak RSS, Python and imports "
+                  "(the vectors file is read into memory and its checksum verified; the committed run predates issue 33, "
+                  "when it was memory-mapped, so opening takes longer now than it shows); `open RSS MB` that "
+                  "process's peak RSS, Python and imports "
                   "included; `SQLite MB` the database, `vectors file MB` index.vectors beside it."]
     if scale and approx:  # each approximate row at every N
         cols_a = [Col("dim", "D"), Col("n", "N", ","), Col("dtype"), Col("method"), Col("median_ms", "median ms", ".3f"),

@@ -128,8 +128,7 @@ def test_a_thin_upload_to_the_app_stays_small_in_memory(tmp_path: Path, artifact
 
 def test_large_photos_decoded_at_once_share_one_memory_budget(tmp_path: Path, artifacts: Path) -> None:
     """Ingest decodes photos in 4 threads and the app's thumbnails in one thread per request: three 25 MP PNGs
-    (100 MB each decoded, 128 MB in Pillow's blocks) at once took 3 x 128 MB; within the budget (128 MiB) one
-    decodes at a time."""
+    (100 MB each decoded) decoded at once; within the budget (128 MiB) one decodes at a time."""
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.new("RGB", (5000, 5000), "green").save(folder / "a.png")
@@ -152,7 +151,7 @@ def test_large_photos_decoded_at_once_share_one_memory_budget(tmp_path: Path, ar
     assert done.returncode == 0, done.stderr
     added, thumbs, peak = map(int, done.stdout.split())
     assert (added, thumbs) == (3, 3)
-    assert peak < 360, done.stdout  # one decode at a time over ~130 MB (three at once: 500 MB and more)
+    assert peak < 320, done.stdout  # one decode at a time: 272 MB measured; with no budget, 366 MB
 
 
 def test_a_photo_over_the_decode_budget_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
